@@ -1,0 +1,24 @@
+"""Install Sophia: the package, its console scripts and its optional extras."""
+from setuptools import find_packages, setup
+
+setup(
+    name="sophia-rnn",
+    version="0.1.0",
+    description="Real-time recurrent networks for regression on long, noisy streams, "
+                "trained with BPTT(h; h') and served over ZeroMQ.",
+    packages=find_packages(include=["sophia", "sophia.*"]),
+    python_requires=">=3.11",
+    install_requires=["pytensor>=2.30", "numpy>=1.26", "pyzmq>=25"],
+    extras_require={
+        "test": ["pytest>=8"],
+        "plot": ["matplotlib>=3.7"],
+        "bench": ["torch"],
+    },
+    entry_points={
+        "console_scripts": [
+            "sophia-train=sophia.training.cli:main",
+            "sophia-serve=sophia.serving.cli:main",
+            "sophia-data=sophia.training.dataset_cli:main",
+        ],
+    },
+)

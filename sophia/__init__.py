@@ -1,0 +1,17 @@
+"""Sophia: real-time recurrent networks for regression on long, noisy streams.
+
+Rooms of the package (one concept per module):
+
+- ``sophia.options``  — the architecture and training options, type-checked.
+- ``sophia.graph``    — symbolic graph building: initialisers, normalizations,
+  layers, the Net and its compiled ``f_`` functions.
+- ``sophia.optim``    — losses, optimizer forces and updates.
+- ``sophia.training`` — dataset format, BPTT(h; h') iterator, annealing schedule,
+  workspace, trainer.
+- ``sophia.serving``  — ensembles of trained models, the ZeroMQ wire protocol,
+  the server and a Python client.
+
+The naming convention (``v_``/``s_``/``p_``/``f_`` prefixes, ``_tbi`` shape
+suffixes) is documented in ``docs/NAMING.md``.
+"""
+__version__ = "0.1.0"

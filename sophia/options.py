@@ -1,0 +1,247 @@
+"""Sophia's options: the architecture of a net, and how it is trained.
+
+Two dataclasses keep apart what a saved model needs to be rebuilt
+(:class:`ModelOptions`) and what only shapes a training run
+(:class:`TrainOptions`). Both are plain values: nothing reads a global
+options dict, and nothing in the package mutates an options object it was
+given (use :func:`dataclasses.replace`).
+
+Overrides come as ``{name: value}`` mappings (from a TOML config or from
+``--set key=value``); :func:`apply_overrides` type-checks them and rejects
+unknown names with the list of valid ones.
+
+Example
+-------
+>>> from sophia.options import ModelOptions, apply_overrides
+>>> m = apply_overrides(ModelOptions(), {"unit_type": "gru", "net_width": "32"})
+>>> m.unit_type, m.net_width
+('gru', 32)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+UNIT_TYPES = ("fc", "lstm", "gru")
+ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "elu", "softplus")
+INIT_TYPES = ("uniform", "glorot")
+LOSS_TYPES = ("l2", "l1", "huber")
+UPDATE_TYPES = ("sgd", "momentum", "nesterov")
+FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam")
+COMPILE_MODES = ("auto", "FAST_COMPILE", "FAST_RUN", "CVM", "NUMBA", "JAX")
+
+
+class OptionError(ValueError):
+    """An option has an unknown name, a wrong type or a value out of range."""
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Everything needed to rebuild a net's graph and load its parameters."""
+
+    input_dim: int = 0              # input frame width; 0 = take it from the data
+    target_dim: int = 0             # target frame width; 0 = take it from the data
+    unit_type: str = "lstm"         # fc | lstm | gru
+    net_width: int = 64             # units per hidden layer
+    net_depth: int = 2              # number of hidden layers
+    fc_activation: str = "tanh"     # activation of hidden fc layers
+    peephole: bool = False          # LSTM peephole connections
+    weight_norm: bool = False       # weight normalization (Salimans & Kingma 2016)
+    layer_norm: bool = False        # layer normalization (Ba et al. 2016)
+    batch_norm: bool = False        # recurrent batch normalization (Cooijmans et al. 2016)
+    batch_norm_steps: int = 200     # time steps with their own population statistics
+    batch_norm_momentum: float = 0.1  # running-average rate of population statistics
+    residual_gate: bool = False     # out = g*layer(x) + (1-g)*x where widths match
+    learn_init_states: bool = True  # learned initial h (and c); zeros otherwise
+    learn_id_embedding: bool = False  # learned embedding of each stream's sequence ID
+    id_embedding_dim: int = 8       # width of that embedding
+    num_ids: int = 0                # number of sequence IDs; 0 = take it from the data
+    learn_clock_params: bool = False  # Phased-LSTM time gate (Neil et al. 2016)
+    clock_period_lo: float = 0.0    # log-period init range, low end (tau = exp(U(lo, hi)))
+    clock_period_hi: float = 3.0    # log-period init range, high end
+    clock_r_on: float = 0.05        # initial open ratio of the time gate
+    clock_leak: float = 0.001       # leak alpha of the closed gate while training
+    init_type: str = "uniform"      # uniform(+-init_scale) | glorot
+    init_scale: float = 0.1         # half-width of the uniform initialisation
+    orthogonal_recurrent: bool = True  # orthogonal init of square recurrent matrices
+    forget_bias: float = 1.0        # initial LSTM forget-gate bias
+
+    def validate(self) -> "ModelOptions":
+        """Raise :class:`OptionError` naming the first inconsistent option."""
+        _check_choice("unit_type", self.unit_type, UNIT_TYPES)
+        _check_choice("fc_activation", self.fc_activation, ACTIVATIONS)
+        _check_choice("init_type", self.init_type, INIT_TYPES)
+        for name in ("input_dim", "target_dim", "num_ids"):
+            _check_range(name, getattr(self, name), lo=0)
+        for name in ("net_width", "net_depth", "id_embedding_dim", "batch_norm_steps"):
+            _check_range(name, getattr(self, name), lo=1)
+        _check_range("init_scale", self.init_scale, lo=0.0, lo_open=True)
+        _check_range("clock_r_on", self.clock_r_on, lo=0.0, hi=1.0, lo_open=True)
+        _check_range("clock_leak", self.clock_leak, lo=0.0)
+        _check_range("batch_norm_momentum", self.batch_norm_momentum, lo=0.0, hi=1.0)
+        if self.clock_period_hi < self.clock_period_lo:
+            raise OptionError("clock_period_hi must be >= clock_period_lo "
+                              f"(got {self.clock_period_hi} < {self.clock_period_lo})")
+        if self.layer_norm and self.batch_norm:
+            raise OptionError("layer_norm and batch_norm are exclusive: choose one")
+        if self.learn_clock_params and self.unit_type == "fc":
+            raise OptionError("learn_clock_params needs unit_type lstm or gru, not fc")
+        if self.peephole and self.unit_type != "lstm":
+            raise OptionError(f"peephole needs unit_type lstm, not {self.unit_type}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a net is trained: window sizes, loss, optimizer and annealing."""
+
+    loss_type: str = "l2"           # l2 | l1 | huber
+    huber_delta: float = 1.0        # where huber turns from quadratic to linear
+    batch_size: int = 16            # streams trained in parallel
+    window_size: int = 64           # h: frames of each BPTT window
+    step_size: int = 32             # h': new frames per window (loss covers these)
+    update_type: str = "sgd"        # sgd | momentum | nesterov
+    update_mu: float = 0.9          # momentum coefficient
+    force_type: str = "adam"        # vanilla | adadelta | rmsprop | adam
+    rms_decay: float = 0.9          # rmsprop decay of the squared-gradient average
+    adadelta_decay: float = 0.95    # adadelta decay of both running averages
+    adam_beta1: float = 0.9         # adam first-moment decay
+    adam_beta2: float = 0.999       # adam second-moment decay
+    force_epsilon: float = 1e-6     # denominator guard of adadelta/rmsprop/adam
+    grad_norm_clip: float = 0.0     # clip the gradient's global norm to this; 0 = off
+    frames_per_epoch: int = 100_000  # training frames between dev evaluations
+    lr_init_val: float = 1e-3       # initial learning rate
+    lr_lower_bound: float = 1e-5    # stop when the learning rate falls below this
+    lr_decay_rate: float = 0.5      # learning-rate factor at each rollback
+    max_retry: int = 2              # worse evaluations tolerated before a rollback
+    max_epochs: int = 0             # stop after this many epochs; 0 = no limit
+    max_hours: float = 0.0          # stop after this many hours; 0 = no limit
+    unroll_scan: bool = False       # unrolled graph instead of scan (same results)
+    compile_mode: str = "auto"      # auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX
+
+    def validate(self) -> "TrainOptions":
+        """Raise :class:`OptionError` naming the first inconsistent option."""
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("update_type", self.update_type, UPDATE_TYPES)
+        _check_choice("force_type", self.force_type, FORCE_TYPES)
+        _check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        for name in ("batch_size", "window_size", "step_size", "frames_per_epoch"):
+            _check_range(name, getattr(self, name), lo=1)
+        if self.step_size > self.window_size:
+            raise OptionError(f"step_size ({self.step_size}) must be <= window_size "
+                              f"({self.window_size})")
+        _check_range("max_retry", self.max_retry, lo=0)
+        _check_range("lr_init_val", self.lr_init_val, lo=0.0, lo_open=True)
+        _check_range("lr_lower_bound", self.lr_lower_bound, lo=0.0)
+        _check_range("lr_decay_rate", self.lr_decay_rate, lo=0.0, hi=1.0, lo_open=True)
+        _check_range("huber_delta", self.huber_delta, lo=0.0, lo_open=True)
+        for name in ("update_mu", "rms_decay", "adadelta_decay", "adam_beta1", "adam_beta2"):
+            _check_range(name, getattr(self, name), lo=0.0, hi=1.0)
+        for name in ("force_epsilon", "grad_norm_clip", "max_hours"):
+            _check_range(name, getattr(self, name), lo=0.0)
+        _check_range("max_epochs", self.max_epochs, lo=0)
+        return self
+
+
+def option_names(cls) -> list[str]:
+    """Names of the fields of an options dataclass, in declaration order."""
+    return [f.name for f in fields(cls)]
+
+
+def parse_value(cls, name: str, value: Any) -> Any:
+    """Convert ``value`` (a string from the command line, or a TOML value) to the
+    type of field ``name`` of ``cls``; raise :class:`OptionError` if it does not fit."""
+    field_types = {f.name: f.type for f in fields(cls)}
+    if name not in field_types:
+        raise OptionError(f"unknown option {name!r}; valid options are: "
+                          + ", ".join(option_names(cls)))
+    kind = field_types[name]
+    try:
+        if kind == "bool":
+            return _to_bool(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            result = float(value)
+            if not math.isfinite(result):
+                raise ValueError
+            return result
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise OptionError(f"option {name!r} has unsupported type {kind}")
+    raise OptionError(f"option {name!r} expects a {kind}, got {value!r}")
+
+
+def apply_overrides(options, overrides: Mapping[str, Any]):
+    """Return a copy of ``options`` with ``overrides`` applied, type-checked and validated.
+
+    Raises :class:`OptionError` for an unknown name (listing the valid names),
+    a value of the wrong type, or an inconsistent combination.
+    """
+    cls = type(options)
+    changes = {name: parse_value(cls, name, value) for name, value in overrides.items()}
+    return dataclasses.replace(options, **changes).validate()
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Split one flat ``{name: value}`` mapping into (model, train) overrides.
+
+    Raises :class:`OptionError` for a name that is neither, listing all valid names.
+    """
+    model_names, train_names = set(option_names(ModelOptions)), set(option_names(TrainOptions))
+    model, train = {}, {}
+    for name, value in overrides.items():
+        if name in model_names:
+            model[name] = value
+        elif name in train_names:
+            train[name] = value
+        else:
+            raise OptionError(f"unknown option {name!r}; valid options are: "
+                              + ", ".join(option_names(ModelOptions) + option_names(TrainOptions)))
+    return model, train
+
+
+def to_dict(options) -> dict:
+    """The options as a plain JSON-ready dict."""
+    return dataclasses.asdict(options)
+
+
+def from_dict(cls, values: Mapping[str, Any]):
+    """Rebuild options of class ``cls`` from :func:`to_dict`'s output, checking each value."""
+    return apply_overrides(cls(), values)
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise OptionError(f"option {name!r} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_range(name, value, lo=None, hi=None, lo_open=False) -> None:
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    too_high = hi is not None and value > hi
+    if too_low or too_high:
+        bounds = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
+        if hi is not None:
+            bounds += f"{' and ' if bounds else ''}<= {hi}"
+        raise OptionError(f"option {name!r} must be {bounds}; got {value!r}")
