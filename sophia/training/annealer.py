@@ -1,0 +1,208 @@
+"""Learning-rate annealing with patience: a small, pure state machine.
+
+After each epoch the trainer hands the dev loss to :meth:`Annealer.observe`
+and obeys the :class:`Decision` it gets back: save the best model, save the
+pivot (the model a rollback returns to), roll back to the pivot, change the
+learning rate, or stop. The annealer touches no files and no PyTensor
+objects, so it can be tested with a scripted list of losses and resumed from
+the JSON-ready dict of :meth:`Annealer.to_dict`.
+
+Rules, applied to each observed loss (NaN or inf counts as worse):
+
+- loss < best loss: ``save_best``.
+- loss < previous loss: retries reset to 0, ``save_pivot``.
+- otherwise retries += 1; when retries > ``max_retry``: lr *= ``lr_decay_rate``,
+  ``rollback`` to the pivot, retries = 0, previous loss = the pivot's loss.
+- stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0) or
+  elapsed hours >= ``max_hours`` (if > 0).
+
+Before the first finite loss there is no evaluated pivot: the trainer should
+save the initial model as the pivot before the first epoch, so that an early
+rollback restores it.
+
+Example
+-------
+>>> a = Annealer(lr_init=1e-3, lr_lower_bound=1e-4, lr_decay_rate=0.5, max_retry=1)
+>>> [a.observe(x).reason for x in (1.0, 0.8, 0.9, 0.95)]
+['new best', 'new best', 'worse (retry 1/1)', 'rollback: lr 0.001 -> 0.0005']
+>>> a.lr, a.previous_loss
+(0.0005, 0.8)
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+_STATE_KEYS = ("lr", "best_loss", "pivot_loss", "previous_loss", "retries", "epochs")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the trainer must do after an epoch (immutable).
+
+    Attributes
+    ----------
+    save_best : bool
+        The model is the best so far: save it as the best model.
+    save_pivot : bool
+        Save the current model as the pivot.
+    rollback : bool
+        Restore the pivot's parameters and reset the optimizer's state.
+    lr : float
+        The learning rate to use from now on.
+    stop : bool
+        Training is over.
+    reason : str
+        Short text for the log, e.g. ``"worse (retry 1/2)"``.
+    epoch : int
+        How many epochs the annealer has observed, this one included.
+    """
+
+    save_best: bool
+    save_pivot: bool
+    rollback: bool
+    lr: float
+    stop: bool
+    reason: str
+    epoch: int
+
+
+class Annealer:
+    """Patience-based learning-rate schedule with rollback to a pivot.
+
+    Parameters
+    ----------
+    lr_init : float
+        Initial learning rate (> 0).
+    lr_lower_bound : float
+        Stop once the learning rate falls below this (>= 0).
+    lr_decay_rate : float
+        Factor applied to the learning rate at each rollback, in (0, 1].
+    max_retry : int
+        Worse evaluations tolerated in a row before a rollback (>= 0).
+    max_epochs : int, optional
+        Stop after this many observed epochs; 0 means no limit.
+    max_hours : float, optional
+        Stop once this many hours have passed since construction; 0 means no limit.
+    clock : callable, optional
+        Returns seconds as a float (default :func:`time.monotonic`); tests pass a
+        fake clock.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range.
+
+    Attributes
+    ----------
+    lr, best_loss, pivot_loss, previous_loss : float
+        Current state; losses are ``math.inf`` until a finite loss is seen.
+    retries, epochs : int
+        Worse evaluations since the last improvement or rollback; epochs observed.
+    """
+
+    def __init__(self, lr_init: float, lr_lower_bound: float, lr_decay_rate: float,
+                 max_retry: int, max_epochs: int = 0, max_hours: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
+        _require(lr_init > 0 and math.isfinite(lr_init), "lr_init must be > 0", lr_init)
+        _require(lr_lower_bound >= 0, "lr_lower_bound must be >= 0", lr_lower_bound)
+        _require(0 < lr_decay_rate <= 1, "lr_decay_rate must be in (0, 1]", lr_decay_rate)
+        _require(max_retry >= 0, "max_retry must be >= 0", max_retry)
+        _require(max_epochs >= 0, "max_epochs must be >= 0", max_epochs)
+        _require(max_hours >= 0, "max_hours must be >= 0", max_hours)
+        self.lr_lower_bound = float(lr_lower_bound)
+        self.lr_decay_rate = float(lr_decay_rate)
+        self.max_retry = int(max_retry)
+        self.max_epochs = int(max_epochs)
+        self.max_hours = float(max_hours)
+        self.lr = float(lr_init)
+        self.best_loss = math.inf
+        self.pivot_loss = math.inf
+        self.previous_loss = math.inf
+        self.retries = 0
+        self.epochs = 0
+        self._clock = clock
+        self._start = clock()
+
+    def observe(self, dev_loss: float) -> Decision:
+        """Take one epoch's dev loss and return what to do.
+
+        As a side effect, updates the annealer's state (``lr``, losses,
+        ``retries``, ``epochs``). A NaN or infinite loss counts as worse.
+        """
+        loss = float(dev_loss) if math.isfinite(dev_loss) else math.inf
+        self.epochs += 1
+        save_best = loss < self.best_loss
+        save_pivot = loss < self.previous_loss
+        rollback = False
+        if save_best:
+            self.best_loss = loss
+        if save_pivot:
+            self.retries = 0
+            self.pivot_loss = self.previous_loss = loss
+            reason = "new best" if save_best else "better than previous"
+        else:
+            self.retries += 1
+            self.previous_loss = loss
+            reason = f"worse (retry {self.retries}/{self.max_retry})"
+            if self.retries > self.max_retry:
+                rollback = True
+                old_lr, self.lr = self.lr, self.lr * self.lr_decay_rate
+                self.retries = 0
+                self.previous_loss = self.pivot_loss
+                reason = f"rollback: lr {old_lr:.3g} -> {self.lr:.3g}"
+        stop_reason = self._stop_reason()
+        if stop_reason:
+            reason = stop_reason if not rollback else f"{reason}; {stop_reason}"
+        return Decision(save_best=save_best, save_pivot=save_pivot, rollback=rollback,
+                        lr=self.lr, stop=bool(stop_reason), reason=reason,
+                        epoch=self.epochs)
+
+    def elapsed_hours(self) -> float:
+        """Hours since construction (or, after :meth:`from_dict`, since the run began)."""
+        return (self._clock() - self._start) / 3600.0
+
+    def _stop_reason(self) -> str:
+        if self.lr < self.lr_lower_bound:
+            return "stop: lr below lower bound"
+        if self.max_epochs > 0 and self.epochs >= self.max_epochs:
+            return "stop: max_epochs reached"
+        if self.max_hours > 0 and self.elapsed_hours() >= self.max_hours:
+            return "stop: max_hours reached"
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings and state as a JSON-ready dict (infinite losses as None).
+
+        Elapsed time is stored in seconds, so a resumed run keeps its time budget.
+        """
+        d = {"lr_lower_bound": self.lr_lower_bound, "lr_decay_rate": self.lr_decay_rate,
+             "max_retry": self.max_retry, "max_epochs": self.max_epochs,
+             "max_hours": self.max_hours, "elapsed_seconds": self._clock() - self._start}
+        for key in _STATE_KEYS:
+            value = getattr(self, key)
+            d[key] = value if math.isfinite(value) else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any],
+                  clock: Callable[[], float] = time.monotonic) -> "Annealer":
+        """Rebuild an annealer from :meth:`to_dict`'s output; raise ValueError if malformed."""
+        missing = [k for k in _STATE_KEYS + ("lr_lower_bound", "lr_decay_rate",
+                                             "max_retry", "elapsed_seconds") if k not in d]
+        if missing:
+            raise ValueError(f"annealer state lacks {', '.join(missing)}")
+        a = cls(d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"],
+                d.get("max_epochs", 0), d.get("max_hours", 0.0), clock)
+        for key in ("best_loss", "pivot_loss", "previous_loss"):
+            setattr(a, key, math.inf if d[key] is None else float(d[key]))
+        a.retries, a.epochs = int(d["retries"]), int(d["epochs"])
+        a._start = clock() - float(d["elapsed_seconds"])
+        return a
+
+
+def _require(ok: bool, message: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{message}; got {value!r}")

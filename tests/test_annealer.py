@@ -1,0 +1,153 @@
+"""The annealing schedule on scripted dev losses (no PyTensor, no files)."""
+import json
+import math
+
+import pytest
+
+from sophia.training.annealer import Annealer, Decision
+
+
+class FakeClock:
+    """A clock the test moves by hand, in seconds."""
+
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def make(**overrides):
+    settings = dict(lr_init=1e-3, lr_lower_bound=1e-4, lr_decay_rate=0.5, max_retry=2)
+    settings.update(overrides)
+    return Annealer(**settings)
+
+
+def flags(d: Decision):
+    return (d.save_best, d.save_pivot, d.rollback, d.stop)
+
+
+def test_improving_losses_save_best_and_pivot_each_epoch():
+    a = make()
+    for n, loss in enumerate([1.0, 0.5, 0.4, 0.1], start=1):
+        d = a.observe(loss)
+        assert flags(d) == (True, True, False, False)
+        assert d.reason == "new best" and d.lr == 1e-3 and d.epoch == n
+    assert (a.best_loss, a.pivot_loss, a.previous_loss, a.retries, a.epochs) == (0.1, 0.1, 0.1, 0, 4)
+
+
+def test_better_than_previous_but_not_best_saves_pivot_only():
+    a = make()
+    a.observe(1.0)
+    a.observe(2.0)
+    d = a.observe(1.5)
+    assert flags(d) == (False, True, False, False)
+    assert a.retries == 0 and a.pivot_loss == 1.5 and a.best_loss == 1.0
+
+
+def test_retries_then_rollback_with_decayed_lr_and_previous_reset_to_pivot():
+    a = make()
+    a.observe(1.0)
+    a.observe(0.8)                      # pivot = best = 0.8
+    d1 = a.observe(0.9)
+    assert flags(d1) == (False, False, False, False)
+    assert d1.reason == "worse (retry 1/2)" and a.previous_loss == 0.9
+    d2 = a.observe(0.95)
+    assert d2.reason == "worse (retry 2/2)" and a.retries == 2
+    d3 = a.observe(0.97)
+    assert flags(d3) == (False, False, True, False)
+    assert d3.lr == a.lr == 5e-4
+    assert d3.reason == "rollback: lr 0.001 -> 0.0005"
+    assert a.retries == 0 and a.previous_loss == a.pivot_loss == 0.8
+    # After the rollback, a loss between the pivot's and the last worse one is still worse.
+    d4 = a.observe(0.85)
+    assert flags(d4) == (False, False, False, False) and a.retries == 1
+
+
+def test_stops_when_lr_falls_below_lower_bound():
+    a = make(lr_init=1e-3, lr_lower_bound=3e-4, max_retry=0)
+    a.observe(1.0)
+    d = a.observe(2.0)                  # rollback: 1e-3 -> 5e-4, still >= bound
+    assert d.rollback and not d.stop
+    d = a.observe(2.0)                  # rollback: 5e-4 -> 2.5e-4 < bound
+    assert d.rollback and d.stop
+    assert "stop: lr below lower bound" in d.reason and d.lr == 2.5e-4
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_counts_as_worse(bad):
+    a = make(max_retry=1)
+    a.observe(1.0)
+    d = a.observe(bad)
+    assert flags(d) == (False, False, False, False) and a.retries == 1
+    assert a.best_loss == 1.0
+    d = a.observe(bad)
+    assert d.rollback and a.lr == 5e-4 and a.previous_loss == 1.0
+
+
+def test_non_finite_first_losses_then_first_finite_is_best_and_pivot():
+    a = make()
+    assert not a.observe(math.nan).save_best
+    d = a.observe(3.0)
+    assert flags(d) == (True, True, False, False)
+    assert a.best_loss == a.pivot_loss == 3.0
+
+
+def test_stops_at_max_epochs():
+    a = make(max_epochs=3)
+    decisions = [a.observe(loss) for loss in (1.0, 0.9, 0.8)]
+    assert [d.stop for d in decisions] == [False, False, True]
+    assert decisions[-1].reason == "stop: max_epochs reached"
+    assert decisions[-1].save_best            # the last epoch's model is still saved
+
+
+def test_stops_at_max_hours_with_a_fake_clock():
+    clock = FakeClock()
+    a = make(max_hours=2.0, clock=clock)
+    clock.now += 3600
+    assert not a.observe(1.0).stop
+    clock.now += 3599
+    assert not a.observe(0.9).stop
+    clock.now += 1
+    d = a.observe(0.8)
+    assert d.stop and d.reason == "stop: max_hours reached"
+
+
+def test_round_trip_through_json_mid_run_gives_identical_decisions():
+    clock = FakeClock()
+    a = make(max_retry=1, max_hours=1.0, lr_lower_bound=1e-5, clock=clock)
+    for loss in (math.nan, 1.0, 0.7, math.inf):
+        clock.now += 60
+        a.observe(loss)
+    d = json.loads(json.dumps(a.to_dict(), allow_nan=False))
+    clock_b = FakeClock(now=5.0)        # a new process: another monotonic origin
+    b = Annealer.from_dict(d, clock=clock_b)
+    assert b.to_dict() == a.to_dict()
+    for loss in (0.8, math.nan, 0.6, 0.9, 0.95, 0.5, 0.55, 0.6, 0.7, 0.4, 0.45, 0.5):
+        clock.now += 300
+        clock_b.now += 300
+        assert a.observe(loss) == b.observe(loss)
+    assert a.lr < 1e-3 and a.observe(1.0).stop and b.observe(1.0).stop
+    assert b.to_dict() == a.to_dict()
+
+
+def test_initial_state_round_trips_with_infinite_losses_as_none():
+    d = make().to_dict()
+    assert d["best_loss"] is None and d["pivot_loss"] is None
+    b = Annealer.from_dict(json.loads(json.dumps(d, allow_nan=False)))
+    assert b.best_loss == math.inf and b.observe(2.0).save_best
+
+
+@pytest.mark.parametrize("bad", [dict(lr_init=0.0), dict(lr_decay_rate=1.5),
+                                 dict(max_retry=-1), dict(lr_lower_bound=-1.0),
+                                 dict(max_epochs=-1), dict(max_hours=-0.5)])
+def test_out_of_range_settings_are_value_errors(bad):
+    with pytest.raises(ValueError):
+        make(**bad)
+
+
+def test_from_dict_with_missing_keys_is_a_value_error():
+    d = make().to_dict()
+    del d["retries"]
+    with pytest.raises(ValueError, match="retries"):
+        Annealer.from_dict(d)
