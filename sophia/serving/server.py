@@ -1,0 +1,387 @@
+"""The Sophia plugin server: one ZeroMQ ROUTER socket, one session per client.
+
+Contents
+--------
+- :class:`ModelLoadError` — what a model loader raises for a bad workspace.
+- :func:`resolve_workspace` — map a handshake path into the models directory.
+- :class:`Server` — the socket loop and the session table.
+
+Each REQ client gets its own session (keyed by its routing id): the models of
+its handshake, loaded once per resolved path and shared by all sessions, and
+one ``ModelSession`` per model holding that client's stream state. Models load
+on a single background thread, so a slow load never stalls other clients.
+The wire protocol is in :mod:`sophia.serving.protocol` and ``docs/PROTOCOL.md``.
+
+Example
+-------
+>>> import threading
+>>> server = Server("tcp://127.0.0.1:*", loader=my_load_model,   # doctest: +SKIP
+...                 models_dir="models")
+>>> threading.Thread(target=server.serve_forever).start()        # doctest: +SKIP
+>>> server.endpoint                                              # doctest: +SKIP
+'tcp://127.0.0.1:49153'
+>>> server.stop()                                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from sophia.serving import protocol as proto
+from sophia.serving.protocol import ProtocolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # larger messages are dropped by libzmq
+DEFAULT_IDLE_TIMEOUT = 600.0            # seconds without a message before expiry
+POLL_INTERVAL = 0.05                    # seconds; bounds stop() and expiry latency
+MAX_BATCH = 256                         # messages handled between housekeeping
+
+
+class ModelLoadError(ValueError):
+    """A workspace that cannot be loaded (missing, corrupt, incompatible)."""
+
+
+def resolve_workspace(models_dir, workspace: str) -> Path:
+    """Resolve a handshake path inside ``models_dir``.
+
+    Parameters
+    ----------
+    models_dir : str or Path
+        The directory that holds every servable workspace.
+    workspace : str
+        A path relative to ``models_dir``, or an absolute path inside it.
+
+    Returns
+    -------
+    Path
+        The real path (symlinks followed).
+
+    Raises
+    ------
+    ProtocolError
+        If the real path is outside ``models_dir`` (``..``, an absolute path
+        elsewhere, a symlink pointing out) or is not a valid path.
+    """
+    root = Path(models_dir).resolve()
+    try:
+        path = (root / workspace).resolve()
+    except (OSError, ValueError, RuntimeError):
+        raise ProtocolError(f"workspace {workspace!r} is not a valid path") from None
+    if not path.is_relative_to(root):
+        raise ProtocolError(f"workspace {workspace!r} is outside the models directory")
+    return path
+
+
+def _remove_socket_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+
+
+class _Session:
+    """One client's models and per-model stream state."""
+
+    def __init__(self, handshake, models, model_sessions):
+        self.num_models = len(models)
+        self.num_streams = handshake.num_streams
+        self.input_dim = models[0].input_dim
+        self.target_dim = models[0].target_dim
+        self.model_sessions = model_sessions
+        self.last_active = time.monotonic()
+
+    def step(self, frames_nbi, timestamps_b=None) -> bytes:
+        """Advance every stream of every model by one frame; returns the reply."""
+        outputs_nbk = np.stack([np.asarray(s.step(frames_nbi[n], timestamps_b),
+                                           dtype=np.float32)
+                                for n, s in enumerate(self.model_sessions)])
+        expected = (self.num_models, self.num_streams, self.target_dim)
+        if outputs_nbk.shape != expected:
+            raise RuntimeError(f"model output shape {outputs_nbk.shape} != {expected}")
+        return proto.format_frames(outputs_nbk)
+
+    def reset(self, streams) -> None:
+        for s in self.model_sessions:
+            s.reset(streams)
+
+
+class Server:
+    """Serve trained models to ZeroMQ REQ clients over one ROUTER socket.
+
+    Parameters
+    ----------
+    endpoint : str
+        Where to bind: ``ipc://PATH`` or ``tcp://HOST:PORT`` (``PORT`` may be
+        ``*`` for an ephemeral port; read the bound one from :attr:`endpoint`).
+    loader : callable
+        ``loader(path: str) -> Model``; any exception it raises refuses the
+        handshake that asked for the path (the server keeps running).
+    models_dir : str or Path
+        Handshake paths are resolved inside this directory.
+    preload : sequence of str, optional
+        Workspaces loaded before binding, so no handshake waits for them. A
+        failure here is raised to the caller.
+    max_message_bytes : int, optional
+        ZMQ_MAXMSGSIZE: libzmq drops larger messages and their connection.
+    idle_timeout : float, optional
+        Seconds without a message after which a session expires.
+
+    Attributes
+    ----------
+    endpoint : str
+        The bound endpoint.
+
+    Notes
+    -----
+    Construct it in one thread, then run :meth:`serve_forever` in any single
+    thread; :meth:`stop` may be called from anywhere (e.g. a signal handler).
+    """
+
+    def __init__(self, endpoint: str, loader, models_dir, *, preload=(),
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT):
+        if max_message_bytes < 1 or idle_timeout <= 0:
+            raise ValueError("max_message_bytes and idle_timeout must be positive")
+        self._loader = loader
+        self._models_dir = Path(models_dir).resolve()
+        self._max_message_bytes = int(max_message_bytes)
+        self._idle_timeout = float(idle_timeout)
+        self._models = {}     # resolved Path -> Model
+        self._loading = {}    # resolved Path -> Future
+        self._sessions = {}   # routing id -> _Session
+        self._pending = {}    # routing id -> (Handshake, [Future])
+        self._stop = threading.Event()
+        self._closed = False
+        for workspace in preload:
+            self._preload(workspace)
+        self._executor = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix="sophia-load")
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
+            self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._socket.bind(endpoint)
+            self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        except Exception:
+            self.close()
+            raise
+        log.info("serving on %s (models_dir %s)", self.endpoint, self._models_dir)
+
+    @property
+    def num_sessions(self) -> int:
+        """Number of open sessions (handshakes still loading not counted)."""
+        return len(self._sessions)
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to return within about POLL_INTERVAL."""
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`stop`; closes the socket and context on the way out."""
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if poller.poll(POLL_INTERVAL * 1000):
+                    self._drain()
+                self._finish_loads()
+                self._expire_idle()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the socket and context and remove the ipc socket file (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self, "_executor"):
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "_context"):
+            self._socket.close(linger=0)
+            self._context.term()
+        endpoint = getattr(self, "endpoint", "")
+        if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+            _remove_socket_file(endpoint[len("ipc://"):])
+        log.info("server closed")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # --- the loop -------------------------------------------------------------
+
+    def _drain(self) -> None:
+        for _ in range(MAX_BATCH):
+            try:
+                parts = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(parts)
+
+    def _handle(self, parts) -> None:
+        if len(parts) < 3 or parts[1] != b"":
+            log.warning("dropped a %d-part message without a REQ envelope", len(parts))
+            return
+        rid, body = parts[0], parts[2:]
+        try:
+            reply = self._dispatch(rid, body)
+        except ProtocolError as exc:
+            log.warning("client %s: %s", rid.hex(), proto.one_line(exc))
+            reply = [proto.format_error(str(exc))]
+        except Exception as exc:  # a model or a bug: never let a client kill us
+            self._sessions.pop(rid, None)
+            message = f"server error, session closed: {type(exc).__name__}: {exc}"
+            log.error("client %s: %s", rid.hex(), proto.one_line(message))
+            reply = [proto.format_error(message)]
+        if reply is not None:
+            self._send(rid, reply)
+
+    def _send(self, rid: bytes, reply) -> None:
+        try:
+            self._socket.send_multipart([rid, b"", *reply], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            dropped = self._sessions.pop(rid, None) is not None
+            log.warning("client %s: reply not delivered (%s)%s", rid.hex(),
+                        exc.strerror, "; session dropped" if dropped else "")
+
+    def _dispatch(self, rid: bytes, body):
+        """Handle one request; returns the reply parts, or None for no reply."""
+        if rid in self._pending:
+            raise ProtocolError("handshake still loading; wait for 'ready'")
+        session = self._sessions.get(rid)
+        if session is None:
+            return self._on_no_session(rid, body)
+        session.last_active = time.monotonic()
+        if len(body) == 1 and proto.is_end_frame(body[0]):
+            del self._sessions[rid]
+            log.info("client %s: session ended", rid.hex())
+            return None
+        if len(body) == 1:
+            frames_nbi = proto.parse_frames(body[0], session.num_models,
+                                            session.num_streams, session.input_dim)
+            return [session.step(frames_nbi)]
+        return self._on_command(session, body)
+
+    def _on_no_session(self, rid: bytes, body):
+        if len(body) != 1:
+            raise ProtocolError("no session (never started, ended or expired): "
+                                "send the handshake first, as one text part")
+        if proto.is_end_frame(body[0]):
+            log.info("client %s: end signal without a session; ignored", rid.hex())
+            return None
+        try:
+            handshake = proto.parse_handshake(body[0])
+            paths = [resolve_workspace(self._models_dir, ws)
+                     for ws in handshake.workspaces]
+        except ProtocolError as exc:
+            raise ProtocolError(f"bad handshake, no session: {exc}") from None
+        self._pending[rid] = (handshake, [self._model_future(p) for p in paths])
+        return None  # 'ready' or an error is sent by _finish_loads
+
+    def _on_command(self, session: _Session, body):
+        command = body[0]
+        if command == proto.CMD_RESET and len(body) == 2:
+            session.reset(proto.parse_streams(body[1], session.num_streams))
+            return [proto.OK]
+        if command == proto.CMD_STEP_T and len(body) == 3:
+            timestamps_b = proto.parse_timestamps(body[1], session.num_streams)
+            frames_nbi = proto.parse_frames(body[2], session.num_models,
+                                            session.num_streams, session.input_dim)
+            return [session.step(frames_nbi, timestamps_b)]
+        raise ProtocolError(f"unknown command {command[:32]!r} with {len(body)} parts")
+
+    # --- models and sessions --------------------------------------------------
+
+    def _preload(self, workspace: str) -> None:
+        path = resolve_workspace(self._models_dir, workspace)
+        start = time.monotonic()
+        self._models[path] = self._loader(str(path))
+        log.info("preloaded %s in %.1f s", path, time.monotonic() - start)
+
+    def _model_future(self, path: Path) -> Future:
+        if path in self._models:
+            future = Future()
+            future.set_result(self._models[path])
+            return future
+        if path not in self._loading:
+            log.info("loading %s", path)
+            self._loading[path] = self._executor.submit(self._loader, str(path))
+        return self._loading[path]
+
+    def _finish_loads(self) -> None:
+        for path, future in list(self._loading.items()):
+            if future.done():
+                del self._loading[path]
+                if future.exception() is None:
+                    self._models[path] = future.result()
+                    log.info("loaded %s", path)
+        for rid, (handshake, futures) in list(self._pending.items()):
+            if all(f.done() for f in futures):
+                del self._pending[rid]
+                try:
+                    self._open_session(rid, handshake, futures)
+                    reply = proto.READY
+                except ProtocolError as exc:
+                    log.warning("client %s: %s", rid.hex(), proto.one_line(exc))
+                    reply = proto.format_error(str(exc))
+                self._send(rid, [reply])
+
+    def _open_session(self, rid: bytes, handshake, futures) -> None:
+        models = []
+        for workspace, future in zip(handshake.workspaces, futures):
+            exc = future.exception()
+            if exc is not None:
+                raise ProtocolError(f"bad handshake, no session: cannot load "
+                                    f"workspace {workspace!r}: {type(exc).__name__}: {exc}")
+            models.append(future.result())
+        self._check_models(handshake, models)
+        try:
+            model_sessions = [m.new_session(list(row))
+                              for m, row in zip(models, handshake.id_indices)]
+        except ValueError as exc:
+            raise ProtocolError(f"bad handshake, no session: {exc}") from None
+        self._sessions[rid] = _Session(handshake, models, model_sessions)
+        log.info("client %s: session opened (%d workspaces, %d streams)", rid.hex(),
+                 len(models), handshake.num_streams)
+
+    def _check_models(self, handshake, models) -> None:
+        dims = [(m.input_dim, m.target_dim) for m in models]
+        if len(set(dims)) > 1:
+            listing = ", ".join(f"{ws!r}: {d}" for ws, d in zip(handshake.workspaces, dims))
+            raise ProtocolError("bad handshake, no session: the workspaces differ in "
+                                f"(input_dim, target_dim): {listing}")
+        num_bytes = max(proto.frame_nbytes(len(models), handshake.num_streams, d)
+                        for d in dims[0])
+        if num_bytes > self._max_message_bytes:
+            raise ProtocolError(f"bad handshake, no session: a step would be "
+                                f"{num_bytes} bytes, over the server's limit of "
+                                f"{self._max_message_bytes}")
+        for workspace, model, row in zip(handshake.workspaces, models,
+                                         handshake.id_indices):
+            bad = [i for i in row if model.num_ids is not None
+                   and not 0 <= i < model.num_ids]
+            if bad:
+                raise ProtocolError(f"bad handshake, no session: ID index {bad[0]} "
+                                    f"is outside [0, {model.num_ids}) for {workspace!r}")
+
+    def _expire_idle(self) -> None:
+        deadline = time.monotonic() - self._idle_timeout
+        for rid, session in list(self._sessions.items()):
+            if session.last_active < deadline:
+                del self._sessions[rid]
+                log.info("client %s: idle over %g s, session expired", rid.hex(),
+                         self._idle_timeout)

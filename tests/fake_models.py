@@ -1,0 +1,117 @@
+"""Deterministic stateful fake models for the serving tests.
+
+A :class:`FakeModel` follows the serving ``Model`` interface; its sessions keep
+a running sum per stream, so carried state, resets, ID indices and timestamps
+are all visible in the outputs:
+
+    output[b][k] = factor * (k + 1) * sum over past frames and i of input[b][i]
+                   + id_index[b] + timestamp[b]   (timestamp 0 when not given)
+
+:func:`reference_outputs` computes the same thing with plain numpy, and
+:class:`FakeLoader` maps workspace directory names to fakes.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from sophia.serving.server import ModelLoadError
+
+INPUT_DIM = 3
+TARGET_DIM = 2
+
+
+class FakeSession:
+    """The per-client state of a :class:`FakeModel`."""
+
+    def __init__(self, model, id_indices):
+        self.model = model
+        self.id_b = np.asarray(id_indices, dtype=np.float32)
+        self.sum_b = np.zeros(len(id_indices), dtype=np.float64)
+
+    def step(self, input_bi, timestamps_b=None):
+        """Advance every stream by one frame; returns float32 [B][K]."""
+        if self.model.fail_step:
+            raise RuntimeError("fake model failure")
+        input_bi = np.asarray(input_bi)
+        if input_bi.shape != (len(self.id_b), self.model.input_dim):
+            raise ValueError(f"bad input shape {input_bi.shape}")
+        self.sum_b += input_bi.sum(axis=1)
+        time_b = 0.0 if timestamps_b is None else np.asarray(timestamps_b, np.float64)
+        scale_k = self.model.factor * np.arange(1, self.model.target_dim + 1)
+        output_bk = self.sum_b[:, None] * scale_k + (self.id_b + time_b)[:, None]
+        return output_bk.astype(np.float32)
+
+    def reset(self, streams):
+        """Those streams restart from zero."""
+        self.sum_b[list(streams)] = 0.0
+
+
+class FakeModel:
+    """A fake with the serving ``Model`` interface."""
+
+    def __init__(self, factor, input_dim=INPUT_DIM, target_dim=TARGET_DIM,
+                 num_ids=None, fail_step=False):
+        self.factor = factor
+        self.input_dim = input_dim
+        self.target_dim = target_dim
+        self.num_ids = num_ids
+        self.fail_step = fail_step
+
+    def new_session(self, id_indices):
+        """A fresh session; raises ValueError for an ID index out of range."""
+        if self.num_ids is not None:
+            for i in id_indices:
+                if not 0 <= i < self.num_ids:
+                    raise ValueError(f"ID index {i} out of range")
+        return FakeSession(self, [i if self.num_ids is not None else 0
+                                  for i in id_indices])
+
+
+FAKES = {
+    "alpha": dict(factor=1.0, num_ids=5),   # has an ID embedding
+    "beta": dict(factor=-2.0),              # no ID embedding: indices ignored
+    "wide": dict(factor=1.0, input_dim=4),  # incompatible with alpha/beta
+    "broken": dict(factor=1.0, fail_step=True),
+    "slow": dict(factor=3.0),               # loads in SLOW_LOAD seconds
+}
+SLOW_LOAD = 0.5
+
+
+class FakeLoader:
+    """``loader(path) -> FakeModel`` keyed by the directory name; records calls.
+
+    ``unloadable`` (and any unknown name) raises :class:`ModelLoadError`.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, path):
+        self.calls.append(path)
+        name = os.path.basename(path)
+        if name not in FAKES:
+            raise ModelLoadError(f"no model in {name!r}")
+        if name == "slow":
+            time.sleep(SLOW_LOAD)
+        return FakeModel(**FAKES[name])
+
+
+def reference_outputs(name, frames_tbi, id_indices, timestamps_tb=None, resets=()):
+    """Expected outputs [T][B][K] of fake ``name`` for a sequence of frames.
+
+    ``resets`` holds ``(t, streams)``: those streams restart before frame t.
+    """
+    spec = dict(FAKES[name])
+    model = FakeModel(**spec)
+    session = model.new_session(list(id_indices))
+    resets = dict(resets)
+    outputs = []
+    for t, frame_bi in enumerate(frames_tbi):
+        if t in resets:
+            session.reset(resets[t])
+        stamps = None if timestamps_tb is None else timestamps_tb[t]
+        outputs.append(session.step(frame_bi, stamps))
+    return np.stack(outputs)
