@@ -1,0 +1,151 @@
+"""Command line of the Sophia server (``python sophia.py`` or ``sophia-serve``).
+
+Contents
+--------
+- :func:`parse_endpoint` — normalise ``--endpoint`` (bare ports bind loopback).
+- :func:`default_endpoint` — an ipc socket in a directory only the user can read.
+- :func:`main` — parse options, build a :class:`~sophia.serving.server.Server`,
+  serve until SIGINT/SIGTERM.
+
+Example
+-------
+::
+
+    python sophia.py --models_dir ~/models --preload lstm_a lstm_b
+    python sophia.py --endpoint 5555 --models_dir ~/models   # tcp://127.0.0.1:5555
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+from sophia.serving.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, Server
+
+log = logging.getLogger("sophia.serve")
+
+
+def parse_endpoint(text: str) -> str:
+    """Normalise an endpoint: ``ipc://PATH``, ``tcp://[HOST]:PORT`` or ``PORT``.
+
+    A missing host (``tcp://:5555``, ``5555``) means 127.0.0.1; any other
+    transport is refused with ValueError.
+    """
+    if text.isdigit():
+        return f"tcp://127.0.0.1:{text}"
+    if text.startswith("tcp://"):
+        host, colon, port = text[len("tcp://"):].rpartition(":")
+        if not colon or not (port.isdigit() or port == "*"):
+            raise ValueError(f"endpoint {text!r} lacks a port (tcp://HOST:PORT)")
+        return f"tcp://{host or '127.0.0.1'}:{port}"
+    if text.startswith("ipc://") and len(text) > len("ipc://"):
+        return text
+    raise ValueError(f"endpoint {text!r} is neither ipc://PATH nor tcp://HOST:PORT")
+
+
+def default_endpoint() -> tuple[str, Path | None]:
+    """An ipc endpoint in a private (mode 0700) directory.
+
+    Returns
+    -------
+    endpoint : str
+        ``ipc://$XDG_RUNTIME_DIR/sophia/sophia-PID.sock``, or the same in a
+        fresh temporary directory when XDG_RUNTIME_DIR is unset.
+    created : Path or None
+        The temporary directory to remove at exit, if one was made.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        directory, created = Path(runtime) / "sophia", None
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise ValueError(f"{directory} is not a directory owned by this user")
+        directory.chmod(0o700)
+    else:
+        directory = created = Path(tempfile.mkdtemp(prefix="sophia-"))
+    return f"ipc://{directory}/sophia-{os.getpid()}.sock", created
+
+
+def _positive(kind):
+    def convert(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return convert
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The server's options (unknown options are an error)."""
+    parser = argparse.ArgumentParser(prog="sophia", description="Serve trained "
+                                     "Sophia models to ZeroMQ clients.")
+    parser.add_argument("--endpoint", help="ipc://PATH, tcp://HOST:PORT or PORT "
+                        "(no host: 127.0.0.1); default: ipc in a private directory")
+    parser.add_argument("--models_dir", default=".", help="handshake paths are "
+                        "resolved inside this directory (default: .)")
+    parser.add_argument("--preload", nargs="+", default=[], metavar="WS",
+                        help="workspaces to load and compile at start-up")
+    parser.add_argument("--max_message_bytes", type=_positive(int),
+                        default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="larger messages are dropped (default: 64 MiB)")
+    parser.add_argument("--idle_timeout", type=_positive(float),
+                        default=DEFAULT_IDLE_TIMEOUT,
+                        help="seconds before an idle session expires (default: 600)")
+    parser.add_argument("--log_level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def load_model(path: str):
+    """The real loader, imported only when a model is first needed."""
+    from sophia.serving.ensemble import load_model as load
+    return load(path)
+
+
+def main(argv=None) -> int:
+    """Run the server until SIGINT or SIGTERM; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    created = None
+    try:
+        if not os.path.isdir(args.models_dir):
+            raise ValueError(f"--models_dir {args.models_dir!r} is not a directory")
+        if args.endpoint:
+            endpoint = parse_endpoint(args.endpoint)
+        else:
+            endpoint, created = default_endpoint()
+        old_umask = os.umask(0o077)  # the ipc socket file: owner only
+        try:
+            server = Server(endpoint, load_model, args.models_dir,
+                            preload=args.preload,
+                            max_message_bytes=args.max_message_bytes,
+                            idle_timeout=args.idle_timeout)
+        finally:
+            os.umask(old_umask)
+    except Exception as exc:  # bad options, a failed preload, a busy endpoint
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        _remove_dir(created)
+        return 1
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: server.stop())
+    print(f"sophia: serving on {server.endpoint}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        _remove_dir(created)
+    return 0
+
+
+def _remove_dir(directory: Path | None) -> None:
+    if directory is not None:
+        try:
+            directory.rmdir()
+        except OSError as exc:
+            log.warning("could not remove %s: %s", directory, exc)
