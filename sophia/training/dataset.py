@@ -261,8 +261,9 @@ class Dataset:
 
         A dim of 0 is inferred with :func:`infer_dims` (over all splits).
         Raises :class:`DatasetError` naming every problem found from file
-        sizes, or .time files in some sequences of any split but not others; values (NaN/inf inputs, timestamp order) are checked by
-        :func:`check_dataset`, and timestamps also by :meth:`time_signal`.
+        sizes, and .time files present for some sequences of any split but
+        not others. Values (NaN/inf inputs, timestamp order) are checked by
+        :func:`check_dataset`, timestamps also by :meth:`time_signal`.
         """
         input_dim, target_dim = infer_dims(root, input_dim, target_dim)
         problems: list[str] = []
