@@ -8,16 +8,19 @@ are all visible in the outputs:
                    + id_index[b] + timestamp[b]   (timestamp 0 when not given)
 
 :func:`reference_outputs` computes the same thing with plain numpy, and
-:class:`FakeLoader` maps workspace directory names to fakes.
+:class:`FakeLoader` maps workspace directory names to fakes;
+:func:`make_models_dir` and :func:`running_server` set up a server on them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 
 import numpy as np
 
-from sophia.serving.server import ModelLoadError
+from sophia.serving.server import ModelLoadError, Server
 
 INPUT_DIM = 3
 TARGET_DIM = 2
@@ -115,3 +118,27 @@ def reference_outputs(name, frames_tbi, id_indices, timestamps_tb=None, resets=(
         stamps = None if timestamps_tb is None else timestamps_tb[t]
         outputs.append(session.step(frame_bi, stamps))
     return np.stack(outputs)
+
+
+def make_models_dir(root):
+    """Create ``root/models/<name>`` for every fake and ``root/outside``; returns models."""
+    models = os.path.join(root, "models")
+    for name in list(FAKES) + ["unloadable"]:
+        os.makedirs(os.path.join(models, name), exist_ok=True)
+    os.makedirs(os.path.join(root, "outside", "alpha"), exist_ok=True)
+    return models
+
+
+@contextlib.contextmanager
+def running_server(endpoint, models_dir, loader=None, **options):
+    """A :class:`Server` with fake models, serving from a thread until exit."""
+    server = Server(endpoint, loader or FakeLoader(), models_dir, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=5)
+        if thread.is_alive():
+            raise RuntimeError("server thread did not stop within 5 s")

@@ -288,7 +288,8 @@ class Server:
             paths = [resolve_workspace(self._models_dir, ws)
                      for ws in handshake.workspaces]
         except ProtocolError as exc:
-            raise ProtocolError(f"bad handshake, no session: {exc}") from None
+            raise ProtocolError("bad handshake, no session (never started, ended or "
+                                f"expired): {exc}") from None
         self._pending[rid] = (handshake, [self._model_future(p) for p in paths])
         return None  # 'ready' or an error is sent by _finish_loads
 
