@@ -1,0 +1,162 @@
+"""Generate a dataset in Sophia's format (see ``sophia/training/dataset_writer.py``).
+
+Usage, from the repository root::
+
+    python datasets/make.py TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
+    python datasets/make.py TASK --help        # the task's own options
+
+Tasks: ``adding``, ``multiplication``, ``temporal_order``, ``frequency``
+(synthetic: ``--train/--dev/--test`` give the number of sequences) and
+``real`` (a series shipped with statsmodels; its sizes follow from the series).
+Every split draws from its own stream of the seed, so the same seed and
+options give identical bytes, and changing ``--dev`` leaves train unchanged.
+``DIR`` must be missing or empty. The dataset root gets a ``README.txt``
+saying the task, the options and the seed.
+
+Example
+-------
+>>> import tempfile, os
+>>> out = os.path.join(tempfile.mkdtemp(), "adding")
+>>> make_dataset("adding", out, seed=1, counts={"train": 2, "dev": 1, "test": 1}, T=20)
+{'train': 2, 'dev': 1, 'test': 1}
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from datasets.tasks import TASKS, real  # noqa: E402
+from datasets.tasks.common import sequence_path  # noqa: E402
+from sophia.training.dataset_writer import SPLITS, DatasetWriter  # noqa: E402
+
+DEFAULT_COUNTS = {"train": 200, "dev": 50, "test": 50}
+
+
+def make_dataset(task_name, out, seed=0, counts=None, **options):
+    """Write the dataset of task `task_name` to directory `out`.
+
+    Parameters
+    ----------
+    task_name : str
+        A key of :data:`datasets.tasks.TASKS`.
+    out : str or os.PathLike
+        Dataset directory, missing or empty.
+    seed : int
+        Seed of every random draw.
+    counts : dict, optional
+        ``{split: number of sequences}`` for synthetic tasks (default
+        :data:`DEFAULT_COUNTS`); ignored by ``real``.
+    **options
+        The task's own options.
+
+    Returns
+    -------
+    dict
+        ``{split: number of sequences written}``.
+
+    Raises
+    ------
+    ValueError, FileExistsError, datasets.tasks.real.MissingPackageError
+        On bad options, a non-empty `out`, or a missing data package.
+    """
+    task = TASKS[task_name]
+    counts = dict(DEFAULT_COUNTS if counts is None else counts)
+    with DatasetWriter(out) as writer:
+        if hasattr(task, "generate"):
+            streams = np.random.SeedSequence(seed).spawn(len(SPLITS))
+            for split, stream in zip(SPLITS, streams):
+                rng = np.random.default_rng(stream)
+                for index, sequence in enumerate(task.generate(rng, counts[split], **options)):
+                    writer.add(split, sequence_path(split, index), *sequence)
+        else:
+            task.write_dataset(writer, np.random.default_rng(seed), **options)
+        readme = readme_text(task_name, seed, options, writer)
+        (writer.root / "README.txt").write_text(readme, encoding="utf-8")
+    return writer.counts()
+
+
+def readme_text(task_name, seed, options, writer):
+    """Return the ``README.txt`` of a dataset (no paths, no dates: reproducible)."""
+    task = TASKS[task_name]
+    counts = writer.counts()
+    flags = [f"--seed {seed}"]
+    if hasattr(task, "generate"):
+        flags += [f"--{split} {counts[split]}" for split in SPLITS]
+    flags += [f"--{name.replace('_', '-')} {value}" for name, value in options.items()]
+    description = (task.__doc__ or "").split("\nExample\n")[0].strip()
+    return "\n".join([
+        f"Sophia dataset: {task_name} - {task.SUMMARY}",
+        "",
+        f"Made with: python datasets/make.py {task_name} --out DIR {' '.join(flags)}",
+        f"Seed: {seed}",
+        "Options: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "none"),
+        "Sequences: " + ", ".join(f"{split} {counts[split]}" for split in SPLITS),
+        f"Widths: input j={writer.input_dim}, target k={writer.target_dim}",
+        "",
+        description,
+        "",
+        "Format: train.list, dev.list, test.list hold '\\n'-delimited sequence paths",
+        "without extension; <path>.input is [t][j] and <path>.target is [t][k], flat",
+        "little-endian float32 ('<f4'); NaN target = no target at that frame;",
+        "<path>.time, where present, holds one increasing float32 timestamp per frame.",
+        "",
+    ])
+
+
+def build_parser():
+    """Return the command-line parser: one sub-command per task."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="dataset directory (missing or empty)")
+    common.add_argument("--seed", type=int, default=0, help="random seed; default 0")
+    sizes = argparse.ArgumentParser(add_help=False)
+    for split in SPLITS:
+        sizes.add_argument(f"--{split}", type=_non_negative_int, default=DEFAULT_COUNTS[split],
+                           help=f"number of {split} sequences; default {DEFAULT_COUNTS[split]}")
+    parser = argparse.ArgumentParser(
+        prog="datasets/make.py", description="Generate a dataset in Sophia's format.")
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for name, task in TASKS.items():
+        parents = [common, _options_parser(task)]
+        if hasattr(task, "generate"):
+            parents.append(sizes)
+        tasks.add_parser(name, parents=parents, help=task.SUMMARY, description=task.SUMMARY)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    task = TASKS[args.task]
+    options = {name: getattr(args, name) for name in vars(_options_parser(task).parse_args([]))}
+    counts = {split: getattr(args, split) for split in SPLITS} if hasattr(task, "generate") else None
+    try:
+        written = make_dataset(args.task, args.out, args.seed, counts, **options)
+    except (ValueError, FileExistsError, real.MissingPackageError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in written.items()))
+    return 0
+
+
+def _options_parser(task):
+    parser = argparse.ArgumentParser(add_help=False)
+    task.add_arguments(parser)
+    return parser
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
