@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,6 +79,21 @@ def resolve_workspace(models_dir, workspace: str) -> Path:
     if not path.is_relative_to(root):
         raise ProtocolError(f"workspace {workspace!r} is outside the models directory")
     return path
+
+
+def _refuse_live_ipc(endpoint: str) -> None:
+    """libzmq silently takes over an ipc path: refuse one a server still answers on."""
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return
+    path = endpoint[len("ipc://"):]
+    if not os.path.exists(path):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # a stale file: libzmq replaces it
+    raise OSError(f"{endpoint} is in use by another server")
 
 
 def _remove_socket_file(path: str) -> None:
@@ -172,6 +188,7 @@ class Server:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
             self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            _refuse_live_ipc(endpoint)
             self._socket.bind(endpoint)
             self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         except Exception:
