@@ -22,7 +22,7 @@ from fake_models import (FAKES, FakeLoader, make_models_dir,
                          reference_outputs, running_server)
 from sophia.serving import protocol as proto
 from sophia.serving.cli import parse_endpoint
-from sophia.serving.client import ServerError, SophiaClient
+from sophia.serving.client import ServerError, ServerTimeout, SophiaClient, SophiaError
 from sophia.serving.server import ModelLoadError, Server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,6 +201,24 @@ def test_a_live_ipc_endpoint_is_not_taken_over(server, short_dir, models_dir):
     assert not os.path.exists(stale)
 
 
+def test_python_client_times_out_and_refuses_use_after_close(short_dir):
+    with pytest.raises(ServerTimeout):
+        SophiaClient(f"ipc://{short_dir}/nobody.sock", ["alpha"], 1, [[0]], timeout=0.2)
+
+
+def test_python_client_after_close(server):
+    client = SophiaClient(server.endpoint, ["alpha"], 1, [[0]], timeout=TIMEOUT)
+    client.close()
+    client.close()
+    with pytest.raises(SophiaError, match="closed"):
+        client.step(np.zeros((1, 1, 3), np.float32))
+    with SophiaClient(server.endpoint, ["alpha"], 2, [[0, 0]], timeout=TIMEOUT) as c:
+        with pytest.raises(ValueError, match="shape"):
+            c.step(np.zeros((2, 3)))
+        with pytest.raises(ValueError, match="timestamps_b"):
+            c.step(np.zeros((1, 2, 3)), timestamps_b=[0.0])
+
+
 # --- faults: each is answered (or dropped) and a good client still works -------
 
 @pytest.mark.parametrize("parts, reason", [
@@ -280,6 +298,22 @@ def test_end_frame_gets_no_reply_and_ends_the_session(server):
     finally:
         dealer.close()
     assert_serves(server.endpoint)
+
+
+def test_requests_during_a_slow_handshake_are_refused(server):
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    try:
+        dealer.connect(server.endpoint)
+        dealer.send_multipart([b"", b"slow;1\n0"])
+        dealer.send_multipart([b"", struct.pack("<3f", 1, 2, 3)])
+        replies = []
+        for _ in range(2):
+            assert dealer.poll(TIMEOUT * 1000)
+            replies.append(dealer.recv_multipart()[1])
+        assert b"still loading" in replies[0] and replies[1] == proto.READY
+    finally:
+        dealer.close()
 
 
 def test_client_vanishing_mid_request_is_dropped(short_dir, models_dir):
