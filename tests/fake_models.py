@@ -74,6 +74,7 @@ class FakeModel:
 
 
 FAKES = {
+    "not_a_model": {},                      # the loader returns a non-model
     "alpha": dict(factor=1.0, num_ids=5),   # has an ID embedding
     "beta": dict(factor=-2.0),              # no ID embedding: indices ignored
     "wide": dict(factor=1.0, input_dim=4),  # incompatible with alpha/beta
@@ -99,6 +100,8 @@ class FakeLoader:
             raise ModelLoadError(f"no model in {name!r}")
         if name == "slow":
             time.sleep(SLOW_LOAD)
+        if name == "not_a_model":
+            return object()  # breaks the Model interface
         return FakeModel(**FAKES[name])
 
 

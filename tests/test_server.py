@@ -236,6 +236,7 @@ def test_python_client_after_close(server):
     ([b"alpha;wide;1\n0\n0"], b"differ in (input_dim, target_dim)"),
     ([b"alpha;1\n5"], b"ID index 5 is outside [0, 5)"),
     ([b"a\0b;1\n0"], b"not a valid path"),
+    ([b"not_a_model;1\n0"], b"server error, no session: AttributeError"),
 ])
 def test_bad_first_messages_get_an_error_and_no_session(server, models_dir, parts, reason):
     os.symlink(os.path.join(models_dir, "..", "outside", "alpha"),

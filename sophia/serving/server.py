@@ -356,6 +356,11 @@ class Server:
                 except ProtocolError as exc:
                     log.warning("client %s: %s", rid.hex(), proto.one_line(exc))
                     reply = proto.format_error(str(exc))
+                except Exception as exc:  # a model that breaks its interface
+                    message = (f"server error, no session: "
+                               f"{type(exc).__name__}: {exc}")
+                    log.error("client %s: %s", rid.hex(), proto.one_line(message))
+                    reply = proto.format_error(message)
                 self._send(rid, [reply])
 
     def _open_session(self, rid: bytes, handshake, futures) -> None:
