@@ -1,0 +1,73 @@
+"""Initialisers: small callables ``init(shape, rng) -> ndarray``.
+
+- :class:`Uniform`    — U(−scale, scale).
+- :class:`Glorot`     — U(±sqrt(6 / (fan_in + fan_out))) (Glorot & Bengio 2010).
+- :class:`Orthogonal` — a random orthogonal matrix (Saxe et al. 2014); square only.
+- :class:`Constant`   — every element the same value.
+- :func:`stacked`     — one matrix of gate blocks side by side, each block from an init.
+
+Values come back as float64; the caller casts them to the graph's dtype.
+
+Example
+-------
+>>> import numpy as np
+>>> w = stacked(Orthogonal(), rows=3, block=3, blocks=4, rng=np.random.default_rng(0))
+>>> w.shape, np.allclose(w[:, :3] @ w[:, :3].T, np.eye(3))
+((3, 12), True)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Uniform:
+    """U(−scale, scale) for every element."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, shape, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(-self.scale, self.scale, size=shape)
+
+
+class Glorot:
+    """Glorot/Xavier uniform for a matrix of shape [fan_in][fan_out]."""
+
+    def __call__(self, shape, rng: np.random.Generator) -> np.ndarray:
+        limit = np.sqrt(6.0 / (shape[0] + shape[-1]))
+        return rng.uniform(-limit, limit, size=shape)
+
+
+class Orthogonal:
+    """A random orthogonal square matrix (QR of a Gaussian matrix, signs fixed)."""
+
+    def __call__(self, shape, rng: np.random.Generator) -> np.ndarray:
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"Orthogonal needs a square matrix, got shape {shape}")
+        q, r = np.linalg.qr(rng.standard_normal(shape))
+        return q * np.sign(np.diag(r))
+
+
+class Constant:
+    """Every element equal to ``value``."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def __call__(self, shape, rng: np.random.Generator) -> np.ndarray:
+        return np.full(shape, self.value, dtype=np.float64)
+
+
+def stacked(init, rows: int, block: int, blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """A [rows][blocks·block] matrix made of ``blocks`` independent [rows][block] blocks."""
+    return np.concatenate([init((rows, block), rng) for _ in range(blocks)], axis=1)
+
+
+def matrix_init(options, recurrent: bool, square: bool):
+    """The initialiser ModelOptions ask for: orthogonal for square recurrent blocks
+    (when ``orthogonal_recurrent``), else uniform(±init_scale) or Glorot."""
+    if recurrent and square and options.orthogonal_recurrent:
+        return Orthogonal()
+    if options.init_type == "glorot":
+        return Glorot()
+    return Uniform(options.init_scale)

@@ -1,0 +1,249 @@
+"""The Net: input → [ID embedding] → net_depth unit layers → linear output.
+
+Graph assembly goes in named stages — ports → forward → loss → grads → optimizer
+→ compile — and each stage is a method, so tests can compile any prefix of it.
+
+Compiled functions (sizes that shape a graph are arguments, never options edits):
+
+``f_train_step(input_tbj, time_tb, id_tb, target_tbk, lr) -> (loss_sum, n_frames, grad_norm)``
+    One BPTT(h; h') window: forward over h = ``window_size`` frames from the stored
+    state, loss on the last h' = ``step_size`` frames, gradient through all h
+    frames, parameter update. As a side effect it stores the state at frame h' − 1
+    (the next window, shifted by h', starts there), updates the optimizer state and
+    the batch-norm population statistics.
+``f_fwd_propagate(input_tbj, time_tb, id_tb, target_tbk) -> (loss_sum, n_frames)``
+    The same forward and loss without any update of parameters (evaluation,
+    inference behaviour: population statistics, no clock leak); stores the state
+    at the window's last frame.
+``f_infer(input_tbj, time_tb, id_tb) -> output_tbk``
+    Outputs for a window of any fixed length (one frame for real-time serving);
+    stores the state at its last frame. Works for any number of streams: the
+    stored states take the batch size of the values put into them.
+
+The loss per target frame is ``loss_sum / n_frames``.
+
+Example
+-------
+>>> import numpy as np
+>>> from sophia.options import ModelOptions
+>>> net = Net(ModelOptions(input_dim=2, target_dim=1, net_width=4, net_depth=1), dtype="float64")
+>>> f_infer, v_states = net.compile_infer(window_size=1, mode="FAST_COMPILE")
+>>> net.reset_states(v_states, batch_size=3)
+>>> f_infer(np.zeros((1, 3, 2)), np.zeros((1, 3)), np.zeros((1, 3), "int32")).shape
+(1, 3, 1)
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pytensor as th
+import pytensor.tensor as tt
+
+from sophia.graph.init import Uniform
+from sophia.graph.layers import UNIT_LAYERS, FCLayer
+from sophia.graph.modes import compile_mode
+from sophia.optim.losses import masked_loss
+from sophia.optim.updates import Optimizer
+from sophia.options import ModelOptions, OptionError
+
+
+@dataclass
+class Ports:
+    """Input ports of a window: p_input_tbj, p_time_tb, p_id_tb, p_target_tbk."""
+
+    p_input_tbj: object
+    p_time_tb: object
+    p_id_tb: object
+    p_target_tbk: object
+
+    def inputs(self, with_target=True):
+        ports = [self.p_input_tbj, self.p_time_tb, self.p_id_tb]
+        return ports + [self.p_target_tbk] if with_target else ports
+
+
+@dataclass
+class Forward:
+    """Forward stage: output [T][B][k], the states at the carry frame, buffer updates."""
+
+    s_output_tbk: object
+    s_next_states: list
+    updates: dict
+
+
+class Net:
+    """A stack of layers with learnable parameters ``v_params`` and buffers ``v_buffers``.
+
+    Parameters
+    ----------
+    options : ModelOptions with input_dim, target_dim (and num_ids with ID embedding) set
+    seed : initialisation seed
+    dtype : 'float32' (training, serving) or 'float64' (gradient checks)
+    """
+
+    def __init__(self, options: ModelOptions, seed: int = 0, dtype: str = "float32"):
+        options.validate()
+        if options.input_dim < 1 or options.target_dim < 1:
+            raise OptionError("input_dim and target_dim must be set (>= 1) to build a net; "
+                              f"got {options.input_dim} and {options.target_dim}")
+        if options.learn_id_embedding and options.num_ids < 1:
+            raise OptionError("learn_id_embedding needs num_ids >= 1 (the number of sequence IDs)")
+        self.options, self.dtype = options, dtype
+        rng = np.random.default_rng(seed)
+        emb = options.id_embedding_dim if options.learn_id_embedding else 0
+        self.layers, below = [], options.input_dim
+        for depth in range(options.net_depth):
+            residual = options.residual_gate and below == options.net_width
+            self.layers.append(UNIT_LAYERS[options.unit_type](
+                f"layer{depth}", below + emb, options.net_width, options, rng, dtype, residual))
+            below = options.net_width
+        self.output_layer = FCLayer("output", below + emb, options.target_dim, options, rng, dtype,
+                                    activation="identity", normalize=False)
+        self.v_id_embedding_ne = None
+        if emb:
+            # one row per sequence ID of the training data, plus one for IDs never seen
+            table = Uniform(options.init_scale)((options.num_ids + 1, emb), rng).astype(dtype)
+            self.v_id_embedding_ne = th.shared(table, name="id_embedding")
+
+    # -- parameters -------------------------------------------------------------
+    @property
+    def v_params(self) -> "OrderedDict[str, object]":
+        params = OrderedDict()
+        for layer in self.layers + [self.output_layer]:
+            params.update(layer.v_params)
+        if self.v_id_embedding_ne is not None:
+            params["id_embedding"] = self.v_id_embedding_ne
+        return params
+
+    @property
+    def v_buffers(self) -> "OrderedDict[str, object]":
+        buffers = OrderedDict()
+        for layer in self.layers:
+            buffers.update(layer.v_buffers)
+        return buffers
+
+    def num_weights(self) -> int:
+        return int(sum(v.get_value(borrow=True).size for v in self.v_params.values()))
+
+    def get_values(self) -> dict:
+        """Copies of every parameter and buffer, by stable name (for ``.npz``)."""
+        shared = {**self.v_params, **self.v_buffers}
+        return {name: v.get_value().copy() for name, v in shared.items()}
+
+    def set_values(self, values: dict) -> None:
+        """Load parameters and buffers saved by :meth:`get_values`.
+
+        Raises ValueError listing missing, unexpected or misshapen names.
+        """
+        shared = {**self.v_params, **self.v_buffers}
+        problems = [f"missing {n}" for n in shared if n not in values]
+        problems += [f"unexpected {n}" for n in values if n not in shared]
+        problems += [f"{n}: shape {np.shape(values[n])}, expected {v.get_value(borrow=True).shape}"
+                     for n, v in shared.items()
+                     if n in values and np.shape(values[n]) != v.get_value(borrow=True).shape]
+        if problems:
+            raise ValueError("parameters do not fit this net: " + "; ".join(problems))
+        for name, v in shared.items():
+            v.set_value(np.asarray(values[name], dtype=self.dtype))
+
+    # -- stored states ------------------------------------------------------------
+    def state_widths(self) -> list:
+        return [w for layer in self.layers for w in layer.state_widths]
+
+    def new_states(self, batch_size: int, tag: str) -> list:
+        """Zero-valued shared stored states, one [B][width] per layer state."""
+        return [th.shared(np.zeros((batch_size, w), self.dtype), name=f"{tag}.state{n}")
+                for n, w in enumerate(self.state_widths())]
+
+    def reset_states(self, v_states, batch_size=None) -> None:
+        """Set stored states to zero (with ``batch_size`` rows if given)."""
+        for v, w in zip(v_states, self.state_widths()):
+            rows = batch_size if batch_size is not None else v.get_value(borrow=True).shape[0]
+            v.set_value(np.zeros((rows, w), self.dtype))
+
+    # -- stages -------------------------------------------------------------------
+    def ports(self, window_size=None) -> Ports:
+        """Symbolic inputs; a static ``window_size`` is needed to unroll."""
+        t = window_size
+        return Ports(tt.tensor3("p_input_tbj", dtype=self.dtype, shape=(t, None, self.options.input_dim)),
+                     tt.matrix("p_time_tb", dtype=self.dtype, shape=(t, None)),
+                     tt.matrix("p_id_tb", dtype="int32", shape=(t, None)),
+                     tt.tensor3("p_target_tbk", dtype=self.dtype, shape=(t, None, self.options.target_dim)))
+
+    def forward(self, ports: Ports, s_prev_states, *, carry_frame, training, unroll=False) -> Forward:
+        """Forward stage over one window from ``s_prev_states`` (flat list over layers)."""
+        s_emb_tbe = self.v_id_embedding_ne[ports.p_id_tb] if self.v_id_embedding_ne is not None else None
+        s_below, updates, next_states, n = ports.p_input_tbj, {}, [], 0
+        for layer in self.layers + [self.output_layer]:
+            width = len(layer.state_widths)
+            s_in = s_below if s_emb_tbe is None else tt.concatenate([s_below, s_emb_tbe], axis=2)
+            out = layer.build(s_in, ports.p_time_tb, s_prev_states[n:n + width], carry_frame=carry_frame,
+                              training=training, unroll=unroll, s_skip_tbi=s_below)
+            s_below, n = out.s_output_tbi, n + width
+            next_states += out.s_next_states
+            updates.update(out.updates)
+        return Forward(s_below, next_states, updates)
+
+    @staticmethod
+    def loss(forward: Forward, ports: Ports, step_size: int, loss_type: str, huber_delta=1.0):
+        """Loss stage: (s_loss_sum, s_n_frames) over the last ``step_size`` frames."""
+        return masked_loss(forward.s_output_tbk[-step_size:], ports.p_target_tbk[-step_size:],
+                           loss_type, huber_delta)
+
+    def grads(self, s_loss_sum, s_n_frames):
+        """Gradient stage: gradients of the loss per target frame w.r.t. ``v_params``."""
+        s_cost = s_loss_sum / tt.maximum(s_n_frames, 1.0)
+        return tt.grad(s_cost, list(self.v_params.values()))
+
+    # -- compiled functions ---------------------------------------------------------
+    def compile_train_step(self, train_options, mode=None):
+        """Compile ``f_train_step`` for ``train_options``' batch, window and step sizes.
+
+        Returns ``(f_train_step, v_states, optimizer)``; ``optimizer.compile_reset()``
+        gives the function that resets all optimizer state.
+        """
+        o = train_options
+        ports = self.ports(o.window_size if o.unroll_scan else None)
+        v_states = self.new_states(o.batch_size, "train")
+        fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan)
+        s_loss_sum, s_n_frames = self.loss(fwd, ports, o.step_size, o.loss_type, o.huber_delta)
+        p_lr = tt.scalar("p_lr", dtype=self.dtype)
+        optimizer = Optimizer.from_options(list(self.v_params.values()),
+                                           self.grads(s_loss_sum, s_n_frames), p_lr, o)
+        updates = OrderedDict(optimizer.updates)
+        updates.update(fwd.updates)
+        updates.update(zip(v_states, fwd.s_next_states))
+        f_train_step = th.function(ports.inputs() + [p_lr], [s_loss_sum, s_n_frames, optimizer.s_grad_norm],
+                                   updates=updates, mode=compile_mode(mode or o.compile_mode),
+                                   on_unused_input="ignore", name="f_train_step")
+        return f_train_step, v_states, optimizer
+
+    def compile_fwd_propagate(self, train_options, batch_size=None, mode=None):
+        """Compile ``f_fwd_propagate`` over windows of ``window_size`` frames, loss on all of them.
+
+        Returns ``(f_fwd_propagate, v_states)``.
+        """
+        o = train_options
+        window = o.window_size
+        ports = self.ports(window if o.unroll_scan else None)
+        v_states = self.new_states(batch_size or o.batch_size, "eval")
+        fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan)
+        s_loss_sum, s_n_frames = self.loss(fwd, ports, window, o.loss_type, o.huber_delta)
+        f = th.function(ports.inputs(), [s_loss_sum, s_n_frames], updates=list(zip(v_states, fwd.s_next_states)),
+                        mode=compile_mode(mode or o.compile_mode), on_unused_input="ignore",
+                        name="f_fwd_propagate")
+        return f, v_states
+
+    def compile_infer(self, window_size=1, mode="auto", unroll=False):
+        """Compile ``f_infer`` over windows of ``window_size`` frames (1 for serving).
+
+        Returns ``(f_infer, v_states)``; set the states' batch size with :meth:`reset_states`.
+        """
+        ports = self.ports(window_size)
+        v_states = self.new_states(1, "infer")
+        fwd = self.forward(ports, v_states, carry_frame=window_size - 1, training=False, unroll=unroll)
+        f = th.function(ports.inputs(with_target=False), fwd.s_output_tbk,
+                        updates=list(zip(v_states, fwd.s_next_states)), mode=compile_mode(mode),
+                        on_unused_input="ignore", name="f_infer")
+        return f, v_states

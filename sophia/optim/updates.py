@@ -1,0 +1,177 @@
+"""Optimizers as a *force* (the direction of a step) times an *update* rule.
+
+A force turns gradients into directions: ``vanilla`` (the gradient), ``rmsprop``,
+``adadelta`` or ``adam``. An update rule moves the parameters along them, scaled
+by the learning rate: ``sgd``, ``momentum`` or ``nesterov``. Any force combines
+with any update. Gradient-norm clipping is a separate step before the force.
+
+Every rule returns an ordered ``{shared_variable: new_expression}`` mapping and
+keeps its state in shared variables; :class:`Optimizer` gathers them so one
+compiled function resets all optimizer state (after an annealing rollback).
+The learning rate is a symbolic input, so changing it never recompiles.
+
+Example
+-------
+>>> import numpy as np, pytensor as th, pytensor.tensor as tt
+>>> w = th.shared(np.array([3.0]), name="w")
+>>> lr = tt.scalar("lr", dtype="float64")
+>>> opt = Optimizer([w], [2 * w], lr, force_type="adam", update_type="sgd")
+>>> f = th.function([lr], [], updates=opt.updates)
+>>> f(0.1); round(float(w.get_value()[0]), 6)
+2.9
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytensor as th
+import pytensor.tensor as tt
+
+
+def clip_by_global_norm(grads, max_norm: float):
+    """Scale ``grads`` so their joint L2 norm is at most ``max_norm`` (0 = no clipping).
+
+    Returns ``(clipped_grads, s_norm)`` where ``s_norm`` is the norm before clipping.
+    """
+    s_norm = tt.sqrt(sum(tt.sum(tt.sqr(g)) for g in grads))
+    if max_norm <= 0:
+        return list(grads), s_norm
+    scale = tt.minimum(1.0, max_norm / (s_norm + 1e-12))
+    return [g * tt.cast(scale, g.dtype) for g in grads], s_norm
+
+
+class _State:
+    """Creates zero-initialised shared variables like a parameter and remembers them."""
+
+    def __init__(self):
+        self.variables = []
+
+    def like(self, v_param, tag: str):
+        value = np.zeros_like(v_param.get_value(borrow=True))
+        v = th.shared(value, name=f"{v_param.name}.{tag}")
+        self.variables.append(v)
+        return v
+
+    def scalar(self, name: str, dtype: str):
+        v = th.shared(np.zeros((), dtype), name=name)
+        self.variables.append(v)
+        return v
+
+
+def vanilla(params, grads, state, opts):
+    """Directions = gradients."""
+    return list(grads), OrderedDict()
+
+
+def rmsprop(params, grads, state, opts):
+    """g / sqrt(E[g²] + ε) with E[g²] a running average (decay ``rms_decay``)."""
+    rho, eps = opts["rms_decay"], opts["force_epsilon"]
+    directions, updates = [], OrderedDict()
+    for p, g in zip(params, grads):
+        v_ms = state.like(p, "ms")
+        ms = rho * v_ms + (1 - rho) * tt.sqr(g)
+        updates[v_ms] = ms
+        directions.append(g / tt.sqrt(ms + eps))
+    return directions, updates
+
+
+def adadelta(params, grads, state, opts):
+    """Zeiler 2012: sqrt(E[Δ²] + ε) / sqrt(E[g²] + ε) · g (decay ``adadelta_decay``)."""
+    rho, eps = opts["adadelta_decay"], opts["force_epsilon"]
+    directions, updates = [], OrderedDict()
+    for p, g in zip(params, grads):
+        v_ms, v_md = state.like(p, "ms"), state.like(p, "md")
+        ms = rho * v_ms + (1 - rho) * tt.sqr(g)
+        delta = tt.sqrt(v_md + eps) / tt.sqrt(ms + eps) * g
+        updates[v_ms] = ms
+        updates[v_md] = rho * v_md + (1 - rho) * tt.sqr(delta)
+        directions.append(delta)
+    return directions, updates
+
+
+def adam(params, grads, state, opts):
+    """Kingma & Ba 2015: m̂ / (sqrt(v̂) + ε) with bias-corrected moments."""
+    b1, b2, eps = opts["adam_beta1"], opts["adam_beta2"], opts["force_epsilon"]
+    v_t = state.scalar("adam.t", params[0].dtype)
+    t = v_t + 1
+    updates = OrderedDict({v_t: t})
+    directions = []
+    for p, g in zip(params, grads):
+        v_m, v_v = state.like(p, "m"), state.like(p, "v")
+        m = b1 * v_m + (1 - b1) * g
+        v = b2 * v_v + (1 - b2) * tt.sqr(g)
+        updates[v_m], updates[v_v] = m, v
+        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        directions.append(m_hat / (tt.sqrt(v_hat) + eps))
+    return directions, updates
+
+
+def sgd(params, directions, s_lr, state, mu):
+    """p ← p − lr · d."""
+    return OrderedDict((p, p - s_lr * d) for p, d in zip(params, directions))
+
+
+def momentum(params, directions, s_lr, state, mu):
+    """v ← μ v − lr · d;  p ← p + v."""
+    updates = OrderedDict()
+    for p, d in zip(params, directions):
+        v_vel = state.like(p, "velocity")
+        vel = mu * v_vel - s_lr * d
+        updates[v_vel], updates[p] = vel, p + vel
+    return updates
+
+
+def nesterov(params, directions, s_lr, state, mu):
+    """v ← μ v − lr · d;  p ← p + μ v − lr · d (Sutskever et al. 2013)."""
+    updates = OrderedDict()
+    for p, d in zip(params, directions):
+        v_vel = state.like(p, "velocity")
+        vel = mu * v_vel - s_lr * d
+        updates[v_vel], updates[p] = vel, p + mu * vel - s_lr * d
+    return updates
+
+
+FORCES = {"vanilla": vanilla, "rmsprop": rmsprop, "adadelta": adadelta, "adam": adam}
+UPDATES = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov}
+
+
+class Optimizer:
+    """Updates of ``params`` for ``grads``: clipping → force → update.
+
+    Attributes
+    ----------
+    updates : OrderedDict {shared: expression} for the parameters and optimizer state.
+    v_state : list of the optimizer's shared state variables.
+    s_grad_norm : the gradients' global norm before clipping.
+    """
+
+    def __init__(self, params, grads, s_lr, force_type="adam", update_type="sgd",
+                 update_mu=0.9, grad_norm_clip=0.0, rms_decay=0.9, adadelta_decay=0.95,
+                 adam_beta1=0.9, adam_beta2=0.999, force_epsilon=1e-6):
+        if force_type not in FORCES:
+            raise ValueError(f"force_type must be one of {', '.join(FORCES)}; got {force_type!r}")
+        if update_type not in UPDATES:
+            raise ValueError(f"update_type must be one of {', '.join(UPDATES)}; got {update_type!r}")
+        params = list(params)
+        state = _State()
+        grads, self.s_grad_norm = clip_by_global_norm(grads, grad_norm_clip)
+        opts = dict(rms_decay=rms_decay, adadelta_decay=adadelta_decay, adam_beta1=adam_beta1,
+                    adam_beta2=adam_beta2, force_epsilon=force_epsilon)
+        directions, self.updates = FORCES[force_type](params, grads, state, opts)
+        s_lr = tt.cast(s_lr, params[0].dtype)
+        self.updates.update(UPDATES[update_type](params, directions, s_lr, state, update_mu))
+        self.v_state = state.variables
+
+    @classmethod
+    def from_options(cls, params, grads, s_lr, train_options):
+        """An optimizer configured by :class:`sophia.options.TrainOptions`."""
+        o = train_options
+        return cls(params, grads, s_lr, force_type=o.force_type, update_type=o.update_type,
+                   update_mu=o.update_mu, grad_norm_clip=o.grad_norm_clip, rms_decay=o.rms_decay,
+                   adadelta_decay=o.adadelta_decay, adam_beta1=o.adam_beta1,
+                   adam_beta2=o.adam_beta2, force_epsilon=o.force_epsilon)
+
+    def compile_reset(self, mode=None):
+        """``f_reset()``: sets every optimizer state variable to zero (moments, velocities, step count)."""
+        return th.function([], [], updates=[(v, tt.zeros_like(v)) for v in self.v_state], mode=mode)
