@@ -34,6 +34,7 @@ Example
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -47,6 +48,16 @@ from sophia.graph.modes import compile_mode
 from sophia.optim.losses import masked_loss
 from sophia.optim.updates import Optimizer
 from sophia.options import ModelOptions, OptionError
+
+
+def _in_own_dtype(method):
+    """Build the graph with ``floatX`` set to the net's dtype, so Python float
+    constants (epsilons, leak rates) never upcast a float32 graph to float64."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with th.config.change_flags(floatX=self.dtype):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @dataclass
@@ -171,6 +182,7 @@ class Net:
                      tt.matrix("p_id_tb", dtype="int32", shape=(t, None)),
                      tt.tensor3("p_target_tbk", dtype=self.dtype, shape=(t, None, self.options.target_dim)))
 
+    @_in_own_dtype
     def forward(self, ports: Ports, s_prev_states, *, carry_frame, training, unroll=False) -> Forward:
         """Forward stage over one window from ``s_prev_states`` (flat list over layers)."""
         s_emb_tbe = self.v_id_embedding_ne[ports.p_id_tb] if self.v_id_embedding_ne is not None else None
@@ -185,18 +197,20 @@ class Net:
             updates.update(out.updates)
         return Forward(s_below, next_states, updates)
 
-    @staticmethod
-    def loss(forward: Forward, ports: Ports, step_size: int, loss_type: str, huber_delta=1.0):
+    @_in_own_dtype
+    def loss(self, forward: Forward, ports: Ports, step_size: int, loss_type: str, huber_delta=1.0):
         """Loss stage: (s_loss_sum, s_n_frames) over the last ``step_size`` frames."""
         return masked_loss(forward.s_output_tbk[-step_size:], ports.p_target_tbk[-step_size:],
                            loss_type, huber_delta)
 
+    @_in_own_dtype
     def grads(self, s_loss_sum, s_n_frames):
         """Gradient stage: gradients of the loss per target frame w.r.t. ``v_params``."""
         s_cost = s_loss_sum / tt.maximum(s_n_frames, 1.0)
         return tt.grad(s_cost, list(self.v_params.values()))
 
     # -- compiled functions ---------------------------------------------------------
+    @_in_own_dtype
     def compile_train_step(self, train_options, mode=None):
         """Compile ``f_train_step`` for ``train_options``' batch, window and step sizes.
 
@@ -219,6 +233,7 @@ class Net:
                                    on_unused_input="ignore", name="f_train_step")
         return f_train_step, v_states, optimizer
 
+    @_in_own_dtype
     def compile_fwd_propagate(self, train_options, batch_size=None, mode=None):
         """Compile ``f_fwd_propagate`` over windows of ``window_size`` frames, loss on all of them.
 
@@ -235,6 +250,7 @@ class Net:
                         name="f_fwd_propagate")
         return f, v_states
 
+    @_in_own_dtype
     def compile_infer(self, window_size=1, mode="auto", unroll=False):
         """Compile ``f_infer`` over windows of ``window_size`` frames (1 for serving).
 

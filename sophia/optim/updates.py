@@ -154,10 +154,14 @@ class Optimizer:
         if update_type not in UPDATES:
             raise ValueError(f"update_type must be one of {', '.join(UPDATES)}; got {update_type!r}")
         params = list(params)
+        with th.config.change_flags(floatX=params[0].dtype):   # float constants keep the params' dtype
+            self._build(params, grads, s_lr, force_type, update_type, update_mu, grad_norm_clip,
+                        dict(rms_decay=rms_decay, adadelta_decay=adadelta_decay, adam_beta1=adam_beta1,
+                             adam_beta2=adam_beta2, force_epsilon=force_epsilon))
+
+    def _build(self, params, grads, s_lr, force_type, update_type, update_mu, grad_norm_clip, opts):
         state = _State()
         grads, self.s_grad_norm = clip_by_global_norm(grads, grad_norm_clip)
-        opts = dict(rms_decay=rms_decay, adadelta_decay=adadelta_decay, adam_beta1=adam_beta1,
-                    adam_beta2=adam_beta2, force_epsilon=force_epsilon)
         directions, self.updates = FORCES[force_type](params, grads, state, opts)
         s_lr = tt.cast(s_lr, params[0].dtype)
         self.updates.update(UPDATES[update_type](params, directions, s_lr, state, update_mu))
