@@ -1,0 +1,353 @@
+"""The training loop: BPTT(h; h') epochs, dev evaluation, annealing, workspace files.
+
+:class:`Trainer` opens the train and dev splits, builds the :class:`Net`,
+writes the workspace (see :mod:`sophia.training.run_state` for the layout),
+compiles ``f_train_step`` and ``f_fwd_propagate`` and runs epochs:
+
+1. train ``frames_per_epoch`` new frames from an endless iterator whose
+   streams (and the net's stored states) carry on from the previous epoch;
+2. evaluate the dev loss per target frame over one finite pass
+   (``step_size = window_size``, stored states zeroed first);
+3. hand the dev loss to the :class:`Annealer` and obey its decision: save the
+   best model (``params.npz``), save the pivot, or roll back to the pivot with
+   a smaller learning rate and a reset optimizer; stop when it says so.
+
+A non-finite loss (NaN or inf in training or evaluation) ends the epoch and
+forces a rollback. Before epoch 1 the initial model is saved as best, pivot
+and previous, and its dev loss (epoch 0) seeds the annealer, so every later
+"best" beats the model training started from. Every file is written
+atomically after every epoch: a run killed at any moment leaves a loadable
+workspace.
+
+Example
+-------
+>>> from sophia.options import ModelOptions, TrainOptions
+>>> trainer = Trainer(ModelOptions(net_width=16, net_depth=1),
+...                   TrainOptions(frames_per_epoch=5000, max_epochs=3),
+...                   data_dir="data/demo-adding", save_to="workspaces/try")  # doctest: +SKIP
+>>> result = trainer.run()                                                     # doctest: +SKIP
+>>> result.best_dev_loss < result.baseline                                     # doctest: +SKIP
+True
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytensor as th
+
+from sophia.graph.modes import compile_mode
+from sophia.graph.net import Net
+from sophia.options import ModelOptions, OptionError, TrainOptions, to_dict
+from sophia.training import run_state as rs
+from sophia.training.annealer import Annealer, Decision
+from sophia.training.dataset import Dataset, id_order
+from sophia.training.iterator import BPTTIterator
+from sophia.training.metrics import format_epoch_line, plot_learning_curve
+from sophia.training.workspace import METRICS, Workspace, WorkspaceError
+
+_NP_LOSSES = {"l2": lambda e, d: e * e, "l1": lambda e, d: np.abs(e),
+              "huber": lambda e, d: np.where(np.abs(e) <= d, 0.5 * e * e, d * (np.abs(e) - 0.5 * d))}
+_CHUNK = 1 << 16                     # frames read at a time by the baseline
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run ended with: the best model's losses per target frame."""
+
+    workspace: str
+    epochs: int
+    best_dev_loss: float
+    best_train_loss: float
+    baseline: float
+    stop_reason: str
+
+
+def open_data(data_dir: str, model: ModelOptions, ids: list[str] | None = None):
+    """Open train and dev; fill in dims and ``num_ids``.
+
+    ``ids`` (a loaded model's ``ids.order``) replaces ``id_order(train)``.
+    Returns ``(train, dev, model_options, ids)``; raises DatasetError for bad
+    data, OptionError for a ``num_ids`` that contradicts the data.
+    """
+    train = Dataset.open(data_dir, "train", model.input_dim, model.target_dim)
+    dev = Dataset.open(data_dir, "dev", train.input_dim, train.target_dim)
+    ids = id_order(train) if ids is None else ids
+    num_ids = model.num_ids
+    if model.learn_id_embedding:
+        if num_ids not in (0, len(ids)):
+            raise OptionError(f"num_ids is {num_ids}, but the training data has {len(ids)} "
+                              "sequence IDs (set num_ids = 0 to take it from the data)")
+        num_ids = len(ids)
+    model = dataclasses.replace(model, input_dim=train.input_dim, target_dim=train.target_dim,
+                                num_ids=num_ids).validate()
+    return train, dev, model, ids
+
+
+def check_batch_norm(model: ModelOptions, train_options: TrainOptions, dataset: Dataset) -> None:
+    """Raise OptionError if batch norm cannot train on this data with these options.
+
+    Batch statistics need B >= 2 synchronized streams whose frame t is the same
+    time step: frame indices, not timestamps.
+    """
+    if not model.batch_norm:
+        return
+    if dataset.has_time:
+        raise OptionError(f"batch_norm needs frame-indexed sequences, but {dataset.root} has "
+                          ".time files; train without batch_norm (layer_norm works with them)")
+    if train_options.batch_size < 2:
+        raise OptionError(f"batch_norm needs batch_size >= 2; got {train_options.batch_size}")
+
+
+def mean_baseline(dataset: Dataset, loss_type: str, huber_delta: float = 1.0) -> float:
+    """Loss per target frame of predicting the mean target (per dim, NaN ignored).
+
+    Streams twice through the memory maps; memory does not grow with the data.
+    Returns NaN if the split has no targets.
+    """
+    k = dataset.target_dim
+    sums, counts = np.zeros(k), np.zeros(k)
+    for chunk_tk in _target_chunks(dataset):
+        valid = ~np.isnan(chunk_tk)
+        sums += np.where(valid, chunk_tk, 0.0).sum(axis=0)
+        counts += valid.sum(axis=0)
+    mean_k = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    total, frames = 0.0, 0
+    for chunk_tk in _target_chunks(dataset):
+        valid = ~np.isnan(chunk_tk)
+        loss = _NP_LOSSES[loss_type](np.where(valid, chunk_tk - mean_k, 0.0), huber_delta)
+        total += float(np.where(valid, loss, 0.0).sum())
+        frames += int(valid.any(axis=1).sum())
+    return total / frames if frames else math.nan
+
+
+def _target_chunks(dataset: Dataset):
+    for i, seq in enumerate(dataset.sequences):
+        target_tk = dataset.target(i)
+        for start in range(0, seq.length, _CHUNK):
+            yield np.asarray(target_tk[start:start + _CHUNK], dtype=np.float64)
+
+
+class Progress:
+    """An in-place progress bar on a TTY (redrawn at most 5 times a second); silent otherwise."""
+
+    def __init__(self, stream, label: str, total: int):
+        self.stream, self.label, self.total = stream, label, total
+        self.active = hasattr(stream, "isatty") and stream.isatty()
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.active or now - self.last < 0.2:
+            return
+        self.last = now
+        filled = int(30 * min(done / self.total, 1.0))
+        rate = done / max(now - self.start, 1e-9) / 1000
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
+                          f"{done}/{self.total} frames  {rate:.1f}k frames/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+class Trainer:
+    """One training run into one workspace.
+
+    Parameters
+    ----------
+    model_options, train_options : the run's options (dims and num_ids may be 0: from the data)
+    data_dir : dataset directory (see :mod:`sophia.training.dataset`)
+    save_to : workspace directory (created; its files are replaced)
+    seed : seeds the net's initialisation and the iterators' shuffling
+    init_from : a workspace to start from: its ``params.npz`` and ``ids.order``
+        (``model_options`` must be its architecture). It may equal ``save_to``,
+        whose metrics log then goes on; otherwise an old log in ``save_to`` is removed.
+    out, progress : streams for the log (stdout) and the progress bar (stderr)
+
+    Side effects of construction: writes ``options.json``, ``ids.order``, the
+    preprocessing files and the initial model as ``params.npz`` and snapshots.
+    Raises DatasetError, OptionError, WorkspaceError, or ValueError if the
+    loaded parameters do not fit.
+    """
+
+    def __init__(self, model_options: ModelOptions, train_options: TrainOptions, data_dir: str,
+                 save_to: str, *, seed: int = 0, init_from: str | None = None, out=None, progress=None):
+        self.train_options, self.seed, self.data_dir = train_options.validate(), seed, data_dir
+        self.out, self.progress = out or sys.stdout, progress or sys.stderr
+        init_values, ids = None, None
+        if init_from is not None:                   # read before save_to (maybe the same) changes
+            source = Workspace(init_from, create=False)
+            init_values, ids = source.load_arrays(rs.BEST), source.read_ids_order()
+        self.train_set, self.dev_set, self.model_options, self.ids = open_data(data_dir, model_options, ids)
+        check_batch_norm(self.model_options, train_options, self.train_set)
+        self.id_index = {seq_id: n for n, seq_id in enumerate(self.ids)}
+        self.net = Net(self.model_options, seed=seed)
+        if init_values is not None:
+            try:
+                self.net.set_values(init_values)
+            except ValueError as error:
+                raise WorkspaceError(f"{os.path.join(init_from, 'params.npz')}: {error}") from error
+        self.ws = Workspace(save_to)
+        same = init_from is not None and Path(init_from).resolve() == self.ws.path.resolve()
+        if not same and self.ws.has(METRICS):
+            os.remove(self.ws.file(METRICS))       # a fresh run starts a fresh log
+        self._write_setup()
+
+    def _write_setup(self) -> None:
+        rs.save_run_options(self.ws, rs.RunOptions(self.model_options, self.train_options,
+                                                   self.seed, self.data_dir))
+        self.ws.write_ids_order(self.ids)
+        self.ws.copy_preprocessing(self.data_dir)
+        values = self.net.get_values()
+        for name in (rs.BEST, rs.PIVOT, rs.PREVIOUS):
+            self.ws.save_arrays(name, values)
+
+    # -- the run -------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train until the annealer stops; load the best model and return its losses.
+
+        Side effects: prints the log, writes the workspace files every epoch.
+        """
+        self.print_summary()
+        self.compile()
+        o = self.train_options
+        self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
+        annealer = Annealer(o.lr_init_val, o.lr_lower_bound, o.lr_decay_rate, o.max_retry,
+                            o.max_epochs, o.max_hours)
+        self._start_epochs(annealer)
+        decision = None
+        while decision is None or not decision.stop:
+            decision = self._epoch(annealer)
+        return self._finish(annealer, decision)
+
+    def print_summary(self) -> None:
+        """Print the options, seed, data sizes, number of IDs and of weights."""
+        t, d = self.train_set, self.dev_set
+        lines = [f"Sophia training: {self.data_dir} -> {self.ws.path}",
+                 f"  data: {len(t)} train / {len(d)} dev sequences ({t.num_frames} / {d.num_frames} "
+                 f"frames), input_dim {t.input_dim}, target_dim {t.target_dim}, {len(self.ids)} IDs",
+                 f"  seed {self.seed}, {self.net.num_weights():,} weights"]
+        for title, options in (("model", self.model_options), ("train", self.train_options)):
+            text = " ".join(f"{k}={v}" for k, v in to_dict(options).items())
+            lines += textwrap.wrap(text, 96, initial_indent=f"  {title}: ", subsequent_indent="    ")
+        self._log("\n".join(lines))
+
+    def compile(self) -> None:
+        """Compile ``f_train_step``, ``f_reset`` and ``f_fwd_propagate``; print the times."""
+        o, mode = self.train_options, self.train_options.compile_mode
+        start = time.monotonic()
+        # Python float constants take floatX: keep them in the net's dtype (no float64 upcasts)
+        with th.config.change_flags(floatX=self.net.dtype):
+            self.f_train_step, self.v_states, optimizer = self.net.compile_train_step(o)
+            self.f_reset = optimizer.compile_reset(compile_mode(mode))
+            middle = time.monotonic()
+            eval_options = dataclasses.replace(o, step_size=o.window_size)
+            self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
+        self._log(f"compiled ({mode}): f_train_step {middle - start:.1f} s, "
+                  f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
+        self._windows = iter(BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
+                                          o.step_size, repeat=True, seed=self.seed,
+                                          synchronized=self.model_options.batch_norm))
+
+    def evaluate(self, dataset: Dataset) -> float:
+        """Loss per target frame of the current parameters over one pass of ``dataset``."""
+        o = self.train_options
+        self.net.reset_states(self.v_eval_states)
+        total, frames = 0.0, 0.0
+        for w in BPTTIterator(dataset, self.id_index, o.batch_size, o.window_size, o.window_size,
+                              repeat=False, seed=self.seed):
+            loss_sum, n_frames = self.f_fwd(w.input_tbj, w.time_tb, w.id_tb, w.target_tbk)
+            total, frames = total + float(loss_sum), frames + float(n_frames)
+        return total / frames if frames else math.nan
+
+    def _start_epochs(self, annealer: Annealer) -> None:
+        """Evaluate the initial model (epoch 0) and make its dev loss the one to beat."""
+        start = time.monotonic()
+        loss = self.evaluate(self.dev_set)
+        if math.isfinite(loss):
+            annealer.best_loss = annealer.pivot_loss = annealer.previous_loss = loss
+        self.epoch_offset = max((r.get("epoch") or 0 for r in self.ws.read_metrics()), default=0)
+        self._record({"epoch": self.epoch_offset, "dev_loss": loss, "baseline": self.baseline,
+                      "lr": annealer.lr, "decision": "initial model",
+                      "eval_seconds": time.monotonic() - start})
+
+    def _epoch(self, annealer: Annealer) -> Decision:
+        lr, epoch = annealer.lr, self.epoch_offset + annealer.epochs + 1
+        train_loss, frames, seconds = self._train_frames(lr, f"epoch {epoch}")
+        start = time.monotonic()
+        dev_loss = self.evaluate(self.dev_set) if math.isfinite(train_loss) else math.inf
+        prefix = ""
+        if not math.isfinite(dev_loss):
+            annealer.retries = annealer.max_retry     # a non-finite loss exhausts the patience
+            prefix = "non-finite loss; "
+        decision = annealer.observe(dev_loss)
+        self._obey(decision, annealer)
+        self._record({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
+                      "baseline": self.baseline, "lr": lr, "decision": prefix + decision.reason,
+                      "frames": frames, "seconds": seconds,
+                      "eval_seconds": time.monotonic() - start})
+        return decision
+
+    def _train_frames(self, lr: float, label: str):
+        """Train ``frames_per_epoch`` new frames; return (train loss per target frame, frames, seconds).
+
+        Stops early, with an infinite loss, at the first non-finite loss or gradient.
+        """
+        total, target_frames, frames = 0.0, 0.0, 0
+        p_lr = np.asarray(lr, dtype=self.net.dtype)
+        bar = Progress(self.progress, label, self.train_options.frames_per_epoch)
+        start = time.monotonic()
+        try:
+            while frames < self.train_options.frames_per_epoch:
+                w = next(self._windows)
+                loss_sum, n_frames, grad_norm = self.f_train_step(
+                    w.input_tbj, w.time_tb, w.id_tb, w.target_tbk, p_lr)
+                if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+                    return math.inf, frames, time.monotonic() - start
+                total, target_frames = total + float(loss_sum), target_frames + float(n_frames)
+                frames += w.new_frames
+                bar.update(frames)
+        finally:
+            bar.close()
+        loss = total / target_frames if target_frames else math.nan
+        return loss, frames, time.monotonic() - start
+
+    def _obey(self, decision: Decision, annealer: Annealer) -> None:
+        """Save best / pivot, or roll back; then save previous and annealer.json."""
+        if decision.rollback:
+            self.net.set_values(self.ws.load_arrays(rs.PIVOT))
+            self.f_reset()
+            self.net.reset_states(self.v_states)
+        values = self.net.get_values()
+        if decision.save_best:
+            self.ws.save_arrays(rs.BEST, values)
+        if decision.save_pivot:
+            self.ws.save_arrays(rs.PIVOT, values)
+        self.ws.save_arrays(rs.PREVIOUS, values)
+        self.ws.save_json(rs.ANNEALER, annealer.to_dict())
+
+    def _record(self, record: dict) -> None:
+        self._log(format_epoch_line(record))
+        self.ws.append_metrics(record)
+        plot_learning_curve(self.ws.read_metrics(), self.ws.file(rs.CURVE))
+
+    def _finish(self, annealer: Annealer, decision: Decision) -> TrainResult:
+        self.net.set_values(self.ws.load_arrays(rs.BEST))
+        dev_loss, train_loss = self.evaluate(self.dev_set), self.evaluate(self.train_set)
+        self._log(f"{decision.reason}; best model ({self.ws.file(rs.BEST, '.npz')}): "
+                  f"train {train_loss:.4g}  dev {dev_loss:.4g}  (baseline {self.baseline:.4g})")
+        return TrainResult(os.fspath(self.ws.path), annealer.epochs, dev_loss, train_loss,
+                           self.baseline, decision.reason)
+
+    def _log(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
