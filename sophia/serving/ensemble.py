@@ -1,0 +1,277 @@
+"""The real model loader of the server: a trained workspace as a serving ``Model``.
+
+Contents
+--------
+- :func:`load_model` — rebuild a workspace's net and compile its one-frame ``f_infer``.
+- :class:`Model` — the compiled net, shared by every client of the server.
+- :class:`ModelSession` — one client's streams: stored states, frame counters and
+  first timestamps; :meth:`ModelSession.step` advances them by one frame.
+
+A workspace holds ``options.json`` (``{"model": {ModelOptions fields}, ...}``),
+``params.npz`` (``Net.get_values()``) and, for a net with an ID embedding,
+``ids.order``. Nothing is unpickled.
+
+Compile mode
+------------
+``f_infer`` is compiled once per Model with ``unroll=True`` (no scan for one frame)
+in :data:`MODE` = ``CVM``. Measured on the 2-core development machine for a 2-layer
+LSTM, width 256, input 44, one frame (``/tmp`` script, 2000 calls, busy machine):
+
+=========  ===============  ==============  ===============
+mode       compile + first  B=1 p50 / p99   B=16 p50 / p99
+=========  ===============  ==============  ===============
+FAST_RUN   1.3 s + 6.8 s    120 / 200 µs    1.5 / 70 ms
+CVM        9.9 s + 0 s      129 / 185 µs    1.6 / 65 ms
+NUMBA      1.0 s + 0.2 s*   134 / 192 µs    7.3 / 96 ms
+CVM, OPENBLAS_NUM_THREADS=1  151 / 204 µs   1.7 / 2.1 ms
+FAST_RUN, same               138 / 4257 µs  2.2 / 10 ms
+=========  ===============  ==============  ===============
+
+(* Numba's cache was warm from the FAST_RUN run; in PyTensor 3 FAST_RUN is the
+Numba linker.) The medians are alike — at B=16 the matrix products dominate — but
+CVM has the steadiest tail, and its C code is cached on disk, so a second load
+of the same graph shape compiles in about 2 s. The tails above 2 ms come from
+OpenBLAS threads fighting for the cores: run the server with
+``OPENBLAS_NUM_THREADS=1`` on a small machine.
+
+Example
+-------
+>>> model = load_model("models/lstm_a")                  # doctest: +SKIP
+>>> session = model.new_session([0, 7])                  # two streams, ID indices
+>>> session.step(np.zeros((2, model.input_dim), np.float32)).shape   # doctest: +SKIP
+(2, 1)
+>>> session.reset([1])                                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from sophia.graph.net import Net
+from sophia.options import ModelOptions, OptionError, from_dict
+from sophia.serving.server import ModelLoadError
+from sophia.training.workspace import IDS_ORDER, Workspace, WorkspaceError
+
+MODE = "CVM"
+DTYPE = "float32"
+
+
+def load_model(workspace_path, mode: str = MODE) -> "Model":
+    """Load and compile the model of a workspace.
+
+    Parameters
+    ----------
+    workspace_path : str or PathLike
+        A directory with ``options.json``, ``params.npz`` and (with an ID
+        embedding) ``ids.order``.
+    mode : str, optional
+        The compile mode of ``f_infer`` (see the module docstring).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ModelLoadError
+        Naming the file, for a missing directory or file, bad JSON, options that
+        do not validate, an ``ids.order`` that does not match ``num_ids``, or
+        parameters that are missing, misshapen or not finite.
+    """
+    ws_path = Path(workspace_path)
+    if not ws_path.is_dir():
+        raise ModelLoadError(f"workspace {ws_path} is not a directory")
+    ws = Workspace(ws_path, create=False)
+    options = _read_options(ws)
+    ids = _read_ids(ws, options)
+    try:
+        net = Net(options, dtype=DTYPE)
+    except OptionError as exc:
+        raise ModelLoadError(f"{ws.file('options', '.json')}: {exc}") from None
+    _load_params(ws, net)
+    return Model(net, ids, mode=mode)
+
+
+def _read_options(ws: Workspace) -> ModelOptions:
+    path = ws.file("options", ".json")
+    try:
+        saved = ws.load_json("options")
+    except WorkspaceError as exc:
+        raise ModelLoadError(str(exc)) from None
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(model, dict):
+        raise ModelLoadError(f"{path}: expected an object with a 'model' object")
+    try:
+        return from_dict(ModelOptions, model)
+    except OptionError as exc:
+        raise ModelLoadError(f"{path}: 'model': {exc}") from None
+
+
+def _read_ids(ws: Workspace, options: ModelOptions) -> list:
+    if not options.learn_id_embedding:
+        return []
+    try:
+        ids = ws.read_ids_order()
+    except WorkspaceError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if len(ids) != options.num_ids:
+        raise ModelLoadError(f"{ws.file(IDS_ORDER)} holds {len(ids)} sequence IDs but "
+                             f"options.json says num_ids = {options.num_ids}")
+    return ids
+
+
+def _load_params(ws: Workspace, net: Net) -> None:
+    path = ws.file("params", ".npz")
+    try:
+        arrays = ws.load_arrays("params")
+    except WorkspaceError as exc:
+        raise ModelLoadError(str(exc)) from None
+    bad = [name for name, a in arrays.items()
+           if a.dtype.kind not in "fiu" or not np.all(np.isfinite(a))]
+    if bad:
+        raise ModelLoadError(f"{path}: non-numeric or non-finite values in {', '.join(bad)}")
+    try:
+        net.set_values(arrays)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+
+
+class Model:
+    """A net compiled for one-frame inference, shared by all sessions.
+
+    Parameters
+    ----------
+    net : Net
+        With its parameters loaded. Its stored states are used as a scratch
+        slot: each session swaps its own states in for the duration of a step.
+    ids : list of str
+        The workspace's ``ids.order`` ([] without an ID embedding).
+    mode : str, optional
+        Compile mode of ``f_infer``.
+
+    Attributes
+    ----------
+    input_dim, target_dim : int
+    num_ids : int or None
+        ``len(ids) + 1`` with an ID embedding (the last row is for IDs never
+        seen in training), so valid indices are ``0 .. len(ids)``; None without.
+    f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bk``
+    """
+
+    def __init__(self, net: Net, ids, mode: str = MODE):
+        o = net.options
+        self.net = net
+        self.input_dim, self.target_dim = o.input_dim, o.target_dim
+        self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
+        self.state_widths = net.state_widths()
+        self.f_infer, v_states = net.compile_infer(window_size=1, mode=mode, unroll=True)
+        self.f_infer.trust_input = True  # sessions pass exact float32/int32 buffers
+        # The function reads and writes the states through these storage cells.
+        self._cells = [v.container.storage for v in v_states]
+        # With allow_gc the function hands back fresh arrays on every call, so the
+        # states it leaves in the cells belong to the caller; otherwise copy them.
+        self._copy_states = not getattr(self.f_infer.vm, "allow_gc", False)
+        self._lock = threading.Lock()
+
+    def new_session(self, id_indices) -> "ModelSession":
+        """A session of ``len(id_indices)`` streams, all at their initial state.
+
+        Raises ValueError for an index outside ``[0, num_ids)`` when the model
+        has an ID embedding; the indices are ignored otherwise.
+        """
+        if len(id_indices) < 1:
+            raise ValueError("a session needs at least one stream")
+        if self.num_ids is None:
+            return ModelSession(self, [0] * len(id_indices))
+        bad = [i for i in id_indices if not 0 <= i < self.num_ids]
+        if bad:
+            raise ValueError(f"ID index {bad[0]} is outside [0, {self.num_ids})")
+        return ModelSession(self, id_indices)
+
+    def run(self, states, input_1bj, time_1b, id_1b):
+        """One frame from ``states`` (a list of [B][w] arrays, replaced in place).
+
+        Returns output [1][B][k]. Side effect: ``states[n]`` become the states
+        after the frame (the old arrays may have been overwritten).
+        """
+        with self._lock:
+            for cell, state in zip(self._cells, states):
+                cell[0] = state
+            output_1bk = self.f_infer(input_1bj, time_1b, id_1b)
+            for n, cell in enumerate(self._cells):
+                states[n] = cell[0].copy() if self._copy_states else cell[0]
+                cell[0] = None
+        return output_1bk
+
+
+class ModelSession:
+    """One client's B streams of a :class:`Model`.
+
+    Time signal of a stream's frame: its frame counter (0 at the first frame
+    after the handshake or a reset); with timestamps, the timestamp minus the
+    stream's first timestamp since then, so that frame is 0 and starts from the
+    initial state. A stream that got plain steps before its first timestamp
+    continues its counter's clock: the first timestamp is taken as ``timestamp -
+    counter``. As in training, a frame whose time signal is ≤ 0 (a timestamp not
+    after the first one) restarts the stream.
+    """
+
+    def __init__(self, model: Model, id_indices):
+        num_streams = len(id_indices)
+        self.model = model
+        self.num_streams = num_streams
+        self.states = [np.zeros((num_streams, w), DTYPE) for w in model.state_widths]
+        self.count_b = np.zeros(num_streams, np.int64)
+        self.first_time_b = np.full(num_streams, np.nan)
+        self._input_1bj = np.zeros((1, num_streams, model.input_dim), DTYPE)
+        self._time_1b = np.zeros((1, num_streams), DTYPE)
+        self._id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
+
+    def step(self, input_bi, timestamps_b=None) -> np.ndarray:
+        """Advance every stream by one frame.
+
+        Parameters
+        ----------
+        input_bi : array_like, shape [B][input_dim]
+        timestamps_b : array_like, shape [B], optional
+
+        Returns
+        -------
+        ndarray of float32, shape [B][target_dim]
+            A fresh array. Side effect: states and counters advance.
+        """
+        input_bi = np.asarray(input_bi)
+        if input_bi.shape != self._input_1bj.shape[1:]:
+            raise ValueError(f"input shape {input_bi.shape}, expected {self._input_1bj.shape[1:]}")
+        self._input_1bj[0] = input_bi
+        if timestamps_b is None:
+            self._time_1b[0] = self.count_b
+        else:
+            self._time_1b[0] = self._times_since_first(timestamps_b)
+        output_1bk = self.model.run(self.states, self._input_1bj, self._time_1b, self._id_1b)
+        self.count_b += 1
+        return output_1bk[0]
+
+    def _times_since_first(self, timestamps_b) -> np.ndarray:
+        stamps_b = np.asarray(timestamps_b, np.float64)
+        if stamps_b.shape != (self.num_streams,):
+            raise ValueError(f"timestamps shape {stamps_b.shape}, expected ({self.num_streams},)")
+        unknown_b = np.isnan(self.first_time_b)
+        if unknown_b.any():
+            self.first_time_b[unknown_b] = stamps_b[unknown_b] - self.count_b[unknown_b]
+        return stamps_b - self.first_time_b
+
+    def reset(self, streams) -> None:
+        """Those streams restart from their initial state at their next frame.
+
+        Raises ValueError for a stream outside ``[0, B)``.
+        """
+        streams = list(streams)
+        for s in streams:
+            if not 0 <= s < self.num_streams:
+                raise ValueError(f"stream {s} is outside [0, {self.num_streams})")
+        self.count_b[streams] = 0
+        self.first_time_b[streams] = np.nan
+
