@@ -1,0 +1,127 @@
+"""End to end: real workspaces, the real loader, the real server, both clients.
+
+An ensemble of two different models (``lstm_ids``: ID embedding; ``gru_clock``:
+time gates) is streamed frame by frame through :class:`Server` (in a thread,
+over ipc) and must equal offline inference (``f_infer`` over the whole
+sequences, on nets built separately from the same workspaces) to 1e-5 — through
+:class:`SophiaClient` (plain steps with a reset, and ``step_t`` timestamps) and
+through the C client (base protocol). The server preloads the models once for
+the module.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+
+from fake_models import running_server
+from model_workspaces import (INPUT_DIM, TARGET_DIM, OfflineModel, counter_times,
+                              irregular_stamps, stamp_times, write_workspaces)
+from sophia.serving.client import ServerError, SophiaClient
+from sophia.serving.ensemble import load_model
+from test_c_client import CLIENT_DIR, missing_toolchain
+
+TOL = 1e-5
+NAMES = ["lstm_ids", "gru_clock"]
+ID_INDICES = [[0, 3, 4], [0, 0, 0]]  # per model; 4 = an ID never seen in training
+NUM_STREAMS = 3
+NUM_FRAMES = 14
+
+
+@pytest.fixture(scope="module")
+def short_dir():
+    path = tempfile.mkdtemp(prefix="sph-", dir="/tmp")  # ipc paths are short
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def workspaces(short_dir):
+    return write_workspaces(os.path.join(short_dir, "models"))
+
+
+@pytest.fixture(scope="module")
+def server(short_dir, workspaces):
+    models_dir = os.path.join(short_dir, "models")
+    with running_server(f"ipc://{short_dir}/s.sock", models_dir, loader=load_model,
+                        preload=NAMES) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def offline(workspaces):
+    return {name: OfflineModel(workspaces[name]) for name in NAMES}
+
+
+def frames_tnbi(seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(NUM_FRAMES, len(NAMES), NUM_STREAMS, INPUT_DIM)).astype(np.float32)
+
+
+def expected_tnbk(offline, frames, time_tb):
+    return np.stack([offline[name].infer(frames[:, n], time_tb, ID_INDICES[n])
+                     for n, name in enumerate(NAMES)], axis=1)
+
+
+def test_python_client_equals_offline_with_a_reset(server, offline):
+    frames, resets = frames_tnbi(0), [(5, [0, 2])]
+    with SophiaClient(server.endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=30) as client:
+        got = []
+        for t in range(NUM_FRAMES):
+            if t == 5:
+                client.reset([0, 2])
+            got.append(client.step(frames[t]))
+    expected = expected_tnbk(offline, frames, counter_times(NUM_FRAMES, NUM_STREAMS, resets))
+    assert np.stack(got).shape == (NUM_FRAMES, len(NAMES), NUM_STREAMS, TARGET_DIM)
+    np.testing.assert_allclose(np.stack(got), expected, atol=TOL, rtol=0)
+
+
+def test_python_client_timestamps_equal_offline(server, offline):
+    frames, stamps_tb = frames_tnbi(1), irregular_stamps(NUM_FRAMES, NUM_STREAMS, seed=5)
+    resets = [(8, [1])]
+    with SophiaClient(server.endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=30) as client:
+        got = []
+        for t in range(NUM_FRAMES):
+            if t == 8:
+                client.reset([1])
+            got.append(client.step(frames[t], stamps_tb[t]))
+    expected = expected_tnbk(offline, frames, stamp_times(stamps_tb, resets))
+    np.testing.assert_allclose(np.stack(got), expected, atol=TOL, rtol=0)
+
+
+def test_real_loader_errors_reach_the_client(server, short_dir):
+    os.makedirs(os.path.join(short_dir, "models", "empty"), exist_ok=True)
+    with pytest.raises(ServerError, match="options.json"):
+        SophiaClient(server.endpoint, ["empty"], 1, [[0]], timeout=30)
+    with pytest.raises(ServerError, match=r"ID index 5 is outside \[0, 5\)"):
+        SophiaClient(server.endpoint, NAMES, 1, [[5], [0]], timeout=30)
+
+
+@pytest.fixture(scope="module")
+def c_client(tmp_path_factory):
+    build_dir = str(tmp_path_factory.mktemp("c_client"))
+    reason = missing_toolchain(build_dir)
+    if reason:
+        pytest.skip(reason)
+    binary = os.path.join(build_dir, "sophia_client")
+    result = subprocess.run(["make", "-C", CLIENT_DIR, f"OUT={binary}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return binary
+
+
+def test_c_client_equals_offline(server, offline, c_client, short_dir):
+    frames = frames_tnbi(2)
+    in_file, out_file = os.path.join(short_dir, "in.f32"), os.path.join(short_dir, "out.f32")
+    frames.astype("<f4").tofile(in_file)
+    args = [c_client, "-t", "30000", server.endpoint, str(INPUT_DIM), in_file, out_file]
+    for name, ids in zip(NAMES, ID_INDICES):
+        args += [name, ";".join(map(str, ids))]
+    result = subprocess.run(args, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    got = np.fromfile(out_file, dtype="<f4").reshape(NUM_FRAMES, len(NAMES), NUM_STREAMS,
+                                                     TARGET_DIM)
+    expected = expected_tnbk(offline, frames, counter_times(NUM_FRAMES, NUM_STREAMS))
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
