@@ -1,0 +1,126 @@
+"""train.py's command line: option layers, error messages and exit codes (no compiling)."""
+import json
+
+import numpy as np
+import pytest
+
+from datasets.make import make_dataset
+from sophia.options import ModelOptions, OptionError, TrainOptions, option_names
+from sophia.training.cli import main, merge_options, parse_sets, read_config
+
+
+@pytest.fixture(scope="module")
+def adding_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "adding"
+    make_dataset("adding", out, seed=3, counts={"train": 6, "dev": 2, "test": 1}, T=12)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def timed_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "async"
+    make_dataset("frequency", out, seed=3, counts={"train": 4, "dev": 2, "test": 1}, sampling="async")
+    return str(out)
+
+
+def run(capsys, *argv, options=None):
+    rc = main(list(argv), options=options)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_train_py_lists_every_option():
+    import train
+    assert list(train.OPTIONS) == option_names(ModelOptions) + option_names(TrainOptions)
+    model, train_options = merge_options(train.OPTIONS, {})
+    assert (model, train_options) == (ModelOptions(), TrainOptions())
+
+
+def test_unknown_set_key_exits_2_listing_valid_keys(capsys, adding_dir, tmp_path):
+    rc, _, err = run(capsys, "--data_dir", adding_dir, "--save_to", str(tmp_path / "ws"),
+                     "--set", "net_widht=8")
+    assert rc == 2
+    assert "unknown option 'net_widht'" in err and "net_width" in err and "lr_init_val" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ws").exists()
+
+
+def test_wrong_type_is_a_clear_message(capsys, adding_dir, tmp_path):
+    rc, _, err = run(capsys, "--data_dir", adding_dir, "--save_to", str(tmp_path / "ws"),
+                     "--set", "batch_size=many")
+    assert rc == 2
+    assert "option 'batch_size' expects a int, got 'many'" in err
+
+
+def test_set_without_equals_and_bad_config(capsys, adding_dir, tmp_path):
+    rc, _, err = run(capsys, "--data_dir", adding_dir, "--save_to", str(tmp_path / "ws"), "--set", "lr")
+    assert rc == 2 and "NAME=VALUE" in err
+    config = tmp_path / "bad.toml"
+    config.write_text("[model]\nnet_width = 8\n")
+    rc, _, err = run(capsys, "--data_dir", adding_dir, "--save_to", str(tmp_path / "ws"),
+                     "--config", str(config))
+    assert rc == 2 and "flat" in err
+
+
+def test_layers_of_options_later_wins(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('net_width = 12\nlr_init_val = 0.5\nunit_type = "gru"\n')
+    explicit = {**read_config(config), **parse_sets(["net_width=20", "max_epochs=3"])}
+    model, train = merge_options({"net_width": 4, "net_depth": 3, "lr_init_val": 0.1}, explicit)
+    assert (model.net_width, model.net_depth, model.unit_type) == (20, 3, "gru")
+    assert (train.lr_init_val, train.max_epochs) == (0.5, 3)
+
+
+def test_loaded_architecture_wins_and_differences_are_listed():
+    loaded = ModelOptions(input_dim=2, target_dim=1, net_width=4, net_depth=1)
+    model, _ = merge_options({"net_width": 64}, {"net_depth": "1", "input_dim": 0, "lr_init_val": 1e-4},
+                             loaded=loaded)
+    assert model == loaded
+    with pytest.raises(OptionError) as error:
+        merge_options({}, {"net_width": 8, "unit_type": "gru", "net_depth": 1}, loaded=loaded)
+    assert "net_width: loaded 4, requested 8" in str(error.value)
+    assert "unit_type: loaded 'lstm', requested 'gru'" in str(error.value)
+    assert "net_depth" not in str(error.value)
+
+
+def test_check_passes_on_good_data(capsys, adding_dir):
+    rc, out, _ = run(capsys, "--check", "--data_dir", adding_dir)
+    assert rc == 0 and "train: 6 sequences" in out
+
+
+def test_check_names_the_bad_file(capsys, tmp_path):
+    out = tmp_path / "bad"
+    make_dataset("adding", out, seed=1, counts={"train": 3, "dev": 1, "test": 1}, T=12)
+    bad = out / "train" / "000001.input"
+    data = np.fromfile(bad, "<f4")
+    data[5] = np.nan
+    data.tofile(bad)
+    rc, _, err = run(capsys, "--check", "--data_dir", str(out))
+    assert rc == 1
+    assert str(bad) in err and "not finite" in err
+
+
+def test_batch_norm_with_time_files_is_a_clear_error(capsys, timed_dir, adding_dir, tmp_path):
+    rc, _, err = run(capsys, "--data_dir", timed_dir, "--save_to", str(tmp_path / "ws"),
+                     "--set", "batch_norm=true", "--set", "batch_size=2")
+    assert rc == 2
+    assert "batch_norm" in err and ".time files" in err
+    rc, _, err = run(capsys, "--data_dir", adding_dir, "--save_to", str(tmp_path / "ws"),
+                     "--set", "batch_norm=true", "--set", "batch_size=1")
+    assert rc == 2 and "batch_size >= 2" in err
+
+
+def test_load_from_missing_workspace(capsys, tmp_path):
+    rc, _, err = run(capsys, "--load_from", str(tmp_path / "nothing"))
+    assert rc == 1 and "nothing" in err
+
+
+def test_load_from_mismatch_before_any_compile(capsys, tmp_path, adding_dir):
+    from tests.model_workspaces import write_workspace  # a small saved net (no training)
+    ws = write_workspace(tmp_path / "ws")
+    options = json.loads((tmp_path / "ws" / "options.json").read_text())
+    assert options["model"]["net_width"] == 8
+    rc, _, err = run(capsys, "--load_from", ws, "--data_dir", adding_dir,
+                     "--set", "net_width=16", "--set", "lr_init_val=0.1")
+    assert rc == 2
+    assert "net_width: loaded 8, requested 16" in err and "lr_init_val" not in err
