@@ -1,0 +1,168 @@
+"""The training loop, for real: tiny nets (FAST_COMPILE) on small generated adding problems.
+
+Each test compiles as few graphs as it can (one LSTM training graph takes
+several seconds here); subprocess tests run ``train.py`` itself.
+"""
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets.make import make_dataset
+from sophia.options import ModelOptions, TrainOptions, from_dict
+from sophia.training.cli import main
+from sophia.training.dataset import Dataset
+from sophia.training.run_state import load_net, load_run_options
+from sophia.training.trainer import Trainer, mean_baseline
+from sophia.training.workspace import Workspace
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(net_width=4, net_depth=1, batch_size=4, window_size=8, step_size=4,
+            compile_mode="FAST_COMPILE", lr_init_val=0.01)
+
+
+def sets(**options):
+    """``--set name=value`` arguments for ``options``."""
+    return [arg for name, value in options.items() for arg in ("--set", f"{name}={value}")]
+
+
+def train_py(*argv, **popen):
+    return subprocess.Popen([sys.executable, "train.py", *argv], cwd=REPO_ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "adding12"
+    make_dataset("adding", out, seed=5, counts={"train": 12, "dev": 4, "test": 1}, T=12)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """A workspace trained for 2 tiny epochs."""
+    ws = str(tmp_path_factory.mktemp("ws") / "tiny")
+    assert main(["--data_dir", tiny_data, "--save_to", ws, "--seed", "3",
+                 *sets(**TINY, frames_per_epoch=60, max_epochs=2)]) == 0
+    return ws
+
+
+def test_mean_baseline_matches_numpy(tiny_data):
+    dev = Dataset.open(tiny_data, "dev")
+    targets = np.concatenate([dev.target(i) for i in range(len(dev))]).astype(np.float64)
+    values = targets[~np.isnan(targets)]
+    assert mean_baseline(dev, "l2") == pytest.approx(np.mean((values - values.mean()) ** 2))
+    assert mean_baseline(dev, "l1") == pytest.approx(np.mean(np.abs(values - values.mean())))
+
+
+def test_workspace_contract(trained, tiny_data):
+    ws = Workspace(trained, create=False)
+    saved = json.loads((Path(trained) / "options.json").read_text())
+    assert set(saved) == {"model", "train", "seed", "data_dir"}
+    assert saved["seed"] == 3 and saved["data_dir"] == os.path.abspath(tiny_data)
+    assert (saved["model"]["input_dim"], saved["model"]["target_dim"]) == (2, 1)
+    assert from_dict(TrainOptions, saved["train"]).max_epochs == 2
+    for name in ("params", "snapshots/pivot", "snapshots/previous", "annealer"):
+        assert ws.has(name), name
+    assert ws.read_ids_order() == [f"{n:06d}" for n in range(12)]
+    assert (Path(trained) / "learning_curve.png").stat().st_size > 0
+    assert (Path(trained) / "README.txt").exists()           # preprocessing files copied
+    records = ws.read_metrics()
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert all(r["frames"] >= 60 for r in records[1:])
+    best = min(r["dev_loss"] for r in records)
+    net, _ = load_net(trained)
+    params = ws.load_arrays("params")
+    assert all(np.array_equal(params[k], v) for k, v in net.get_values().items())
+    assert ws.load_json("annealer")["best_loss"] == pytest.approx(best)
+
+
+def test_load_from_starts_from_the_saved_best(trained, tiny_data, tmp_path, capsys):
+    run = load_run_options(Workspace(trained, create=False))
+    trainer = Trainer(run.model, TrainOptions(**{k: v for k, v in TINY.items()
+                                                 if k in TrainOptions.__dataclass_fields__}),
+                      tiny_data, str(tmp_path / "unused"), init_from=trained)
+    saved = Workspace(trained, create=False).load_arrays("params")
+    assert all(np.array_equal(saved[k], v) for k, v in trainer.net.get_values().items())
+
+    ws2 = str(tmp_path / "resumed")
+    best = min(r["dev_loss"] for r in Workspace(trained, create=False).read_metrics())
+    assert main(["--load_from", trained, "--save_to", ws2, "--data_dir", tiny_data,
+                 *sets(**{**TINY, "frames_per_epoch": 60, "max_epochs": 1, "lr_init_val": 0.001})]) == 0
+    records = Workspace(ws2).read_metrics()
+    assert records[0]["dev_loss"] == pytest.approx(best, rel=1e-5)      # the same model
+    assert json.loads((Path(ws2) / "options.json").read_text())["model"] == \
+        json.loads((Path(trained) / "options.json").read_text())["model"]
+    assert records[1]["lr"] == 0.001
+    capsys.readouterr()
+    rc = main(["--load_from", trained, "--save_to", ws2, *sets(net_width=5, unit_type="gru")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "net_width: loaded 4, requested 5" in err and "unit_type: loaded 'lstm', requested 'gru'" in err
+
+
+def test_killed_run_leaves_a_loadable_workspace(tiny_data, tmp_path):
+    """SIGKILL at random moments while every tiny epoch saves; resume each time."""
+    ws, rng = str(tmp_path / "killed"), random.Random(7)
+    argv = ["--data_dir", tiny_data, "--save_to", ws,
+            *sets(**TINY, frames_per_epoch=20, lr_lower_bound=0, max_hours=0.05)]
+    for attempt in range(3):
+        proc = train_py(*argv, *(["--load_from", ws] if attempt else []))
+        try:
+            epochs_seen = 0
+            while epochs_seen < 2:                  # compiled and saving epochs
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()
+                epochs_seen += line.startswith("epoch ")
+            time.sleep(rng.uniform(0.0, 1.5))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        run = load_run_options(Workspace(ws, create=False))
+        net, _ = load_net(ws)
+        assert net.options == run.model
+        w = Workspace(ws, create=False)
+        for name in ("snapshots/pivot", "snapshots/previous"):
+            net.set_values(w.load_arrays(name))
+        if w.has("annealer"):
+            assert math.isfinite(w.load_json("annealer")["lr"])
+        assert w.read_metrics()[0]["epoch"] == 0
+
+
+def _run_learning(data_dir, ws, seed, extra=()):
+    return train_py("--data_dir", data_dir, "--save_to", ws, "--seed", str(seed), *extra,
+                    *sets(net_width=16, net_depth=1, batch_size=16, window_size=16, step_size=8,
+                          compile_mode="FAST_COMPILE", grad_norm_clip=1.0, lr_init_val=0.01,
+                          frames_per_epoch=8000, max_epochs=8))
+
+
+def test_train_py_learns_the_adding_problem(tmp_path):
+    """End to end: train.py beats the mean baseline by more than 2x (dev loss, metrics.jsonl)."""
+    data, ws = str(tmp_path / "adding"), str(tmp_path / "ws")
+    make_dataset("adding", data, seed=1, counts={"train": 600, "dev": 100, "test": 1}, T=12)
+    proc = _run_learning(data, ws, seed=0)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    records = Workspace(ws).read_metrics()
+    best = min(r["dev_loss"] for r in records)
+    assert best < 0.5 * records[-1]["baseline"], out
+    assert "best model" in out and "baseline" in out
+
+
+def test_two_runs_at_once_same_seed_same_losses(tiny_data, tmp_path):
+    """Concurrent instances (one compile cache, fresh and shared) finish; same seed, same run."""
+    env = dict(os.environ, PYTENSOR_FLAGS=f"compiledir={tmp_path / 'cache'}")
+    argv = [*sets(**TINY, frames_per_epoch=40, max_epochs=2), "--seed", "11", "--data_dir", tiny_data]
+    procs = [train_py(*argv, "--save_to", str(tmp_path / f"ws{n}"), env=env) for n in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    losses = [[r.get("dev_loss") for r in Workspace(tmp_path / f"ws{n}").read_metrics()] for n in range(2)]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
