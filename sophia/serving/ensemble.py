@@ -14,25 +14,25 @@ A workspace holds ``options.json`` (``{"model": {ModelOptions fields}, ...}``),
 Compile mode
 ------------
 ``f_infer`` is compiled once per Model with ``unroll=True`` (no scan for one frame)
-in :data:`MODE` = ``CVM``. Measured on the 2-core development machine for a 2-layer
-LSTM, width 256, input 44, one frame (``/tmp`` script, 2000 calls, busy machine):
+in :data:`MODE` = ``CVM``. One-frame latency of a 2-layer LSTM, width 256, input
+44 (2000 calls each, on a busy 2-core machine; PyTensor 3, where FAST_RUN is the
+Numba linker), compile time including the first call:
 
-=========  ===============  ==============  ===============
-mode       compile + first  B=1 p50 / p99   B=16 p50 / p99
-=========  ===============  ==============  ===============
-FAST_RUN   1.3 s + 6.8 s    120 / 200 µs    1.5 / 70 ms
-CVM        9.9 s + 0 s      129 / 185 µs    1.6 / 65 ms
-NUMBA      1.0 s + 0.2 s*   134 / 192 µs    7.3 / 96 ms
-CVM, OPENBLAS_NUM_THREADS=1  151 / 204 µs   1.7 / 2.1 ms
-FAST_RUN, same               138 / 4257 µs  2.2 / 10 ms
-=========  ===============  ==============  ===============
+- FAST_RUN: compile 1.3 s + 6.8 s first call; B=1 p50/p99 120/200 µs; B=16 1.5/70 ms
+- CVM: compile 9.9 s (2.0 s once its C code is cached); B=1 129/185 µs; B=16 1.6/65 ms
+- NUMBA: compile 1.0 s + 0.2 s (Numba cache warm); B=1 134/192 µs; B=16 7.3/96 ms
+- with OPENBLAS_NUM_THREADS=1: CVM B=1 151/204 µs, B=16 1.7/2.1 ms;
+  FAST_RUN B=1 138/4257 µs, B=16 2.2/10 ms
 
-(* Numba's cache was warm from the FAST_RUN run; in PyTensor 3 FAST_RUN is the
-Numba linker.) The medians are alike — at B=16 the matrix products dominate — but
-CVM has the steadiest tail, and its C code is cached on disk, so a second load
-of the same graph shape compiles in about 2 s. The tails above 2 ms come from
-OpenBLAS threads fighting for the cores: run the server with
-``OPENBLAS_NUM_THREADS=1`` on a small machine.
+The medians are alike (at B=16 the matrix products dominate), but CVM has the
+steadiest tail and no slow JIT on the first frame. The multi-millisecond tails come
+from OpenBLAS threads fighting for the cores: on a small machine run the server
+with ``OPENBLAS_NUM_THREADS=1`` (``bench/serve_latency.py --blas_threads 1``).
+
+Per step, :meth:`ModelSession.step` adds about 10 µs (20 µs with timestamps) to
+the bare ``f_infer`` call: states are swapped in and out by reference through the
+shared variables' storage cells (what ``set_value(borrow=True)`` does, minus its
+type check), the input buffers are preallocated and ``f_infer`` trusts its inputs.
 
 Example
 -------
@@ -225,6 +225,8 @@ class ModelSession:
         self.states = [np.zeros((num_streams, w), DTYPE) for w in model.state_widths]
         self.count_b = np.zeros(num_streams, np.int64)
         self.first_time_b = np.full(num_streams, np.nan)
+        self._first_unknown = True  # some stream has no first timestamp yet
+        self._stamps_b = np.zeros(num_streams)
         self._input_1bj = np.zeros((1, num_streams, model.input_dim), DTYPE)
         self._time_1b = np.zeros((1, num_streams), DTYPE)
         self._id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
@@ -255,13 +257,16 @@ class ModelSession:
         return output_1bk[0]
 
     def _times_since_first(self, timestamps_b) -> np.ndarray:
-        stamps_b = np.asarray(timestamps_b, np.float64)
-        if stamps_b.shape != (self.num_streams,):
-            raise ValueError(f"timestamps shape {stamps_b.shape}, expected ({self.num_streams},)")
-        unknown_b = np.isnan(self.first_time_b)
-        if unknown_b.any():
+        if np.shape(timestamps_b) != self._stamps_b.shape:
+            raise ValueError(f"timestamps shape {np.shape(timestamps_b)}, "
+                             f"expected ({self.num_streams},)")
+        stamps_b = self._stamps_b
+        stamps_b[:] = timestamps_b
+        if self._first_unknown:
+            unknown_b = np.isnan(self.first_time_b)
             self.first_time_b[unknown_b] = stamps_b[unknown_b] - self.count_b[unknown_b]
-        return stamps_b - self.first_time_b
+            self._first_unknown = False
+        return np.subtract(stamps_b, self.first_time_b, out=stamps_b)
 
     def reset(self, streams) -> None:
         """Those streams restart from their initial state at their next frame.
@@ -274,4 +279,5 @@ class ModelSession:
                 raise ValueError(f"stream {s} is outside [0, {self.num_streams})")
         self.count_b[streams] = 0
         self.first_time_b[streams] = np.nan
+        self._first_unknown = True
 
