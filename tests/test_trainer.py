@@ -3,6 +3,7 @@
 Each test compiles as few graphs as it can (one LSTM training graph takes
 several seconds here); subprocess tests run ``train.py`` itself.
 """
+import io
 import json
 import math
 import os
@@ -61,6 +62,39 @@ def test_mean_baseline_matches_numpy(tiny_data):
     values = targets[~np.isnan(targets)]
     assert mean_baseline(dev, "l2") == pytest.approx(np.mean((values - values.mean()) ** 2))
     assert mean_baseline(dev, "l1") == pytest.approx(np.mean(np.abs(values - values.mean())))
+
+
+def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
+    """The loop, with fake compiled functions: a NaN training loss forces a rollback."""
+    train = TrainOptions(batch_size=4, window_size=8, step_size=4, frames_per_epoch=10,
+                         max_epochs=4, max_retry=2, lr_init_val=0.01)
+    trainer = Trainer(ModelOptions(net_width=4, net_depth=1), train, tiny_data,
+                      str(tmp_path / "ws"), out=io.StringIO())
+    v_param = next(iter(trainer.net.v_params.values()))
+    initial = v_param.get_value()
+    train_losses, resets = iter([1.0, math.nan, 1.0, 1.0, 1.0]), []
+
+    def f_train_step(*inputs):
+        v_param.set_value(v_param.get_value() + 1)           # "training" moves the parameters
+        return next(train_losses), 1.0, 1.0
+
+    def fake_compile():
+        trainer.f_train_step, trainer.f_reset = f_train_step, lambda: resets.append(True)
+        trainer.f_fwd = lambda *inputs: (0.5, 1.0)            # dev loss never improves
+        trainer.v_states = trainer.net.new_states(4, "train")
+        trainer.v_eval_states = trainer.net.new_states(4, "eval")
+
+    trainer.compile = fake_compile
+    result = trainer.run()
+    records = trainer.ws.read_metrics()
+    assert [r["decision"] for r in records[1:3]] == [
+        "worse (retry 1/2)", "non-finite loss; rollback: lr 0.01 -> 0.005"]
+    assert records[2]["train_loss"] is None and records[3]["lr"] == 0.005
+    assert resets == [True]
+    pivot = trainer.ws.load_arrays("snapshots/pivot")[v_param.name]
+    np.testing.assert_array_equal(pivot, initial)             # the initial model
+    np.testing.assert_array_equal(trainer.ws.load_arrays("params")[v_param.name], initial)
+    assert result.epochs == 4 and result.stop_reason == "stop: max_epochs reached"
 
 
 def test_workspace_contract(trained, tiny_data):

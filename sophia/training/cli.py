@@ -158,7 +158,7 @@ def _train(args, defaults: dict, parser) -> int:
     result = trainer.run()
     if args.demo:
         print(f"demo: best dev loss {result.best_dev_loss:.4g} vs. mean baseline "
-              f"{result.baseline:.4g} ({result.best_dev_loss / result.baseline:.1%} of it); "
+              f"{result.baseline:.4g} ({result.best_dev_loss / result.baseline:.3g} x baseline); "
               f"model in {result.workspace}")
     return 0
 

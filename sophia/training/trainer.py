@@ -221,6 +221,9 @@ class Trainer:
         self.print_summary()
         self.compile()
         o = self.train_options
+        self._windows = iter(BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
+                                          o.step_size, repeat=True, seed=self.seed,
+                                          synchronized=self.model_options.batch_norm))
         self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer(o.lr_init_val, o.lr_lower_bound, o.lr_decay_rate, o.max_retry,
                             o.max_epochs, o.max_hours)
@@ -255,9 +258,6 @@ class Trainer:
             self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
         self._log(f"compiled ({mode}): f_train_step {middle - start:.1f} s, "
                   f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
-        self._windows = iter(BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
-                                          o.step_size, repeat=True, seed=self.seed,
-                                          synchronized=self.model_options.batch_norm))
 
     def evaluate(self, dataset: Dataset) -> float:
         """Loss per target frame of the current parameters over one pass of ``dataset``."""
