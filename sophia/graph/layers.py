@@ -33,6 +33,7 @@ import numpy as np
 import pytensor as th
 import pytensor.tensor as tt
 
+from sophia.graph import fused
 from sophia.graph.clock import TimeGate
 from sophia.graph.init import Uniform, matrix_init, stacked
 from sophia.graph.norms import BatchNorm, LayerNorm, step_index, weight_norm
@@ -235,6 +236,10 @@ class RecurrentLayer(Layer):
             "xa": self._project(s_below_tbj, self.s_W_x, self.v_b, self.norm_x, s_step_tb, training, stats),
             "reset": (s_time_tb <= 0)[:, :, None],
         }
+        if fused.applies(self, unroll):   # one Op for the whole recurrence (sophia/graph/fused.py)
+            states_tbi = fused.recurrence(self, frames["xa"], s_time_tb, s_prev_states)
+            s_out = self._residual(states_tbi[0], s_skip_tbi)
+            return LayerOutput(s_out, [s[carry_frame] for s in states_tbi], {})
         if self.gate is not None:
             frames["gate"] = self.gate.openness(s_time_tb, training)
         if s_step_tb is not None:

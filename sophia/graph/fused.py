@@ -1,0 +1,349 @@
+"""Fused recurrences: a whole window of LSTM or GRU steps as one PyTensor Op.
+
+``scan`` makes every compile pay for the gradient of a loop and the rewrites of
+its inner graph (seconds even for tiny nets), and its per-frame overhead is large
+on a CPU. Here the recurrence of a window is a single Op whose ``perform`` loops
+over the frames in numpy — one BLAS matmul per frame for the recurrent product,
+elementwise work in place in preallocated arrays — and whose gradient is a second
+Op that runs backpropagation through time the same way and sums the recurrent
+weight gradient in one matmul over all frames.
+
+What is fused is only the recurrence: the layer's input projection ``x W_x + b``
+(``RecurrentLayer._project``), the residual gate and everything above stay
+ordinary PyTensor graph. The semantics are the scan path's (``layers.py``):
+
+- a frame whose time signal is ≤ 0 starts a new sequence: the state entering it is
+  replaced by the initial state (``h0``, ``c0``: learned parameters or zeros), and
+  the gradient of that entering state goes to the initial state;
+- the Op returns every frame's states; the layer stores those at ``carry_frame``.
+
+:func:`applies` says when the fused path is taken: LSTM or GRU layers without
+layer/batch norm, peepholes or the clock gate, built with ``scan`` (not unrolled).
+Weight norm, residual gates, ID embeddings and non-learned initial states are
+supported. Set ``ENABLED = False`` (or use :func:`disabled`) to build scan graphs.
+
+Gate layouts as in ``layers.py``: LSTM ``[input, forget, output, candidate]``,
+GRU ``[reset, update, candidate]`` (reset applied after the recurrent product).
+
+Example
+-------
+>>> import numpy as np, pytensor as th, pytensor.tensor as tt
+>>> xa, time, W = tt.tensor3(), tt.matrix(), tt.matrix()
+>>> h0, h = tt.vector(), tt.matrix()
+>>> s_h_tbi = GRURecurrence()(xa, time, W, h0, h)[0]
+>>> f = th.function([xa, time, W, h0, h], s_h_tbi)
+>>> f(np.zeros((5, 2, 6)), np.ones((5, 2)), np.zeros((2, 6)), np.zeros(2), np.zeros((2, 2))).shape
+(5, 2, 2)
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytensor.tensor as tt
+from pytensor.gradient import DisconnectedType, disconnected_type
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from scipy.special import expit
+
+ENABLED = True    # build fused recurrences where :func:`applies`; False = always scan
+
+
+@contextlib.contextmanager
+def disabled():
+    """Build scan graphs inside this block (for comparisons and tests)."""
+    global ENABLED
+    saved, ENABLED = ENABLED, False
+    try:
+        yield
+    finally:
+        ENABLED = saved
+
+
+def applies(layer, unroll: bool) -> bool:
+    """Whether ``layer``'s recurrence is built fused: an LSTM or GRU layer with no
+    norm inside the step, no peephole, no clock gate, and a scan (not unrolled) graph."""
+    return (ENABLED and not unroll and type(layer).__name__ in _OPS and layer.gate is None
+            and not any(key in layer.norms for key in layer.inner_norms)
+            and getattr(layer, "v_peep", None) is None)
+
+
+def recurrence(layer, s_xa_tbg, s_time_tb, s_prev_states) -> list:
+    """The layer's states after every frame, each [T][B][i], from the projected
+    inputs ``s_xa_tbg`` (x W_x + b), the time signal and the stored states."""
+    op = _OPS[type(layer).__name__]()
+    n = len(layer.state_names)
+    return op(s_xa_tbg, s_time_tb, layer.s_W_h, *layer.initial, *s_prev_states)[:n]
+
+
+# -- numpy helpers ---------------------------------------------------------------------
+def _entering(stored_bi, seq_tbi, init_i, reset_tb):
+    """The state entering every frame [T][B][i]: the previous frame's state (the
+    stored state for frame 0), replaced by the initial state where the frame resets."""
+    prev = np.empty_like(seq_tbi)
+    prev[0] = stored_bi
+    prev[1:] = seq_tbi[:-1]
+    prev[reset_tb] = init_i
+    return prev
+
+
+def _route_reset(d_entering_bi, d_init_i, reset_b):
+    """Send the gradient of a reset frame's entering state to the initial state."""
+    if reset_b.any():
+        d_init_i += d_entering_bi[reset_b].sum(axis=0)
+        d_entering_bi[reset_b] = 0
+
+
+def _arrays(inputs, dtype):
+    return [np.ascontiguousarray(x, dtype=dtype) for x in inputs]
+
+
+class _Recurrence(Op):
+    """Shared make_node/infer_shape of the forward Ops.
+
+    Inputs: ``xa_tbg, time_tb, W_h_ig, *initial_i, *stored_bi``; outputs: each state
+    [T][B][i], then the saved activations the gradient Op needs.
+    """
+
+    __props__ = ()
+    n_states = 1
+    n_saved = 1
+
+    def make_node(self, *inputs):
+        inputs = [tt.as_tensor_variable(x) for x in inputs]
+        dtype = inputs[0].dtype
+        ndims = [3, 2, 2] + [1] * self.n_states + [2] * self.n_states
+        if [x.ndim for x in inputs] != ndims:
+            raise TypeError(f"{type(self).__name__} expects inputs of ndim {ndims}")
+        inputs = inputs[:2] + [tt.cast(x, dtype) for x in inputs[2:]]
+        outputs = [tt.tensor3(dtype=dtype) for _ in range(self.n_states + self.n_saved)]
+        return Apply(self, inputs, outputs)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (t, b, g), i = shapes[0], shapes[2][0]
+        return [(t, b, i)] * self.n_states + self._saved_shapes(t, b, g, i)
+
+    def connection_pattern(self, node):
+        outputs = self.n_states + self.n_saved
+        return [[True] * outputs, [False] * outputs] + [[True] * outputs] * (len(node.inputs) - 2)
+
+    def pullback(self, inputs, outputs, output_grads):
+        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[self.n_states:]):
+            raise NotImplementedError(f"{type(self).__name__}: its saved activations have no gradient")
+        given = tuple(not isinstance(g.type, DisconnectedType) for g in output_grads[:self.n_states])
+        d_states = [g for g, ok in zip(output_grads, given) if ok]
+        grads = self.grad_op(given)(inputs[1], inputs[2], *inputs[3:], *outputs, *d_states)
+        return [grads[0], disconnected_type()] + list(grads[1:])
+
+
+class _RecurrenceGrad(Op):
+    """Shared parts of the gradient Ops: inputs ``time_tb, W_h_ig, *initial_i,
+    *stored_bi, *forward outputs, *output gradients given``; outputs ``d_xa_tbg,
+    d_W_h_ig, *d_initial_i, *d_stored_bi``."""
+
+    __props__ = ("given",)
+    n_states = 1
+
+    def __init__(self, given):
+        self.given = tuple(bool(g) for g in given)
+
+    def make_node(self, *inputs):
+        inputs = [tt.as_tensor_variable(x) for x in inputs]
+        n = self.n_states
+        saved = inputs[2 + 2 * n + n]
+        outputs = [saved.type(), inputs[1].type()] + [x.type() for x in inputs[2:2 + 2 * n]]
+        return Apply(self, inputs, outputs)
+
+    def infer_shape(self, fgraph, node, shapes):
+        n = self.n_states
+        return [shapes[2 + 3 * n]] + list(shapes[1:2 + 2 * n])
+
+    def _unpack(self, inputs, dtype):
+        n = self.n_states
+        time_tb, rest = inputs[0], _arrays(inputs[1:], dtype)
+        W, inits, stored = rest[0], rest[1:1 + n], rest[1 + n:1 + 2 * n]
+        forward = rest[1 + 2 * n:1 + 2 * n + n + self.n_saved]
+        d_given = iter(rest[1 + 2 * n + n + self.n_saved:])
+        d_states = [next(d_given) if ok else None for ok in self.given]
+        return np.asarray(time_tb) <= 0, W, inits, stored, forward, d_states
+
+
+class LSTMRecurrence(_Recurrence):
+    """LSTM over a window: ``(xa_tbg, time_tb, W_h_ig, h0_i, c0_i, h_bi, c_bi)``
+    → ``(h_tbi, c_tbi, act_tbg)``, act = the activated gates σ(i), σ(f), σ(o), tanh(g)."""
+
+    n_states, n_saved = 2, 1
+
+    def grad_op(self, given):
+        return LSTMRecurrenceGrad(given)
+
+    def _saved_shapes(self, t, b, g, i):
+        return [(t, b, g)]
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        xa, W, h0, c0, h_prev, c_prev = _arrays(inputs[:1] + inputs[2:], dtype)
+        reset = np.asarray(inputs[1]) <= 0
+        steps, batch, gates = xa.shape
+        i = gates // 4
+        h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
+        act, tmp = np.empty_like(xa), np.empty((batch, i), dtype)
+        for t in range(steps):
+            if reset[t].any():
+                h_prev, c_prev = h_prev.copy(), c_prev.copy()
+                h_prev[reset[t]], c_prev[reset[t]] = h0, c0
+            a = act[t]
+            np.dot(h_prev, W, out=a)
+            a += xa[t]
+            expit(a[:, :3 * i], out=a[:, :3 * i])
+            np.tanh(a[:, 3 * i:], out=a[:, 3 * i:])
+            c = c_seq[t]
+            np.multiply(a[:, i:2 * i], c_prev, out=c)                  # f * c_prev
+            c += np.multiply(a[:, :i], a[:, 3 * i:], out=tmp)          # + i * g
+            h = h_seq[t]
+            np.tanh(c, out=h)
+            h *= a[:, 2 * i:3 * i]                                     # o * tanh(c)
+            h_prev, c_prev = h, c
+        output_storage[0][0], output_storage[1][0], output_storage[2][0] = h_seq, c_seq, act
+
+
+class LSTMRecurrenceGrad(_RecurrenceGrad):
+    """Backpropagation through time of :class:`LSTMRecurrence`."""
+
+    n_states, n_saved = 2, 1
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        reset, W, (h0, c0), (h_bi, c_bi), (h_seq, c_seq, act), (dh_out, dc_out) = self._unpack(inputs, dtype)
+        steps, batch, gates = act.shape
+        i = gates // 4
+        h_in, c_in = _entering(h_bi, h_seq, h0, reset), _entering(c_bi, c_seq, c0, reset)
+        d_pre = np.empty_like(act)                       # gradient of the pre-activations = of xa
+        dh, dc = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype)
+        dh0, dc0 = np.zeros(i, dtype), np.zeros(i, dtype)
+        tanh_c, tmp = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
+        W_T = np.ascontiguousarray(W.T)
+        for t in reversed(range(steps)):
+            if dh_out is not None:
+                dh += dh_out[t]
+            if dc_out is not None:
+                dc += dc_out[t]
+            a, d = act[t], d_pre[t]
+            s_i, s_f, s_o, s_g = a[:, :i], a[:, i:2 * i], a[:, 2 * i:3 * i], a[:, 3 * i:]
+            d_i, d_f, d_o, d_g = d[:, :i], d[:, i:2 * i], d[:, 2 * i:3 * i], d[:, 3 * i:]
+            np.tanh(c_seq[t], out=tanh_c)
+            np.multiply(dh, tanh_c, out=d_o)                            # d o
+            d_o *= _sigmoid_slope(s_o, tmp)
+            np.multiply(tanh_c, tanh_c, out=tanh_c)                     # d c += dh o (1 - tanh² c)
+            np.subtract(1.0, tanh_c, out=tanh_c)
+            tanh_c *= s_o
+            tanh_c *= dh
+            dc += tanh_c
+            np.multiply(dc, s_g, out=d_i)
+            d_i *= _sigmoid_slope(s_i, tmp)
+            np.multiply(dc, c_in[t], out=d_f)
+            d_f *= _sigmoid_slope(s_f, tmp)
+            np.multiply(dc, s_i, out=d_g)
+            np.multiply(s_g, s_g, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            d_g *= tmp
+            dc *= s_f                                                   # into the entering c
+            np.dot(d, W_T, out=dh)                                      # into the entering h
+            _route_reset(dh, dh0, reset[t])
+            _route_reset(dc, dc0, reset[t])
+        dW = np.dot(h_in.reshape(steps * batch, i).T, d_pre.reshape(steps * batch, gates))
+        for storage, value in zip(output_storage, (d_pre, dW, dh0, dc0, dh, dc)):
+            storage[0] = value
+
+
+class GRURecurrence(_Recurrence):
+    """GRU over a window: ``(xa_tbg, time_tb, W_h_ig, h0_i, h_bi)`` → ``(h_tbi, act_tbg,
+    hn_tbi)``, act = σ(r), σ(z), tanh(n) and hn = the candidate's recurrent product."""
+
+    n_states, n_saved = 1, 2
+
+    def grad_op(self, given):
+        return GRURecurrenceGrad(given)
+
+    def _saved_shapes(self, t, b, g, i):
+        return [(t, b, g), (t, b, i)]
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        xa, W, h0, h_prev = _arrays(inputs[:1] + inputs[2:], dtype)
+        reset = np.asarray(inputs[1]) <= 0
+        steps, batch, gates = xa.shape
+        i = gates // 3
+        h_seq, hn_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
+        act, ha = np.empty_like(xa), np.empty((batch, gates), dtype)
+        for t in range(steps):
+            if reset[t].any():
+                h_prev = h_prev.copy()
+                h_prev[reset[t]] = h0
+            np.dot(h_prev, W, out=ha)
+            a = act[t]
+            np.add(xa[t, :, :2 * i], ha[:, :2 * i], out=a[:, :2 * i])
+            expit(a[:, :2 * i], out=a[:, :2 * i])                       # r, z
+            hn_seq[t] = ha[:, 2 * i:]
+            n = a[:, 2 * i:]
+            np.multiply(a[:, :i], hn_seq[t], out=n)
+            n += xa[t, :, 2 * i:]
+            np.tanh(n, out=n)
+            h = h_seq[t]                                                # n + z (h_prev - n)
+            np.subtract(h_prev, n, out=h)
+            h *= a[:, i:2 * i]
+            h += n
+            h_prev = h
+        output_storage[0][0], output_storage[1][0], output_storage[2][0] = h_seq, act, hn_seq
+
+
+class GRURecurrenceGrad(_RecurrenceGrad):
+    """Backpropagation through time of :class:`GRURecurrence`."""
+
+    n_states, n_saved = 1, 2
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        reset, W, (h0,), (h_bi,), (h_seq, act, hn_seq), (dh_out,) = self._unpack(inputs, dtype)
+        steps, batch, gates = act.shape
+        i = gates // 3
+        h_in = _entering(h_bi, h_seq, h0, reset)
+        d_pre = np.empty_like(act)                        # gradient of xa
+        d_ha = np.empty_like(act)                         # gradient of h_prev W_h
+        dh, dh0 = np.zeros((batch, i), dtype), np.zeros(i, dtype)
+        tmp, back = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
+        W_T = np.ascontiguousarray(W.T)
+        for t in reversed(range(steps)):
+            if dh_out is not None:
+                dh += dh_out[t]
+            a, d, dr = act[t], d_pre[t], d_ha[t]
+            s_r, s_z, s_n = a[:, :i], a[:, i:2 * i], a[:, 2 * i:]
+            d_r, d_z, d_n = d[:, :i], d[:, i:2 * i], d[:, 2 * i:]
+            np.subtract(1.0, s_z, out=d_n)                              # d n = dh (1 - z) (1 - n²)
+            d_n *= dh
+            np.multiply(s_n, s_n, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            d_n *= tmp
+            np.subtract(h_in[t], s_n, out=d_z)                          # d z = dh (h_prev - n) σ'
+            d_z *= dh
+            d_z *= _sigmoid_slope(s_z, tmp)
+            np.multiply(d_n, hn_seq[t], out=d_r)                        # d r = d n · hn σ'
+            d_r *= _sigmoid_slope(s_r, tmp)
+            dr[:, :2 * i] = d[:, :2 * i]
+            np.multiply(d_n, s_r, out=dr[:, 2 * i:])
+            dh *= s_z                                                   # direct path z h_prev
+            dh += np.dot(dr, W_T, out=back)
+            _route_reset(dh, dh0, reset[t])
+        dW = np.dot(h_in.reshape(steps * batch, i).T, d_ha.reshape(steps * batch, gates))
+        for storage, value in zip(output_storage, (d_pre, dW, dh0, dh)):
+            storage[0] = value
+
+
+def _sigmoid_slope(s, out):
+    """σ'(x) = s (1 − s) from s = σ(x), into ``out``."""
+    np.subtract(1.0, s, out=out)
+    out *= s
+    return out
+
+
+_OPS = {"LSTMLayer": LSTMRecurrence, "GRULayer": GRURecurrence}
