@@ -175,7 +175,7 @@ def _run_learning(data_dir, ws, seed, extra=()):
     return train_py("--data_dir", data_dir, "--save_to", ws, "--seed", str(seed), *extra,
                     *sets(net_width=16, net_depth=1, batch_size=16, window_size=16, step_size=8,
                           compile_mode="FAST_COMPILE", grad_norm_clip=1.0, lr_init_val=0.01,
-                          frames_per_epoch=8000, max_epochs=8))
+                          frames_per_epoch=8000, max_epochs=5))
 
 
 def test_train_py_learns_the_adding_problem(tmp_path):
