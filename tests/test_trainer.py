@@ -72,11 +72,12 @@ def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
                       str(tmp_path / "ws"), out=io.StringIO())
     v_param = next(iter(trainer.net.v_params.values()))
     initial = v_param.get_value()
-    train_losses, resets = iter([1.0, math.nan, 1.0, 1.0, 1.0]), []
+    # (loss_sum, n_frames) per step = per epoch: fine, NaN, no target frame at all, fine
+    steps, resets = iter([(1.0, 1.0), (math.nan, 1.0), (0.0, 0.0), (1.0, 1.0)]), []
 
     def f_train_step(*inputs):
         v_param.set_value(v_param.get_value() + 1)           # "training" moves the parameters
-        return next(train_losses), 1.0, 1.0
+        return (*next(steps), 1.0)
 
     def fake_compile():
         trainer.f_train_step, trainer.f_reset = f_train_step, lambda: resets.append(True)
@@ -87,9 +88,10 @@ def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
     trainer.compile = fake_compile
     result = trainer.run()
     records = trainer.ws.read_metrics()
-    assert [r["decision"] for r in records[1:3]] == [
-        "worse (retry 1/2)", "non-finite loss; rollback: lr 0.01 -> 0.005"]
+    assert [r["decision"] for r in records[1:4]] == [
+        "worse (retry 1/2)", "non-finite loss; rollback: lr 0.01 -> 0.005", "worse (retry 1/2)"]
     assert records[2]["train_loss"] is None and records[3]["lr"] == 0.005
+    assert records[3]["train_loss"] is None and records[3]["dev_loss"] == 0.5
     assert resets == [True]
     pivot = trainer.ws.load_arrays("snapshots/pivot")[v_param.name]
     np.testing.assert_array_equal(pivot, initial)             # the initial model

@@ -283,9 +283,9 @@ class Trainer:
 
     def _epoch(self, annealer: Annealer) -> Decision:
         lr, epoch = annealer.lr, self.epoch_offset + annealer.epochs + 1
-        train_loss, frames, seconds = self._train_frames(lr, f"epoch {epoch}")
+        train_loss, frames, seconds, finite = self._train_frames(lr, f"epoch {epoch}")
         start = time.monotonic()
-        dev_loss = self.evaluate(self.dev_set) if math.isfinite(train_loss) else math.inf
+        dev_loss = self.evaluate(self.dev_set) if finite else math.inf
         prefix = ""
         if not math.isfinite(dev_loss):
             annealer.retries = annealer.max_retry     # a non-finite loss exhausts the patience
@@ -299,9 +299,11 @@ class Trainer:
         return decision
 
     def _train_frames(self, lr: float, label: str):
-        """Train ``frames_per_epoch`` new frames; return (train loss per target frame, frames, seconds).
+        """Train ``frames_per_epoch`` new frames.
 
-        Stops early, with an infinite loss, at the first non-finite loss or gradient.
+        Returns ``(train loss per target frame, frames, seconds, finite)``; stops
+        early, with ``finite`` False and an infinite loss, at the first non-finite
+        loss or gradient norm. The loss is NaN if no frame had a target.
         """
         total, target_frames, frames = 0.0, 0.0, 0
         p_lr = np.asarray(lr, dtype=self.net.dtype)
@@ -313,14 +315,14 @@ class Trainer:
                 loss_sum, n_frames, grad_norm = self.f_train_step(
                     w.input_tbj, w.time_tb, w.id_tb, w.target_tbk, p_lr)
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                    return math.inf, frames, time.monotonic() - start
+                    return math.inf, frames, time.monotonic() - start, False
                 total, target_frames = total + float(loss_sum), target_frames + float(n_frames)
                 frames += w.new_frames
                 bar.update(frames)
         finally:
             bar.close()
         loss = total / target_frames if target_frames else math.nan
-        return loss, frames, time.monotonic() - start
+        return loss, frames, time.monotonic() - start, True
 
     def _obey(self, decision: Decision, annealer: Annealer) -> None:
         """Save best / pivot, or roll back; then save previous and annealer.json."""
