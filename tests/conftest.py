@@ -1,0 +1,13 @@
+"""Test-wide settings.
+
+PyTensor compiles C code for every new graph it meets, and CI always starts with
+an empty compile cache: a cold C compile costs minutes, while the tests' tiny
+graphs run just as well on PyTensor's Python implementations. So tests (and the
+subprocesses they start, through the environment) run with ``cxx=`` (no C
+compiler). Benchmarks under ``bench/`` measure the real modes.
+"""
+import os
+
+_flags = os.environ.get("PYTENSOR_FLAGS", "")
+if "cxx=" not in _flags:
+    os.environ["PYTENSOR_FLAGS"] = ",".join(f for f in (_flags, "cxx=") if f)
