@@ -222,3 +222,11 @@ def test_format_epoch_line():
     assert line == ("epoch 3  train 0.1  dev 0.12  (baseline 0.3)  lr 0.001  "
                     "10.0k frames/s  new best")
     assert format_epoch_line({"epoch": 4, "dev_loss": None}) == "epoch 4  dev n/a"
+
+
+def test_saved_files_follow_the_umask_not_mkstemps_0600(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    ws = Workspace(tmp_path / "ws")
+    ws.save_json("options", {"a": 1})
+    assert (tmp_path / "ws" / "options.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -16,16 +16,22 @@ Example
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import signal
-import stat
-import sys
-import tempfile
-from pathlib import Path
 
-from sophia.serving.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, Server
+# One BLAS thread unless the user says otherwise: one-frame products are small, and
+# OpenBLAS threads competing for the cores made B=16 steps' p99 ~50x their median
+# (bench/serve_latency.py). Must be set before numpy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from sophia.serving.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, Server  # noqa: E402
 
 log = logging.getLogger("sophia.serve")
 

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytensor as th
 
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
@@ -249,13 +248,11 @@ class Trainer:
         """Compile ``f_train_step``, ``f_reset`` and ``f_fwd_propagate``; print the times."""
         o, mode = self.train_options, self.train_options.compile_mode
         start = time.monotonic()
-        # Python float constants take floatX: keep them in the net's dtype (no float64 upcasts)
-        with th.config.change_flags(floatX=self.net.dtype):
-            self.f_train_step, self.v_states, optimizer = self.net.compile_train_step(o)
-            self.f_reset = optimizer.compile_reset(compile_mode(mode))
-            middle = time.monotonic()
-            eval_options = dataclasses.replace(o, step_size=o.window_size)
-            self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
+        self.f_train_step, self.v_states, optimizer = self.net.compile_train_step(o)
+        self.f_reset = optimizer.compile_reset(compile_mode(mode))
+        middle = time.monotonic()
+        eval_options = dataclasses.replace(o, step_size=o.window_size)
+        self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
         self._log(f"compiled ({mode}): f_train_step {middle - start:.1f} s, "
                   f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
 

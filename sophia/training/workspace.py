@@ -43,6 +43,15 @@ class WorkspaceError(ValueError):
     """A workspace file is missing, unreadable or corrupt; the message names it."""
 
 
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_CREATE_MODE = _umask_mode()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Write a file atomically: ``write(f)`` fills a temporary file that replaces ``path``.
 
@@ -54,6 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     _make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _CREATE_MODE)    # mkstemp makes 0600; a saved file follows the umask like any other
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
