@@ -12,6 +12,7 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         "plot": ["matplotlib>=3.7"],
+        "data": ["statsmodels>=0.14"],   # the real-data task's bundled series
         "bench": ["torch"],
     },
     entry_points={
