@@ -151,3 +151,14 @@ def test_from_dict_with_missing_keys_is_a_value_error():
     del d["retries"]
     with pytest.raises(ValueError, match="retries"):
         Annealer.from_dict(d)
+
+
+def test_start_from_sets_the_loss_to_beat_and_exhaust_patience_rolls_back_at_once():
+    annealer = Annealer(1e-3, 1e-6, 0.5, max_retry=3)
+    annealer.start_from(0.5)
+    assert annealer.observe(0.6).save_best is False       # worse than the starting model
+    annealer.exhaust_patience()
+    decision = annealer.observe(float("nan"))
+    assert decision.rollback and decision.lr == pytest.approx(5e-4)
+    annealer.start_from(float("inf"))                       # ignored
+    assert annealer.best_loss == 0.5

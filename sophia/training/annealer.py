@@ -126,6 +126,19 @@ class Annealer:
         self._clock = clock
         self._start = clock()
 
+    def start_from(self, loss: float) -> None:
+        """Make ``loss`` (the starting model's) the best, pivot and previous loss to beat.
+
+        A non-finite loss is ignored: the first finite evaluation then sets them.
+        """
+        if math.isfinite(loss):
+            self.best_loss = self.pivot_loss = self.previous_loss = float(loss)
+
+    def exhaust_patience(self) -> None:
+        """Use up the retries, so the next worse evaluation rolls back at once
+        (for a diverged run, where waiting is pointless)."""
+        self.retries = self.max_retry
+
     def observe(self, dev_loss: float) -> Decision:
         """Take one epoch's dev loss and return what to do.
 

@@ -271,8 +271,7 @@ class Trainer:
         """Evaluate the initial model (epoch 0) and make its dev loss the one to beat."""
         start = time.monotonic()
         loss = self.evaluate(self.dev_set)
-        if math.isfinite(loss):
-            annealer.best_loss = annealer.pivot_loss = annealer.previous_loss = loss
+        annealer.start_from(loss)
         self.epoch_offset = max((r.get("epoch") or 0 for r in self.ws.read_metrics()), default=0)
         self._record({"epoch": self.epoch_offset, "dev_loss": loss, "baseline": self.baseline,
                       "lr": annealer.lr, "decision": "initial model",
@@ -285,7 +284,7 @@ class Trainer:
         dev_loss = self.evaluate(self.dev_set) if finite else math.inf
         prefix = ""
         if not math.isfinite(dev_loss):
-            annealer.retries = annealer.max_retry     # a non-finite loss exhausts the patience
+            annealer.exhaust_patience()
             prefix = "non-finite loss; "
         decision = annealer.observe(dev_loss)
         self._obey(decision, annealer)
