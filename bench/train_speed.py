@@ -1,0 +1,256 @@
+"""Training speed and compile time of Sophia's reference model, per compile mode,
+against PyTorch's ``nn.LSTM`` on the CPU in the same run.
+
+Reference model: 2-layer LSTM, width 256, input 44, output 1, batch 64,
+BPTT(128; 64), float32, Adam. Frames per ``f_train_step`` call = batch × step = 4096.
+
+For every mode the model is compiled in two fresh processes that share one new
+PyTensor compiledir (and one new NUMBA_CACHE_DIR): the first finds the caches
+empty (*cold*), the second finds what the first left (*warm*). Compile time is the
+wall time from building the Net to the end of the first ``f_train_step`` call, less
+one steady-state call (Numba compiles lazily, at the first call). Training speed is
+frames per second over ``--steps`` calls after two warm-up calls; each process
+measures ``--repeats`` times and the median is printed, cold and warm.
+
+This prints figures; it is not a test. PyTorch is a benchmark-only extra: without
+``torch`` importable its row is skipped with a note. See bench/README.md.
+
+Example
+-------
+    python bench/train_speed.py --quick --modes FAST_COMPILE
+    PYTHONPATH=. /tmp/benchvenv/bin/python bench/train_speed.py --modes FAST_COMPILE,CVM
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ALL_MODES = ("FAST_RUN", "CVM", "NUMBA", "FAST_COMPILE", "JAX")
+MODEL = dict(input_dim=44, target_dim=1, width=256, depth=2, batch=64, window=128, step=64)
+
+
+def _windows(rng, n, dtype="float32"):
+    """``n`` random windows (input, time, id, target) shaped like the reference model's."""
+    import numpy as np
+
+    m, out = MODEL, []
+    for k in range(n):
+        x = rng.standard_normal((m["window"], m["batch"], m["input_dim"])).astype(dtype)
+        # time signal of streams well inside their sequences: no reset in the window
+        t = (k * m["step"] + 1 + np.arange(m["window"])[:, None] + rng.integers(0, 1000, m["batch"])).astype(dtype)
+        y = rng.standard_normal((m["window"], m["batch"], m["target_dim"])).astype(dtype)
+        out.append((x, t, y))
+    return out
+
+
+def _speed(call, steps, repeats):
+    """Median frames/s and median seconds per call over ``repeats`` runs of ``steps`` calls."""
+    frames = MODEL["batch"] * MODEL["step"]
+    per_call = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for n in range(steps):
+            call(n)
+        per_call.append((time.perf_counter() - start) / steps)
+    median = statistics.median(per_call)
+    return frames / median, median
+
+
+def sophia_worker(mode, recurrence, steps, repeats):
+    """Compile and train the reference model in this process; returns a result dict."""
+    import numpy as np
+    from sophia.graph.net import Net
+    from sophia.options import ModelOptions, TrainOptions
+
+    if recurrence == "scan":
+        from sophia.graph import fused
+        fused.ENABLED = False
+    m = MODEL
+    start = time.perf_counter()
+    net = Net(ModelOptions(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
+                           net_width=m["width"], net_depth=m["depth"]), dtype="float32")
+    options = TrainOptions(batch_size=m["batch"], window_size=m["window"], step_size=m["step"],
+                           force_type="adam", compile_mode=mode)
+    f_train_step, _, _ = net.compile_train_step(options)
+    compiled = time.perf_counter()
+    windows = _windows(np.random.default_rng(0), 4)
+    ids = np.zeros((m["window"], m["batch"]), "int32")
+    lr = np.float32(1e-4)
+
+    def call(n):
+        x, t, y = windows[n % len(windows)]
+        return f_train_step(x, t, ids, y, lr)
+
+    loss = call(0)[0]
+    first = time.perf_counter()
+    call(1)
+    fps, per_call = _speed(call, steps, repeats)
+    return dict(graph_and_link_s=compiled - start, compile_s=max(first - start - per_call, 0.0),
+                frames_per_s=fps, first_loss=float(loss))
+
+
+def torch_worker(steps, repeats):
+    """The same model in PyTorch: nn.LSTM + Linear, Adam, BPTT(128; 64).
+
+    The window runs as segments split at frame h' (the stored state is the one
+    after frame h' - 1) and at frame h - h' (the loss covers the last h' frames);
+    autograd connects the segments, so the gradient goes through all h frames.
+    """
+    import numpy as np
+    import torch
+
+    m = MODEL
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(m["input_dim"], m["width"], num_layers=m["depth"])
+    linear = torch.nn.Linear(m["width"], m["target_dim"])
+    optimizer = torch.optim.Adam(list(lstm.parameters()) + list(linear.parameters()), lr=1e-4)
+    windows = [tuple(torch.from_numpy(a) for a in w) for w in _windows(np.random.default_rng(0), 4)]
+    zeros = torch.zeros(m["depth"], m["batch"], m["width"])
+    stored = [(zeros, zeros)]
+    cuts = sorted({0, m["step"], m["window"] - m["step"], m["window"]})
+
+    def call(n):
+        x, _, y = windows[n % len(windows)]
+        state, outputs = stored[0], []
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            out, state = lstm(x[lo:hi], state)
+            outputs.append(out)
+            if hi == m["step"]:
+                carry = state
+        tail = torch.cat(outputs)[m["window"] - m["step"]:]
+        loss = torch.nn.functional.mse_loss(linear(tail), y[m["window"] - m["step"]:], reduction="sum") / m["step"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        stored[0] = tuple(s.detach() for s in carry)
+        return loss
+
+    start = time.perf_counter()
+    call(0)
+    first = time.perf_counter()
+    call(1)
+    fps, per_call = _speed(call, steps, repeats)
+    return dict(compile_s=max(first - start - per_call, 0.0), frames_per_s=fps,
+                threads=torch.get_num_threads(), version=torch.__version__)
+
+
+# -- the parent: one fresh process per measurement ---------------------------------
+def _run_worker(args, extra_env, timeout):
+    """Run this script as a worker with ``args``; returns its result dict or {'error': ...}."""
+    env = dict(os.environ, **extra_env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exit {done.returncode}: {tail[:200]}"}
+
+
+def _pytensor_flags(compiledir, blas_ldflags):
+    flags = [f"compiledir={compiledir}"]
+    if blas_ldflags is not None:
+        flags.append(f"blas__ldflags={blas_ldflags}")
+    return ",".join(flags)
+
+
+def measure_mode(mode, recurrence, o):
+    """Cold then warm process for one mode, in fresh caches; returns (cold, warm)."""
+    with tempfile.TemporaryDirectory(prefix="sophia-bench-") as tmp:
+        env = {"PYTENSOR_FLAGS": _pytensor_flags(os.path.join(tmp, "pytensor"), o.blas_ldflags),
+               "NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
+        args = ["sophia", mode, recurrence, str(o.steps), str(o.repeats)]
+        cold = _run_worker(args, env, o.timeout)
+        warm = _run_worker(args, env, o.timeout) if not o.quick and "error" not in cold else {}
+    return cold, warm
+
+
+def _fmt(value, spec):
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", default=None,
+                        help=f"comma-separated compile modes (default: {','.join(ALL_MODES)}; "
+                             "FAST_COMPILE with --quick)")
+    parser.add_argument("--recurrence", default="auto",
+                        help="comma-separated: auto (the fused Op where it applies) and/or scan")
+    parser.add_argument("--steps", type=int, default=None, help="f_train_step calls per measurement (20)")
+    parser.add_argument("--repeats", type=int, default=None, help="measurements per process (3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 steps, 1 repeat, cold process only: a smoke run")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch row")
+    parser.add_argument("--blas-ldflags", default=None,
+                        help="PyTensor's blas__ldflags for the C backend, e.g. -lopenblas")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per worker process")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    o = parser.parse_args(argv)
+    if o.worker:
+        return _worker_main(o.worker)
+    o.steps = o.steps or (3 if o.quick else 20)
+    o.repeats = o.repeats or (1 if o.quick else 3)
+    modes = (o.modes or ("FAST_COMPILE" if o.quick else ",".join(ALL_MODES))).split(",")
+    m = MODEL
+    print(f"reference model: {m['depth']}-layer LSTM width {m['width']}, input {m['input_dim']}, "
+          f"output {m['target_dim']}, batch {m['batch']}, BPTT({m['window']}; {m['step']}), float32, Adam")
+    print(f"{o.steps} calls x {o.repeats} repeats per process (median); "
+          f"{m['batch'] * m['step']} frames per call; {os.cpu_count()} CPUs; python {sys.executable}")
+    torch_fps = None
+    if o.no_torch:
+        print("torch: skipped (--no-torch)")
+    else:
+        result = _run_worker(["torch", str(o.steps), str(o.repeats)], {}, o.timeout)
+        if "error" in result:
+            print(f"torch: skipped ({result['error']})")
+        else:
+            torch_fps = result["frames_per_s"]
+            print(f"torch {result['version']} nn.LSTM CPU ({result['threads']} threads): "
+                  f"{torch_fps:,.0f} frames/s, first call {result['compile_s']:.2f} s")
+    print(f"\n{'mode':<13}{'recurrence':<11}{'cold s':>9}{'warm s':>9}{'frames/s':>11}{'warm f/s':>11}"
+          f"{'vs torch':>10}")
+    for mode in modes:
+        if mode == "JAX" and not _importable("jax"):
+            print(f"{mode:<13}skipped: jax is not installed")
+            continue
+        for recurrence in o.recurrence.split(","):
+            cold, warm = measure_mode(mode, recurrence, o)
+            if "error" in cold:
+                print(f"{mode:<13}{recurrence:<11}failed: {cold['error']}")
+                continue
+            best = max(cold["frames_per_s"], warm.get("frames_per_s", 0.0))
+            ratio = f"{best / torch_fps:.2f}x" if torch_fps else "-"
+            print(f"{mode:<13}{recurrence:<11}{_fmt(cold['compile_s'], '9.1f')}"
+                  f"{_fmt(warm.get('compile_s'), '9.1f')}{_fmt(cold['frames_per_s'], '11,.0f')}"
+                  f"{_fmt(warm.get('frames_per_s'), '11,.0f')}{ratio:>10}", flush=True)
+    return 0
+
+
+def _importable(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def _worker_main(args):
+    if args[0] == "torch":
+        result = torch_worker(int(args[1]), int(args[2]))
+    else:
+        _, mode, recurrence, steps, repeats = args
+        result = sophia_worker(mode, recurrence, int(steps), int(repeats))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
