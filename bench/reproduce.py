@@ -1,0 +1,371 @@
+"""Reproduce published figures on Sophia's synthetic and real tasks.
+
+One sub-command per task. Each run generates its data with
+``datasets/make.py``'s Python API, trains through ``train.py``'s command line
+(in this process, ``sophia.training.cli.main`` with train.py's OPTIONS block
+and ``configs/<task>.toml``), then loads the best model (``load_net``) and runs
+it over every whole sequence of the test split, a set the trainer never saw
+(each split draws from its own stream of the seed). The target is read at the
+last frame. It prints our figure beside the paper's and writes
+``<work>/report.json``.
+
+=====================  ======================================================
+``adding --T 100``     wrong out of 2560 (|error| > 0.04) and training sequences
+                       used; Hochreiter & Schmidhuber 1997, Table 7
+``multiplication``     test MSE; Table 8
+``temporal_order``     wrong (argmax) out of 2560, ``--variant 6a|6b``; Table 9
+``frequency``          accuracy without and with ``learn_clock_params`` on
+                       asynchronously sampled waves; Neil et al. 2016
+``real``               test MSE vs persistence and a linear AR(p) fitted with
+                       ``numpy.linalg.lstsq`` on the training split
+=====================  ======================================================
+
+"Training sequences used" is frames trained up to the epoch that saved the
+best model (from ``metrics.jsonl``) divided by the mean training sequence
+length; the total over the whole run is printed too.
+
+Example
+-------
+    python bench/reproduce.py adding --T 100 --quick
+    python bench/reproduce.py temporal_order --variant 6a --max_hours 1
+    python bench/reproduce.py frequency --train 2000 --max_epochs 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from datasets.make import make_dataset  # noqa: E402
+from sophia.training import cli  # noqa: E402
+from sophia.training.dataset import Dataset  # noqa: E402
+from sophia.training.run_state import load_net  # noqa: E402
+from sophia.training.workspace import Workspace  # noqa: E402
+
+ADDING_TOLERANCE = 0.04              # the paper's "wrong": |error| > 0.04
+EVAL_BATCH = 256                     # test sequences run side by side
+# Published figures: (wrong out of 2560, training sequences) and the like.
+PAPER = {
+    "adding": {100: (1, 74_000), 500: (0, 209_000), 1000: (1, 853_000)},
+    "multiplication": {100: 0.0139},
+    "temporal_order": {"6a": 1, "6b": 2},
+    "frequency": {"lstm": 0.690, "clock": 0.979},
+}
+# Sizes: {task: (full, quick)}; --train/--dev/--test/--max_* override them.
+SIZES = {
+    "adding": (dict(train=100_000, dev=256, test=2560),
+               dict(train=10_000, dev=256, test=2560, max_hours=0.15)),
+    "multiplication": (dict(train=100_000, dev=256, test=2560),
+                       dict(train=10_000, dev=256, test=2560, max_hours=0.15)),
+    "temporal_order": (dict(train=100_000, dev=256, test=2560),
+                       dict(train=10_000, dev=256, test=2560, max_hours=0.15)),
+    "frequency": (dict(train=10_000, dev=500, test=2000),
+                  dict(train=2000, dev=200, test=1000, max_hours=0.08)),
+    "real": (dict(), dict(max_hours=0.05)),
+}
+
+
+# -- data, training, inference -----------------------------------------------------
+def make_data(task, out, seed, counts, **options):
+    """Generate ``task``'s dataset into ``out`` (replacing an old one); return its counts."""
+    shutil.rmtree(out, ignore_errors=True)
+    return make_dataset(task, out, seed=seed, counts=counts, **options)
+
+
+def train(data_dir, save_to, config, seed=0, sets=()):
+    """Train through train.py's command line; return the wall seconds.
+
+    Raises RuntimeError if it exits with a non-zero status.
+    """
+    from train import OPTIONS
+
+    argv = ["--data_dir", str(data_dir), "--save_to", str(save_to), "--seed", str(seed),
+            "--config", str(config)] + [a for s in sets for a in ("--set", s)]
+    print("train.py " + " ".join(argv), flush=True)
+    start = time.monotonic()
+    status = cli.main(argv, options=OPTIONS)
+    if status != 0:
+        raise RuntimeError(f"train.py exited with status {status}")
+    return time.monotonic() - start
+
+
+def sequences_used(workspace, data_dir):
+    """Training sequences consumed: ``(up to the best model, in the whole run)``.
+
+    Frames trained (each epoch's ``frames`` in ``metrics.jsonl``) divided by the
+    mean length of a training sequence.
+    """
+    records = Workspace(workspace, create=False).read_metrics()
+    best = max((r["epoch"] for r in records if str(r.get("decision", "")).startswith("new best")),
+               default=0)
+    frames_to_best = sum(r.get("frames") or 0 for r in records if r["epoch"] <= best)
+    frames_total = sum(r.get("frames") or 0 for r in records)
+    train_set = Dataset.open(data_dir, "train")
+    mean_length = train_set.num_frames / len(train_set)
+    return frames_to_best / mean_length, frames_total / mean_length
+
+
+def infer_split(workspace, data_dir, split="test", batch=EVAL_BATCH):
+    """Run the best model of ``workspace`` over every whole sequence of a split.
+
+    Returns ``(outputs, targets)``: lists with one float32 [T][k] array per
+    sequence, in the split's order. Sequences run side by side, padded at
+    their end to the longest (outputs are causal: padding changes nothing).
+    """
+    net, run = load_net(workspace)
+    ds = Dataset.open(data_dir, split, run.model.input_dim, run.model.target_dim)
+    longest = max(s.length for s in ds.sequences)
+    f_infer, v_states = net.compile_infer(window_size=longest, mode=run.train.compile_mode)
+    outputs, targets = [], []
+    for first in range(0, len(ds), batch):
+        members = range(first, min(first + batch, len(ds)))
+        input_tbj = np.zeros((longest, len(members), ds.input_dim), np.float32)
+        time_tb = np.zeros((longest, len(members)), np.float32)
+        for b, i in enumerate(members):
+            length = ds.sequences[i].length
+            input_tbj[:length, b] = ds.input(i)
+            signal_t = ds.time_signal(i)
+            step = float(signal_t[-1] - signal_t[-2]) if length > 1 else 1.0
+            time_tb[:, b] = np.concatenate([signal_t, signal_t[-1] + step * np.arange(1, longest - length + 1)])
+        net.reset_states(v_states, batch_size=len(members))
+        output_tbk = f_infer(input_tbj, time_tb, np.zeros((longest, len(members)), np.int32))
+        for b, i in enumerate(members):
+            length = ds.sequences[i].length
+            outputs.append(np.asarray(output_tbk[:length, b]))
+            targets.append(np.asarray(ds.target(i)))
+    return outputs, targets
+
+
+def last_frames(arrays):
+    """The last frame of each [T][k] array, stacked: [n][k]."""
+    return np.stack([a[-1] for a in arrays])
+
+
+# -- metrics -------------------------------------------------------------------
+def count_wrong(prediction_n, target_n, tolerance=ADDING_TOLERANCE):
+    """Number of predictions whose absolute error exceeds ``tolerance``."""
+    return int((np.abs(np.asarray(prediction_n) - np.asarray(target_n)) > tolerance).sum())
+
+
+def count_misclassified(output_nk, target_nk):
+    """Number of rows whose output argmax differs from the one-hot target's."""
+    return int((np.argmax(output_nk, axis=1) != np.argmax(target_nk, axis=1)).sum())
+
+
+def binary_accuracy(output_n, label_n, threshold=0.5):
+    """Fraction of outputs on the right side of ``threshold`` for 0/1 labels."""
+    return float(((np.asarray(output_n) > threshold) == (np.asarray(label_n) > 0.5)).mean())
+
+
+def mse(prediction, target):
+    """Mean squared error over all elements."""
+    return float(np.mean((np.asarray(prediction, np.float64) - np.asarray(target, np.float64)) ** 2))
+
+
+def split_series(data_dir, split):
+    """A real dataset's split as one contiguous series (inputs, then the last target)."""
+    ds = Dataset.open(data_dir, split)
+    parts = [np.asarray(ds.input(i))[:, 0] for i in range(len(ds))]
+    return np.concatenate(parts + [np.asarray(ds.target(len(ds) - 1))[-1:, 0]]).astype(np.float64)
+
+
+def ar_design(history_t, series_t, order):
+    """Rows ``[1, z[i], z[i-1], ..., z[i-order+1]]`` and targets ``z[i+1]`` for
+    every step of ``series_t``; ``history_t`` (the values before it) fills lags."""
+    z = np.concatenate([history_t, series_t])
+    start = len(history_t)
+    rows = [z[i - order + 1:i + 1][::-1] for i in range(max(start, order - 1), len(z) - 1)]
+    x = np.column_stack([np.ones(len(rows)), np.array(rows)])
+    return x, z[max(start, order - 1) + 1:]
+
+
+def fit_ar(train_t, dev_t, orders=(1, 2, 4, 8, 13, 26, 52)):
+    """Fit AR(p) by least squares on ``train_t`` for each order; keep the best on dev.
+
+    Returns ``(order, coefficients, dev_mse)``.
+    """
+    best = None
+    for order in orders:
+        if order >= len(train_t) - 1:
+            continue
+        x, y = ar_design(np.zeros(0), train_t, order)
+        coef = np.linalg.lstsq(x, y, rcond=None)[0]
+        xd, yd = ar_design(train_t, dev_t, order)
+        dev_mse = mse(xd @ coef, yd)
+        if best is None or dev_mse < best[2]:
+            best = (order, coef, dev_mse)
+    return best
+
+
+# -- tasks ---------------------------------------------------------------------
+def run_adding(args, task="adding"):
+    """Adding (or multiplication): wrong out of the test set, MSE, sequences used."""
+    config = REPO_ROOT / "configs" / f"{task}.toml"
+    sets = list(args.set) + _window_sets(config, args.T)
+    data, ws = args.work / "data", args.work / "ws"
+    make_data(task, data, args.seed, args.counts, T=args.T)
+    seconds = train(data, ws, config, args.seed, sets + args.limits)
+    outputs, targets = infer_split(ws, data)
+    prediction_n, target_n = last_frames(outputs)[:, 0], last_frames(targets)[:, 0]
+    to_best, total = sequences_used(ws, data)
+    report = dict(task=task, T=args.T, wrong=count_wrong(prediction_n, target_n), test=len(target_n),
+                  test_mse=mse(prediction_n, target_n), sequences_to_best=round(to_best),
+                  sequences_total=round(total), train_seconds=round(seconds))
+    if task == "adding":
+        paper = PAPER["adding"].get(args.T)
+        line = (f"adding T={args.T}: wrong {report['wrong']}/{report['test']} (|error| > "
+                f"{ADDING_TOLERANCE}), test MSE {report['test_mse']:.3g}, training sequences "
+                f"{to_best:,.0f} to the best model ({total:,.0f} in all)")
+        if paper:
+            line += f"; paper (Table 7): {paper[0]}/2560 after {paper[1]:,} sequences"
+    else:
+        line = (f"multiplication T={args.T}: test MSE {report['test_mse']:.4f}, wrong "
+                f"{report['wrong']}/{report['test']} (|error| > {ADDING_TOLERANCE}), training "
+                f"sequences {to_best:,.0f} to the best model ({total:,.0f} in all)")
+        if args.T in PAPER["multiplication"]:
+            line += f"; paper (Table 8): MSE {PAPER['multiplication'][args.T]}"
+    return _finish(args, report, line)
+
+
+def run_multiplication(args):
+    return run_adding(args, task="multiplication")
+
+
+def run_temporal_order(args):
+    """Temporal order 6a/6b: misclassified (argmax) out of the test set."""
+    config = REPO_ROOT / "configs" / f"temporal_order_{args.variant}.toml"
+    data, ws = args.work / "data", args.work / "ws"
+    make_data("temporal_order", data, args.seed, args.counts, variant=args.variant)
+    seconds = train(data, ws, config, args.seed, list(args.set) + args.limits)
+    outputs, targets = infer_split(ws, data)
+    wrong = count_misclassified(last_frames(outputs), last_frames(targets))
+    to_best, total = sequences_used(ws, data)
+    report = dict(task="temporal_order", variant=args.variant, wrong=wrong, test=len(outputs),
+                  sequences_to_best=round(to_best), sequences_total=round(total),
+                  train_seconds=round(seconds))
+    line = (f"temporal order {args.variant}: wrong {wrong}/{len(outputs)}, training sequences "
+            f"{to_best:,.0f} to the best model ({total:,.0f} in all); paper (Table 9): "
+            f"{PAPER['temporal_order'][args.variant]}/2560")
+    return _finish(args, report, line)
+
+
+def run_frequency(args):
+    """Frequency discrimination, async sampling: LSTM without and with the time gate."""
+    data = args.work / "data"
+    make_data("frequency", data, args.seed, args.counts, sampling="async")
+    report, parts = dict(task="frequency", sampling="async"), []
+    for name, config in (("lstm", "frequency"), ("clock", "frequency_clock")):
+        if args.only and name != args.only:
+            continue
+        ws = args.work / f"ws_{name}"
+        seconds = train(data, ws, REPO_ROOT / "configs" / f"{config}.toml", args.seed,
+                        list(args.set) + args.limits)
+        outputs, targets = infer_split(ws, data)
+        accuracy = binary_accuracy(last_frames(outputs)[:, 0], last_frames(targets)[:, 0])
+        report[name] = dict(accuracy=accuracy, test=len(outputs), train_seconds=round(seconds))
+        parts.append(f"{name} {100 * accuracy:.1f}% (paper {100 * PAPER['frequency'][name]:.1f}%)")
+    return _finish(args, report, "frequency, async sampling: accuracy " + ", ".join(parts))
+
+
+def run_real(args):
+    """A real series: test MSE of the net vs persistence and a linear AR(p)."""
+    data, ws = args.work / "data", args.work / "ws"
+    make_data("real", data, args.seed, None, series=args.series)
+    seconds = train(data, ws, REPO_ROOT / "configs" / "real.toml", args.seed, list(args.set) + args.limits)
+    outputs, targets = infer_split(ws, data)
+    inputs = [np.asarray(Dataset.open(data, "test").input(i)) for i in range(len(outputs))]
+    net_mse = mse(np.concatenate(outputs), np.concatenate(targets))
+    persistence_mse = mse(np.concatenate(inputs), np.concatenate(targets))
+    train_t, dev_t, test_t = (split_series(data, s) for s in ("train", "dev", "test"))
+    order, coef, _ = fit_ar(train_t, dev_t)
+    x, y = ar_design(np.concatenate([train_t, dev_t]), test_t, order)
+    ar_mse = mse(x @ coef, y)
+    std = float(np.fromfile(data / "std.matrix", "<f4")[0])
+    report = dict(task="real", series=args.series, net_mse=net_mse, persistence_mse=persistence_mse,
+                  ar_order=order, ar_mse=ar_mse, std=std, train_seconds=round(seconds))
+    line = (f"real ({args.series}), test MSE in training-normalised units (RMSE in series units): "
+            f"net {net_mse:.4g} ({std * net_mse ** 0.5:.3g}), persistence {persistence_mse:.4g} "
+            f"({std * persistence_mse ** 0.5:.3g}), AR({order}) {ar_mse:.4g} ({std * ar_mse ** 0.5:.3g})")
+    return _finish(args, report, line)
+
+
+def _window_sets(config, T):
+    """For T other than 100: a window that still reaches from the target to frame 1."""
+    if T == 100:
+        return []
+    step = cli.read_config(config).get("step_size", 32)
+    return [f"window_size={step + T + T // 10}"]
+
+
+def _finish(args, report, line):
+    report.update(seed=args.seed, counts=args.counts, limits=args.limits, sets=list(args.set))
+    (args.work / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(line, flush=True)
+    return report
+
+
+RUNNERS = {"adding": run_adding, "multiplication": run_multiplication,
+           "temporal_order": run_temporal_order, "frequency": run_frequency, "real": run_real}
+
+
+def build_parser():
+    """The command line: one sub-command per task, shared size and limit flags."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--work", type=Path, help="data and workspace directory "
+                        "(default /tmp/sophia-repro/TASK...)")
+    common.add_argument("--seed", type=int, default=0, help="data, initialisation and shuffling seed")
+    for split in ("train", "dev", "test"):
+        common.add_argument(f"--{split}", type=int, help=f"number of {split} sequences")
+    common.add_argument("--max_hours", type=float, help="passed to train.py (--set max_hours=)")
+    common.add_argument("--max_epochs", type=int, help="passed to train.py (--set max_epochs=)")
+    common.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    common.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra option override for train.py (repeatable)")
+    parser = argparse.ArgumentParser(prog="bench/reproduce.py", description=__doc__.split("\n\n")[0])
+    tasks = parser.add_subparsers(dest="task", required=True)
+    for name in ("adding", "multiplication"):
+        tasks.add_parser(name, parents=[common]).add_argument("--T", type=int, default=100)
+    tasks.add_parser("temporal_order", parents=[common]).add_argument(
+        "--variant", choices=("6a", "6b"), default="6a")
+    tasks.add_parser("frequency", parents=[common]).add_argument(
+        "--only", choices=("lstm", "clock"), help="train one of the two nets")
+    tasks.add_parser("real", parents=[common]).add_argument(
+        "--series", choices=("co2", "sunspots"), default="co2")
+    return parser
+
+
+def resolve(args):
+    """Fill in sizes, limits and the work directory of parsed ``args``."""
+    full, quick = SIZES[args.task]
+    sizes = dict(quick if args.quick else full)
+    for key in ("train", "dev", "test", "max_hours", "max_epochs"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    args.counts = {s: sizes[s] for s in ("train", "dev", "test") if s in sizes} or None
+    args.limits = [f"{k}={sizes[k]}" for k in ("max_hours", "max_epochs") if k in sizes]
+    suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series") if hasattr(args, a))
+    args.work = args.work or Path("/tmp/sophia-repro") / f"{args.task}{suffix}"
+    args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def main(argv=None):
+    """Run one task's reproduction; print and return its report."""
+    args = resolve(build_parser().parse_args(argv))
+    start = time.monotonic()
+    report = RUNNERS[args.task](args)
+    print(f"seed {args.seed}, {time.monotonic() - start:.0f} s in all; report in {args.work / 'report.json'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

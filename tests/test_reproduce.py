@@ -1,0 +1,62 @@
+"""bench/reproduce.py: the metrics on hand-made cases, and one tiny run end to end
+(data -> train.py -> best model over whole test sequences -> report)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "reproduce.py"
+_spec = importlib.util.spec_from_file_location("reproduce", _PATH)
+reproduce = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reproduce)
+
+
+def test_metrics_on_hand_made_cases():
+    target = np.array([0.5, 0.5, 0.5, 0.2])
+    assert reproduce.count_wrong([0.5, 0.55, 0.47, 0.15], target) == 2    # 0.05 and 0.05 > 0.04
+    one_hot = np.eye(4)[[0, 1, 2, 3]]
+    output = np.array([[0.9, 0, 0, 0], [0, 0.2, 0.3, 0], [0, 0, 0.6, 0.5], [0.1, 0, 0, 0.2]])
+    assert reproduce.count_misclassified(output, one_hot) == 1
+    assert reproduce.binary_accuracy([0.7, 0.4, 0.2, 0.6], [1, 1, 0, 0]) == 0.5
+    assert reproduce.mse([1.0, 3.0], [0.0, 0.0]) == 5.0
+
+
+def test_ar_fit_recovers_a_known_process():
+    rng = np.random.default_rng(0)
+    z = np.zeros(3000)
+    for i in range(2, len(z)):
+        z[i] = 0.6 * z[i - 1] - 0.3 * z[i - 2] + 0.1 * rng.standard_normal()
+    order, coef, _ = reproduce.fit_ar(z[:2000], z[2000:2500], orders=(1, 2, 4))
+    assert order in (2, 4)
+    np.testing.assert_allclose(coef[1:3], [0.6, -0.3], atol=0.05)
+    x, y = reproduce.ar_design(z[:10], z[10:20], 3)          # lags reach into the history
+    assert x.shape == (9, 4) and y[0] == z[11] and x[0, 1] == z[10] and x[0, 3] == z[8]
+
+
+def test_tiny_adding_run_end_to_end(tmp_path, capsys):
+    report = reproduce.main(["adding", "--T", "11", "--train", "32", "--dev", "8", "--test", "6",
+                             "--max_epochs", "1", "--work", str(tmp_path), "--seed", "3",
+                             "--set", "net_width=4", "--set", "batch_size=4",
+                             "--set", "window_size=24", "--set", "step_size=12",
+                             "--set", "frames_per_epoch=120", "--set", "compile_mode=FAST_COMPILE"])
+    assert report["test"] == 6 and 0 <= report["wrong"] <= 6
+    assert json.loads((tmp_path / "report.json").read_text())["wrong"] == report["wrong"]
+    assert "adding T=11: wrong" in capsys.readouterr().out
+    # training sequences: frames of epoch 1 (>= 120) over a mean length of 11..12
+    assert report["sequences_total"] == pytest.approx(120 / 11.5, abs=3)
+
+    # batched, padded inference == the same net stepped one frame at a time, alone
+    outputs, targets = reproduce.infer_split(tmp_path / "ws", tmp_path / "data")
+    net, _ = reproduce.load_net(tmp_path / "ws")
+    f_step, v_states = net.compile_infer(window_size=1, mode="FAST_COMPILE")
+    data = reproduce.Dataset.open(tmp_path / "data", "test")
+    for i in (0, len(data) - 1):
+        net.reset_states(v_states, batch_size=1)
+        steps = [f_step(np.asarray(data.input(i))[t:t + 1, None], np.full((1, 1), t, np.float32),
+                        np.zeros((1, 1), np.int32))[0, 0] for t in range(data.sequences[i].length)]
+        np.testing.assert_allclose(outputs[i], np.array(steps), rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(targets[i], data.target(i))
+    last = reproduce.last_frames(outputs)[:, 0]
+    assert report["wrong"] == reproduce.count_wrong(last, reproduce.last_frames(targets)[:, 0])
