@@ -426,3 +426,31 @@ def test_cli_refuses_a_missing_models_dir(short_dir):
 
 def test_fakes_cover_every_name_the_tests_use():
     assert {"alpha", "beta", "wide", "broken", "slow"} <= set(FAKES)
+
+
+SLOW_PRELOAD = """
+import sys, time
+import sophia.serving.cli as cli
+def load_model(path):
+    print("loading", flush=True)
+    time.sleep(30)
+cli.load_model = load_model
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cli_signal_during_preload_exits_cleanly(short_dir, models_dir, signum):
+    process = subprocess.Popen([sys.executable, "-c", SLOW_PRELOAD, "--models_dir", models_dir,
+                                "--preload", "alpha", "--endpoint", f"ipc://{short_dir}/p.sock"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=REPO, XDG_RUNTIME_DIR=short_dir))
+    try:
+        assert process.stdout.readline() == "loading\n"
+        process.send_signal(signum)
+        assert process.wait(timeout=5) == 0
+        stderr = process.communicate(timeout=5)[1]
+        assert "Traceback" not in stderr and "interrupted during start-up" in stderr
+    finally:
+        process.kill()
+        process.communicate(timeout=5)

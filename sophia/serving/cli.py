@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     created = None
+    # Until serving starts (preloading may compile for a while), SIGTERM interrupts like SIGINT.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not os.path.isdir(args.models_dir):
             raise ValueError(f"--models_dir {args.models_dir!r} is not a directory")
@@ -135,6 +137,10 @@ def main(argv=None) -> int:
                             idle_timeout=args.idle_timeout)
         finally:
             os.umask(old_umask)
+    except KeyboardInterrupt:
+        log.info("interrupted during start-up")
+        _remove_dir(created)
+        return 0
     except Exception as exc:  # bad options, a failed preload, a busy endpoint
         log.error("cannot start: %s: %s", type(exc).__name__, exc)
         _remove_dir(created)
@@ -147,6 +153,10 @@ def main(argv=None) -> int:
     finally:
         _remove_dir(created)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _remove_dir(directory: Path | None) -> None:
