@@ -1,0 +1,39 @@
+"""Backend checks (slow): each compile mode trains exactly like FAST_COMPILE.
+
+Run with ``pytest -m slow``. The default test run disables PyTensor's C compiler
+(``tests/conftest.py``); to check the C backend too, run
+``PYTENSOR_FLAGS=cxx=g++ pytest -m slow tests/test_modes.py``.
+"""
+import importlib.util
+
+import numpy as np
+import pytest
+
+from sophia.options import TrainOptions
+from tests.graph_support import make_net, make_window
+
+MODES = ["FAST_RUN", "CVM", "NUMBA"] + (["JAX"] if importlib.util.find_spec("jax") else [])
+NETS = {
+    "lstm_fused": dict(unit_type="lstm", net_depth=2, learn_id_embedding=True),
+    "gru_scan_clock_bn": dict(unit_type="gru", batch_norm=True, learn_clock_params=True),
+}
+
+
+def train_three_steps(mode, net_options):
+    net = make_net(dtype="float32", **net_options)
+    options = TrainOptions(batch_size=3, window_size=5, step_size=3, compile_mode=mode)
+    f_train_step, _, _ = net.compile_train_step(options)
+    window = make_window(net, frames=5, batch=3)
+    losses = [f_train_step(*window, np.float32(0.01))[0] for _ in range(3)]
+    return np.array(losses), net.get_values()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net_name", list(NETS))
+@pytest.mark.parametrize("mode", MODES)
+def test_mode_trains_like_fast_compile(mode, net_name):
+    ref_losses, ref_values = train_three_steps("FAST_COMPILE", NETS[net_name])
+    losses, values = train_three_steps(mode, NETS[net_name])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for name, value in values.items():
+        np.testing.assert_allclose(value, ref_values[name], rtol=1e-3, atol=1e-5, err_msg=name)
