@@ -11,3 +11,13 @@ import os
 _flags = os.environ.get("PYTENSOR_FLAGS", "")
 if "cxx=" not in _flags:
     os.environ["PYTENSOR_FLAGS"] = ",".join(f for f in (_flags, "cxx=") if f)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def c_client(tmp_path_factory):
+    """Path of the C client built once for the session (skips where it cannot be built)."""
+    from c_client_build import build_c_client
+    return build_c_client(str(tmp_path_factory.mktemp("c_client")))

@@ -21,7 +21,6 @@ from model_workspaces import (INPUT_DIM, TARGET_DIM, OfflineModel, counter_times
                               irregular_stamps, stamp_times, write_workspaces)
 from sophia.serving.client import ServerError, SophiaClient
 from sophia.serving.ensemble import load_model
-from test_c_client import CLIENT_DIR, missing_toolchain
 
 TOL = 1e-5
 NAMES = ["lstm_ids", "gru_clock"]
@@ -97,19 +96,6 @@ def test_real_loader_errors_reach_the_client(server, short_dir):
         SophiaClient(server.endpoint, ["empty"], 1, [[0]], timeout=30)
     with pytest.raises(ServerError, match=r"ID index 5 is outside \[0, 5\)"):
         SophiaClient(server.endpoint, NAMES, 1, [[5], [0]], timeout=30)
-
-
-@pytest.fixture(scope="module")
-def c_client(tmp_path_factory):
-    build_dir = str(tmp_path_factory.mktemp("c_client"))
-    reason = missing_toolchain(build_dir)
-    if reason:
-        pytest.skip(reason)
-    binary = os.path.join(build_dir, "sophia_client")
-    result = subprocess.run(["make", "-C", CLIENT_DIR, f"OUT={binary}"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return binary
 
 
 def test_c_client_equals_offline(server, offline, c_client, short_dir):
