@@ -1,6 +1,5 @@
 """What the graph computes: scan == unrolled, resets, BPTT(h; h'), streaming == offline."""
 import numpy as np
-import pytensor as th
 import pytest
 
 from sophia.options import TrainOptions
