@@ -9,7 +9,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from sophia.options import TrainOptions
+from sophia.graph.modes import AUTO_FUSED, AUTO_LOOPED, compile_mode, resolve
+from sophia.options import OptionError, TrainOptions
 from tests.graph_support import make_net, make_window
 
 MODES = ["FAST_RUN", "CVM", "NUMBA"] + (["JAX"] if importlib.util.find_spec("jax") else [])
@@ -37,3 +38,20 @@ def test_mode_trains_like_fast_compile(mode, net_name):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     for name, value in values.items():
         np.testing.assert_allclose(value, ref_values[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("options,unroll,expected", [
+    (dict(unit_type="lstm"), False, AUTO_FUSED),          # fused recurrence: thin graph around it
+    (dict(unit_type="fc"), True, AUTO_FUSED),             # no recurrence at all
+    (dict(unit_type="lstm"), True, AUTO_LOOPED),          # unrolled loop
+    (dict(unit_type="gru", layer_norm=True), False, AUTO_LOOPED),   # scan stays
+])
+def test_auto_mode_follows_the_graph(options, unroll, expected):
+    net = make_net(**options)
+    mode, _ = net.compile_plan("auto", unroll)
+    assert mode is compile_mode(expected)
+
+
+def test_unknown_mode_is_a_clear_error():
+    with pytest.raises(OptionError, match="compile_mode must be one of"):
+        resolve("TURBO")

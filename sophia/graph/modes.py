@@ -18,28 +18,39 @@ from pytensor.compile.mode import get_mode
 
 from sophia.options import COMPILE_MODES, OptionError
 
-AUTO_MODE = "FAST_COMPILE"
-"""What ``auto`` means: FAST_COMPILE, measured fastest for training on a CPU.
+AUTO_FUSED = "FAST_COMPILE"
+AUTO_LOOPED = "CVM"
+"""What ``auto`` means, per graph.
 
-With LSTM/GRU recurrences fused (``sophia/graph/fused.py``) the time of a training
-step is in the fused Ops, which run numpy in every mode, so the mode only decides
-how the thin graph around them is compiled. ``bench/train_speed.py`` (2-layer LSTM
-256, batch 64, BPTT(128; 64), float32, 2 shared cores) measured FAST_COMPILE at
-≈ 5,000 frames/s after 2.4 s cold / 1.4 s warm compile, against CVM ≈ 600–2,200
-after 42 s / 7 s and FAST_RUN (Numba, which runs the fused Ops in object mode)
-≈ 500 after 28 s; PyTorch's nn.LSTM ≈ 5,900 in the same run. Graphs that keep the
-scan path (layer/batch norm, peepholes, clock gate, unrolled) run their scan in
-Python under FAST_COMPILE and are much slower there: give them ``compile_mode``
-CVM or NUMBA explicitly.
+``AUTO_FUSED`` for graphs whose recurrences are all fused (``sophia/graph/fused.py``:
+LSTM/GRU without norms, peepholes or clock gate) or absent: the time of a training
+step is then in the fused Ops, which run numpy in every mode, so the mode only
+decides how the thin graph around them is compiled. ``bench/train_speed.py``
+(2-layer LSTM 256, batch 64, BPTT(128; 64), float32, 2 shared cores) measured
+FAST_COMPILE at ≈ 5,000 frames/s after 2.4 s cold / 1.4 s warm compile, against
+CVM ≈ 600–2,200 after 42 s / 7 s and FAST_RUN (Numba, which runs the fused Ops in
+object mode) ≈ 500 after 28 s; PyTorch's nn.LSTM ≈ 5,900 in the same run.
+
+``AUTO_LOOPED`` for graphs that keep a ``scan`` (or an unrolled loop): FAST_COMPILE
+would run that loop op by op in Python; the C backend runs scan's loop compiled
+(≈ 2,300 frames/s with a BLAS linked, ≈ 500 without, after ≈ 40–80 s cold and
+≈ 5–20 s warm compile on the same machine).
 """
 
 
-def compile_mode(name: str):
-    """The PyTensor ``Mode`` for ``name`` (one of ``sophia.options.COMPILE_MODES``)."""
+def resolve(name: str, looped: bool = False) -> str:
+    """The concrete mode ``name`` stands for; ``auto`` depends on whether the graph
+    keeps a scan or unrolled recurrence (``looped``)."""
     if name not in COMPILE_MODES:
         raise OptionError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}; got {name!r}")
     if name == "auto":
-        name = AUTO_MODE
+        return AUTO_LOOPED if looped else AUTO_FUSED
+    return name
+
+
+def compile_mode(name: str, looped: bool = False):
+    """The PyTensor ``Mode`` for ``name`` (one of ``sophia.options.COMPILE_MODES``)."""
+    name = resolve(name, looped)
     if name == "JAX" and importlib.util.find_spec("jax") is None:
         raise OptionError("compile_mode 'JAX' needs the jax package: pip install jax")
     return get_mode(name)

@@ -34,6 +34,7 @@ Example
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ import pytensor as th
 import pytensor.tensor as tt
 
 from sophia.graph.init import Uniform
-from sophia.graph.layers import UNIT_LAYERS, FCLayer
-from sophia.graph.modes import compile_mode
+from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
+from sophia.graph import fused
+from sophia.graph.modes import compile_mode, resolve
 from sophia.optim.losses import masked_loss
 from sophia.optim.updates import Optimizer
 from sophia.options import ModelOptions, OptionError
@@ -210,6 +212,19 @@ class Net:
         return tt.grad(s_cost, list(self.v_params.values()))
 
     # -- compiled functions ---------------------------------------------------------
+    def compile_plan(self, mode_name: str, unroll: bool):
+        """``(Mode, build_context)`` for compiling a graph in ``mode_name``.
+
+        ``auto`` resolves per graph (see :mod:`sophia.graph.modes`): the fused mode
+        when every recurrence of this net can be fused, the looped mode otherwise.
+        JAX cannot run the fused (numpy) Ops, so its graphs are built with scan.
+        """
+        looped = any(isinstance(layer, RecurrentLayer) and not fused.applies(layer, unroll)
+                     for layer in self.layers)
+        name = resolve(mode_name, looped)
+        context = fused.disabled() if name == "JAX" else contextlib.nullcontext()
+        return compile_mode(name), context
+
     @_in_own_dtype
     def compile_train_step(self, train_options, mode=None):
         """Compile ``f_train_step`` for ``train_options``' batch, window and step sizes.
@@ -218,9 +233,11 @@ class Net:
         gives the function that resets all optimizer state.
         """
         o = train_options
+        mode, context = self.compile_plan(mode or o.compile_mode, o.unroll_scan)
         ports = self.ports(o.window_size if o.unroll_scan else None)
         v_states = self.new_states(o.batch_size, "train")
-        fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan)
+        with context:
+            fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, o.step_size, o.loss_type, o.huber_delta)
         p_lr = tt.scalar("p_lr", dtype=self.dtype)
         optimizer = Optimizer.from_options(list(self.v_params.values()),
@@ -229,7 +246,7 @@ class Net:
         updates.update(fwd.updates)
         updates.update(zip(v_states, fwd.s_next_states))
         f_train_step = th.function(ports.inputs() + [p_lr], [s_loss_sum, s_n_frames, optimizer.s_grad_norm],
-                                   updates=updates, mode=compile_mode(mode or o.compile_mode),
+                                   updates=updates, mode=mode,
                                    on_unused_input="ignore", name="f_train_step")
         return f_train_step, v_states, optimizer
 
@@ -241,12 +258,14 @@ class Net:
         """
         o = train_options
         window = o.window_size
+        mode, context = self.compile_plan(mode or o.compile_mode, o.unroll_scan)
         ports = self.ports(window if o.unroll_scan else None)
         v_states = self.new_states(batch_size or o.batch_size, "eval")
-        fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan)
+        with context:
+            fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, window, o.loss_type, o.huber_delta)
         f = th.function(ports.inputs(), [s_loss_sum, s_n_frames], updates=list(zip(v_states, fwd.s_next_states)),
-                        mode=compile_mode(mode or o.compile_mode), on_unused_input="ignore",
+                        mode=mode, on_unused_input="ignore",
                         name="f_fwd_propagate")
         return f, v_states
 
@@ -256,10 +275,12 @@ class Net:
 
         Returns ``(f_infer, v_states)``; set the states' batch size with :meth:`reset_states`.
         """
+        mode, context = self.compile_plan(mode, unroll)
         ports = self.ports(window_size)
         v_states = self.new_states(1, "infer")
-        fwd = self.forward(ports, v_states, carry_frame=window_size - 1, training=False, unroll=unroll)
+        with context:
+            fwd = self.forward(ports, v_states, carry_frame=window_size - 1, training=False, unroll=unroll)
         f = th.function(ports.inputs(with_target=False), fwd.s_output_tbk,
-                        updates=list(zip(v_states, fwd.s_next_states)), mode=compile_mode(mode),
+                        updates=list(zip(v_states, fwd.s_next_states)), mode=mode,
                         on_unused_input="ignore", name="f_infer")
         return f, v_states
