@@ -66,6 +66,12 @@ PAPER = {
     "temporal_order": {"6a": 1, "6b": 2},
     "frequency": {"lstm": 0.690, "clock": 0.979},
 }
+# Dev loss per target frame that counts as "solved" (a proxy for the paper's stopping
+# criterion): adding/multiplication MSE 1.3e-4, i.e. sigma 0.0115, so that 0.04 is
+# ~3.5 sigma (~1 wrong in 2560); temporal order: squared error over the one-hot
+# target 0.01, far below what a wrong argmax costs (>= 0.5).
+CRITERION = {"adding": 1.3e-4, "multiplication": 1.3e-4, "temporal_order": 0.01,
+             "frequency": None, "real": None}
 # Sizes: {task: (full, quick)}; --train/--dev/--test/--max_* override them.
 SIZES = {
     "adding": (dict(train=100_000, dev=256, test=2560),
@@ -104,20 +110,33 @@ def train(data_dir, save_to, config, seed=0, sets=()):
     return time.monotonic() - start
 
 
-def sequences_used(workspace, data_dir):
-    """Training sequences consumed: ``(up to the best model, in the whole run)``.
+def sequences_used(workspace, data_dir, criterion=None):
+    """Training sequences consumed, as ``{to_best, total, to_criterion}``.
 
     Frames trained (each epoch's ``frames`` in ``metrics.jsonl``) divided by the
-    mean length of a training sequence.
+    mean length of a training sequence: up to the epoch that saved the best
+    model, in the whole run, and up to the first epoch whose dev loss is at most
+    ``criterion`` (None if none was, or no criterion is given).
     """
     records = Workspace(workspace, create=False).read_metrics()
-    best = max((r["epoch"] for r in records if str(r.get("decision", "")).startswith("new best")),
-               default=0)
-    frames_to_best = sum(r.get("frames") or 0 for r in records if r["epoch"] <= best)
-    frames_total = sum(r.get("frames") or 0 for r in records)
     train_set = Dataset.open(data_dir, "train")
     mean_length = train_set.num_frames / len(train_set)
-    return frames_to_best / mean_length, frames_total / mean_length
+    best = max((r["epoch"] for r in records if str(r.get("decision", "")).startswith("new best")),
+               default=0)
+    met = [r["epoch"] for r in records
+           if criterion is not None and r.get("frames") and r.get("dev_loss", np.inf) <= criterion]
+
+    def upto(epoch):
+        return sum(r.get("frames") or 0 for r in records if r["epoch"] <= epoch) / mean_length
+
+    return dict(to_best=round(upto(best)), total=round(upto(np.inf)),
+                to_criterion=round(upto(met[0])) if met else None)
+
+
+def train_seconds(workspace):
+    """Seconds a workspace's run spent training and evaluating, from ``metrics.jsonl``."""
+    records = Workspace(workspace, create=False).read_metrics()
+    return sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0) for r in records)
 
 
 def infer_split(workspace, data_dir, split="test", batch=EVAL_BATCH):
@@ -213,30 +232,40 @@ def fit_ar(train_t, dev_t, orders=(1, 2, 4, 8, 13, 26, 52)):
 
 
 # -- tasks ---------------------------------------------------------------------
+def _data(args, task, data, counts, **options):
+    if not args.eval_only:
+        make_data(task, data, args.seed, counts, **options)
+
+
+def _train(args, data, ws, config, sets):
+    if args.eval_only:
+        return train_seconds(ws)
+    return train(data, ws, config, args.seed, list(sets) + args.limits)
+
+
 def run_adding(args, task="adding"):
     """Adding (or multiplication): wrong out of the test set, MSE, sequences used."""
     config = REPO_ROOT / "configs" / f"{task}.toml"
     sets = list(args.set) + _window_sets(config, args.T)
     data, ws = args.work / "data", args.work / "ws"
-    make_data(task, data, args.seed, args.counts, T=args.T)
-    seconds = train(data, ws, config, args.seed, sets + args.limits)
+    _data(args, task, data, args.counts, T=args.T)
+    seconds = _train(args, data, ws, config, sets)
     outputs, targets = infer_split(ws, data)
     prediction_n, target_n = last_frames(outputs)[:, 0], last_frames(targets)[:, 0]
-    to_best, total = sequences_used(ws, data)
+    used = sequences_used(ws, data, criterion=args.criterion)
     report = dict(task=task, T=args.T, wrong=count_wrong(prediction_n, target_n), test=len(target_n),
-                  test_mse=mse(prediction_n, target_n), sequences_to_best=round(to_best),
-                  sequences_total=round(total), train_seconds=round(seconds))
+                  test_mse=mse(prediction_n, target_n), train_seconds=round(seconds),
+                  **{f"sequences_{k}": v for k, v in used.items()})
     if task == "adding":
         paper = PAPER["adding"].get(args.T)
         line = (f"adding T={args.T}: wrong {report['wrong']}/{report['test']} (|error| > "
-                f"{ADDING_TOLERANCE}), test MSE {report['test_mse']:.3g}, training sequences "
-                f"{to_best:,.0f} to the best model ({total:,.0f} in all)")
+                f"{ADDING_TOLERANCE}), test MSE {report['test_mse']:.3g}, {_used_text(used, args)}")
         if paper:
             line += f"; paper (Table 7): {paper[0]}/2560 after {paper[1]:,} sequences"
     else:
         line = (f"multiplication T={args.T}: test MSE {report['test_mse']:.4f}, wrong "
-                f"{report['wrong']}/{report['test']} (|error| > {ADDING_TOLERANCE}), training "
-                f"sequences {to_best:,.0f} to the best model ({total:,.0f} in all)")
+                f"{report['wrong']}/{report['test']} (|error| > {ADDING_TOLERANCE}), "
+                + _used_text(used, args))
         if args.T in PAPER["multiplication"]:
             line += f"; paper (Table 8): MSE {PAPER['multiplication'][args.T]}"
     return _finish(args, report, line)
@@ -250,31 +279,34 @@ def run_temporal_order(args):
     """Temporal order 6a/6b: misclassified (argmax) out of the test set."""
     config = REPO_ROOT / "configs" / f"temporal_order_{args.variant}.toml"
     data, ws = args.work / "data", args.work / "ws"
-    make_data("temporal_order", data, args.seed, args.counts, variant=args.variant)
-    seconds = train(data, ws, config, args.seed, list(args.set) + args.limits)
+    _data(args, "temporal_order", data, args.counts, variant=args.variant)
+    seconds = _train(args, data, ws, config, args.set)
     outputs, targets = infer_split(ws, data)
     wrong = count_misclassified(last_frames(outputs), last_frames(targets))
-    to_best, total = sequences_used(ws, data)
+    used = sequences_used(ws, data, criterion=args.criterion)
     report = dict(task="temporal_order", variant=args.variant, wrong=wrong, test=len(outputs),
-                  sequences_to_best=round(to_best), sequences_total=round(total),
-                  train_seconds=round(seconds))
-    line = (f"temporal order {args.variant}: wrong {wrong}/{len(outputs)}, training sequences "
-            f"{to_best:,.0f} to the best model ({total:,.0f} in all); paper (Table 9): "
-            f"{PAPER['temporal_order'][args.variant]}/2560")
+                  train_seconds=round(seconds), **{f"sequences_{k}": v for k, v in used.items()})
+    line = (f"temporal order {args.variant}: wrong {wrong}/{len(outputs)}, {_used_text(used, args)}; "
+            f"paper (Table 9): {PAPER['temporal_order'][args.variant]}/2560")
     return _finish(args, report, line)
+
+
+def _used_text(used, args):
+    met = ("never" if used["to_criterion"] is None else f"{used['to_criterion']:,}")
+    return (f"training sequences: {met} to the first dev loss <= {args.criterion:g}, "
+            f"{used['to_best']:,} to the best model, {used['total']:,} in all")
 
 
 def run_frequency(args):
     """Frequency discrimination, async sampling: LSTM without and with the time gate."""
     data = args.work / "data"
-    make_data("frequency", data, args.seed, args.counts, sampling="async")
+    _data(args, "frequency", data, args.counts, sampling="async")
     report, parts = dict(task="frequency", sampling="async"), []
     for name, config in (("lstm", "frequency"), ("clock", "frequency_clock")):
         if args.only and name != args.only:
             continue
         ws = args.work / f"ws_{name}"
-        seconds = train(data, ws, REPO_ROOT / "configs" / f"{config}.toml", args.seed,
-                        list(args.set) + args.limits)
+        seconds = _train(args, data, ws, REPO_ROOT / "configs" / f"{config}.toml", args.set)
         outputs, targets = infer_split(ws, data)
         accuracy = binary_accuracy(last_frames(outputs)[:, 0], last_frames(targets)[:, 0])
         report[name] = dict(accuracy=accuracy, test=len(outputs), train_seconds=round(seconds))
@@ -285,8 +317,8 @@ def run_frequency(args):
 def run_real(args):
     """A real series: test MSE of the net vs persistence and a linear AR(p)."""
     data, ws = args.work / "data", args.work / "ws"
-    make_data("real", data, args.seed, None, series=args.series)
-    seconds = train(data, ws, REPO_ROOT / "configs" / "real.toml", args.seed, list(args.set) + args.limits)
+    _data(args, "real", data, None, series=args.series)
+    seconds = _train(args, data, ws, REPO_ROOT / "configs" / "real.toml", args.set)
     outputs, targets = infer_split(ws, data)
     inputs = [np.asarray(Dataset.open(data, "test").input(i)) for i in range(len(outputs))]
     net_mse = mse(np.concatenate(outputs), np.concatenate(targets))
@@ -334,6 +366,10 @@ def build_parser():
     common.add_argument("--max_hours", type=float, help="passed to train.py (--set max_hours=)")
     common.add_argument("--max_epochs", type=int, help="passed to train.py (--set max_epochs=)")
     common.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    common.add_argument("--eval_only", action="store_true", help="evaluate the existing data and "
+                        "workspace of --work (e.g. of a run stopped early) without training")
+    common.add_argument("--criterion", type=float, help="dev loss that counts as solved, for the "
+                        "training-sequence count (default per task, see CRITERION)")
     common.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="extra option override for train.py (repeatable)")
     parser = argparse.ArgumentParser(prog="bench/reproduce.py", description=__doc__.split("\n\n")[0])
@@ -357,6 +393,8 @@ def resolve(args):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     args.counts = {s: sizes[s] for s in ("train", "dev", "test") if s in sizes} or None
+    if args.criterion is None:
+        args.criterion = CRITERION[args.task]
     args.limits = [f"{k}={sizes[k]}" for k in ("max_hours", "max_epochs") if k in sizes]
     suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series") if hasattr(args, a))
     args.work = args.work or Path("/tmp/sophia-repro") / f"{args.task}{suffix}"
