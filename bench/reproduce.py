@@ -54,7 +54,7 @@ if str(REPO_ROOT) not in sys.path:
 from datasets.make import make_dataset  # noqa: E402
 from sophia.training import cli  # noqa: E402
 from sophia.training.dataset import Dataset  # noqa: E402
-from sophia.training.run_state import load_net  # noqa: E402
+from sophia.training.run_state import load_net, load_run_options  # noqa: E402
 from sophia.training.workspace import Workspace  # noqa: E402
 
 ADDING_TOLERANCE = 0.04              # the paper's "wrong": |error| > 0.04
@@ -118,8 +118,9 @@ def sequences_used(workspace, data_dir, criterion=None):
     model, in the whole run, and up to the first epoch whose dev loss is at most
     ``criterion`` (None if none was, or no criterion is given).
     """
-    records = Workspace(workspace, create=False).read_metrics()
-    train_set = Dataset.open(data_dir, "train")
+    ws = Workspace(workspace, create=False)
+    records, model = ws.read_metrics(), load_run_options(ws).model
+    train_set = Dataset.open(data_dir, "train", model.input_dim, model.target_dim)
     mean_length = train_set.num_frames / len(train_set)
     best = max((r["epoch"] for r in records if str(r.get("decision", "")).startswith("new best")),
                default=0)
