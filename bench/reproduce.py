@@ -20,9 +20,11 @@ last frame. It prints our figure beside the paper's and writes
                        ``numpy.linalg.lstsq`` on the training split
 =====================  ======================================================
 
-"Training sequences used" is frames trained up to the epoch that saved the
-best model (from ``metrics.jsonl``) divided by the mean training sequence
-length; the total over the whole run is printed too.
+"Training sequences used" is frames trained (from ``metrics.jsonl``) divided
+by the mean training sequence length, counted up to the first epoch whose dev
+loss meets ``--criterion`` (a proxy for the paper's stopping rule, see
+:data:`CRITERION`), up to the epoch that saved the best model, and in all.
+``--eval_only`` evaluates the workspace of a run that was stopped early.
 
 Example
 -------
