@@ -3,6 +3,7 @@
 Each test compiles as few graphs as it can (one LSTM training graph takes
 several seconds here); subprocess tests run ``train.py`` itself.
 """
+import importlib.util
 import io
 import json
 import math
@@ -109,7 +110,11 @@ def test_workspace_contract(trained, tiny_data):
     for name in ("params", "snapshots/pivot", "snapshots/previous", "annealer"):
         assert ws.has(name), name
     assert ws.read_ids_order() == [f"{n:06d}" for n in range(12)]
-    assert (Path(trained) / "learning_curve.png").stat().st_size > 0
+    curve = Path(trained) / "learning_curve.png"
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert curve.stat().st_size > 0
+    else:                              # the plot is optional: no PNG, and no failed run
+        assert not curve.exists()
     assert (Path(trained) / "README.txt").exists()           # preprocessing files copied
     records = ws.read_metrics()
     assert [r["epoch"] for r in records] == [0, 1, 2]
