@@ -13,6 +13,9 @@ if "cxx=" not in _flags:
     os.environ["PYTENSOR_FLAGS"] = ",".join(f for f in (_flags, "cxx=") if f)
 
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -21,3 +24,11 @@ def c_client(tmp_path_factory):
     """Path of the C client built once for the session (skips where it cannot be built)."""
     from c_client_build import build_c_client
     return build_c_client(str(tmp_path_factory.mktemp("c_client")))
+
+
+@pytest.fixture
+def short_dir():
+    """A short directory under /tmp (ipc socket paths are limited to ~107 bytes)."""
+    path = tempfile.mkdtemp(prefix="sph-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

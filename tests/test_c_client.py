@@ -5,26 +5,16 @@ where a C compiler, make or the libzmq headers/library are missing
 (Debian/Ubuntu: ``apt-get install build-essential libzmq3-dev``).
 """
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 
 import numpy as np
-import pytest
 
 from fake_models import make_models_dir, reference_outputs, running_server
 from sophia.serving.client import SophiaClient
 
 RUN_TIMEOUT = 20
 
-
-
-@pytest.fixture
-def short_dir():
-    path = tempfile.mkdtemp(prefix="sph-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def run_client(binary, endpoint, pairs, in_file, out_file, stdin=None):

@@ -3,14 +3,12 @@
 Every wait is bounded (REQ polls with timeouts, loops with fixed counts).
 """
 import os
-import shutil
 import signal
 import socket as socket_module
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -28,14 +26,6 @@ from sophia.serving.server import ModelLoadError, Server
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 3.0
 NO_REPLY_WAIT = 0.3
-
-
-@pytest.fixture
-def short_dir():
-    """A short directory under /tmp (ipc paths are limited to ~107 bytes)."""
-    path = tempfile.mkdtemp(prefix="sph-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
