@@ -5,7 +5,7 @@ import pytensor.tensor as tt
 import pytest
 from pytensor.gradient import verify_grad
 
-from sophia.graph import fused
+from sophia.graph import fused, kernels
 from sophia.options import TrainOptions
 from tests.graph_support import MODE, compile_cost, make_net, make_window
 
@@ -86,7 +86,8 @@ def test_unrolled_graphs_are_not_fused():
 def _op_inputs(op, rng, steps=5, batch=3, width=2):
     gates = 4 * width if isinstance(op, fused.LSTMRecurrence) else 3 * width
     n = op.n_states
-    return ([rng.standard_normal((steps, batch, gates)), 0.7 * rng.standard_normal((width, gates))]
+    return ([rng.standard_normal((steps, batch, gates)), 0.7 * rng.standard_normal((width, gates)),
+             rng.standard_normal(gates)]
             + [rng.standard_normal(width) for _ in range(n)]
             + [rng.standard_normal((batch, width)) for _ in range(n)])
 
@@ -114,7 +115,7 @@ def test_float32_graph_stays_float32():
     assert all(value.dtype == np.float32 for value in net.get_values().values())
 
 
-@pytest.mark.skipif(fused.numba is None, reason="numba is not installed")
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("op", [fused.LSTMRecurrence(), fused.GRURecurrence()])
 def test_numba_kernels_equal_the_numpy_fallback(op, dtype, monkeypatch):
@@ -140,7 +141,7 @@ def test_numba_kernels_equal_the_numpy_fallback(op, dtype, monkeypatch):
         return [o[0] for o in out + grads]
 
     with_numba = run()
-    monkeypatch.setattr(fused, "numba", None)
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
     without = run()
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
     for a, b in zip(with_numba, without):

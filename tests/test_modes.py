@@ -49,7 +49,20 @@ def test_mode_trains_like_fast_compile(mode, net_name):
 def test_auto_mode_follows_the_graph(options, unroll, expected):
     net = make_net(**options)
     mode, _ = net.compile_plan("auto", unroll)
-    assert mode is compile_mode(expected)
+    looped = expected == AUTO_LOOPED
+    assert resolve("auto", looped) == expected
+    assert mode is compile_mode("auto", looped)
+    assert (mode is compile_mode(AUTO_LOOPED)) == looped          # looped: the C backend as is
+    assert (mode.linker is compile_mode(AUTO_FUSED).linker) != looped   # fused: its Python VM
+
+
+def test_auto_mode_trains_a_fused_net_like_fast_compile():
+    """``auto`` on a fused graph keeps only the merge rewrite: same numbers as FAST_COMPILE."""
+    ref_losses, ref_values = train_three_steps("FAST_COMPILE", NETS["lstm_fused"])
+    losses, values = train_three_steps("auto", NETS["lstm_fused"])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+    for name, value in values.items():
+        np.testing.assert_allclose(value, ref_values[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_unknown_mode_is_a_clear_error():

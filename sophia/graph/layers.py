@@ -132,10 +132,14 @@ class Layer:
 
     def _project(self, s_below_tbj, s_W_jg, v_b_g, norm, s_step_tb, training, stats):
         """Input path for all frames at once, outside the recurrence: norm(x W) + b."""
+        return self._project_weights(s_below_tbj, s_W_jg, norm, s_step_tb, training, stats) + v_b_g
+
+    def _project_weights(self, s_below_tbj, s_W_jg, norm, s_step_tb, training, stats):
+        """norm(x W) [T][B][g] for all frames at once, as one matmul over T·B rows."""
         t, b = s_below_tbj.shape[0], s_below_tbj.shape[1]
         s_a = tt.dot(s_below_tbj.reshape((t * b, s_below_tbj.shape[2])), s_W_jg)
         s_a = s_a.reshape((t, b, s_W_jg.shape[1]))
-        return self._apply_norm(norm, s_a, s_step_tb, training, stats) + v_b_g
+        return self._apply_norm(norm, s_a, s_step_tb, training, stats)
 
     def _residual(self, s_out_tbi, s_skip_tbi):
         if not hasattr(self, "v_res_k"):
@@ -232,14 +236,16 @@ class RecurrentLayer(Layer):
               unroll=False, s_skip_tbi=None):
         stats = []
         s_step_tb = self._step_index(s_time_tb)
+        if fused.applies(self, unroll):   # one Op for the recurrence and bias (sophia/graph/fused.py)
+            s_xw = self._project_weights(s_below_tbj, self.s_W_x, self.norm_x, s_step_tb, training, stats)
+            states_tbi = fused.recurrence(self, s_xw, s_time_tb, s_prev_states)
+            s_out = self._residual(states_tbi[0], s_skip_tbi)
+            updates = self._population_updates(stats, s_step_tb[:, 0]) if stats else {}
+            return LayerOutput(s_out, [s[carry_frame] for s in states_tbi], updates)
         frames = {
             "xa": self._project(s_below_tbj, self.s_W_x, self.v_b, self.norm_x, s_step_tb, training, stats),
             "reset": (s_time_tb <= 0)[:, :, None],
         }
-        if fused.applies(self, unroll):   # one Op for the whole recurrence (sophia/graph/fused.py)
-            states_tbi = fused.recurrence(self, frames["xa"], s_time_tb, s_prev_states)
-            s_out = self._residual(states_tbi[0], s_skip_tbi)
-            return LayerOutput(s_out, [s[carry_frame] for s in states_tbi], {})
         if self.gate is not None:
             frames["gate"] = self.gate.openness(s_time_tb, training)
         if s_step_tb is not None:

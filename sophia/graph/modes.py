@@ -12,9 +12,10 @@
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 
-from pytensor.compile.mode import get_mode
+from pytensor.compile.mode import Mode, get_mode
 
 from sophia.options import COMPILE_MODES, OptionError
 
@@ -24,12 +25,16 @@ AUTO_LOOPED = "CVM"
 
 ``AUTO_FUSED`` for graphs whose recurrences are all fused (``sophia/graph/fused.py``:
 LSTM/GRU without norms, peepholes or clock gate) or absent: the time of a training
-step is then in the fused Ops, which run numpy in every mode, so the mode only
-decides how the thin graph around them is compiled. ``bench/train_speed.py``
+step is then in the fused Ops and a few large matmuls, which run numpy in every mode,
+so the mode only decides how the thin graph around them is compiled. ``auto`` runs
+these graphs with FAST_COMPILE's Python VM and only the *merge* rewrite (shared
+subgraphs computed once): FAST_COMPILE's other rewrites took ≈ 0.4 s of a ≈ 0.9 s
+compile and changed no op that matters for speed. ``bench/train_speed.py``
 (2-layer LSTM 256, batch 64, BPTT(128; 64), float32, 2 shared cores) measured
-FAST_COMPILE at ≈ 5,000 frames/s after 2.4 s cold / 1.4 s warm compile, against
-CVM ≈ 600–2,200 after 42 s / 7 s and FAST_RUN (Numba, which runs the fused Ops in
-object mode) ≈ 500 after 28 s; PyTorch's nn.LSTM ≈ 5,900 in the same run.
+FAST_COMPILE at ≈ 5,000–9,700 frames/s after ≈ 2.4 s cold / 1.4 s warm compile,
+against CVM ≈ 600–2,200 after 42 s / 7 s and FAST_RUN (Numba, which runs the fused
+Ops in object mode) ≈ 500 after 28 s; PyTorch's nn.LSTM ≈ 5,900–10,100 in the same
+runs.
 
 ``AUTO_LOOPED`` for graphs that keep a ``scan`` (or an unrolled loop): FAST_COMPILE
 would run that loop op by op in Python; the C backend runs scan's loop compiled
@@ -49,8 +54,17 @@ def resolve(name: str, looped: bool = False) -> str:
 
 
 def compile_mode(name: str, looped: bool = False):
-    """The PyTensor ``Mode`` for ``name`` (one of ``sophia.options.COMPILE_MODES``)."""
-    name = resolve(name, looped)
-    if name == "JAX" and importlib.util.find_spec("jax") is None:
+    """The PyTensor ``Mode`` for ``name`` (one of ``sophia.options.COMPILE_MODES``);
+    ``auto`` depends on whether the graph keeps a scan or unrolled recurrence."""
+    concrete = resolve(name, looped)
+    if name == "auto" and concrete == AUTO_FUSED:
+        return _fused_auto_mode()
+    if concrete == "JAX" and importlib.util.find_spec("jax") is None:
         raise OptionError("compile_mode 'JAX' needs the jax package: pip install jax")
-    return get_mode(name)
+    return get_mode(concrete)
+
+
+@functools.cache
+def _fused_auto_mode() -> Mode:
+    """FAST_COMPILE's Python VM with the merge rewrite only (one instance per process)."""
+    return Mode(linker=get_mode(AUTO_FUSED).linker, optimizer="merge")

@@ -223,7 +223,7 @@ class Net:
                      for layer in self.layers)
         name = resolve(mode_name, looped)
         context = fused.disabled() if name == "JAX" else contextlib.nullcontext()
-        return compile_mode(name), context
+        return compile_mode(mode_name, looped), context
 
     @_in_own_dtype
     def compile_train_step(self, train_options, mode=None):
