@@ -4,21 +4,23 @@ against PyTorch's ``nn.LSTM`` on the CPU in the same run.
 Reference model: 2-layer LSTM, width 256, input 44, output 1, batch 64,
 BPTT(128; 64), float32, Adam. Frames per ``f_train_step`` call = batch × step = 4096.
 
-For every mode the model is compiled in two fresh processes that share one new
-PyTensor compiledir (and one new NUMBA_CACHE_DIR): the first finds the caches
-empty (*cold*), the second finds what the first left (*warm*). Compile time is the
-wall time from building the Net to the end of the first ``f_train_step`` call, less
-one steady-state call (Numba compiles lazily, at the first call). Training speed is
-frames per second over ``--steps`` calls after two warm-up calls; each process
-measures ``--repeats`` times and the median is printed, cold and warm.
+For every mode the model is first compiled in a fresh process with a new, empty
+PyTensor compiledir and NUMBA_CACHE_DIR (*cold*), then ``--rounds`` times in a
+PyTorch process followed by a Sophia process that finds the caches the cold one left
+(*warm*). The machine's speed drifts (shared cores), so the ratio to PyTorch is the
+median of the per-round ratios, each warm process against the PyTorch process run
+just before it. Compile time is the wall time from building the Net to the end of
+the first ``f_train_step`` call, less one steady-state call (Numba compiles lazily,
+at the first call). Training speed is frames per second over ``--steps`` calls after
+two warm-up calls; each process measures ``--repeats`` times and keeps the median.
 
 This prints figures; it is not a test. PyTorch is a benchmark-only extra: without
-``torch`` importable its row is skipped with a note. See bench/README.md.
+``torch`` importable its column is skipped with a note. See bench/README.md.
 
 Example
 -------
     python bench/train_speed.py --quick --modes FAST_COMPILE
-    PYTHONPATH=. /tmp/benchvenv/bin/python bench/train_speed.py --modes FAST_COMPILE,CVM
+    PYTHONPATH=. /tmp/benchvenv/bin/python bench/train_speed.py --modes auto,FAST_COMPILE,CVM
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import sys
 import tempfile
 import time
 
-ALL_MODES = ("FAST_RUN", "CVM", "NUMBA", "FAST_COMPILE", "JAX")
+ALL_MODES = ("auto", "FAST_COMPILE", "CVM", "FAST_RUN", "NUMBA", "JAX")
 MODEL = dict(input_dim=44, target_dim=1, width=256, depth=2, batch=64, window=128, step=64)
 
 
@@ -165,33 +167,45 @@ def _pytensor_flags(compiledir, blas_ldflags):
     return ",".join(flags)
 
 
-def measure_mode(mode, recurrence, o):
-    """Cold then warm process for one mode, in fresh caches; returns (cold, warm)."""
+def measure_mode(mode, recurrence, o, torch_ok):
+    """One mode in fresh caches: a cold process, then ``o.rounds`` rounds of a PyTorch
+    process followed by a warm Sophia process (interleaved, so that both see the same
+    machine load). Returns (cold, [warm...], [torch...])."""
     with tempfile.TemporaryDirectory(prefix="sophia-bench-") as tmp:
         env = {"PYTENSOR_FLAGS": _pytensor_flags(os.path.join(tmp, "pytensor"), o.blas_ldflags),
                "NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
         args = ["sophia", mode, recurrence, str(o.steps), str(o.repeats)]
         cold = _run_worker(args, env, o.timeout)
-        warm = _run_worker(args, env, o.timeout) if not o.quick and "error" not in cold else {}
-    return cold, warm
+        warms, torches = [], []
+        if "error" in cold or o.quick:
+            return cold, warms, torches
+        for _ in range(o.rounds):
+            if torch_ok:
+                torches.append(_run_worker(["torch", str(o.steps), str(o.repeats)], {}, o.timeout))
+            warms.append(_run_worker(args, env, o.timeout))
+    return cold, warms, torches
 
 
 def _fmt(value, spec):
-    return format(value, spec) if isinstance(value, (int, float)) else "-"
+    """``value`` formatted with ``spec``, or a right-aligned "-" of the same width."""
+    width = int("".join(c for c in spec.split(".")[0].split(",")[0] if c.isdigit()) or 0)
+    return format(value, spec) if isinstance(value, (int, float)) else "-".rjust(width)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default=None,
                         help=f"comma-separated compile modes (default: {','.join(ALL_MODES)}; "
-                             "FAST_COMPILE with --quick)")
+                             "auto with --quick)")
     parser.add_argument("--recurrence", default="auto",
                         help="comma-separated: auto (the fused Op where it applies) and/or scan")
     parser.add_argument("--steps", type=int, default=None, help="f_train_step calls per measurement (20)")
     parser.add_argument("--repeats", type=int, default=None, help="measurements per process (3)")
     parser.add_argument("--quick", action="store_true",
                         help="3 steps, 1 repeat, cold process only: a smoke run")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch row")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved (PyTorch, warm Sophia) process pairs per mode (3)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch processes")
     parser.add_argument("--blas-ldflags", default=None,
                         help="PyTensor's blas__ldflags for the C backend, e.g. -lopenblas")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per worker process")
@@ -201,39 +215,39 @@ def main(argv=None):
         return _worker_main(o.worker)
     o.steps = o.steps or (3 if o.quick else 20)
     o.repeats = o.repeats or (1 if o.quick else 3)
-    modes = (o.modes or ("FAST_COMPILE" if o.quick else ",".join(ALL_MODES))).split(",")
+    modes = (o.modes or ("auto" if o.quick else ",".join(ALL_MODES))).split(",")
     m = MODEL
     print(f"reference model: {m['depth']}-layer LSTM width {m['width']}, input {m['input_dim']}, "
           f"output {m['target_dim']}, batch {m['batch']}, BPTT({m['window']}; {m['step']}), float32, Adam")
     print(f"{o.steps} calls x {o.repeats} repeats per process (median); "
           f"{m['batch'] * m['step']} frames per call; {os.cpu_count()} CPUs; python {sys.executable}")
-    torch_fps = None
-    if o.no_torch:
-        print("torch: skipped (--no-torch)")
-    else:
-        result = _run_worker(["torch", str(o.steps), str(o.repeats)], {}, o.timeout)
-        if "error" in result:
-            print(f"torch: skipped ({result['error']})")
-        else:
-            torch_fps = result["frames_per_s"]
-            print(f"torch {result['version']} nn.LSTM CPU ({result['threads']} threads): "
-                  f"{torch_fps:,.0f} frames/s, first call {result['compile_s']:.2f} s")
-    print(f"\n{'mode':<13}{'recurrence':<11}{'cold s':>9}{'warm s':>9}{'frames/s':>11}{'warm f/s':>11}"
-          f"{'vs torch':>10}")
+    torch_ok = not o.no_torch and _importable("torch")
+    print("torch: " + ("nn.LSTM on the CPU, one process before every warm Sophia process" if torch_ok
+                       else "skipped (--no-torch)" if o.no_torch else "skipped (torch is not importable)"))
+    print(f"\n{'mode':<13}{'recurrence':<11}{'cold s':>8}{'warm s':>8}{'cold f/s':>10}{'warm f/s':>10}"
+          f"{'torch f/s':>11}{'vs torch':>10}   per round")
     for mode in modes:
         if mode == "JAX" and not _importable("jax"):
             print(f"{mode:<13}skipped: jax is not installed")
             continue
         for recurrence in o.recurrence.split(","):
-            cold, warm = measure_mode(mode, recurrence, o)
-            if "error" in cold:
-                print(f"{mode:<13}{recurrence:<11}failed: {cold['error']}")
+            cold, warms, torches = measure_mode(mode, recurrence, o, torch_ok)
+            failed = [r["error"] for r in [cold, *warms, *torches] if "error" in r]
+            if failed:
+                print(f"{mode:<13}{recurrence:<11}failed: {failed[0]}")
                 continue
-            best = max(cold["frames_per_s"], warm.get("frames_per_s", 0.0))
-            ratio = f"{best / torch_fps:.2f}x" if torch_fps else "-"
-            print(f"{mode:<13}{recurrence:<11}{_fmt(cold['compile_s'], '9.1f')}"
-                  f"{_fmt(warm.get('compile_s'), '9.1f')}{_fmt(cold['frames_per_s'], '11,.0f')}"
-                  f"{_fmt(warm.get('frames_per_s'), '11,.0f')}{ratio:>10}", flush=True)
+            warm_fps = [r["frames_per_s"] for r in warms]
+            torch_fps = [r["frames_per_s"] for r in torches]
+            ratios = [w / t for w, t in zip(warm_fps, torch_fps)]
+            median = (lambda xs: statistics.median(xs) if xs else None)
+            ratio = f"{median(ratios):.2f}x" if ratios else "-"
+            print(f"{mode:<13}{recurrence:<11}{_fmt(cold['compile_s'], '8.1f')}"
+                  f"{_fmt(median([r['compile_s'] for r in warms]), '8.1f')}{_fmt(cold['frames_per_s'], '10,.0f')}"
+                  f"{_fmt(median(warm_fps), '10,.0f')}{_fmt(median(torch_fps), '11,.0f')}{ratio:>10}   "
+                  + " ".join(f"{r:.2f}" for r in ratios), flush=True)
+    if torch_ok and not o.quick:
+        print("\nwarm s / f/s: medians over the warm processes; torch f/s: median over its processes;"
+              "\nvs torch: median of the per-round ratios (warm Sophia / the PyTorch process just before it)")
     return 0
 
 
