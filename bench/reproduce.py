@@ -373,6 +373,8 @@ def build_parser():
                         "workspace of --work (e.g. of a run stopped early) without training")
     common.add_argument("--criterion", type=float, help="dev loss that counts as solved, for the "
                         "training-sequence count (default per task, see CRITERION)")
+    common.add_argument("--stop_at_criterion", action="store_true", help="stop training at the first "
+                        "dev loss <= --criterion (target_dev_loss), so the evaluated model is that one")
     common.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="extra option override for train.py (repeatable)")
     parser = argparse.ArgumentParser(prog="bench/reproduce.py", description=__doc__.split("\n\n")[0])
@@ -399,6 +401,8 @@ def resolve(args):
     if args.criterion is None:
         args.criterion = CRITERION[args.task]
     args.limits = [f"{k}={sizes[k]}" for k in ("max_hours", "max_epochs") if k in sizes]
+    if args.stop_at_criterion:
+        args.limits.append(f"target_dev_loss={args.criterion}")
     suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series") if hasattr(args, a))
     args.work = args.work or Path("/tmp/sophia-repro") / f"{args.task}{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,15 @@ def test_stops_at_max_hours_with_a_fake_clock():
     assert d.stop and d.reason == "stop: max_hours reached"
 
 
+def test_stops_once_the_loss_reaches_the_target():
+    a = make(target_loss=0.25)
+    decisions = [a.observe(loss) for loss in (1.0, 0.26, 0.3)]
+    assert not any(d.stop for d in decisions)
+    d = a.observe(0.25)
+    assert d.stop and d.save_best and d.reason == "stop: target_dev_loss reached"
+    assert not make().observe(0.0).stop          # 0 = no target
+
+
 def test_round_trip_through_json_mid_run_gives_identical_decisions():
     clock = FakeClock()
     a = make(max_retry=1, max_hours=1.0, lr_lower_bound=1e-5, clock=clock)

@@ -13,8 +13,8 @@ Rules, applied to each observed loss (NaN or inf counts as worse):
 - loss < previous loss: retries reset to 0, ``save_pivot``.
 - otherwise retries += 1; when retries > ``max_retry``: lr *= ``lr_decay_rate``,
   ``rollback`` to the pivot, retries = 0, previous loss = the pivot's loss.
-- stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0) or
-  elapsed hours >= ``max_hours`` (if > 0).
+- stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0),
+  elapsed hours >= ``max_hours`` (if > 0) or the loss <= ``target_loss`` (if > 0).
 
 Before the first finite loss there is no evaluated pivot: the trainer should
 save the initial model as the pivot before the first epoch, so that an early
@@ -86,6 +86,8 @@ class Annealer:
         Stop after this many observed epochs; 0 means no limit.
     max_hours : float, optional
         Stop once this many hours have passed since construction; 0 means no limit.
+    target_loss : float, optional
+        Stop once an observed loss is at or below this ("good enough"); 0 means never.
     clock : callable, optional
         Returns seconds as a float (default :func:`time.monotonic`); tests pass a
         fake clock.
@@ -105,18 +107,20 @@ class Annealer:
 
     def __init__(self, lr_init: float, lr_lower_bound: float, lr_decay_rate: float,
                  max_retry: int, max_epochs: int = 0, max_hours: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 target_loss: float = 0.0, clock: Callable[[], float] = time.monotonic):
         _require(lr_init > 0 and math.isfinite(lr_init), "lr_init must be > 0", lr_init)
         _require(lr_lower_bound >= 0, "lr_lower_bound must be >= 0", lr_lower_bound)
         _require(0 < lr_decay_rate <= 1, "lr_decay_rate must be in (0, 1]", lr_decay_rate)
         _require(max_retry >= 0, "max_retry must be >= 0", max_retry)
         _require(max_epochs >= 0, "max_epochs must be >= 0", max_epochs)
         _require(max_hours >= 0, "max_hours must be >= 0", max_hours)
+        _require(target_loss >= 0, "target_loss must be >= 0", target_loss)
         self.lr_lower_bound = float(lr_lower_bound)
         self.lr_decay_rate = float(lr_decay_rate)
         self.max_retry = int(max_retry)
         self.max_epochs = int(max_epochs)
         self.max_hours = float(max_hours)
+        self.target_loss = float(target_loss)
         self.lr = float(lr_init)
         self.best_loss = math.inf
         self.pivot_loss = math.inf
@@ -166,7 +170,7 @@ class Annealer:
                 self.retries = 0
                 self.previous_loss = self.pivot_loss
                 reason = f"rollback: lr {old_lr:.3g} -> {self.lr:.3g}"
-        stop_reason = self._stop_reason()
+        stop_reason = self._stop_reason(loss)
         if stop_reason:
             reason = stop_reason if not rollback else f"{reason}; {stop_reason}"
         return Decision(save_best=save_best, save_pivot=save_pivot, rollback=rollback,
@@ -177,7 +181,9 @@ class Annealer:
         """Hours since construction (or, after :meth:`from_dict`, since the run began)."""
         return (self._clock() - self._start) / 3600.0
 
-    def _stop_reason(self) -> str:
+    def _stop_reason(self, loss: float) -> str:
+        if self.target_loss > 0 and loss <= self.target_loss:
+            return "stop: target_dev_loss reached"
         if self.lr < self.lr_lower_bound:
             return "stop: lr below lower bound"
         if self.max_epochs > 0 and self.epochs >= self.max_epochs:
@@ -193,7 +199,8 @@ class Annealer:
         """
         d = {"lr_lower_bound": self.lr_lower_bound, "lr_decay_rate": self.lr_decay_rate,
              "max_retry": self.max_retry, "max_epochs": self.max_epochs,
-             "max_hours": self.max_hours, "elapsed_seconds": self._clock() - self._start}
+             "max_hours": self.max_hours, "target_loss": self.target_loss,
+             "elapsed_seconds": self._clock() - self._start}
         for key in _STATE_KEYS:
             value = getattr(self, key)
             d[key] = value if math.isfinite(value) else None
@@ -208,7 +215,7 @@ class Annealer:
         if missing:
             raise ValueError(f"annealer state lacks {', '.join(missing)}")
         a = cls(d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"],
-                d.get("max_epochs", 0), d.get("max_hours", 0.0), clock)
+                d.get("max_epochs", 0), d.get("max_hours", 0.0), d.get("target_loss", 0.0), clock)
         for key in ("best_loss", "pivot_loss", "previous_loss"):
             setattr(a, key, math.inf if d[key] is None else float(d[key]))
         a.retries, a.epochs = int(d["retries"]), int(d["epochs"])
