@@ -318,24 +318,37 @@ def run_frequency(args):
 
 
 def run_real(args):
-    """A real series: test MSE of the net vs persistence and a linear AR(p)."""
+    """A real series: test MSE of the net vs persistence and a linear AR(p).
+
+    With ``--transform change`` the data are the series' changes: "persistence" then
+    still means the level forecast x[t+1] = x[t] (a predicted change of 0), "last
+    change" repeats the latest change, and AR(p) is fitted to the changes (an
+    ARIMA(p, 1, 0) of the levels). A change forecast's error equals the error of the
+    level forecast it gives, so every figure is comparable with the level data's.
+    """
     data, ws = args.work / "data", args.work / "ws"
-    _data(args, "real", data, None, series=args.series)
+    _data(args, "real", data, None, series=args.series, transform=args.transform)
     seconds = _train(args, data, ws, REPO_ROOT / "configs" / "real.toml", args.set)
     outputs, targets = infer_split(ws, data)
     inputs = [np.asarray(Dataset.open(data, "test").input(i)) for i in range(len(outputs))]
-    net_mse = mse(np.concatenate(outputs), np.concatenate(targets))
-    persistence_mse = mse(np.concatenate(inputs), np.concatenate(targets))
+    mean = float(np.fromfile(data / "mean.matrix", "<f4")[0])
+    std = float(np.fromfile(data / "std.matrix", "<f4")[0])
+    target_z = np.concatenate(targets)
+    errors = {"net": mse(np.concatenate(outputs), target_z)}
+    if args.transform == "change":
+        errors["persistence"] = mse(np.full_like(target_z, -mean / std), target_z)
+        errors["last change"] = mse(np.concatenate(inputs), target_z)
+    else:
+        errors["persistence"] = mse(np.concatenate(inputs), target_z)
     train_t, dev_t, test_t = (split_series(data, s) for s in ("train", "dev", "test"))
     order, coef, _ = fit_ar(train_t, dev_t)
     x, y = ar_design(np.concatenate([train_t, dev_t]), test_t, order)
-    ar_mse = mse(x @ coef, y)
-    std = float(np.fromfile(data / "std.matrix", "<f4")[0])
-    report = dict(task="real", series=args.series, net_mse=net_mse, persistence_mse=persistence_mse,
-                  ar_order=order, ar_mse=ar_mse, std=std, train_seconds=round(seconds))
-    line = (f"real ({args.series}), test MSE in training-normalised units (RMSE in series units): "
-            f"net {net_mse:.4g} ({std * net_mse ** 0.5:.3g}), persistence {persistence_mse:.4g} "
-            f"({std * persistence_mse ** 0.5:.3g}), AR({order}) {ar_mse:.4g} ({std * ar_mse ** 0.5:.3g})")
+    errors[f"AR({order})"] = mse(x @ coef, y)
+    report = dict(task="real", series=args.series, transform=args.transform, mse=errors,
+                  ar_order=order, std=std, train_seconds=round(seconds))
+    line = (f"real ({args.series}, {args.transform}), test MSE in training-normalised units "
+            f"(RMSE in series units): "
+            + ", ".join(f"{name} {value:.4g} ({std * value ** 0.5:.3g})" for name, value in errors.items()))
     return _finish(args, report, line)
 
 
@@ -385,8 +398,10 @@ def build_parser():
         "--variant", choices=("6a", "6b"), default="6a")
     tasks.add_parser("frequency", parents=[common]).add_argument(
         "--only", choices=("lstm", "clock"), help="train one of the two nets")
-    tasks.add_parser("real", parents=[common]).add_argument(
-        "--series", choices=("co2", "sunspots"), default="co2")
+    real_task = tasks.add_parser("real", parents=[common])
+    real_task.add_argument("--series", choices=("co2", "sunspots"), default="co2")
+    real_task.add_argument("--transform", choices=("level", "change"), default="level",
+                           help="train on the values or on their changes (datasets/tasks/real.py)")
     return parser
 
 
@@ -403,7 +418,8 @@ def resolve(args):
     args.limits = [f"{k}={sizes[k]}" for k in ("max_hours", "max_epochs") if k in sizes]
     if args.stop_at_criterion:
         args.limits.append(f"target_dev_loss={args.criterion}")
-    suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series") if hasattr(args, a))
+    suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series", "transform")
+                     if hasattr(args, a))
     args.work = args.work or Path("/tmp/sophia-repro") / f"{args.task}{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
     return args

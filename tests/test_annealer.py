@@ -97,7 +97,7 @@ def test_stops_at_max_epochs():
     a = make(max_epochs=3)
     decisions = [a.observe(loss) for loss in (1.0, 0.9, 0.8)]
     assert [d.stop for d in decisions] == [False, False, True]
-    assert decisions[-1].reason == "stop: max_epochs reached"
+    assert decisions[-1].reason == "new best; stop: max_epochs reached"
     assert decisions[-1].save_best            # the last epoch's model is still saved
 
 
@@ -110,7 +110,7 @@ def test_stops_at_max_hours_with_a_fake_clock():
     assert not a.observe(0.9).stop
     clock.now += 1
     d = a.observe(0.8)
-    assert d.stop and d.reason == "stop: max_hours reached"
+    assert d.stop and d.reason == "new best; stop: max_hours reached"
 
 
 def test_stops_once_the_loss_reaches_the_target():
@@ -118,7 +118,7 @@ def test_stops_once_the_loss_reaches_the_target():
     decisions = [a.observe(loss) for loss in (1.0, 0.26, 0.3)]
     assert not any(d.stop for d in decisions)
     d = a.observe(0.25)
-    assert d.stop and d.save_best and d.reason == "stop: target_dev_loss reached"
+    assert d.stop and d.save_best and d.reason == "new best; stop: target_dev_loss reached"
     assert not make().observe(0.0).stop          # 0 = no target
 
 

@@ -356,3 +356,18 @@ def test_real_dataset_from_statsmodels(tmp_path):
     values = np.concatenate([s[1][:, 0] for s in train] + [train[-1][2][-1:, 0]])
     assert values.mean() == pytest.approx(0.0, abs=1e-4)
     assert sum(len(read_split(tmp_path / "d", s, 1, 1)) for s in ("dev", "test")) > 0
+
+
+def test_real_change_transform_writes_the_differences(tmp_path, monkeypatch):
+    """--transform change: the sequences are the series of consecutive changes, normalised
+    with their own training statistics (the package is replaced by a fixed series)."""
+    series_t = np.cumsum(np.random.default_rng(3).standard_normal(400)) + np.linspace(0, 50, 400)
+    monkeypatch.setattr(real, "load_series", lambda name: series_t)
+    make_dataset("real", tmp_path / "d", seed=0, series="co2", transform="change", min_len=10, max_len=20)
+    mean = np.fromfile(tmp_path / "d" / "mean.matrix", "<f4")[0]
+    std = np.fromfile(tmp_path / "d" / "std.matrix", "<f4")[0]
+    train = read_split(tmp_path / "d", "train", 1, 1)
+    changes = np.concatenate([s[1][:, 0] for s in train] + [train[-1][2][-1:, 0]]) * std + mean
+    np.testing.assert_allclose(changes, np.diff(series_t)[:len(changes)], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="transform must be one of"):
+        make_dataset("real", tmp_path / "e", seed=0, transform="log")

@@ -15,6 +15,12 @@ integers in [min_len, max_len] (seeded; the last sequence of a split takes
 what is left and may be shorter). In a sequence of t frames, input = value
 at frame i, target = value at frame i + 1 (no NaN targets).
 
+``--transform change`` writes the series of week-to-week (year-to-year)
+changes instead of the levels: a trending series such as co2 leaves the
+training range in the test split, where a net with bounded units cannot
+follow it, while its changes stay in range. The target is then the next
+change; a level forecast is the last level plus it.
+
 All values are normalised with the training split's statistics,
 ``z = (x - mean) / std``. The dataset root holds ``mean.matrix`` and
 ``std.matrix``: one float32 ('<f4') each, the same for input and target, so
@@ -38,6 +44,7 @@ from .common import sequence_path
 
 SUMMARY = "a real series (statsmodels' co2 or sunspots), one-step-ahead targets"
 SERIES = ("co2", "sunspots")
+TRANSFORMS = ("level", "change")
 PACKAGE = "statsmodels"
 
 
@@ -49,6 +56,8 @@ def add_arguments(parser):
     """Add this task's options to an argparse `parser`."""
     parser.add_argument("--series", choices=SERIES, default="co2",
                         help="co2 (weekly, default) or sunspots (yearly)")
+    parser.add_argument("--transform", choices=TRANSFORMS, default="level",
+                        help="level (the values, default) or change (differences of consecutive values)")
     parser.add_argument("--min-len", type=int, default=20,
                         help="shortest sequence, in frames; default 20")
     parser.add_argument("--max-len", type=int, default=60,
@@ -156,7 +165,7 @@ def _fill_gaps(values_t):
     return np.interp(index, index[known], values_t[known])
 
 
-def write_dataset(writer, rng, series="co2", min_len=20, max_len=60,
+def write_dataset(writer, rng, series="co2", transform="level", min_len=20, max_len=60,
                   dev_fraction=0.15, test_fraction=0.15):
     """Load `series`, write its sequences and ``mean.matrix``/``std.matrix``.
 
@@ -167,9 +176,15 @@ def write_dataset(writer, rng, series="co2", min_len=20, max_len=60,
     rng : numpy.random.Generator
     series, min_len, max_len, dev_fraction, test_fraction
         As for :func:`load_series` and :func:`sequences`.
+    transform : str
+        ``level`` writes the values, ``change`` the differences of consecutive values.
     """
-    (mean, std), items = sequences(rng, load_series(series), min_len, max_len,
-                                   dev_fraction, test_fraction)
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    values_t = load_series(series)
+    if transform == "change":
+        values_t = np.diff(values_t)
+    (mean, std), items = sequences(rng, values_t, min_len, max_len, dev_fraction, test_fraction)
     counts = {}
     for split, input_tj, target_tk, time_t in items:
         index = counts[split] = counts.get(split, -1) + 1

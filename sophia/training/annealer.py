@@ -172,7 +172,8 @@ class Annealer:
                 reason = f"rollback: lr {old_lr:.3g} -> {self.lr:.3g}"
         stop_reason = self._stop_reason(loss)
         if stop_reason:
-            reason = stop_reason if not rollback else f"{reason}; {stop_reason}"
+            kept = rollback or save_best        # say so: the last epoch's model was saved
+            reason = f"{reason}; {stop_reason}" if kept else stop_reason
         return Decision(save_best=save_best, save_pivot=save_pivot, rollback=rollback,
                         lr=self.lr, stop=bool(stop_reason), reason=reason,
                         epoch=self.epochs)
