@@ -327,7 +327,8 @@ def run_real(args):
     level forecast it gives, so every figure is comparable with the level data's.
     """
     data, ws = args.work / "data", args.work / "ws"
-    _data(args, "real", data, None, series=args.series, transform=args.transform)
+    _data(args, "real", data, None, series=args.series, transform=args.transform,
+          min_len=args.min_len, max_len=args.max_len)
     seconds = _train(args, data, ws, REPO_ROOT / "configs" / "real.toml", args.set)
     outputs, targets = infer_split(ws, data)
     inputs = [np.asarray(Dataset.open(data, "test").input(i)) for i in range(len(outputs))]
@@ -345,6 +346,7 @@ def run_real(args):
     x, y = ar_design(np.concatenate([train_t, dev_t]), test_t, order)
     errors[f"AR({order})"] = mse(x @ coef, y)
     report = dict(task="real", series=args.series, transform=args.transform, mse=errors,
+                  lengths=[args.min_len, args.max_len],
                   ar_order=order, std=std, train_seconds=round(seconds))
     line = (f"real ({args.series}, {args.transform}), test MSE in training-normalised units "
             f"(RMSE in series units): "
@@ -402,6 +404,8 @@ def build_parser():
     real_task.add_argument("--series", choices=("co2", "sunspots"), default="co2")
     real_task.add_argument("--transform", choices=("level", "change"), default="level",
                            help="train on the values or on their changes (datasets/tasks/real.py)")
+    real_task.add_argument("--min_len", type=int, default=20, help="shortest sequence (frames)")
+    real_task.add_argument("--max_len", type=int, default=60, help="longest sequence (frames)")
     return parser
 
 
