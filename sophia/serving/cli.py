@@ -120,8 +120,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     created = None
-    # Until serving starts (preloading may compile for a while), SIGTERM interrupts like SIGINT.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Until serving starts (preloading may compile for a while), SIGINT and SIGTERM interrupt
+    # it. Installed explicitly: a process started in the background (`cmd &` in a script)
+    # inherits SIGINT ignored, and serving below handles SIGINT explicitly too.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         if not os.path.isdir(args.models_dir):
             raise ValueError(f"--models_dir {args.models_dir!r} is not a directory")
