@@ -54,6 +54,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from datasets.make import make_dataset  # noqa: E402
+from datasets.tasks import real  # noqa: E402
 from sophia.training import cli  # noqa: E402
 from sophia.training.dataset import Dataset  # noqa: E402
 from sophia.training.run_state import load_net, load_run_options  # noqa: E402
@@ -401,8 +402,8 @@ def build_parser():
     tasks.add_parser("frequency", parents=[common]).add_argument(
         "--only", choices=("lstm", "clock"), help="train one of the two nets")
     real_task = tasks.add_parser("real", parents=[common])
-    real_task.add_argument("--series", choices=("co2", "sunspots"), default="co2")
-    real_task.add_argument("--transform", choices=("level", "change"), default="level",
+    real_task.add_argument("--series", choices=real.SERIES, default="co2")
+    real_task.add_argument("--transform", choices=real.TRANSFORMS, default="level",
                            help="train on the values or on their changes (datasets/tasks/real.py)")
     real_task.add_argument("--min_len", type=int, default=20, help="shortest sequence (frames)")
     real_task.add_argument("--max_len", type=int, default=60, help="longest sequence (frames)")
