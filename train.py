@@ -41,6 +41,7 @@ OPTIONS = dict(
     init_scale=0.1,             # half-width of the uniform initialisation
     orthogonal_recurrent=True,  # orthogonal init of square recurrent matrices
     forget_bias=1.0,            # initial LSTM forget-gate bias
+    input_bias=0.0,             # initial LSTM input-gate bias (< 0: cells start closed)
     # -- training: how it is trained, free to change between runs (sophia.options.TrainOptions)
     loss_type="l2",             # l2 | l1 | huber
     huber_delta=1.0,            # where huber turns from quadratic to linear
@@ -61,6 +62,7 @@ OPTIONS = dict(
     lr_lower_bound=1e-5,        # stop when the learning rate falls below this
     lr_decay_rate=0.5,          # learning-rate factor at each rollback
     max_retry=2,                # worse evaluations tolerated before a rollback
+    diverge_ratio=10.0,         # a dev loss above this x the best counts as worse; 0 = off
     max_epochs=0,               # stop after this many epochs; 0 = no limit
     max_hours=0.0,              # stop after this many hours; 0 = no limit
     target_dev_loss=0.0,        # stop once the dev loss is at or below this; 0 = never

@@ -67,6 +67,7 @@ class ModelOptions:
     init_scale: float = 0.1         # half-width of the uniform initialisation
     orthogonal_recurrent: bool = True  # orthogonal init of square recurrent matrices
     forget_bias: float = 1.0        # initial LSTM forget-gate bias
+    input_bias: float = 0.0         # initial LSTM input-gate bias (< 0: cells start closed)
 
     def validate(self) -> "ModelOptions":
         """Raise :class:`OptionError` naming the first inconsistent option."""
@@ -116,6 +117,7 @@ class TrainOptions:
     lr_lower_bound: float = 1e-5    # stop when the learning rate falls below this
     lr_decay_rate: float = 0.5      # learning-rate factor at each rollback
     max_retry: int = 2              # worse evaluations tolerated before a rollback
+    diverge_ratio: float = 10.0     # a dev loss above this x the best counts as worse; 0 = off
     max_epochs: int = 0             # stop after this many epochs; 0 = no limit
     max_hours: float = 0.0          # stop after this many hours; 0 = no limit
     target_dev_loss: float = 0.0    # stop once the dev loss is at or below this; 0 = never
@@ -143,6 +145,8 @@ class TrainOptions:
         for name in ("force_epsilon", "grad_norm_clip", "max_hours", "target_dev_loss"):
             _check_range(name, getattr(self, name), lo=0.0)
         _check_range("max_epochs", self.max_epochs, lo=0)
+        if self.diverge_ratio != 0:
+            _check_range("diverge_ratio", self.diverge_ratio, lo=1.0)
         return self
 
 

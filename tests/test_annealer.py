@@ -171,3 +171,27 @@ def test_start_from_sets_the_loss_to_beat_and_exhaust_patience_rolls_back_at_onc
     assert decision.rollback and decision.lr == pytest.approx(5e-4)
     annealer.start_from(float("inf"))                       # ignored
     assert annealer.best_loss == 0.5
+
+
+def test_collapse_far_above_the_best_rolls_back_to_the_best():
+    """A run that learned (0.001) and collapsed to a plateau (≈ 0.04) whose noise keeps
+    beating the previous epoch: with diverge_ratio those epochs count as worse, so
+    the run rolls back to the pivot saved at its best; without it, it never does."""
+    trace = [0.04, 0.01, 0.001, 0.03, 0.045, 0.041, 0.043, 0.040, 0.044, 0.039]
+    guarded = make(max_retry=2, diverge_ratio=10.0)
+    reasons = [guarded.observe(x).reason for x in trace[:6]]
+    assert reasons[3:] == ["worse (retry 1/2)", "worse (retry 2/2)", "rollback: lr 0.001 -> 0.0005"]
+    assert guarded.previous_loss == guarded.pivot_loss == 0.001
+    plain = make(max_retry=2)
+    assert not any(plain.observe(x).rollback for x in trace)
+    d = make(max_retry=2, diverge_ratio=10.0)
+    for x in (0.001, 0.02):
+        d.observe(x)
+    assert d.observe(0.015).reason == "diverged (retry 2/2)"   # better than previous, still 15x the best
+
+
+def test_diverge_ratio_survives_a_round_trip_and_is_checked():
+    a = make(diverge_ratio=5.0)
+    assert Annealer.from_dict(json.loads(json.dumps(a.to_dict()))).diverge_ratio == 5.0
+    with pytest.raises(ValueError, match="diverge_ratio"):
+        make(diverge_ratio=0.5)

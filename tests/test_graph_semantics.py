@@ -137,3 +137,26 @@ def test_parameters_round_trip_and_mismatch_is_named():
         np.testing.assert_array_equal(value, net.get_values()[name])
     with pytest.raises(ValueError, match="layer0.W_h"):
         make_net(unit_type="gru").set_values(net.get_values())
+
+
+def test_gate_biases_initialise_their_own_gate():
+    """input_bias and forget_bias land in the LSTM's input and forget gates: with the
+    input gate shut (bias -30) no input reaches the cells, so every frame's output is
+    the same; the bias vector holds each in its own block (gate order i, f, o, g)."""
+    from sophia.graph.net import Net
+    from sophia.options import ModelOptions
+
+    def outputs(**biases):
+        options = ModelOptions(input_dim=3, target_dim=2, net_width=4, net_depth=1,
+                               learn_init_states=False, init_scale=0.5, **biases)
+        net = Net(options, seed=0, dtype="float64")
+        x, time_tb, ids, _ = make_window(net, frames=6, batch=2, time_tb=np.arange(1.0, 7.0)[:, None] * [1, 1])
+        f, _ = infer_function(net, 6, 2)
+        return f(x, time_tb, ids)
+
+    shut = outputs(input_bias=-30.0)
+    np.testing.assert_allclose(shut, np.broadcast_to(shut[:1, :1], shut.shape), atol=1e-12)
+    assert np.ptp(outputs(input_bias=0.0)) > 1e-3
+    b = Net(ModelOptions(input_dim=3, target_dim=2, net_width=4, net_depth=1, input_bias=-2.0,
+                         forget_bias=3.0), seed=0).layers[0].v_b.get_value()
+    np.testing.assert_array_equal(b, np.repeat([-2.0, 3.0, 0.0, 0.0], 4))

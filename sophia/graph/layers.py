@@ -292,6 +292,7 @@ class LSTMLayer(RecurrentLayer):
 
     def _bias_init(self):
         b = np.zeros(4 * self.width)
+        b[:self.width] = self.options.input_bias
         b[self.width:2 * self.width] = self.options.forget_bias
         return b
 

@@ -10,7 +10,10 @@ the JSON-ready dict of :meth:`Annealer.to_dict`.
 Rules, applied to each observed loss (NaN or inf counts as worse):
 
 - loss < best loss: ``save_best``.
-- loss < previous loss: retries reset to 0, ``save_pivot``.
+- loss < previous loss, and not above ``diverge_ratio`` × best loss: retries reset
+  to 0, ``save_pivot``. (A run that collapses from a good model back to a plateau
+  would otherwise find "better than previous" epochs on the plateau's noise and
+  never roll back; see bench/RESULTS.md, adding seed 2.)
 - otherwise retries += 1; when retries > ``max_retry``: lr *= ``lr_decay_rate``,
   ``rollback`` to the pivot, retries = 0, previous loss = the pivot's loss.
 - stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0),
@@ -88,6 +91,9 @@ class Annealer:
         Stop once this many hours have passed since construction; 0 means no limit.
     target_loss : float, optional
         Stop once an observed loss is at or below this ("good enough"); 0 means never.
+    diverge_ratio : float, optional
+        A loss above this many times the best loss counts as worse even when it beats
+        the previous one, so a collapsed run rolls back; 0 means off.
     clock : callable, optional
         Returns seconds as a float (default :func:`time.monotonic`); tests pass a
         fake clock.
@@ -107,7 +113,8 @@ class Annealer:
 
     def __init__(self, lr_init: float, lr_lower_bound: float, lr_decay_rate: float,
                  max_retry: int, max_epochs: int = 0, max_hours: float = 0.0,
-                 target_loss: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 target_loss: float = 0.0, diverge_ratio: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         _require(lr_init > 0 and math.isfinite(lr_init), "lr_init must be > 0", lr_init)
         _require(lr_lower_bound >= 0, "lr_lower_bound must be >= 0", lr_lower_bound)
         _require(0 < lr_decay_rate <= 1, "lr_decay_rate must be in (0, 1]", lr_decay_rate)
@@ -115,12 +122,15 @@ class Annealer:
         _require(max_epochs >= 0, "max_epochs must be >= 0", max_epochs)
         _require(max_hours >= 0, "max_hours must be >= 0", max_hours)
         _require(target_loss >= 0, "target_loss must be >= 0", target_loss)
+        _require(diverge_ratio == 0 or diverge_ratio >= 1, "diverge_ratio must be 0 or >= 1",
+                 diverge_ratio)
         self.lr_lower_bound = float(lr_lower_bound)
         self.lr_decay_rate = float(lr_decay_rate)
         self.max_retry = int(max_retry)
         self.max_epochs = int(max_epochs)
         self.max_hours = float(max_hours)
         self.target_loss = float(target_loss)
+        self.diverge_ratio = float(diverge_ratio)
         self.lr = float(lr_init)
         self.best_loss = math.inf
         self.pivot_loss = math.inf
@@ -152,7 +162,8 @@ class Annealer:
         loss = float(dev_loss) if math.isfinite(dev_loss) else math.inf
         self.epochs += 1
         save_best = loss < self.best_loss
-        save_pivot = loss < self.previous_loss
+        diverged = self.diverge_ratio > 0 and loss > self.diverge_ratio * self.best_loss
+        save_pivot = loss < self.previous_loss and not diverged
         rollback = False
         if save_best:
             self.best_loss = loss
@@ -161,9 +172,10 @@ class Annealer:
             self.pivot_loss = self.previous_loss = loss
             reason = "new best" if save_best else "better than previous"
         else:
+            word = "diverged" if diverged and loss < self.previous_loss else "worse"
             self.retries += 1
             self.previous_loss = loss
-            reason = f"worse (retry {self.retries}/{self.max_retry})"
+            reason = f"{word} (retry {self.retries}/{self.max_retry})"
             if self.retries > self.max_retry:
                 rollback = True
                 old_lr, self.lr = self.lr, self.lr * self.lr_decay_rate
@@ -201,6 +213,7 @@ class Annealer:
         d = {"lr_lower_bound": self.lr_lower_bound, "lr_decay_rate": self.lr_decay_rate,
              "max_retry": self.max_retry, "max_epochs": self.max_epochs,
              "max_hours": self.max_hours, "target_loss": self.target_loss,
+             "diverge_ratio": self.diverge_ratio,
              "elapsed_seconds": self._clock() - self._start}
         for key in _STATE_KEYS:
             value = getattr(self, key)
@@ -216,7 +229,8 @@ class Annealer:
         if missing:
             raise ValueError(f"annealer state lacks {', '.join(missing)}")
         a = cls(d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"],
-                d.get("max_epochs", 0), d.get("max_hours", 0.0), d.get("target_loss", 0.0), clock)
+                d.get("max_epochs", 0), d.get("max_hours", 0.0), d.get("target_loss", 0.0),
+                d.get("diverge_ratio", 0.0), clock)
         for key in ("best_loss", "pivot_loss", "previous_loss"):
             setattr(a, key, math.inf if d[key] is None else float(d[key]))
         a.retries, a.epochs = int(d["retries"]), int(d["epochs"])
