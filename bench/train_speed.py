@@ -9,7 +9,10 @@ PyTensor compiledir and NUMBA_CACHE_DIR (*cold*), then ``--rounds`` times in a
 PyTorch process followed by a Sophia process that finds the caches the cold one left
 (*warm*). The machine's speed drifts (shared cores), so the ratio to PyTorch is the
 median of the per-round ratios, each warm process against the PyTorch process run
-just before it. Compile time is the wall time from building the Net to the end of
+just before it. Sophia's trainer keeps freed memory in the process
+(``sophia/training/memory.py``), and so does this benchmark's Sophia process; PyTorch
+gains as much from that setting, so each round also runs PyTorch under it (*kept*)
+and prints that ratio too. Compile time is the wall time from building the Net to the end of
 the first ``f_train_step`` call, less one steady-state call (Numba compiles lazily,
 at the first call). Training speed is frames per second over ``--steps`` calls after
 two warm-up calls; each process measures ``--repeats`` times and keeps the median.
@@ -69,6 +72,9 @@ def sophia_worker(mode, recurrence, steps, repeats):
     import numpy as np
     from sophia.graph.net import Net
     from sophia.options import ModelOptions, TrainOptions
+    from sophia.training.memory import keep_freed_memory
+
+    keep_freed_memory()       # as the trainer does
 
     if recurrence == "scan":
         from sophia.graph import fused
@@ -97,8 +103,9 @@ def sophia_worker(mode, recurrence, steps, repeats):
                 frames_per_s=fps, first_loss=float(loss))
 
 
-def torch_worker(steps, repeats):
-    """The same model in PyTorch: nn.LSTM + Linear, Adam, BPTT(128; 64).
+def torch_worker(steps, repeats, keep_memory=False):
+    """The same model in PyTorch: nn.LSTM + Linear, Adam, BPTT(128; 64); with
+    ``keep_memory``, under the malloc setting Sophia's trainer uses.
 
     The window runs as segments split at frame h' (the stored state is the one
     after frame h' - 1) and at frame h - h' (the loss covers the last h' frames);
@@ -107,6 +114,9 @@ def torch_worker(steps, repeats):
     import numpy as np
     import torch
 
+    if keep_memory:
+        from sophia.training.memory import keep_freed_memory
+        keep_freed_memory()
     m = MODEL
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(m["input_dim"], m["width"], num_layers=m["depth"])
@@ -169,21 +179,23 @@ def _pytensor_flags(compiledir, blas_ldflags):
 
 def measure_mode(mode, recurrence, o, torch_ok):
     """One mode in fresh caches: a cold process, then ``o.rounds`` rounds of a PyTorch
-    process followed by a warm Sophia process (interleaved, so that both see the same
-    machine load). Returns (cold, [warm...], [torch...])."""
+    process, a PyTorch process with freed memory kept (as Sophia's trainer keeps it) and
+    a warm Sophia process (interleaved, so that all see the same machine load).
+    Returns (cold, [warm...], [torch...], [torch kept...])."""
     with tempfile.TemporaryDirectory(prefix="sophia-bench-") as tmp:
         env = {"PYTENSOR_FLAGS": _pytensor_flags(os.path.join(tmp, "pytensor"), o.blas_ldflags),
                "NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
         args = ["sophia", mode, recurrence, str(o.steps), str(o.repeats)]
         cold = _run_worker(args, env, o.timeout)
-        warms, torches = [], []
+        warms, torches, kept = [], [], []
         if "error" in cold or o.quick:
-            return cold, warms, torches
+            return cold, warms, torches, kept
         for _ in range(o.rounds):
             if torch_ok:
                 torches.append(_run_worker(["torch", str(o.steps), str(o.repeats)], {}, o.timeout))
+                kept.append(_run_worker(["torch", str(o.steps), str(o.repeats), "kept"], {}, o.timeout))
             warms.append(_run_worker(args, env, o.timeout))
-    return cold, warms, torches
+    return cold, warms, torches, kept
 
 
 def _fmt(value, spec):
@@ -225,29 +237,34 @@ def main(argv=None):
     print("torch: " + ("nn.LSTM on the CPU, one process before every warm Sophia process" if torch_ok
                        else "skipped (--no-torch)" if o.no_torch else "skipped (torch is not importable)"))
     print(f"\n{'mode':<13}{'recurrence':<11}{'cold s':>8}{'warm s':>8}{'cold f/s':>10}{'warm f/s':>10}"
-          f"{'torch f/s':>11}{'vs torch':>10}   per round")
+          f"{'torch f/s':>11}{'vs torch':>10}{'kept f/s':>10}{'vs kept':>9}   per round (vs torch)")
     for mode in modes:
         if mode == "JAX" and not _importable("jax"):
             print(f"{mode:<13}skipped: jax is not installed")
             continue
         for recurrence in o.recurrence.split(","):
-            cold, warms, torches = measure_mode(mode, recurrence, o, torch_ok)
-            failed = [r["error"] for r in [cold, *warms, *torches] if "error" in r]
+            cold, warms, torches, kept = measure_mode(mode, recurrence, o, torch_ok)
+            failed = [r["error"] for r in [cold, *warms, *torches, *kept] if "error" in r]
             if failed:
                 print(f"{mode:<13}{recurrence:<11}failed: {failed[0]}")
                 continue
             warm_fps = [r["frames_per_s"] for r in warms]
             torch_fps = [r["frames_per_s"] for r in torches]
+            kept_fps = [r["frames_per_s"] for r in kept]
             ratios = [w / t for w, t in zip(warm_fps, torch_fps)]
+            kept_ratios = [w / t for w, t in zip(warm_fps, kept_fps)]
             median = (lambda xs: statistics.median(xs) if xs else None)
             ratio = f"{median(ratios):.2f}x" if ratios else "-"
+            kept_ratio = f"{median(kept_ratios):.2f}x" if kept_ratios else "-"
             print(f"{mode:<13}{recurrence:<11}{_fmt(cold['compile_s'], '8.1f')}"
                   f"{_fmt(median([r['compile_s'] for r in warms]), '8.1f')}{_fmt(cold['frames_per_s'], '10,.0f')}"
-                  f"{_fmt(median(warm_fps), '10,.0f')}{_fmt(median(torch_fps), '11,.0f')}{ratio:>10}   "
+                  f"{_fmt(median(warm_fps), '10,.0f')}{_fmt(median(torch_fps), '11,.0f')}{ratio:>10}"
+                  f"{_fmt(median(kept_fps), '10,.0f')}{kept_ratio:>9}   "
                   + " ".join(f"{r:.2f}" for r in ratios), flush=True)
     if torch_ok and not o.quick:
         print("\nwarm s / f/s: medians over the warm processes; torch f/s: median over its processes;"
-              "\nvs torch: median of the per-round ratios (warm Sophia / the PyTorch process just before it)")
+              "\nvs torch: median of the per-round ratios (warm Sophia / the PyTorch process of its round);"
+              "\nkept f/s, vs kept: the same for PyTorch under Sophia's malloc setting (keep_freed_memory)")
     return 0
 
 
@@ -258,7 +275,7 @@ def _importable(name):
 
 def _worker_main(args):
     if args[0] == "torch":
-        result = torch_worker(int(args[1]), int(args[2]))
+        result = torch_worker(int(args[1]), int(args[2]), keep_memory=args[3:] == ["kept"])
     else:
         _, mode, recurrence, steps, repeats = args
         result = sophia_worker(mode, recurrence, int(steps), int(repeats))

@@ -49,6 +49,7 @@ from sophia.training import run_state as rs
 from sophia.training.annealer import Annealer, Decision
 from sophia.training.dataset import Dataset, id_order
 from sophia.training.iterator import BPTTIterator
+from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
 from sophia.training.workspace import METRICS, Workspace, WorkspaceError
 
@@ -215,8 +216,10 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until the annealer stops; load the best model and return its losses.
 
-        Side effects: prints the log, writes the workspace files every epoch.
+        Side effects: prints the log, writes the workspace files every epoch, and
+        keeps freed memory in the process (:func:`~sophia.training.memory.keep_freed_memory`).
         """
+        keep_freed_memory()
         self.print_summary()
         self.compile()
         o = self.train_options
