@@ -107,23 +107,16 @@ if AVAILABLE:
             ab, db_, cb, cib, dhb, dcb, dhob, dcob = a[b], d[b], c[b], c_in[b], dh[b], dc[b], dh_out[b], dc_out[b]
             s_i, s_f, s_o, s_g = ab[:i], ab[i:2 * i], ab[2 * i:3 * i], ab[3 * i:]
             d_i, d_f, d_o, d_g = db_[:i], db_[i:2 * i], db_[2 * i:3 * i], db_[3 * i:]
-            for j in range(i):
-                dhb[j] += dhob[j]
-            for j in range(i):
-                dcb[j] += dcob[j]
-            for j in range(i):                  # d o = dh tanh(c) σ'(o)
-                d_o[j] = dhb[j] * _tanh(cb[j]) * s_o[j] * (one - s_o[j])
-            for j in range(i):                  # d c += dh o (1 - tanh² c)
-                tc = _tanh(cb[j])
-                dcb[j] += dhb[j] * s_o[j] * (one - tc * tc)
-            for j in range(i):
-                d_i[j] = dcb[j] * s_g[j] * s_i[j] * (one - s_i[j])
-            for j in range(i):
-                d_f[j] = dcb[j] * cib[j] * s_f[j] * (one - s_f[j])
-            for j in range(i):
-                d_g[j] = dcb[j] * s_i[j] * (one - s_g[j] * s_g[j])
-            for j in range(i):                  # into the entering c
-                dcb[j] *= s_f[j]
+            for j in range(i):                  # dh + dh_out into d o and into d c (one tanh c)
+                g, tc, so = dhb[j] + dhob[j], _tanh(cb[j]), s_o[j]
+                d_o[j] = g * tc * so * (one - so)
+                dcb[j] += dcob[j] + g * so * (one - tc * tc)
+            for j in range(i):                  # d i, d f, d g; then d c into the entering c
+                si, sf, sg, dcj = s_i[j], s_f[j], s_g[j], dcb[j]
+                d_i[j] = dcj * sg * si * (one - si)
+                d_f[j] = dcj * cib[j] * sf * (one - sf)
+                d_g[j] = dcj * si * (one - sg * sg)
+                dcb[j] = dcj * sf
             for k in range(4 * i):
                 db[k] += db_[k]
 
