@@ -23,6 +23,17 @@ def test_metrics_on_hand_made_cases():
     assert reproduce.mse([1.0, 3.0], [0.0, 0.0]) == 5.0
 
 
+def test_long_lags_get_a_window_that_reaches_back_and_a_forget_gate_that_remembers():
+    config = _PATH.parents[1] / "configs" / "adding.toml"
+    assert reproduce._length_sets(config, 100) == []                  # the config is for T = 100
+    sets = dict(s.split("=") for s in reproduce._length_sets(config, 500))
+    step, window = int(sets["step_size"]), int(sets["window_size"])
+    assert step >= 550 and window == step + 550                       # any target reaches its frame 1
+    assert int(sets["frames_per_epoch"]) == 5 * 60000                 # same sequences per epoch
+    kept = (1 / (1 + np.exp(-float(sets["forget_bias"])))) ** 500      # of a cell's content over T frames
+    assert 0.45 < kept < 0.55
+
+
 def test_ar_fit_recovers_a_known_process():
     rng = np.random.default_rng(0)
     z = np.zeros(3000)

@@ -16,6 +16,7 @@ import functools
 import importlib.util
 
 from pytensor.compile.mode import Mode, get_mode
+from pytensor.link.basic import PerformLinker
 
 from sophia.options import COMPILE_MODES, OptionError
 
@@ -27,8 +28,8 @@ AUTO_LOOPED = "CVM"
 LSTM/GRU without norms, peepholes or clock gate) or absent: the time of a training
 step is then in the fused Ops and a few large matmuls, which run numpy in every mode,
 so the mode only decides how the thin graph around them is compiled. ``auto`` runs
-these graphs with FAST_COMPILE's Python VM and only the *merge* rewrite (shared
-subgraphs computed once): FAST_COMPILE's other rewrites took ≈ 0.4 s of a ≈ 0.9 s
+these graphs' Python implementations in order (FAST_COMPILE's, without its VM) and
+only the *merge* rewrite (shared subgraphs computed once): FAST_COMPILE's other rewrites took ≈ 0.4 s of a ≈ 0.9 s
 compile and changed no op that matters for speed. ``bench/train_speed.py``
 (2-layer LSTM 256, batch 64, BPTT(128; 64), float32, 2 shared cores) measured
 this ``auto`` at 1.03–1.06× PyTorch's nn.LSTM (≈ 8,900 frames/s, median of rounds
@@ -66,5 +67,9 @@ def compile_mode(name: str, looped: bool = False):
 
 @functools.cache
 def _fused_auto_mode() -> Mode:
-    """FAST_COMPILE's Python VM with the merge rewrite only (one instance per process)."""
-    return Mode(linker=get_mode(AUTO_FUSED).linker, optimizer="merge")
+    """Python implementations run in order (PyTensor's ``PerformLinker``, which frees
+    each intermediate after its last use) with the merge rewrite only; one instance
+    per process. FAST_COMPILE's VM linker would give the same numbers, but building
+    any VM imports PyTensor's C VM (compiling it in a cold compiledir) and, through
+    it, setuptools: ≈ 0.7 s of every process's first compile."""
+    return Mode(linker=PerformLinker(), optimizer="merge")
