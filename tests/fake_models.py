@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from sophia.serving.server import ModelLoadError, Server
+from sophia.serving.paths import ModelLoadError
+from sophia.serving.server import Server
 
 INPUT_DIM = 3
 TARGET_DIM = 2

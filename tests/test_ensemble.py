@@ -15,7 +15,7 @@ import pytest
 from model_workspaces import (IDS, INPUT_DIM, OfflineModel, counter_times, irregular_stamps,
                               stamp_times, write_workspace, write_workspaces)
 from sophia.serving.ensemble import load_model
-from sophia.serving.server import ModelLoadError
+from sophia.serving.paths import ModelLoadError
 
 TOL = 1e-5
 NUM_FRAMES = 16

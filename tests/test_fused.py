@@ -1,6 +1,5 @@
 """The fused recurrence Ops (sophia/graph/fused.py) compute what the scan path computes."""
 import numpy as np
-import pytensor as th
 import pytensor.tensor as tt
 import pytest
 from pytensor.gradient import verify_grad

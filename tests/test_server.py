@@ -21,7 +21,8 @@ from fake_models import (FAKES, FakeLoader, make_models_dir,
 from sophia.serving import protocol as proto
 from sophia.serving.cli import parse_endpoint
 from sophia.serving.client import ServerError, ServerTimeout, SophiaClient, SophiaError
-from sophia.serving.server import ModelLoadError, Server
+from sophia.serving.paths import ModelLoadError
+from sophia.serving.server import Server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 3.0

@@ -51,7 +51,7 @@ import numpy as np
 
 from sophia.graph.net import Net
 from sophia.options import ModelOptions, OptionError, from_dict
-from sophia.serving.server import ModelLoadError
+from sophia.serving.paths import ModelLoadError
 from sophia.training.workspace import IDS_ORDER, Workspace, WorkspaceError
 
 MODE = "CVM"

@@ -2,9 +2,10 @@
 
 Contents
 --------
-- :class:`ModelLoadError` — what a model loader raises for a bad workspace.
-- :func:`resolve_workspace` — map a handshake path into the models directory.
 - :class:`Server` — the socket loop and the session table.
+
+Where the models and the ipc socket file live (models-directory confinement, a live
+socket refused) is :mod:`sophia.serving.paths`.
 
 Each REQ client gets its own session (keyed by its routing id): the models of
 its handshake, loaded once per resolved path and shared by all sessions, and
@@ -25,8 +26,6 @@ Example
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +35,7 @@ import numpy as np
 import zmq
 
 from sophia.serving import protocol as proto
+from sophia.serving.paths import refuse_live_ipc, remove_socket_file, resolve_workspace
 from sophia.serving.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -44,65 +44,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # larger messages are dropped by libzmq
 DEFAULT_IDLE_TIMEOUT = 600.0            # seconds without a message before expiry
 POLL_INTERVAL = 0.05                    # seconds; bounds stop() and expiry latency
 MAX_BATCH = 256                         # messages handled between housekeeping
-
-
-class ModelLoadError(ValueError):
-    """A workspace that cannot be loaded (missing, corrupt, incompatible)."""
-
-
-def resolve_workspace(models_dir, workspace: str) -> Path:
-    """Resolve a handshake path inside ``models_dir``.
-
-    Parameters
-    ----------
-    models_dir : str or Path
-        The directory that holds every servable workspace.
-    workspace : str
-        A path relative to ``models_dir``, or an absolute path inside it.
-
-    Returns
-    -------
-    Path
-        The real path (symlinks followed).
-
-    Raises
-    ------
-    ProtocolError
-        If the real path is outside ``models_dir`` (``..``, an absolute path
-        elsewhere, a symlink pointing out) or is not a valid path.
-    """
-    root = Path(models_dir).resolve()
-    try:
-        path = (root / workspace).resolve()
-    except (OSError, ValueError, RuntimeError):
-        raise ProtocolError(f"workspace {workspace!r} is not a valid path") from None
-    if not path.is_relative_to(root):
-        raise ProtocolError(f"workspace {workspace!r} is outside the models directory")
-    return path
-
-
-def _refuse_live_ipc(endpoint: str) -> None:
-    """libzmq silently takes over an ipc path: refuse one a server still answers on."""
-    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
-        return
-    path = endpoint[len("ipc://"):]
-    if not os.path.exists(path):
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return  # a stale file: libzmq replaces it
-    raise OSError(f"{endpoint} is in use by another server")
-
-
-def _remove_socket_file(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("could not remove %s: %s", path, exc)
 
 
 class _Session:
@@ -188,7 +129,7 @@ class Server:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
             self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            _refuse_live_ipc(endpoint)
+            refuse_live_ipc(endpoint)
             self._socket.bind(endpoint)
             self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         except Exception:
@@ -230,7 +171,7 @@ class Server:
             self._context.term()
         endpoint = getattr(self, "endpoint", "")
         if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
-            _remove_socket_file(endpoint[len("ipc://"):])
+            remove_socket_file(endpoint[len("ipc://"):])
         log.info("server closed")
 
     def __enter__(self):
