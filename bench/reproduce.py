@@ -363,8 +363,9 @@ def _length_sets(config, T):
     and a window that reaches back from any target in the step to its frame 1, so the
     window costs at most twice the step's frames (a step of 112 at T = 1000 would cost 10x),
     as many sequences per epoch as the config gives T = 100, and a forget-gate bias that
-    keeps half of a cell's content over T frames at the start: σ(b)^T = ½, b ≈ ln(T / ln 2)
-    (the config's 3.0 keeps 0.95 a frame, 7e-12 over 500 frames)."""
+    keeps half of a cell's content over T frames at the start: σ(b)^T = ½, b ≈ ln(T / ln 2),
+    the rule configs/adding.toml follows for T = 100 (a bias of 3.0 keeps 0.95 a frame,
+    7e-12 over 500 frames)."""
     if T == 100:
         return []
     longest, options = T + T // 10, cli.read_config(config)
