@@ -66,6 +66,7 @@ OPTIONS = dict(
     max_epochs=0,               # stop after this many epochs; 0 = no limit
     max_hours=0.0,              # stop after this many hours; 0 = no limit
     target_dev_loss=0.0,        # stop once the dev loss is at or below this; 0 = never
+    target_dev_max_error=0.0,   # stop once every dev target is within this of the output; 0 = never
     unroll_scan=False,          # unrolled graph instead of scan (same results)
     compile_mode="auto",        # auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX
 )

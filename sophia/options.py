@@ -121,6 +121,7 @@ class TrainOptions:
     max_epochs: int = 0             # stop after this many epochs; 0 = no limit
     max_hours: float = 0.0          # stop after this many hours; 0 = no limit
     target_dev_loss: float = 0.0    # stop once the dev loss is at or below this; 0 = never
+    target_dev_max_error: float = 0.0  # stop once every dev target is within this of the output; 0 = never
     unroll_scan: bool = False       # unrolled graph instead of scan (same results)
     compile_mode: str = "auto"      # auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX
 
@@ -142,7 +143,8 @@ class TrainOptions:
         _check_range("huber_delta", self.huber_delta, lo=0.0, lo_open=True)
         for name in ("update_mu", "rms_decay", "adadelta_decay", "adam_beta1", "adam_beta2"):
             _check_range(name, getattr(self, name), lo=0.0, hi=1.0)
-        for name in ("force_epsilon", "grad_norm_clip", "max_hours", "target_dev_loss"):
+        for name in ("force_epsilon", "grad_norm_clip", "max_hours", "target_dev_loss",
+                     "target_dev_max_error"):
             _check_range(name, getattr(self, name), lo=0.0)
         _check_range("max_epochs", self.max_epochs, lo=0)
         if self.diverge_ratio != 0:

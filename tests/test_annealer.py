@@ -122,6 +122,17 @@ def test_stops_once_the_loss_reaches_the_target():
     assert not make().observe(0.0).stop          # 0 = no target
 
 
+def test_stops_once_every_target_is_within_the_target_max_error():
+    a = make(target_max_error=0.04)
+    assert not a.observe(1.0, 0.05).stop
+    assert not a.observe(1.1).stop                # no max error passed: the rule does not apply
+    d = a.observe(1.2, 0.04)
+    assert d.stop and not d.save_best and d.reason == "stop: target_dev_max_error reached"
+    assert not make().observe(0.5, 0.0).stop      # 0 = no target
+    b = Annealer.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert b.target_max_error == 0.04 and b.observe(1.0, 0.01).stop
+
+
 def test_round_trip_through_json_mid_run_gives_identical_decisions():
     clock = FakeClock()
     a = make(max_retry=1, max_hours=1.0, lr_lower_bound=1e-5, clock=clock)

@@ -114,6 +114,22 @@ def test_nan_targets_contribute_nothing():
         np.testing.assert_allclose(g * n_frames, g2 * n_frames2, rtol=1e-9, atol=1e-12)
 
 
+def test_fwd_propagate_reports_the_largest_error_of_a_target_element():
+    """f_fwd_propagate's max error (the 1997 paper's "wrong" measure) skips NaN targets."""
+    net = make_net(unit_type="lstm")
+    x, time_tb, ids, target = make_window(net, frames=5, batch=3, nan_fraction=0.4)
+    f_fwd, v_eval = net.compile_fwd_propagate(TrainOptions(batch_size=3, window_size=5, step_size=5,
+                                                           compile_mode=MODE))
+    f_infer, v_infer = infer_function(net, frames=5, batch=3)
+    output = f_infer(x, time_tb, ids)
+    valid = ~np.isnan(target)
+    loss_sum, _, max_error = f_fwd(x, time_tb, ids, target)
+    np.testing.assert_allclose(max_error, np.max(np.abs(output - target)[valid]), rtol=1e-10)
+    np.testing.assert_allclose(loss_sum, np.sum((output - target)[valid] ** 2), rtol=1e-10)
+    net.reset_states(v_eval)
+    assert f_fwd(x, time_tb, ids, np.full_like(target, np.nan))[2] == 0.0
+
+
 def test_batch_norm_keeps_population_statistics_for_inference():
     net = make_net(unit_type="gru", batch_norm=True, batch_norm_momentum=0.5)
     options = TrainOptions(batch_size=4, window_size=4, step_size=4, compile_mode=MODE)

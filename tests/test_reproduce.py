@@ -46,17 +46,33 @@ def test_ar_fit_recovers_a_known_process():
     assert x.shape == (9, 4) and y[0] == z[11] and x[0, 1] == z[10] and x[0, 3] == z[8]
 
 
+def test_adding_stops_by_the_papers_rule_and_the_others_by_dev_loss(tmp_path):
+    """Adding's default criterion is the 1997 paper's: every dev target within 0.04."""
+    args = reproduce.resolve(reproduce.build_parser().parse_args(
+        ["adding", "--stop_at_criterion", "--work", str(tmp_path)]))
+    assert (args.criterion_on, args.criterion) == ("dev_max_error", 0.04)
+    assert "target_dev_max_error=0.04" in args.limits and args.counts["dev"] == 2000
+    args = reproduce.resolve(reproduce.build_parser().parse_args(
+        ["multiplication", "--stop_at_criterion", "--work", str(tmp_path)]))
+    assert (args.criterion_on, args.criterion) == ("dev_loss", 0.0139)
+    assert "target_dev_loss=0.0139" in args.limits
+
+
 def test_tiny_adding_run_end_to_end(tmp_path, capsys):
     report = reproduce.main(["adding", "--T", "11", "--train", "32", "--dev", "8", "--test", "6",
                              "--max_epochs", "1", "--work", str(tmp_path), "--seed", "3",
                              "--set", "net_width=4", "--set", "batch_size=4",
                              "--set", "window_size=24", "--set", "step_size=12",
-                             "--set", "frames_per_epoch=120", "--set", "compile_mode=FAST_COMPILE"])
+                             "--set", "frames_per_epoch=120", "--set", "compile_mode=FAST_COMPILE",
+                             "--stop_at_criterion", "--criterion", "10"])
     assert report["test"] == 6 and 0 <= report["wrong"] <= 6
     assert json.loads((tmp_path / "report.json").read_text())["wrong"] == report["wrong"]
-    assert "adding T=11: wrong" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "adding T=11: wrong" in out and "to the first dev max |error| <= 10" in out
+    assert "stop: target_dev_max_error reached" in out        # every error of a unit interval is <= 10
     # training sequences: frames of epoch 1 (>= 120) over a mean length of 11..12
     assert report["sequences_total"] == pytest.approx(120 / 11.5, abs=3)
+    assert report["sequences_to_criterion"] == report["sequences_total"]
 
     # batched, padded inference == the same net stepped one frame at a time, alone
     outputs, targets = reproduce.infer_split(tmp_path / "ws", tmp_path / "data")

@@ -82,7 +82,7 @@ def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
 
     def fake_compile():
         trainer.f_train_step, trainer.f_reset = f_train_step, lambda: resets.append(True)
-        trainer.f_fwd = lambda *inputs: (0.5, 1.0)            # dev loss never improves
+        trainer.f_fwd = lambda *inputs: (0.5, 1.0, 0.7)       # dev loss never improves
         trainer.v_states = trainer.net.new_states(4, "train")
         trainer.v_eval_states = trainer.net.new_states(4, "eval")
 
@@ -98,6 +98,32 @@ def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
     np.testing.assert_array_equal(pivot, initial)             # the initial model
     np.testing.assert_array_equal(trainer.ws.load_arrays("params")[v_param.name], initial)
     assert result.epochs == 4 and result.stop_reason.endswith("stop: max_epochs reached")
+
+
+def test_target_dev_max_error_stops_the_run(tiny_data, tmp_path):
+    """The loop, with fake compiled functions: the dev max error, not the loss, stops it."""
+    train = TrainOptions(batch_size=4, window_size=8, step_size=4, frames_per_epoch=10,
+                         max_epochs=5, target_dev_max_error=0.04)
+    trainer = Trainer(ModelOptions(net_width=4, net_depth=1), train, tiny_data,
+                      str(tmp_path / "ws"), out=io.StringIO())
+    # every dev window of epoch k reports max error schedule[k]; epoch 0 is the initial model
+    schedule, epoch = [0.5, 0.2, 0.03, 0.01], [0]
+
+    def f_train_step(*inputs):
+        epoch[0] = len(trainer.ws.read_metrics())
+        return 1.0, 1.0, 1.0
+
+    def fake_compile():
+        trainer.f_train_step, trainer.f_reset = f_train_step, lambda: None
+        trainer.f_fwd = lambda *inputs: (0.5, 1.0, schedule[epoch[0]])
+        trainer.v_states = trainer.net.new_states(4, "train")
+        trainer.v_eval_states = trainer.net.new_states(4, "eval")
+
+    trainer.compile = fake_compile
+    result = trainer.run()
+    records = trainer.ws.read_metrics()
+    assert [r["dev_max_error"] for r in records] == [0.5, 0.2, 0.03]
+    assert result.epochs == 2 and result.stop_reason == "stop: target_dev_max_error reached"
 
 
 def test_workspace_contract(trained, tiny_data):

@@ -11,10 +11,10 @@ Compiled functions (sizes that shape a graph are arguments, never options edits)
     frames, parameter update. As a side effect it stores the state at frame h' − 1
     (the next window, shifted by h', starts there), updates the optimizer state and
     the batch-norm population statistics.
-``f_fwd_propagate(input_tbj, time_tb, id_tb, target_tbk) -> (loss_sum, n_frames)``
+``f_fwd_propagate(input_tbj, time_tb, id_tb, target_tbk) -> (loss_sum, n_frames, max_error)``
     The same forward and loss without any update of parameters (evaluation,
-    inference behaviour: population statistics, no clock leak); stores the state
-    at the window's last frame.
+    inference behaviour: population statistics, no clock leak), and the largest
+    absolute error of a target element; stores the state at the window's last frame.
 ``f_infer(input_tbj, time_tb, id_tb) -> output_tbk``
     Outputs for a window of any fixed length (one frame for real-time serving);
     stores the state at its last frame. Works for any number of streams: the
@@ -47,7 +47,7 @@ from sophia.graph.init import Uniform
 from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
 from sophia.graph import fused
 from sophia.graph.modes import compile_mode, resolve
-from sophia.optim.losses import masked_loss
+from sophia.optim.losses import masked_loss, masked_max_error
 from sophia.optim.updates import Optimizer
 from sophia.options import ModelOptions, OptionError
 
@@ -252,7 +252,8 @@ class Net:
 
     @_in_own_dtype
     def compile_fwd_propagate(self, train_options, batch_size=None, mode=None):
-        """Compile ``f_fwd_propagate`` over windows of ``window_size`` frames, loss on all of them.
+        """Compile ``f_fwd_propagate`` over windows of ``window_size`` frames, loss and
+        largest absolute error on all of them.
 
         Returns ``(f_fwd_propagate, v_states)``.
         """
@@ -264,7 +265,8 @@ class Net:
         with context:
             fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, window, o.loss_type, o.huber_delta)
-        f = th.function(ports.inputs(), [s_loss_sum, s_n_frames], updates=list(zip(v_states, fwd.s_next_states)),
+        s_max_error = masked_max_error(fwd.s_output_tbk, ports.p_target_tbk)
+        f = th.function(ports.inputs(), [s_loss_sum, s_n_frames, s_max_error], updates=list(zip(v_states, fwd.s_next_states)),
                         mode=mode, on_unused_input="ignore",
                         name="f_fwd_propagate")
         return f, v_states

@@ -55,3 +55,22 @@ def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float =
     s_elementwise = tt.switch(s_valid, LOSSES[loss_type](s_err, huber_delta), 0.0)
     s_n_frames = tt.sum(tt.any(s_valid, axis=-1)).astype(s_output_tbk.dtype)
     return tt.sum(s_elementwise), s_n_frames
+
+
+def masked_max_error(s_output_tbk, s_target_tbk):
+    """Largest absolute error over the target elements that are not NaN (0 if none).
+
+    The 1997 LSTM paper counts a sequence as wrong when its error exceeds 0.04 and
+    stops training once every recent sequence is right: this is that measure.
+
+    Parameters
+    ----------
+    s_output_tbk, s_target_tbk : tensors [T][B][k]
+
+    Returns
+    -------
+    s_max_error : scalar, >= 0
+    """
+    s_valid = ~tt.isnan(s_target_tbk)
+    s_err = tt.switch(s_valid, s_output_tbk - tt.switch(s_valid, s_target_tbk, 0.0), 0.0)
+    return tt.max(tt.abs(s_err))

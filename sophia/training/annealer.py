@@ -17,7 +17,8 @@ Rules, applied to each observed loss (NaN or inf counts as worse):
 - otherwise retries += 1; when retries > ``max_retry``: lr *= ``lr_decay_rate``,
   ``rollback`` to the pivot, retries = 0, previous loss = the pivot's loss.
 - stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0),
-  elapsed hours >= ``max_hours`` (if > 0) or the loss <= ``target_loss`` (if > 0).
+  elapsed hours >= ``max_hours`` (if > 0), the loss <= ``target_loss`` (if > 0) or
+  the largest absolute error passed with the loss <= ``target_max_error`` (if > 0).
 
 Before the first finite loss there is no evaluated pivot: the trainer should
 save the initial model as the pivot before the first epoch, so that an early
@@ -91,6 +92,9 @@ class Annealer:
         Stop once this many hours have passed since construction; 0 means no limit.
     target_loss : float, optional
         Stop once an observed loss is at or below this ("good enough"); 0 means never.
+    target_max_error : float, optional
+        Stop once an observed largest absolute error is at or below this (every
+        target right to within it); 0 means never.
     diverge_ratio : float, optional
         A loss above this many times the best loss counts as worse even when it beats
         the previous one, so a collapsed run rolls back; 0 means off.
@@ -114,7 +118,7 @@ class Annealer:
     def __init__(self, lr_init: float, lr_lower_bound: float, lr_decay_rate: float,
                  max_retry: int, max_epochs: int = 0, max_hours: float = 0.0,
                  target_loss: float = 0.0, diverge_ratio: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 target_max_error: float = 0.0, clock: Callable[[], float] = time.monotonic):
         _require(lr_init > 0 and math.isfinite(lr_init), "lr_init must be > 0", lr_init)
         _require(lr_lower_bound >= 0, "lr_lower_bound must be >= 0", lr_lower_bound)
         _require(0 < lr_decay_rate <= 1, "lr_decay_rate must be in (0, 1]", lr_decay_rate)
@@ -122,6 +126,7 @@ class Annealer:
         _require(max_epochs >= 0, "max_epochs must be >= 0", max_epochs)
         _require(max_hours >= 0, "max_hours must be >= 0", max_hours)
         _require(target_loss >= 0, "target_loss must be >= 0", target_loss)
+        _require(target_max_error >= 0, "target_max_error must be >= 0", target_max_error)
         _require(diverge_ratio == 0 or diverge_ratio >= 1, "diverge_ratio must be 0 or >= 1",
                  diverge_ratio)
         self.lr_lower_bound = float(lr_lower_bound)
@@ -130,6 +135,7 @@ class Annealer:
         self.max_epochs = int(max_epochs)
         self.max_hours = float(max_hours)
         self.target_loss = float(target_loss)
+        self.target_max_error = float(target_max_error)
         self.diverge_ratio = float(diverge_ratio)
         self.lr = float(lr_init)
         self.best_loss = math.inf
@@ -153,8 +159,9 @@ class Annealer:
         (for a diverged run, where waiting is pointless)."""
         self.retries = self.max_retry
 
-    def observe(self, dev_loss: float) -> Decision:
-        """Take one epoch's dev loss and return what to do.
+    def observe(self, dev_loss: float, max_error: float = math.nan) -> Decision:
+        """Take one epoch's dev loss (and largest absolute error, which only the
+        ``target_max_error`` rule reads) and return what to do.
 
         As a side effect, updates the annealer's state (``lr``, losses,
         ``retries``, ``epochs``). A NaN or infinite loss counts as worse.
@@ -182,7 +189,7 @@ class Annealer:
                 self.retries = 0
                 self.previous_loss = self.pivot_loss
                 reason = f"rollback: lr {old_lr:.3g} -> {self.lr:.3g}"
-        stop_reason = self._stop_reason(loss)
+        stop_reason = self._stop_reason(loss, float(max_error))
         if stop_reason:
             kept = rollback or save_best        # say so: the last epoch's model was saved
             reason = f"{reason}; {stop_reason}" if kept else stop_reason
@@ -194,9 +201,11 @@ class Annealer:
         """Hours since construction (or, after :meth:`from_dict`, since the run began)."""
         return (self._clock() - self._start) / 3600.0
 
-    def _stop_reason(self, loss: float) -> str:
+    def _stop_reason(self, loss: float, max_error: float) -> str:
         if self.target_loss > 0 and loss <= self.target_loss:
             return "stop: target_dev_loss reached"
+        if self.target_max_error > 0 and max_error <= self.target_max_error:
+            return "stop: target_dev_max_error reached"
         if self.lr < self.lr_lower_bound:
             return "stop: lr below lower bound"
         if self.max_epochs > 0 and self.epochs >= self.max_epochs:
@@ -213,7 +222,7 @@ class Annealer:
         d = {"lr_lower_bound": self.lr_lower_bound, "lr_decay_rate": self.lr_decay_rate,
              "max_retry": self.max_retry, "max_epochs": self.max_epochs,
              "max_hours": self.max_hours, "target_loss": self.target_loss,
-             "diverge_ratio": self.diverge_ratio,
+             "diverge_ratio": self.diverge_ratio, "target_max_error": self.target_max_error,
              "elapsed_seconds": self._clock() - self._start}
         for key in _STATE_KEYS:
             value = getattr(self, key)
@@ -230,7 +239,7 @@ class Annealer:
             raise ValueError(f"annealer state lacks {', '.join(missing)}")
         a = cls(d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"],
                 d.get("max_epochs", 0), d.get("max_hours", 0.0), d.get("target_loss", 0.0),
-                d.get("diverge_ratio", 0.0), clock)
+                d.get("diverge_ratio", 0.0), d.get("target_max_error", 0.0), clock)
         for key in ("best_loss", "pivot_loss", "previous_loss"):
             setattr(a, key, math.inf if d[key] is None else float(d[key]))
         a.retries, a.epochs = int(d["retries"]), int(d["epochs"])

@@ -2,8 +2,9 @@
 
 A record is the dict the trainer appends to ``metrics.jsonl`` each epoch::
 
-    {"epoch": 3, "train_loss": 0.1, "dev_loss": 0.12, "baseline": 0.3,
-     "lr": 1e-3, "decision": "new best", "frames": 123456, "seconds": 12.3}
+    {"epoch": 3, "train_loss": 0.1, "dev_loss": 0.12, "dev_max_error": 0.9,
+     "baseline": 0.3, "lr": 1e-3, "decision": "new best", "frames": 123456,
+     "seconds": 12.3}
 
 Every key is optional; a missing or null value is left out of the line and
 the plot. Matplotlib is optional: :func:`plot_learning_curve` imports it
@@ -37,6 +38,8 @@ def format_epoch_line(record: Mapping[str, Any]) -> str:
             parts.append(f"{label} {_num(record[key])}")
     if record.get("baseline") is not None:
         parts.append(f"(baseline {_num(record['baseline'])})")
+    if record.get("dev_max_error") is not None:
+        parts.append(f"max |error| {_num(record['dev_max_error'])}")
     if record.get("lr") is not None:
         parts.append(f"lr {_num(record['lr'])}")
     frames, seconds = record.get("frames"), record.get("seconds")

@@ -228,7 +228,8 @@ class Trainer:
                                           synchronized=self.model_options.batch_norm))
         self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer(o.lr_init_val, o.lr_lower_bound, o.lr_decay_rate, o.max_retry,
-                            o.max_epochs, o.max_hours, o.target_dev_loss, o.diverge_ratio)
+                            o.max_epochs, o.max_hours, o.target_dev_loss, o.diverge_ratio,
+                            o.target_dev_max_error)
         self._start_epochs(annealer)
         decision = None
         while decision is None or not decision.stop:
@@ -261,22 +262,29 @@ class Trainer:
 
     def evaluate(self, dataset: Dataset) -> float:
         """Loss per target frame of the current parameters over one pass of ``dataset``."""
+        return self.measure(dataset)[0]
+
+    def measure(self, dataset: Dataset) -> tuple[float, float]:
+        """``(loss per target frame, largest absolute error of a target element)`` of the
+        current parameters over one pass of ``dataset`` (NaN, NaN without targets)."""
         o = self.train_options
         self.net.reset_states(self.v_eval_states)
-        total, frames = 0.0, 0.0
+        total, frames, max_error = 0.0, 0.0, 0.0
         for w in BPTTIterator(dataset, self.id_index, o.batch_size, o.window_size, o.window_size,
                               repeat=False, seed=self.seed):
-            loss_sum, n_frames = self.f_fwd(w.input_tbj, w.time_tb, w.id_tb, w.target_tbk)
+            loss_sum, n_frames, window_max = self.f_fwd(w.input_tbj, w.time_tb, w.id_tb, w.target_tbk)
             total, frames = total + float(loss_sum), frames + float(n_frames)
-        return total / frames if frames else math.nan
+            max_error = max(max_error, float(window_max)) if math.isfinite(window_max) else math.inf
+        return (total / frames, max_error) if frames else (math.nan, math.nan)
 
     def _start_epochs(self, annealer: Annealer) -> None:
         """Evaluate the initial model (epoch 0) and make its dev loss the one to beat."""
         start = time.monotonic()
-        loss = self.evaluate(self.dev_set)
+        loss, max_error = self.measure(self.dev_set)
         annealer.start_from(loss)
         self.epoch_offset = max((r.get("epoch") or 0 for r in self.ws.read_metrics()), default=0)
-        self._record({"epoch": self.epoch_offset, "dev_loss": loss, "baseline": self.baseline,
+        self._record({"epoch": self.epoch_offset, "dev_loss": loss, "dev_max_error": max_error,
+                      "baseline": self.baseline,
                       "lr": annealer.lr, "decision": "initial model",
                       "eval_seconds": time.monotonic() - start})
 
@@ -284,14 +292,15 @@ class Trainer:
         lr, epoch = annealer.lr, self.epoch_offset + annealer.epochs + 1
         train_loss, frames, seconds, finite = self._train_frames(lr, f"epoch {epoch}")
         start = time.monotonic()
-        dev_loss = self.evaluate(self.dev_set) if finite else math.inf
+        dev_loss, dev_max_error = self.measure(self.dev_set) if finite else (math.inf, math.inf)
         prefix = ""
         if not math.isfinite(dev_loss):
             annealer.exhaust_patience()
             prefix = "non-finite loss; "
-        decision = annealer.observe(dev_loss)
+        decision = annealer.observe(dev_loss, dev_max_error)
         self._obey(decision, annealer)
         self._record({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
+                      "dev_max_error": dev_max_error,
                       "baseline": self.baseline, "lr": lr, "decision": prefix + decision.reason,
                       "frames": frames, "seconds": seconds,
                       "eval_seconds": time.monotonic() - start})
