@@ -126,8 +126,10 @@ def test_stops_once_every_target_is_within_the_target_max_error():
     a = make(target_max_error=0.04)
     assert not a.observe(1.0, 0.05).stop
     assert not a.observe(1.1).stop                # no max error passed: the rule does not apply
-    d = a.observe(1.2, 0.04)
-    assert d.stop and not d.save_best and d.reason == "stop: target_dev_max_error reached"
+    a.observe(1.3)                                # worse twice: the next worse one would roll back
+    d = a.observe(1.4, 0.04)                      # the goal is met: stop, keep this model
+    assert d.stop and d.save_best and not d.rollback and a.best_loss == 1.4
+    assert d.reason == "stop: target_dev_max_error reached (model saved as best)"
     assert not make().observe(0.5, 0.0).stop      # 0 = no target
     b = Annealer.from_dict(json.loads(json.dumps(a.to_dict())))
     assert b.target_max_error == 0.04 and b.observe(1.0, 0.01).stop

@@ -5,9 +5,10 @@ A force turns gradients into directions: ``vanilla`` (the gradient), ``rmsprop``
 by the learning rate: ``sgd``, ``momentum`` or ``nesterov``. Any force combines
 with any update. Gradient-norm clipping is a separate step before the force.
 
-Every rule returns an ordered ``{shared_variable: new_expression}`` mapping and
-keeps its state in shared variables; :class:`Optimizer` gathers them so one
-compiled function resets all optimizer state (after an annealing rollback).
+Forces and update rules work on one flat vector of all parameters and keep their
+state in shared variables; :class:`Optimizer` gathers the ordered
+``{shared_variable: new_expression}`` updates and the state, so one compiled
+function resets all optimizer state (after an annealing rollback).
 The learning rate is a symbolic input, so changing it never recompiles.
 
 Example
@@ -17,7 +18,7 @@ Example
 >>> lr = tt.scalar("lr", dtype="float64")
 >>> opt = Optimizer([w], [2 * w], lr, force_type="adam", update_type="sgd")
 >>> f = th.function([lr], [], updates=opt.updates)
->>> f(0.1); round(float(w.get_value()[0]), 6)
+>>> _ = f(0.1); round(float(w.get_value()[0]), 6)
 2.9
 """
 from __future__ import annotations
@@ -42,94 +43,76 @@ def clip_by_global_norm(grads, max_norm: float):
 
 
 class _State:
-    """Creates zero-initialised shared variables like a parameter and remembers them."""
+    """Creates zero-initialised shared state vectors shaped like the flat parameter
+    vector (or scalars) and remembers them."""
 
-    def __init__(self):
-        self.variables = []
+    def __init__(self, size: int, dtype: str):
+        self.size, self.dtype, self.variables = size, dtype, []
 
-    def like(self, v_param, tag: str):
-        value = np.zeros_like(v_param.get_value(borrow=True))
-        v = th.shared(value, name=f"{v_param.name}.{tag}")
+    def vector(self, tag: str):
+        v = th.shared(np.zeros(self.size, self.dtype), name=f"params.{tag}")
         self.variables.append(v)
         return v
 
-    def scalar(self, name: str, dtype: str):
-        v = th.shared(np.zeros((), dtype), name=name)
+    def scalar(self, name: str):
+        v = th.shared(np.zeros((), self.dtype), name=name)
         self.variables.append(v)
         return v
 
 
-def vanilla(params, grads, state, opts):
-    """Directions = gradients."""
-    return list(grads), OrderedDict()
+# A force maps the flat gradient g to a direction: force(g, state, opts) -> (d, updates).
+def vanilla(g, state, opts):
+    """Direction = gradient."""
+    return g, OrderedDict()
 
 
-def rmsprop(params, grads, state, opts):
+def rmsprop(g, state, opts):
     """g / sqrt(E[g²] + ε) with E[g²] a running average (decay ``rms_decay``)."""
     rho, eps = opts["rms_decay"], opts["force_epsilon"]
-    directions, updates = [], OrderedDict()
-    for p, g in zip(params, grads):
-        v_ms = state.like(p, "ms")
-        ms = rho * v_ms + (1 - rho) * tt.sqr(g)
-        updates[v_ms] = ms
-        directions.append(g / tt.sqrt(ms + eps))
-    return directions, updates
+    v_ms = state.vector("ms")
+    ms = rho * v_ms + (1 - rho) * tt.sqr(g)
+    return g / tt.sqrt(ms + eps), OrderedDict({v_ms: ms})
 
 
-def adadelta(params, grads, state, opts):
+def adadelta(g, state, opts):
     """Zeiler 2012: sqrt(E[Δ²] + ε) / sqrt(E[g²] + ε) · g (decay ``adadelta_decay``)."""
     rho, eps = opts["adadelta_decay"], opts["force_epsilon"]
-    directions, updates = [], OrderedDict()
-    for p, g in zip(params, grads):
-        v_ms, v_md = state.like(p, "ms"), state.like(p, "md")
-        ms = rho * v_ms + (1 - rho) * tt.sqr(g)
-        delta = tt.sqrt(v_md + eps) / tt.sqrt(ms + eps) * g
-        updates[v_ms] = ms
-        updates[v_md] = rho * v_md + (1 - rho) * tt.sqr(delta)
-        directions.append(delta)
-    return directions, updates
+    v_ms, v_md = state.vector("ms"), state.vector("md")
+    ms = rho * v_ms + (1 - rho) * tt.sqr(g)
+    delta = tt.sqrt(v_md + eps) / tt.sqrt(ms + eps) * g
+    return delta, OrderedDict({v_ms: ms, v_md: rho * v_md + (1 - rho) * tt.sqr(delta)})
 
 
-def adam(params, grads, state, opts):
+def adam(g, state, opts):
     """Kingma & Ba 2015: m̂ / (sqrt(v̂) + ε) with bias-corrected moments."""
     b1, b2, eps = opts["adam_beta1"], opts["adam_beta2"], opts["force_epsilon"]
-    v_t = state.scalar("adam.t", params[0].dtype)
+    v_t, v_m, v_v = state.scalar("adam.t"), state.vector("m"), state.vector("v")
     t = v_t + 1
-    updates = OrderedDict({v_t: t})
-    directions = []
-    for p, g in zip(params, grads):
-        v_m, v_v = state.like(p, "m"), state.like(p, "v")
-        m = b1 * v_m + (1 - b1) * g
-        v = b2 * v_v + (1 - b2) * tt.sqr(g)
-        updates[v_m], updates[v_v] = m, v
-        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        directions.append(m_hat / (tt.sqrt(v_hat) + eps))
-    return directions, updates
+    m = b1 * v_m + (1 - b1) * g
+    v = b2 * v_v + (1 - b2) * tt.sqr(g)
+    m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+    return m_hat / (tt.sqrt(v_hat) + eps), OrderedDict({v_t: t, v_m: m, v_v: v})
 
 
-def sgd(params, directions, s_lr, state, mu):
+# An update rule maps the direction d to the change of the flat parameter vector:
+# update(d, s_lr, state, mu) -> (change, updates).
+def sgd(d, s_lr, state, mu):
     """p ← p − lr · d."""
-    return OrderedDict((p, p - s_lr * d) for p, d in zip(params, directions))
+    return -s_lr * d, OrderedDict()
 
 
-def momentum(params, directions, s_lr, state, mu):
+def momentum(d, s_lr, state, mu):
     """v ← μ v − lr · d;  p ← p + v."""
-    updates = OrderedDict()
-    for p, d in zip(params, directions):
-        v_vel = state.like(p, "velocity")
-        vel = mu * v_vel - s_lr * d
-        updates[v_vel], updates[p] = vel, p + vel
-    return updates
+    v_vel = state.vector("velocity")
+    vel = mu * v_vel - s_lr * d
+    return vel, OrderedDict({v_vel: vel})
 
 
-def nesterov(params, directions, s_lr, state, mu):
+def nesterov(d, s_lr, state, mu):
     """v ← μ v − lr · d;  p ← p + μ v − lr · d (Sutskever et al. 2013)."""
-    updates = OrderedDict()
-    for p, d in zip(params, directions):
-        v_vel = state.like(p, "velocity")
-        vel = mu * v_vel - s_lr * d
-        updates[v_vel], updates[p] = vel, p + mu * vel - s_lr * d
-    return updates
+    v_vel = state.vector("velocity")
+    vel = mu * v_vel - s_lr * d
+    return mu * vel - s_lr * d, OrderedDict({v_vel: vel})
 
 
 FORCES = {"vanilla": vanilla, "rmsprop": rmsprop, "adadelta": adadelta, "adam": adam}
@@ -138,6 +121,12 @@ UPDATES = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov}
 
 class Optimizer:
     """Updates of ``params`` for ``grads``: clipping → force → update.
+
+    The force and the update rule run once on all parameters as one flat vector
+    (the gradients concatenated; the optimizer state is flat vectors named
+    ``params.<tag>``), and each parameter takes its slice of the change: a few
+    dozen graph nodes instead of a dozen per parameter, which is most of the
+    graph-building and compile time a small net saves.
 
     Attributes
     ----------
@@ -160,11 +149,17 @@ class Optimizer:
                              adam_beta2=adam_beta2, force_epsilon=force_epsilon))
 
     def _build(self, params, grads, s_lr, force_type, update_type, update_mu, grad_norm_clip, opts):
-        state = _State()
+        sizes = [int(p.get_value(borrow=True).size) for p in params]
+        state = _State(sum(sizes), params[0].dtype)
         grads, self.s_grad_norm = clip_by_global_norm(grads, grad_norm_clip)
-        directions, self.updates = FORCES[force_type](params, grads, state, opts)
-        s_lr = tt.cast(s_lr, params[0].dtype)
-        self.updates.update(UPDATES[update_type](params, directions, s_lr, state, update_mu))
+        s_g = tt.concatenate([tt.flatten(g) for g in grads]) if len(grads) > 1 else tt.flatten(grads[0])
+        s_direction, self.updates = FORCES[force_type](s_g, state, opts)
+        s_change, updates = UPDATES[update_type](s_direction, tt.cast(s_lr, params[0].dtype), state,
+                                                 update_mu)
+        self.updates.update(updates)
+        offsets = np.cumsum([0] + sizes)
+        for p, lo, hi in zip(params, offsets[:-1], offsets[1:]):
+            self.updates[p] = p + tt.reshape(s_change[lo:hi], p.shape, ndim=p.ndim)
         self.v_state = state.variables
 
     @classmethod

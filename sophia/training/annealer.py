@@ -17,8 +17,10 @@ Rules, applied to each observed loss (NaN or inf counts as worse):
 - otherwise retries += 1; when retries > ``max_retry``: lr *= ``lr_decay_rate``,
   ``rollback`` to the pivot, retries = 0, previous loss = the pivot's loss.
 - stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0),
-  elapsed hours >= ``max_hours`` (if > 0), the loss <= ``target_loss`` (if > 0) or
-  the largest absolute error passed with the loss <= ``target_max_error`` (if > 0).
+  elapsed hours >= ``max_hours`` (if > 0) or the loss <= ``target_loss`` (if > 0).
+- the largest absolute error passed with the loss <= ``target_max_error`` (if > 0):
+  stop, and ``save_best`` whatever the loss (the model that met the goal is the one
+  to keep), with no rollback.
 
 Before the first finite loss there is no evaluated pivot: the trainer should
 save the initial model as the pivot before the first epoch, so that an early
@@ -168,6 +170,12 @@ class Annealer:
         """
         loss = float(dev_loss) if math.isfinite(dev_loss) else math.inf
         self.epochs += 1
+        if self.target_max_error > 0 and float(max_error) <= self.target_max_error:
+            # The run's goal is met: keep this model (the best by loss may still err more).
+            self.best_loss = loss
+            return Decision(save_best=True, save_pivot=False, rollback=False, lr=self.lr,
+                            stop=True, reason="stop: target_dev_max_error reached (model saved as best)",
+                            epoch=self.epochs)
         save_best = loss < self.best_loss
         diverged = self.diverge_ratio > 0 and loss > self.diverge_ratio * self.best_loss
         save_pivot = loss < self.previous_loss and not diverged
@@ -189,7 +197,7 @@ class Annealer:
                 self.retries = 0
                 self.previous_loss = self.pivot_loss
                 reason = f"rollback: lr {old_lr:.3g} -> {self.lr:.3g}"
-        stop_reason = self._stop_reason(loss, float(max_error))
+        stop_reason = self._stop_reason(loss)
         if stop_reason:
             kept = rollback or save_best        # say so: the last epoch's model was saved
             reason = f"{reason}; {stop_reason}" if kept else stop_reason
@@ -201,11 +209,9 @@ class Annealer:
         """Hours since construction (or, after :meth:`from_dict`, since the run began)."""
         return (self._clock() - self._start) / 3600.0
 
-    def _stop_reason(self, loss: float, max_error: float) -> str:
+    def _stop_reason(self, loss: float) -> str:
         if self.target_loss > 0 and loss <= self.target_loss:
             return "stop: target_dev_loss reached"
-        if self.target_max_error > 0 and max_error <= self.target_max_error:
-            return "stop: target_dev_max_error reached"
         if self.lr < self.lr_lower_bound:
             return "stop: lr below lower bound"
         if self.max_epochs > 0 and self.epochs >= self.max_epochs:
