@@ -135,8 +135,8 @@ def sequences_used(workspace, data_dir, criterion=None, measure="dev_loss"):
     records, model = ws.read_metrics(), load_run_options(ws).model
     train_set = Dataset.open(data_dir, "train", model.input_dim, model.target_dim)
     mean_length = train_set.num_frames / len(train_set)
-    best = max((r["epoch"] for r in records if str(r.get("decision", "")).startswith("new best")),
-               default=0)
+    best = max((r["epoch"] for r in records if str(r.get("decision", "")).startswith("new best")
+                or "saved as best" in str(r.get("decision", ""))), default=0)
     met = [r["epoch"] for r in records
            if criterion is not None and r.get("frames") and (r.get(measure) is not None)
            and r[measure] <= criterion]

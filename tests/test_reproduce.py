@@ -72,7 +72,7 @@ def test_tiny_adding_run_end_to_end(tmp_path, capsys):
     assert "stop: target_dev_max_error reached" in out        # every error of a unit interval is <= 10
     # training sequences: frames of epoch 1 (>= 120) over a mean length of 11..12
     assert report["sequences_total"] == pytest.approx(120 / 11.5, abs=3)
-    assert report["sequences_to_criterion"] == report["sequences_total"]
+    assert report["sequences_to_criterion"] == report["sequences_to_best"] == report["sequences_total"]
 
     # batched, padded inference == the same net stepped one frame at a time, alone
     outputs, targets = reproduce.infer_split(tmp_path / "ws", tmp_path / "data")
