@@ -46,6 +46,7 @@ OPTIONS = dict(
     loss_type="l2",             # l2 | l1 | huber
     huber_delta=1.0,            # where huber turns from quadratic to linear
     batch_size=16,              # streams trained in parallel
+    eval_batch_size=0,          # streams evaluated in parallel (dev loss); 0 = batch_size
     window_size=64,             # h: frames of each BPTT window
     step_size=32,               # h': new frames per window (the loss covers these)
     update_type="sgd",          # sgd | momentum | nesterov

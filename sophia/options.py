@@ -101,6 +101,7 @@ class TrainOptions:
     loss_type: str = "l2"           # l2 | l1 | huber
     huber_delta: float = 1.0        # where huber turns from quadratic to linear
     batch_size: int = 16            # streams trained in parallel
+    eval_batch_size: int = 0        # streams evaluated in parallel (dev loss); 0 = batch_size
     window_size: int = 64           # h: frames of each BPTT window
     step_size: int = 32             # h': new frames per window (loss covers these)
     update_type: str = "sgd"        # sgd | momentum | nesterov
@@ -133,6 +134,7 @@ class TrainOptions:
         _check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         for name in ("batch_size", "window_size", "step_size", "frames_per_epoch"):
             _check_range(name, getattr(self, name), lo=1)
+        _check_range("eval_batch_size", self.eval_batch_size, lo=0)
         if self.step_size > self.window_size:
             raise OptionError(f"step_size ({self.step_size}) must be <= window_size "
                               f"({self.window_size})")

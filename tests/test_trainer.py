@@ -176,6 +176,20 @@ def test_load_from_starts_from_the_saved_best(trained, tiny_data, tmp_path, caps
     assert "net_width: loaded 4, requested 5" in err and "unit_type: loaded 'lstm', requested 'gru'" in err
 
 
+def test_eval_batch_size_changes_speed_not_the_dev_loss(trained, tiny_data, tmp_path):
+    run = load_run_options(Workspace(trained, create=False))
+    results = []
+    for eval_batch in (0, 3):                 # 0 = batch_size (4): windows of 4 and of 3 streams
+        options = TrainOptions(**{**{k: v for k, v in TINY.items() if k in TrainOptions.__dataclass_fields__},
+                                  "eval_batch_size": eval_batch})
+        trainer = Trainer(run.model, options, tiny_data, str(tmp_path / f"ws{eval_batch}"),
+                          init_from=trained, out=io.StringIO())
+        trainer.compile()
+        results.append(trainer.measure(trainer.dev_set))
+        assert trainer.v_eval_states[0].get_value().shape[0] == (eval_batch or 4)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
 def test_killed_run_leaves_a_loadable_workspace(tiny_data, tmp_path):
     """SIGKILL at random moments while every tiny epoch saves; resume each time."""
     ws, rng = str(tmp_path / "killed"), random.Random(7)

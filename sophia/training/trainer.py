@@ -255,7 +255,7 @@ class Trainer:
         self.f_train_step, self.v_states, optimizer = self.net.compile_train_step(o)
         self.f_reset = optimizer.compile_reset(compile_mode(mode))
         middle = time.monotonic()
-        eval_options = dataclasses.replace(o, step_size=o.window_size)
+        eval_options = dataclasses.replace(o, step_size=o.window_size, batch_size=self._eval_batch())
         self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
         self._log(f"compiled ({mode}): f_train_step {middle - start:.1f} s, "
                   f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
@@ -270,12 +270,15 @@ class Trainer:
         o = self.train_options
         self.net.reset_states(self.v_eval_states)
         total, frames, max_error = 0.0, 0.0, 0.0
-        for w in BPTTIterator(dataset, self.id_index, o.batch_size, o.window_size, o.window_size,
+        for w in BPTTIterator(dataset, self.id_index, self._eval_batch(), o.window_size, o.window_size,
                               repeat=False, seed=self.seed):
             loss_sum, n_frames, window_max = self.f_fwd(w.input_tbj, w.time_tb, w.id_tb, w.target_tbk)
             total, frames = total + float(loss_sum), frames + float(n_frames)
             max_error = max(max_error, float(window_max)) if math.isfinite(window_max) else math.inf
         return (total / frames, max_error) if frames else (math.nan, math.nan)
+
+    def _eval_batch(self) -> int:
+        return self.train_options.eval_batch_size or self.train_options.batch_size
 
     def _start_epochs(self, annealer: Annealer) -> None:
         """Evaluate the initial model (epoch 0) and make its dev loss the one to beat."""
