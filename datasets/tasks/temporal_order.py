@@ -28,8 +28,6 @@ Example
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .common import last_frame_target, one_hot
 
 SUMMARY = "temporal order problem (Hochreiter & Schmidhuber 1997 Exp. 6a/6b)"
