@@ -63,6 +63,7 @@ OPTIONS = dict(
     lr_lower_bound=1e-5,        # stop when the learning rate falls below this
     lr_decay_rate=0.5,          # learning-rate factor at each rollback
     max_retry=2,                # worse evaluations tolerated before a rollback
+    patience_from_best=False,   # "worse" = no new best (else: not better than the previous)
     diverge_ratio=10.0,         # a dev loss above this x the best counts as worse; 0 = off
     max_epochs=0,               # stop after this many epochs; 0 = no limit
     max_hours=0.0,              # stop after this many hours; 0 = no limit

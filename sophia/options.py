@@ -118,6 +118,7 @@ class TrainOptions:
     lr_lower_bound: float = 1e-5    # stop when the learning rate falls below this
     lr_decay_rate: float = 0.5      # learning-rate factor at each rollback
     max_retry: int = 2              # worse evaluations tolerated before a rollback
+    patience_from_best: bool = False  # "worse" = no new best (else: not better than the previous)
     diverge_ratio: float = 10.0     # a dev loss above this x the best counts as worse; 0 = off
     max_epochs: int = 0             # stop after this many epochs; 0 = no limit
     max_hours: float = 0.0          # stop after this many hours; 0 = no limit

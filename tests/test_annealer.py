@@ -186,6 +186,20 @@ def test_start_from_sets_the_loss_to_beat_and_exhaust_patience_rolls_back_at_onc
     assert annealer.best_loss == 0.5
 
 
+def test_patience_from_best_decays_a_noisy_loss_that_never_sets_a_new_best():
+    """A dev loss bouncing above its best: every other epoch beats the previous one."""
+    noisy = (1.0, 1.5, 1.2, 1.6, 1.3, 1.7, 1.4)
+    plain = make(max_retry=1)
+    assert not any(plain.observe(x).rollback for x in noisy) and plain.lr == 1e-3
+    from_best = make(max_retry=1, patience_from_best=True)
+    reasons = [from_best.observe(x).reason for x in noisy]
+    assert reasons[:3] == ["new best", "no new best (retry 1/1)", "rollback: lr 0.001 -> 0.0005"]
+    assert from_best.pivot_loss == 1.0 and from_best.lr < 1e-3
+    d = from_best.observe(0.9)
+    assert d.save_best and d.save_pivot and from_best.retries == 0
+    assert Annealer.from_dict(json.loads(json.dumps(from_best.to_dict()))).patience_from_best
+
+
 def test_collapse_far_above_the_best_rolls_back_to_the_best():
     """A run that learned (0.001) and collapsed to a plateau (≈ 0.04) whose noise keeps
     beating the previous epoch: with diverge_ratio those epochs count as worse, so

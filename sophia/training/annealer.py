@@ -11,7 +11,9 @@ Rules, applied to each observed loss (NaN or inf counts as worse):
 
 - loss < best loss: ``save_best``.
 - loss < previous loss, and not above ``diverge_ratio`` × best loss: retries reset
-  to 0, ``save_pivot``. (A run that collapses from a good model back to a plateau
+  to 0, ``save_pivot``. With ``patience_from_best``, only a new best does that (the
+  pivot is then always the best model): on a noisy dev loss, epochs that merely beat
+  the previous one keep resetting the patience, so the learning rate never decays. (A run that collapses from a good model back to a plateau
   would otherwise find "better than previous" epochs on the plateau's noise and
   never roll back; see bench/RESULTS.md, adding seed 2.)
 - otherwise retries += 1; when retries > ``max_retry``: lr *= ``lr_decay_rate``,
@@ -100,6 +102,9 @@ class Annealer:
     diverge_ratio : float, optional
         A loss above this many times the best loss counts as worse even when it beats
         the previous one, so a collapsed run rolls back; 0 means off.
+    patience_from_best : bool, optional
+        Count the patience from the last new best instead of the last improvement on
+        the previous evaluation.
     clock : callable, optional
         Returns seconds as a float (default :func:`time.monotonic`); tests pass a
         fake clock.
@@ -120,7 +125,8 @@ class Annealer:
     def __init__(self, lr_init: float, lr_lower_bound: float, lr_decay_rate: float,
                  max_retry: int, max_epochs: int = 0, max_hours: float = 0.0,
                  target_loss: float = 0.0, diverge_ratio: float = 0.0,
-                 target_max_error: float = 0.0, clock: Callable[[], float] = time.monotonic):
+                 target_max_error: float = 0.0, patience_from_best: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
         _require(lr_init > 0 and math.isfinite(lr_init), "lr_init must be > 0", lr_init)
         _require(lr_lower_bound >= 0, "lr_lower_bound must be >= 0", lr_lower_bound)
         _require(0 < lr_decay_rate <= 1, "lr_decay_rate must be in (0, 1]", lr_decay_rate)
@@ -138,6 +144,7 @@ class Annealer:
         self.max_hours = float(max_hours)
         self.target_loss = float(target_loss)
         self.target_max_error = float(target_max_error)
+        self.patience_from_best = bool(patience_from_best)
         self.diverge_ratio = float(diverge_ratio)
         self.lr = float(lr_init)
         self.best_loss = math.inf
@@ -178,7 +185,10 @@ class Annealer:
                             epoch=self.epochs)
         save_best = loss < self.best_loss
         diverged = self.diverge_ratio > 0 and loss > self.diverge_ratio * self.best_loss
-        save_pivot = loss < self.previous_loss and not diverged
+        if self.patience_from_best:
+            save_pivot = save_best
+        else:
+            save_pivot = loss < self.previous_loss and not diverged
         rollback = False
         if save_best:
             self.best_loss = loss
@@ -187,7 +197,8 @@ class Annealer:
             self.pivot_loss = self.previous_loss = loss
             reason = "new best" if save_best else "better than previous"
         else:
-            word = "diverged" if diverged and loss < self.previous_loss else "worse"
+            word = ("diverged" if diverged and loss < self.previous_loss
+                    else "no new best" if self.patience_from_best else "worse")
             self.retries += 1
             self.previous_loss = loss
             reason = f"{word} (retry {self.retries}/{self.max_retry})"
@@ -229,6 +240,7 @@ class Annealer:
              "max_retry": self.max_retry, "max_epochs": self.max_epochs,
              "max_hours": self.max_hours, "target_loss": self.target_loss,
              "diverge_ratio": self.diverge_ratio, "target_max_error": self.target_max_error,
+             "patience_from_best": self.patience_from_best,
              "elapsed_seconds": self._clock() - self._start}
         for key in _STATE_KEYS:
             value = getattr(self, key)
@@ -245,7 +257,8 @@ class Annealer:
             raise ValueError(f"annealer state lacks {', '.join(missing)}")
         a = cls(d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"],
                 d.get("max_epochs", 0), d.get("max_hours", 0.0), d.get("target_loss", 0.0),
-                d.get("diverge_ratio", 0.0), d.get("target_max_error", 0.0), clock)
+                d.get("diverge_ratio", 0.0), d.get("target_max_error", 0.0),
+                d.get("patience_from_best", False), clock)
         for key in ("best_loss", "pivot_loss", "previous_loss"):
             setattr(a, key, math.inf if d[key] is None else float(d[key]))
         a.retries, a.epochs = int(d["retries"]), int(d["epochs"])

@@ -229,7 +229,7 @@ class Trainer:
         self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer(o.lr_init_val, o.lr_lower_bound, o.lr_decay_rate, o.max_retry,
                             o.max_epochs, o.max_hours, o.target_dev_loss, o.diverge_ratio,
-                            o.target_dev_max_error)
+                            o.target_dev_max_error, o.patience_from_best)
         self._start_epochs(annealer)
         decision = None
         while decision is None or not decision.stop:
