@@ -261,6 +261,9 @@ def main(argv=None):
                   f"{_fmt(median(warm_fps), '10,.0f')}{_fmt(median(torch_fps), '11,.0f')}{ratio:>10}"
                   f"{_fmt(median(kept_fps), '10,.0f')}{kept_ratio:>9}   "
                   + " ".join(f"{r:.2f}" for r in ratios), flush=True)
+            if warms:
+                print(f"{'':<24}warm compile per process: "
+                      + " ".join(f"{r['compile_s']:.2f}" for r in warms) + " s", flush=True)
     if torch_ok and not o.quick:
         print("\nwarm s / f/s: medians over the warm processes; torch f/s: median over its processes;"
               "\nvs torch: median of the per-round ratios (warm Sophia / the PyTorch process of its round);"
