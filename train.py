@@ -69,6 +69,8 @@ OPTIONS = dict(
     max_hours=0.0,              # stop after this many hours; 0 = no limit
     target_dev_loss=0.0,        # stop once the dev loss is at or below this; 0 = never
     target_dev_max_error=0.0,   # stop once every dev target is within this of the output; 0 = never
+    target_train_streak=0,      # stop once this many training target frames in a row were right; 0 = never
+    streak_tolerance=0.04,      # |error| up to which a training target frame counts as right
     unroll_scan=False,          # unrolled graph instead of scan (same results)
     compile_mode="auto",        # auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX
 )

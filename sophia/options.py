@@ -124,6 +124,8 @@ class TrainOptions:
     max_hours: float = 0.0          # stop after this many hours; 0 = no limit
     target_dev_loss: float = 0.0    # stop once the dev loss is at or below this; 0 = never
     target_dev_max_error: float = 0.0  # stop once every dev target is within this of the output; 0 = never
+    target_train_streak: int = 0    # stop once this many training target frames in a row were right; 0 = never
+    streak_tolerance: float = 0.04  # |error| up to which a training target frame counts as right
     unroll_scan: bool = False       # unrolled graph instead of scan (same results)
     compile_mode: str = "auto"      # auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX
 
@@ -150,6 +152,8 @@ class TrainOptions:
                      "target_dev_max_error"):
             _check_range(name, getattr(self, name), lo=0.0)
         _check_range("max_epochs", self.max_epochs, lo=0)
+        _check_range("target_train_streak", self.target_train_streak, lo=0)
+        _check_range("streak_tolerance", self.streak_tolerance, lo=0.0)
         if self.diverge_ratio != 0:
             _check_range("diverge_ratio", self.diverge_ratio, lo=1.0)
         return self

@@ -135,6 +135,15 @@ def test_stops_once_every_target_is_within_the_target_max_error():
     assert b.target_max_error == 0.04 and b.observe(1.0, 0.01).stop
 
 
+def test_stops_once_the_training_streak_reaches_its_target():
+    a = make(target_streak=2000)
+    assert not a.observe(1.0, train_streak=1999).stop
+    d = a.observe(1.5, train_streak=2000)
+    assert d.stop and d.save_best and d.reason == "stop: target_train_streak reached (model saved as best)"
+    assert not make().observe(0.5, train_streak=10 ** 6).stop
+    assert Annealer.from_dict(json.loads(json.dumps(a.to_dict()))).target_streak == 2000
+
+
 def test_round_trip_through_json_mid_run_gives_identical_decisions():
     clock = FakeClock()
     a = make(max_retry=1, max_hours=1.0, lr_lower_bound=1e-5, clock=clock)

@@ -128,6 +128,11 @@ def test_fwd_propagate_reports_the_largest_error_of_a_target_element():
     np.testing.assert_allclose(loss_sum, np.sum((output - target)[valid] ** 2), rtol=1e-10)
     net.reset_states(v_eval)
     assert f_fwd(x, time_tb, ids, np.full_like(target, np.nan))[2] == 0.0
+    # f_train_step: over the loss frames (the last step_size), before the update
+    f_train, _, _ = net.compile_train_step(TrainOptions(batch_size=3, window_size=5, step_size=2,
+                                                        compile_mode=MODE))
+    assert f_train(x, time_tb, ids, target, 0.5)[3] == pytest.approx(
+        np.max(np.where(valid, np.abs(output - target), 0.0)[-2:]), rel=1e-10)
 
 
 def test_batch_norm_keeps_population_statistics_for_inference():

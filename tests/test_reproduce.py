@@ -47,11 +47,12 @@ def test_ar_fit_recovers_a_known_process():
 
 
 def test_adding_stops_by_the_papers_rule_and_the_others_by_dev_loss(tmp_path):
-    """Adding's default criterion is the 1997 paper's: every dev target within 0.04."""
+    """Adding's default criterion is the 1997 paper's: 2000 training sequences in a row
+    within 0.04."""
     args = reproduce.resolve(reproduce.build_parser().parse_args(
         ["adding", "--stop_at_criterion", "--work", str(tmp_path)]))
-    assert (args.criterion_on, args.criterion) == ("dev_max_error", 0.04)
-    assert "target_dev_max_error=0.04" in args.limits and args.counts["dev"] == 2000
+    assert (args.criterion_on, args.criterion) == ("train_streak", 2000)
+    assert {"target_train_streak=2000", "streak_tolerance=0.04"} <= set(args.limits)
     args = reproduce.resolve(reproduce.build_parser().parse_args(
         ["multiplication", "--stop_at_criterion", "--work", str(tmp_path)]))
     assert (args.criterion_on, args.criterion) == ("dev_loss", 0.0139)
@@ -64,11 +65,11 @@ def test_tiny_adding_run_end_to_end(tmp_path, capsys):
                              "--set", "net_width=4", "--set", "batch_size=4",
                              "--set", "window_size=24", "--set", "step_size=12",
                              "--set", "frames_per_epoch=120", "--set", "compile_mode=FAST_COMPILE",
-                             "--stop_at_criterion", "--criterion", "10"])
+                             "--stop_at_criterion", "--criterion_on", "dev_max_error", "--criterion", "10"])
     assert report["test"] == 6 and 0 <= report["wrong"] <= 6
     assert json.loads((tmp_path / "report.json").read_text())["wrong"] == report["wrong"]
     out = capsys.readouterr().out
-    assert "adding T=11: wrong" in out and "to the first dev max |error| <= 10" in out
+    assert "adding T=11: wrong" in out and "to the first dev max |error| <= 10," in out
     assert "stop: target_dev_max_error reached" in out        # every error of a unit interval is <= 10
     # training sequences: frames of epoch 1 (>= 120) over a mean length of 11..12
     assert report["sequences_total"] == pytest.approx(120 / 11.5, abs=3)

@@ -78,7 +78,7 @@ def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
 
     def f_train_step(*inputs):
         v_param.set_value(v_param.get_value() + 1)           # "training" moves the parameters
-        return (*next(steps), 1.0)
+        return (*next(steps), 1.0, 0.0)
 
     def fake_compile():
         trainer.f_train_step, trainer.f_reset = f_train_step, lambda: resets.append(True)
@@ -111,7 +111,7 @@ def test_target_dev_max_error_stops_the_run(tiny_data, tmp_path):
 
     def f_train_step(*inputs):
         epoch[0] = len(trainer.ws.read_metrics())
-        return 1.0, 1.0, 1.0
+        return 1.0, 1.0, 1.0, 1.0
 
     def fake_compile():
         trainer.f_train_step, trainer.f_reset = f_train_step, lambda: None
@@ -174,6 +174,43 @@ def test_load_from_starts_from_the_saved_best(trained, tiny_data, tmp_path, caps
     assert rc == 2
     err = capsys.readouterr().err
     assert "net_width: loaded 4, requested 5" in err and "unit_type: loaded 'lstm', requested 'gru'" in err
+
+
+def test_target_train_streak_stops_mid_epoch_and_keeps_that_model(tiny_data, tmp_path):
+    """The 1997 paper's rule with fake compiled functions: target frames in a row within
+    the tolerance; a step with a wrong one restarts the count, a rollback clears it."""
+    train = TrainOptions(batch_size=4, window_size=8, step_size=4, frames_per_epoch=60,
+                         max_epochs=6, max_retry=0, target_train_streak=6, streak_tolerance=0.1)
+    trainer = Trainer(ModelOptions(net_width=4, net_depth=1), train, tiny_data,
+                      str(tmp_path / "ws"), out=io.StringIO())
+    # per step: (max error, target frames); an epoch is >= 60 frames, i.e. 4 steps of 16 new
+    steps = iter([(0.05, 2), (0.2, 2), (0.05, 2), (0.05, 1),   # epoch 1: streak 2, 0, 2, 3
+                  (0.05, 2), (0.0, 0), (0.5, 1), (0.05, 1),    # epoch 2: 5, 5, 0, 1; rollback: 0
+                  (0.05, 2), (0.05, 2), (0.01, 3),             # epoch 3: 2, 4, 7 >= 6: stop at once
+                  (0.05, 2)])
+    calls = []
+
+    def f_train_step(*inputs):
+        calls.append(1)
+        max_error, n_frames = next(steps)
+        return 1.0 * n_frames, float(n_frames), 1.0, max_error
+
+    dev_losses = [1.0, 0.5, 0.7, 0.9]                      # per evaluation: epoch 0, 1, 2, 3
+
+    def fake_compile():
+        trainer.f_train_step, trainer.f_reset = f_train_step, lambda: None
+        trainer.f_fwd = lambda *inputs: (dev_losses[len(trainer.ws.read_metrics())], 1.0, 1.0)
+        trainer.v_states = trainer.net.new_states(4, "train")
+        trainer.v_eval_states = trainer.net.new_states(4, "eval")
+
+    trainer.compile = fake_compile
+    trainer.evaluate = lambda dataset: 0.9                  # the final report's evaluations
+    result = trainer.run()
+    records = trainer.ws.read_metrics()
+    assert [r.get("train_streak") for r in records[1:]] == [3, 1, 7]
+    assert records[2]["decision"].startswith("rollback")
+    assert len(calls) == 11 and result.epochs == 3 and records[3]["frames"] == 48
+    assert result.stop_reason == "stop: target_train_streak reached (model saved as best)"
 
 
 def test_eval_batch_size_changes_speed_not_the_dev_loss(trained, tiny_data, tmp_path):

@@ -5,10 +5,11 @@ Graph assembly goes in named stages — ports → forward → loss → grads →
 
 Compiled functions (sizes that shape a graph are arguments, never options edits):
 
-``f_train_step(input_tbj, time_tb, id_tb, target_tbk, lr) -> (loss_sum, n_frames, grad_norm)``
+``f_train_step(input_tbj, time_tb, id_tb, target_tbk, lr) -> (loss_sum, n_frames, grad_norm, max_error)``
     One BPTT(h; h') window: forward over h = ``window_size`` frames from the stored
-    state, loss on the last h' = ``step_size`` frames, gradient through all h
-    frames, parameter update. As a side effect it stores the state at frame h' − 1
+    state, loss on the last h' = ``step_size`` frames (and the largest absolute error
+    of a target element there, before the update), gradient through all h frames,
+    parameter update. As a side effect it stores the state at frame h' − 1
     (the next window, shifted by h', starts there), updates the optimizer state and
     the batch-norm population statistics.
 ``f_fwd_propagate(input_tbj, time_tb, id_tb, target_tbk) -> (loss_sum, n_frames, max_error)``
@@ -239,13 +240,15 @@ class Net:
         with context:
             fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, o.step_size, o.loss_type, o.huber_delta)
+        s_max_error = masked_max_error(fwd.s_output_tbk[-o.step_size:], ports.p_target_tbk[-o.step_size:])
         p_lr = tt.scalar("p_lr", dtype=self.dtype)
         optimizer = Optimizer.from_options(list(self.v_params.values()),
                                            self.grads(s_loss_sum, s_n_frames), p_lr, o)
         updates = OrderedDict(optimizer.updates)
         updates.update(fwd.updates)
         updates.update(zip(v_states, fwd.s_next_states))
-        f_train_step = th.function(ports.inputs() + [p_lr], [s_loss_sum, s_n_frames, optimizer.s_grad_norm],
+        f_train_step = th.function(ports.inputs() + [p_lr],
+                                   [s_loss_sum, s_n_frames, optimizer.s_grad_norm, s_max_error],
                                    updates=updates, mode=mode,
                                    on_unused_input="ignore", name="f_train_step")
         return f_train_step, v_states, optimizer

@@ -20,7 +20,8 @@ Rules, applied to each observed loss (NaN or inf counts as worse):
   ``rollback`` to the pivot, retries = 0, previous loss = the pivot's loss.
 - stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0),
   elapsed hours >= ``max_hours`` (if > 0) or the loss <= ``target_loss`` (if > 0).
-- the largest absolute error passed with the loss <= ``target_max_error`` (if > 0):
+- the largest absolute error passed with the loss <= ``target_max_error`` (if > 0),
+  or the training streak passed with it >= ``target_streak`` (if > 0):
   stop, and ``save_best`` whatever the loss (the model that met the goal is the one
   to keep), with no rollback.
 
@@ -105,6 +106,9 @@ class Annealer:
     patience_from_best : bool, optional
         Count the patience from the last new best instead of the last improvement on
         the previous evaluation.
+    target_streak : int, optional
+        Stop once an observed training streak (target frames in a row that were
+        right) is at least this; 0 means never.
     clock : callable, optional
         Returns seconds as a float (default :func:`time.monotonic`); tests pass a
         fake clock.
@@ -126,7 +130,7 @@ class Annealer:
                  max_retry: int, max_epochs: int = 0, max_hours: float = 0.0,
                  target_loss: float = 0.0, diverge_ratio: float = 0.0,
                  target_max_error: float = 0.0, patience_from_best: bool = False,
-                 clock: Callable[[], float] = time.monotonic):
+                 target_streak: int = 0, clock: Callable[[], float] = time.monotonic):
         _require(lr_init > 0 and math.isfinite(lr_init), "lr_init must be > 0", lr_init)
         _require(lr_lower_bound >= 0, "lr_lower_bound must be >= 0", lr_lower_bound)
         _require(0 < lr_decay_rate <= 1, "lr_decay_rate must be in (0, 1]", lr_decay_rate)
@@ -135,6 +139,7 @@ class Annealer:
         _require(max_hours >= 0, "max_hours must be >= 0", max_hours)
         _require(target_loss >= 0, "target_loss must be >= 0", target_loss)
         _require(target_max_error >= 0, "target_max_error must be >= 0", target_max_error)
+        _require(target_streak >= 0, "target_streak must be >= 0", target_streak)
         _require(diverge_ratio == 0 or diverge_ratio >= 1, "diverge_ratio must be 0 or >= 1",
                  diverge_ratio)
         self.lr_lower_bound = float(lr_lower_bound)
@@ -145,6 +150,7 @@ class Annealer:
         self.target_loss = float(target_loss)
         self.target_max_error = float(target_max_error)
         self.patience_from_best = bool(patience_from_best)
+        self.target_streak = int(target_streak)
         self.diverge_ratio = float(diverge_ratio)
         self.lr = float(lr_init)
         self.best_loss = math.inf
@@ -168,20 +174,23 @@ class Annealer:
         (for a diverged run, where waiting is pointless)."""
         self.retries = self.max_retry
 
-    def observe(self, dev_loss: float, max_error: float = math.nan) -> Decision:
-        """Take one epoch's dev loss (and largest absolute error, which only the
-        ``target_max_error`` rule reads) and return what to do.
+    def observe(self, dev_loss: float, max_error: float = math.nan, train_streak: int = 0) -> Decision:
+        """Take one epoch's dev loss (and the largest absolute error and the training
+        streak, which only the ``target_max_error`` and ``target_streak`` rules read)
+        and return what to do.
 
         As a side effect, updates the annealer's state (``lr``, losses,
         ``retries``, ``epochs``). A NaN or infinite loss counts as worse.
         """
         loss = float(dev_loss) if math.isfinite(dev_loss) else math.inf
         self.epochs += 1
-        if self.target_max_error > 0 and float(max_error) <= self.target_max_error:
+        goal = ("target_dev_max_error" if self.target_max_error > 0 and float(max_error) <= self.target_max_error
+                else "target_train_streak" if 0 < self.target_streak <= train_streak else "")
+        if goal:
             # The run's goal is met: keep this model (the best by loss may still err more).
             self.best_loss = loss
             return Decision(save_best=True, save_pivot=False, rollback=False, lr=self.lr,
-                            stop=True, reason="stop: target_dev_max_error reached (model saved as best)",
+                            stop=True, reason=f"stop: {goal} reached (model saved as best)",
                             epoch=self.epochs)
         save_best = loss < self.best_loss
         diverged = self.diverge_ratio > 0 and loss > self.diverge_ratio * self.best_loss
@@ -240,7 +249,7 @@ class Annealer:
              "max_retry": self.max_retry, "max_epochs": self.max_epochs,
              "max_hours": self.max_hours, "target_loss": self.target_loss,
              "diverge_ratio": self.diverge_ratio, "target_max_error": self.target_max_error,
-             "patience_from_best": self.patience_from_best,
+             "patience_from_best": self.patience_from_best, "target_streak": self.target_streak,
              "elapsed_seconds": self._clock() - self._start}
         for key in _STATE_KEYS:
             value = getattr(self, key)
@@ -258,7 +267,7 @@ class Annealer:
         a = cls(d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"],
                 d.get("max_epochs", 0), d.get("max_hours", 0.0), d.get("target_loss", 0.0),
                 d.get("diverge_ratio", 0.0), d.get("target_max_error", 0.0),
-                d.get("patience_from_best", False), clock)
+                d.get("patience_from_best", False), d.get("target_streak", 0), clock)
         for key in ("best_loss", "pivot_loss", "previous_loss"):
             setattr(a, key, math.inf if d[key] is None else float(d[key]))
         a.retries, a.epochs = int(d["retries"]), int(d["epochs"])

@@ -229,7 +229,8 @@ class Trainer:
         self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer(o.lr_init_val, o.lr_lower_bound, o.lr_decay_rate, o.max_retry,
                             o.max_epochs, o.max_hours, o.target_dev_loss, o.diverge_ratio,
-                            o.target_dev_max_error, o.patience_from_best)
+                            o.target_dev_max_error, o.patience_from_best, o.target_train_streak)
+        self.train_streak = 0
         self._start_epochs(annealer)
         decision = None
         while decision is None or not decision.stop:
@@ -300,10 +301,11 @@ class Trainer:
         if not math.isfinite(dev_loss):
             annealer.exhaust_patience()
             prefix = "non-finite loss; "
-        decision = annealer.observe(dev_loss, dev_max_error)
+        streak = self.train_streak
+        decision = annealer.observe(dev_loss, dev_max_error, streak)
         self._obey(decision, annealer)
         self._record({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
-                      "dev_max_error": dev_max_error,
+                      "dev_max_error": dev_max_error, "train_streak": streak,
                       "baseline": self.baseline, "lr": lr, "decision": prefix + decision.reason,
                       "frames": frames, "seconds": seconds,
                       "eval_seconds": time.monotonic() - start})
@@ -323,21 +325,34 @@ class Trainer:
         try:
             while frames < self.train_options.frames_per_epoch:
                 w = next(self._windows)
-                loss_sum, n_frames, grad_norm = self.f_train_step(
+                loss_sum, n_frames, grad_norm, max_error = self.f_train_step(
                     w.input_tbj, w.time_tb, w.id_tb, w.target_tbk, p_lr)
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                     return math.inf, frames, time.monotonic() - start, False
                 total, target_frames = total + float(loss_sum), target_frames + float(n_frames)
                 frames += w.new_frames
                 bar.update(frames)
+                if self._streak_reached(n_frames, max_error):
+                    break
         finally:
             bar.close()
         loss = total / target_frames if target_frames else math.nan
         return loss, frames, time.monotonic() - start, True
 
+    def _streak_reached(self, n_frames: float, max_error: float) -> bool:
+        """Count a step's target frames into ``train_streak`` (target frames in a row with
+        every element within ``streak_tolerance``; a step with a wrong one restarts it
+        at 0, wherever in the step it was); True once ``target_train_streak`` is met."""
+        o = self.train_options
+        if n_frames > 0:
+            right = float(max_error) <= o.streak_tolerance
+            self.train_streak = self.train_streak + int(n_frames) if right else 0
+        return 0 < o.target_train_streak <= self.train_streak
+
     def _obey(self, decision: Decision, annealer: Annealer) -> None:
         """Save best / pivot, or roll back; then save previous and annealer.json."""
         if decision.rollback:
+            self.train_streak = 0              # the streak belongs to the model rolled away from
             self.net.set_values(self.ws.load_arrays(rs.PIVOT))
             self.f_reset()
             self.net.reset_states(self.v_states)
