@@ -40,6 +40,8 @@ def format_epoch_line(record: Mapping[str, Any]) -> str:
         parts.append(f"(baseline {_num(record['baseline'])})")
     if record.get("dev_max_error") is not None:
         parts.append(f"max |error| {_num(record['dev_max_error'])}")
+    if record.get("train_streak"):
+        parts.append(f"streak {record['train_streak']}")
     if record.get("lr") is not None:
         parts.append(f"lr {_num(record['lr'])}")
     frames, seconds = record.get("frames"), record.get("seconds")
