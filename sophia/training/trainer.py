@@ -5,12 +5,16 @@ writes the workspace (see :mod:`sophia.training.run_state` for the layout),
 compiles ``f_train_step`` and ``f_fwd_propagate`` and runs epochs:
 
 1. train ``frames_per_epoch`` new frames from an endless iterator whose
-   streams (and the net's stored states) carry on from the previous epoch;
-2. evaluate the dev loss per target frame over one finite pass
-   (``step_size = window_size``, stored states zeroed first);
-3. hand the dev loss to the :class:`Annealer` and obey its decision: save the
-   best model (``params.npz``), save the pivot, or roll back to the pivot with
-   a smaller learning rate and a reset optimizer; stop when it says so.
+   streams (and the net's stored states) carry on from the previous epoch,
+   counting the *training streak* (target frames in a row within
+   ``streak_tolerance``); the epoch ends early once it reaches
+   ``target_train_streak``;
+2. evaluate the dev loss per target frame and the largest absolute error of a
+   dev target over one finite pass (``step_size = window_size``,
+   ``eval_batch_size`` streams, stored states zeroed first);
+3. hand them and the streak to the :class:`Annealer` and obey its decision: save
+   the best model (``params.npz``), save the pivot, or roll back to the pivot
+   with a smaller learning rate and a reset optimizer; stop when it says so.
 
 A non-finite loss (NaN or inf in training or evaluation) ends the epoch and
 forces a rollback. Before epoch 1 the initial model is saved as best, pivot
