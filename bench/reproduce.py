@@ -459,8 +459,6 @@ def resolve(args):
         if args.criterion is None:
             raise SystemExit("--stop_at_criterion needs --criterion for this task and --criterion_on")
         args.limits.append(f"{TARGET_OPTION[args.criterion_on]}={args.criterion:g}")
-        if args.criterion_on == "train_streak":
-            args.limits.append(f"streak_tolerance={ADDING_TOLERANCE}")
     suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series", "transform")
                      if hasattr(args, a))
     args.work = args.work or Path("/tmp/sophia-repro") / f"{args.task}{suffix}"
