@@ -1,5 +1,6 @@
 """train.py's command line: option layers, error messages and exit codes (no compiling)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +35,15 @@ def test_train_py_lists_every_option():
     assert list(train.OPTIONS) == option_names(ModelOptions) + option_names(TrainOptions)
     model, train_options = merge_options(train.OPTIONS, {})
     assert (model, train_options) == (ModelOptions(), TrainOptions())
+
+
+@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("configs/*.toml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_names_valid_options(config):
+    import train
+    model, train_options = merge_options(train.OPTIONS, read_config(config))
+    model.validate()
+    train_options.validate()
 
 
 def test_unknown_set_key_exits_2_listing_valid_keys(capsys, adding_dir, tmp_path):
