@@ -314,8 +314,13 @@ def _used_text(used, args):
     if args.criterion is None:
         return f"training sequences: {used['to_best']:,} to the best model, {used['total']:,} in all"
     met = ("never" if used["to_criterion"] is None else f"{used['to_criterion']:,}")
-    return (f"training sequences: {met} to {CRITERION_TEXT[args.criterion_on].format(args.criterion)}, "
+    text = (f"training sequences: {met} to {CRITERION_TEXT[args.criterion_on].format(args.criterion)}, "
             f"{used['to_best']:,} to the best model, {used['total']:,} in all")
+    split = (args.counts or {}).get("train")
+    if args.criterion_on == "train_streak" and split and used["total"] > split:
+        text += (f" (NOTE: more than the {split:,} training sequences: the streak counted "
+                 "sequences seen before, the paper's were fresh; pass a larger --train)")
+    return text
 
 
 def run_frequency(args):

@@ -1,6 +1,7 @@
 """bench/reproduce.py: the metrics on hand-made cases, and one tiny run end to end
 (data -> train.py -> best model over whole test sequences -> report)."""
 import importlib.util
+import argparse
 import json
 from pathlib import Path
 
@@ -57,6 +58,16 @@ def test_adding_stops_by_the_papers_rule_and_the_others_by_dev_loss(tmp_path):
         ["multiplication", "--stop_at_criterion", "--work", str(tmp_path)]))
     assert (args.criterion_on, args.criterion) == ("dev_loss", 0.0139)
     assert "target_dev_loss=0.0139" in args.limits
+
+
+def test_a_streak_over_recycled_sequences_is_flagged():
+    args = argparse.Namespace(criterion=2000, criterion_on="train_streak", counts={"train": 20_000})
+    used = dict(to_criterion=37_035, to_best=37_035, total=37_035)
+    text = reproduce._used_text(used, args)
+    assert text.startswith("training sequences: 37,035 to 2000 training sequences in a row")
+    assert "more than the 20,000 training sequences" in text
+    args.counts = {"train": 100_000}
+    assert "NOTE" not in reproduce._used_text(used, args)
 
 
 def test_tiny_adding_run_end_to_end(tmp_path, capsys):
