@@ -1,7 +1,7 @@
 """bench/reproduce.py: the metrics on hand-made cases, and one tiny run end to end
 (data -> train.py -> best model over whole test sequences -> report)."""
-import importlib.util
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
