@@ -23,6 +23,7 @@ from sophia.options import ModelOptions, TrainOptions, from_dict
 from sophia.training.cli import main
 from sophia.training.dataset import Dataset
 from sophia.training.run_state import load_net, load_run_options
+from sophia.training import trainer as trainer_module
 from sophia.training.trainer import Trainer, mean_baseline
 from sophia.training.workspace import Workspace
 
@@ -100,8 +101,10 @@ def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
     assert result.epochs == 4 and result.stop_reason.endswith("stop: max_epochs reached")
 
 
-def test_target_dev_max_error_stops_the_run(tiny_data, tmp_path):
-    """The loop, with fake compiled functions: the dev max error, not the loss, stops it."""
+def test_target_dev_max_error_stops_the_run(tiny_data, tmp_path, monkeypatch):
+    """The loop, with fake compiled functions: the dev max error, not the loss, stops it;
+    the final report evaluates a sample of a large training split."""
+    monkeypatch.setattr(trainer_module, "FINAL_TRAIN_SAMPLE", 5)
     train = TrainOptions(batch_size=4, window_size=8, step_size=4, frames_per_epoch=10,
                          max_epochs=5, target_dev_max_error=0.04)
     trainer = Trainer(ModelOptions(net_width=4, net_depth=1), train, tiny_data,
@@ -124,6 +127,9 @@ def test_target_dev_max_error_stops_the_run(tiny_data, tmp_path):
     records = trainer.ws.read_metrics()
     assert [r["dev_max_error"] for r in records] == [0.5, 0.2, 0.03]
     assert result.epochs == 2 and result.stop_reason.startswith("stop: target_dev_max_error reached")
+    assert "(on 5 of 12 sequences)" in trainer.out.getvalue()
+    sample = trainer._train_sample()
+    assert len(sample) == 5 and len({s.path for s in sample.sequences}) == 5
 
 
 def test_workspace_contract(trained, tiny_data):

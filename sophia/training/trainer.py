@@ -60,11 +60,13 @@ from sophia.training.workspace import METRICS, Workspace, WorkspaceError
 _NP_LOSSES = {"l2": lambda e, d: e * e, "l1": lambda e, d: np.abs(e),
               "huber": lambda e, d: np.where(np.abs(e) <= d, 0.5 * e * e, d * (np.abs(e) - 0.5 * d))}
 _CHUNK = 1 << 16                     # frames read at a time by the baseline
+FINAL_TRAIN_SAMPLE = 2000            # training sequences the final report evaluates at most
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run ended with: the best model's losses per target frame."""
+    """What a run ended with: the best model's losses per target frame (the training
+    loss over at most ``FINAL_TRAIN_SAMPLE`` sequences of the split, drawn with the seed)."""
 
     workspace: str
     epochs: int
@@ -375,11 +377,24 @@ class Trainer:
 
     def _finish(self, annealer: Annealer, decision: Decision) -> TrainResult:
         self.net.set_values(self.ws.load_arrays(rs.BEST))
-        dev_loss, train_loss = self.evaluate(self.dev_set), self.evaluate(self.train_set)
+        sample = self._train_sample()
+        dev_loss, train_loss = self.evaluate(self.dev_set), self.evaluate(sample)
+        of = f" (on {len(sample):,} of {len(self.train_set):,} sequences)" if sample is not self.train_set else ""
         self._log(f"{decision.reason}; best model ({self.ws.file(rs.BEST, '.npz')}): "
-                  f"train {train_loss:.4g}  dev {dev_loss:.4g}  (baseline {self.baseline:.4g})")
+                  f"train {train_loss:.4g}{of}  dev {dev_loss:.4g}  (baseline {self.baseline:.4g})")
         return TrainResult(os.fspath(self.ws.path), annealer.epochs, dev_loss, train_loss,
                            self.baseline, decision.reason)
+
+    def _train_sample(self) -> Dataset:
+        """The training split, or ``FINAL_TRAIN_SAMPLE`` of its sequences drawn with the
+        seed if it is larger (a pass over 250,000 long sequences takes minutes)."""
+        t = self.train_set
+        if len(t) <= FINAL_TRAIN_SAMPLE:
+            return t
+        rng = np.random.default_rng(self.seed)
+        chosen = np.sort(rng.choice(len(t), FINAL_TRAIN_SAMPLE, replace=False))
+        return Dataset(t.root, t.split, t.input_dim, t.target_dim, t.has_time,
+                       [t.sequences[i] for i in chosen])
 
     def _log(self, text: str) -> None:
         print(text, file=self.out, flush=True)
