@@ -149,17 +149,17 @@ class Optimizer:
                              adam_beta2=adam_beta2, force_epsilon=force_epsilon))
 
     def _build(self, params, grads, s_lr, force_type, update_type, update_mu, grad_norm_clip, opts):
-        sizes = [int(p.get_value(borrow=True).size) for p in params]
-        state = _State(sum(sizes), params[0].dtype)
+        shapes = [p.get_value(borrow=True).shape for p in params]     # fixed for a net's life
+        offsets = np.cumsum([0] + [int(np.prod(shape)) for shape in shapes])
+        state = _State(int(offsets[-1]), params[0].dtype)
         grads, self.s_grad_norm = clip_by_global_norm(grads, grad_norm_clip)
-        s_g = tt.concatenate([tt.flatten(g) for g in grads]) if len(grads) > 1 else tt.flatten(grads[0])
-        s_direction, self.updates = FORCES[force_type](s_g, state, opts)
-        s_change, updates = UPDATES[update_type](s_direction, tt.cast(s_lr, params[0].dtype), state,
-                                                 update_mu)
+        s_grad_j = tt.concatenate([tt.flatten(g) for g in grads]) if len(grads) > 1 else tt.flatten(grads[0])
+        s_direction_j, self.updates = FORCES[force_type](s_grad_j, state, opts)
+        s_change_j, updates = UPDATES[update_type](s_direction_j, tt.cast(s_lr, params[0].dtype), state,
+                                                   update_mu)
         self.updates.update(updates)
-        offsets = np.cumsum([0] + sizes)
-        for p, lo, hi in zip(params, offsets[:-1], offsets[1:]):
-            self.updates[p] = p + tt.reshape(s_change[lo:hi], p.shape, ndim=p.ndim)
+        for p, shape, lo, hi in zip(params, shapes, offsets[:-1], offsets[1:]):
+            self.updates[p] = p + tt.reshape(s_change_j[lo:hi], shape)
         self.v_state = state.variables
 
     @classmethod
