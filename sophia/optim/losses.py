@@ -50,8 +50,7 @@ def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float =
     """
     if loss_type not in LOSSES:
         raise ValueError(f"loss_type must be one of {', '.join(LOSSES)}; got {loss_type!r}")
-    s_valid = ~tt.isnan(s_target_tbk)
-    s_err = tt.switch(s_valid, s_output_tbk - tt.switch(s_valid, s_target_tbk, 0.0), 0.0)
+    s_valid, s_err = _masked_error(s_output_tbk, s_target_tbk)
     s_elementwise = tt.switch(s_valid, LOSSES[loss_type](s_err, huber_delta), 0.0)
     s_n_frames = tt.sum(tt.any(s_valid, axis=-1)).astype(s_output_tbk.dtype)
     return tt.sum(s_elementwise), s_n_frames
@@ -71,6 +70,11 @@ def masked_max_error(s_output_tbk, s_target_tbk):
     -------
     s_max_error : scalar, >= 0
     """
+    return tt.max(tt.abs(_masked_error(s_output_tbk, s_target_tbk)[1]))
+
+
+def _masked_error(s_output_tbk, s_target_tbk):
+    """``(s_valid, s_err)``: where the target is not NaN, and output − target there (0
+    elsewhere; the inner switch keeps NaN out of the gradient)."""
     s_valid = ~tt.isnan(s_target_tbk)
-    s_err = tt.switch(s_valid, s_output_tbk - tt.switch(s_valid, s_target_tbk, 0.0), 0.0)
-    return tt.max(tt.abs(s_err))
+    return s_valid, tt.switch(s_valid, s_output_tbk - tt.switch(s_valid, s_target_tbk, 0.0), 0.0)
