@@ -419,15 +419,15 @@ def build_parser():
     common.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     common.add_argument("--eval_only", action="store_true", help="evaluate the existing data and "
                         "workspace of --work (e.g. of a run stopped early) without training")
-    common.add_argument("--criterion", type=float, help="dev value that counts as solved, for the "
+    common.add_argument("--criterion", type=float, help="value that counts as solved, for the "
                         "training-sequence count (default per task, see CRITERION)")
     common.add_argument("--criterion_on", choices=tuple(TARGET_OPTION), help="what --criterion "
                         "bounds: the dev loss, the largest absolute error of a dev target, or "
                         "the training sequences in a row within 0.04 (default per task: "
                         "train_streak for adding, the paper's rule)")
     common.add_argument("--stop_at_criterion", action="store_true", help="stop training at the first "
-                        "epoch that meets --criterion (target_dev_loss or target_dev_max_error), "
-                        "so the evaluated model is that one")
+                        "epoch that meets --criterion (target_dev_loss, target_dev_max_error or "
+                        "target_train_streak), so the evaluated model is that one")
     common.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="extra option override for train.py (repeatable)")
     parser = argparse.ArgumentParser(prog="bench/reproduce.py", description=__doc__.split("\n\n")[0])

@@ -11,11 +11,12 @@ Rules, applied to each observed loss (NaN or inf counts as worse):
 
 - loss < best loss: ``save_best``.
 - loss < previous loss, and not above ``diverge_ratio`` × best loss: retries reset
-  to 0, ``save_pivot``. With ``patience_from_best``, only a new best does that (the
-  pivot is then always the best model): on a noisy dev loss, epochs that merely beat
-  the previous one keep resetting the patience, so the learning rate never decays. (A run that collapses from a good model back to a plateau
+  to 0, ``save_pivot``. (A run that collapses from a good model back to a plateau
   would otherwise find "better than previous" epochs on the plateau's noise and
-  never roll back; see bench/RESULTS.md, adding seed 2.)
+  never roll back; see bench/RESULTS.md, adding seed 2.) With
+  ``patience_from_best``, only a new best does that, and the pivot is always the
+  best model: on a noisy dev loss, epochs that merely beat the previous one would
+  keep resetting the patience, so the learning rate would never decay.
 - otherwise retries += 1; when retries > ``max_retry``: lr *= ``lr_decay_rate``,
   ``rollback`` to the pivot, retries = 0, previous loss = the pivot's loss.
 - stop when lr < ``lr_lower_bound``, epochs >= ``max_epochs`` (if > 0),
