@@ -144,6 +144,17 @@ def test_stops_once_the_training_streak_reaches_its_target():
     assert Annealer.from_dict(json.loads(json.dumps(a.to_dict()))).target_streak == 2000
 
 
+def test_from_options_takes_every_annealing_option():
+    from sophia.options import TrainOptions
+    o = TrainOptions(lr_init_val=0.01, lr_lower_bound=1e-4, lr_decay_rate=0.3, max_retry=5,
+                     max_epochs=7, max_hours=2.0, target_dev_loss=0.1, diverge_ratio=4.0,
+                     target_dev_max_error=0.04, patience_from_best=True, target_train_streak=9)
+    d = Annealer.from_options(o).to_dict()
+    assert (d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"]) == (0.01, 1e-4, 0.3, 5)
+    assert (d["max_epochs"], d["max_hours"], d["target_loss"], d["diverge_ratio"]) == (7, 2.0, 0.1, 4.0)
+    assert (d["target_max_error"], d["patience_from_best"], d["target_streak"]) == (0.04, True, 9)
+
+
 def test_round_trip_through_json_mid_run_gives_identical_decisions():
     clock = FakeClock()
     a = make(max_retry=1, max_hours=1.0, lr_lower_bound=1e-5, clock=clock)

@@ -162,6 +162,16 @@ class Annealer:
         self._clock = clock
         self._start = clock()
 
+    @classmethod
+    def from_options(cls, train_options, clock: Callable[[], float] = time.monotonic) -> "Annealer":
+        """An annealer configured by :class:`sophia.options.TrainOptions`."""
+        o = train_options
+        return cls(o.lr_init_val, o.lr_lower_bound, o.lr_decay_rate, o.max_retry,
+                   max_epochs=o.max_epochs, max_hours=o.max_hours, target_loss=o.target_dev_loss,
+                   diverge_ratio=o.diverge_ratio, target_max_error=o.target_dev_max_error,
+                   patience_from_best=o.patience_from_best, target_streak=o.target_train_streak,
+                   clock=clock)
+
     def start_from(self, loss: float) -> None:
         """Make ``loss`` (the starting model's) the best, pivot and previous loss to beat.
 

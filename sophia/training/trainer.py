@@ -233,9 +233,7 @@ class Trainer:
                                           o.step_size, repeat=True, seed=self.seed,
                                           synchronized=self.model_options.batch_norm))
         self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
-        annealer = Annealer(o.lr_init_val, o.lr_lower_bound, o.lr_decay_rate, o.max_retry,
-                            o.max_epochs, o.max_hours, o.target_dev_loss, o.diverge_ratio,
-                            o.target_dev_max_error, o.patience_from_best, o.target_train_streak)
+        annealer = Annealer.from_options(o)
         self.train_streak = 0
         self._start_epochs(annealer)
         decision = None
