@@ -58,6 +58,7 @@ OPTIONS = dict(
     adam_beta2=0.999,           # adam second-moment decay
     force_epsilon=1e-6,         # denominator guard of adadelta/rmsprop/adam
     grad_norm_clip=0.0,         # clip the gradient's global norm to this; 0 = off
+    ema_decay=0.0,              # evaluate and save a running average of the weights; 0 = off
     frames_per_epoch=100_000,   # training frames between dev evaluations
     lr_init_val=1e-3,           # initial learning rate
     lr_lower_bound=1e-5,        # stop when the learning rate falls below this

@@ -113,6 +113,7 @@ class TrainOptions:
     adam_beta2: float = 0.999       # adam second-moment decay
     force_epsilon: float = 1e-6     # denominator guard of adadelta/rmsprop/adam
     grad_norm_clip: float = 0.0     # clip the gradient's global norm to this; 0 = off
+    ema_decay: float = 0.0          # evaluate and save a running average of the weights; 0 = off
     frames_per_epoch: int = 100_000  # training frames between dev evaluations
     lr_init_val: float = 1e-3       # initial learning rate
     lr_lower_bound: float = 1e-5    # stop when the learning rate falls below this
@@ -152,6 +153,7 @@ class TrainOptions:
                      "target_dev_max_error"):
             _check_range(name, getattr(self, name), lo=0.0)
         _check_range("max_epochs", self.max_epochs, lo=0)
+        _check_range("ema_decay", self.ema_decay, lo=0.0, hi=1.0, hi_open=True)
         _check_range("target_train_streak", self.target_train_streak, lo=0)
         _check_range("streak_tolerance", self.streak_tolerance, lo=0.0)
         if self.diverge_ratio != 0:
@@ -251,11 +253,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise OptionError(f"option {name!r} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _check_range(name, value, lo=None, hi=None, lo_open=False) -> None:
+def _check_range(name, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    too_high = hi is not None and value > hi
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
     if too_low or too_high:
         bounds = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
         if hi is not None:
-            bounds += f"{' and ' if bounds else ''}<= {hi}"
+            bounds += f"{' and ' if bounds else ''}{'<' if hi_open else '<='} {hi}"
         raise OptionError(f"option {name!r} must be {bounds}; got {value!r}")

@@ -94,3 +94,29 @@ def test_float32_parameters_stay_float32():
 def test_unknown_force_is_a_clear_error():
     with pytest.raises(ValueError, match="force_type must be one of"):
         compile_regression("sgdx", "sgd")
+
+
+def test_ema_is_the_bias_corrected_running_average_of_the_parameters():
+    """a ← d·a + (1 − d)·p after each step, read as a / (1 − dᵗ); reset restarts it."""
+    d = 0.8
+    f_step, opt, (v_w, v_b) = compile_regression("adam", "sgd", ema_decay=d)
+    np.testing.assert_array_equal(opt.averaged_values()[0], v_w.get_value())   # before a step
+    raw, history = np.zeros(5), []
+    for t in range(1, 7):
+        f_step(0.05)
+        p = np.concatenate([v_w.get_value(), [v_b.get_value()]])
+        history.append(p)
+        raw = d * raw + (1 - d) * p
+        w_avg, b_avg = opt.averaged_values()
+        np.testing.assert_allclose(np.concatenate([w_avg, [b_avg]]), raw / (1 - d ** t), rtol=1e-12)
+    assert b_avg.shape == () and not np.allclose(w_avg, v_w.get_value())       # lags the live weights
+    weights = d ** np.arange(5, -1, -1)                                          # an average of the path
+    np.testing.assert_allclose(w_avg, (weights[:, None] * np.array(history)[:, :4]).sum(0) / weights.sum())
+    opt.compile_reset(MODE)()
+    f_step(0.05)
+    np.testing.assert_allclose(opt.averaged_values()[0], v_w.get_value(), rtol=1e-12)
+
+
+def test_ema_decay_outside_0_1_is_a_clear_error():
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        compile_regression("adam", "sgd", ema_decay=1.0)

@@ -23,6 +23,7 @@ from sophia.options import ModelOptions, TrainOptions, from_dict
 from sophia.training.cli import main
 from sophia.training.dataset import Dataset
 from sophia.training.run_state import load_net, load_run_options
+from sophia.training import run_state as rs
 from sophia.training import trainer as trainer_module
 from sophia.training.trainer import Trainer, mean_baseline
 from sophia.training.workspace import Workspace
@@ -290,3 +291,43 @@ def test_two_runs_at_once_same_seed_same_losses(tiny_data, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], results
     losses = [[r.get("dev_loss") for r in Workspace(tmp_path / f"ws{n}").read_metrics()] for n in range(2)]
     assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_ema_decay_evaluates_and_saves_the_average_and_trains_on_from_the_live_weights(tiny_data, tmp_path):
+    options = {k: v for k, v in TINY.items() if k in TrainOptions.__dataclass_fields__}
+    train = TrainOptions(**options, frames_per_epoch=60, max_epochs=2, max_retry=5, ema_decay=0.5)
+    trainer = Trainer(ModelOptions(net_width=4, net_depth=1), train, tiny_data, str(tmp_path / "ws"),
+                      out=io.StringIO())
+    names, seen = list(trainer.net.v_params), {"start": [], "end": [], "evaluated": []}
+    train_frames, obey = trainer._train_frames, trainer._obey
+
+    def params():
+        return [trainer.net.v_params[n].get_value().copy() for n in names]
+
+    def recording_train_frames(lr, label):
+        seen["start"].append(params())
+        result = train_frames(lr, label)
+        seen["end"].append((params(), trainer.optimizer.averaged_values()))
+        return result
+
+    def recording_obey(decision, annealer):
+        seen["evaluated"].append(params())
+        obey(decision, annealer)
+
+    trainer._train_frames, trainer._obey = recording_train_frames, recording_obey
+    trainer.run()
+    (live1, average1), (live2, average2) = seen["end"]
+    assert not np.allclose(live1[0], average1[0])                 # the average lags the live weights
+    for got, want in [(seen["evaluated"][0], average1), (seen["evaluated"][1], average2),
+                      (seen["start"][1], live1)]:                  # epoch 2 trains on from live1
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    saved = trainer.ws.load_arrays(rs.PREVIOUS)                    # the last epoch's snapshot
+    for n, a in zip(names, average2):
+        np.testing.assert_array_equal(saved[n], a)
+
+
+def test_ema_decay_of_1_is_an_option_error():
+    from sophia.options import OptionError
+    with pytest.raises(OptionError, match="'ema_decay' must be >= 0.0 and < 1.0"):
+        TrainOptions(ema_decay=1.0).validate()

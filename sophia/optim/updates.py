@@ -3,7 +3,9 @@
 A force turns gradients into directions: ``vanilla`` (the gradient), ``rmsprop``,
 ``adadelta`` or ``adam``. An update rule moves the parameters along them, scaled
 by the learning rate: ``sgd``, ``momentum`` or ``nesterov``. Any force combines
-with any update. Gradient-norm clipping is a separate step before the force.
+with any update. Gradient-norm clipping is a separate step before the force. Optionally the
+optimizer also keeps an exponential moving average of the parameters
+(``ema_decay``; Polyak averaging), which evaluation and saved models can use.
 
 Forces and update rules work on one flat vector of all parameters and keep their
 state in shared variables; :class:`Optimizer` gathers the ordered
@@ -133,16 +135,25 @@ class Optimizer:
     updates : OrderedDict {shared: expression} for the parameters and optimizer state.
     v_state : list of the optimizer's shared state variables.
     s_grad_norm : the gradients' global norm before clipping.
+
+    With ``ema_decay`` d > 0 every step also updates a flat running average
+    a ← d·a + (1 − d)·p of the new parameters (state ``params.ema`` and
+    ``ema.t``, zero after a reset); :meth:`averaged_values` reads it
+    bias-corrected, a / (1 − dᵗ), as Adam corrects its moments, so the average
+    right after a reset is the parameters themselves, not a pull towards zero.
     """
 
     def __init__(self, params, grads, s_lr, force_type="adam", update_type="sgd",
                  update_mu=0.9, grad_norm_clip=0.0, rms_decay=0.9, adadelta_decay=0.95,
-                 adam_beta1=0.9, adam_beta2=0.999, force_epsilon=1e-6):
+                 adam_beta1=0.9, adam_beta2=0.999, force_epsilon=1e-6, ema_decay=0.0):
         if force_type not in FORCES:
             raise ValueError(f"force_type must be one of {', '.join(FORCES)}; got {force_type!r}")
         if update_type not in UPDATES:
             raise ValueError(f"update_type must be one of {', '.join(UPDATES)}; got {update_type!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1); got {ema_decay!r}")
         params = list(params)
+        self.params, self.ema_decay = params, ema_decay
         with th.config.change_flags(floatX=params[0].dtype):   # float constants keep the params' dtype
             self._build(params, grads, s_lr, force_type, update_type, update_mu, grad_norm_clip,
                         dict(rms_decay=rms_decay, adadelta_decay=adadelta_decay, adam_beta1=adam_beta1,
@@ -160,6 +171,14 @@ class Optimizer:
         self.updates.update(updates)
         for p, shape, lo, hi in zip(params, shapes, offsets[:-1], offsets[1:]):
             self.updates[p] = p + tt.reshape(s_change_j[lo:hi], shape)
+        self._shapes, self._offsets = shapes, offsets
+        self.v_ema_j = self.v_ema_t = None
+        if self.ema_decay > 0:
+            d = self.ema_decay
+            s_params_j = tt.concatenate([tt.flatten(p) for p in params]) if len(params) > 1 else tt.flatten(params[0])
+            self.v_ema_j, self.v_ema_t = state.vector("ema"), state.scalar("ema.t")
+            self.updates[self.v_ema_j] = d * self.v_ema_j + (1 - d) * (s_params_j + s_change_j)
+            self.updates[self.v_ema_t] = self.v_ema_t + 1
         self.v_state = state.variables
 
     @classmethod
@@ -169,7 +188,18 @@ class Optimizer:
         return cls(params, grads, s_lr, force_type=o.force_type, update_type=o.update_type,
                    update_mu=o.update_mu, grad_norm_clip=o.grad_norm_clip, rms_decay=o.rms_decay,
                    adadelta_decay=o.adadelta_decay, adam_beta1=o.adam_beta1,
-                   adam_beta2=o.adam_beta2, force_epsilon=o.force_epsilon)
+                   adam_beta2=o.adam_beta2, force_epsilon=o.force_epsilon, ema_decay=o.ema_decay)
+
+    def averaged_values(self) -> list:
+        """The parameters' running average, bias-corrected, one array per parameter
+        (shaped like it, in ``params`` order): the current values when ``ema_decay``
+        is 0 or no step has run since the last reset. Reads state; changes nothing."""
+        if self.v_ema_j is None or float(self.v_ema_t.get_value()) == 0:
+            return [p.get_value() for p in self.params]
+        steps = float(self.v_ema_t.get_value())
+        ema_j = self.v_ema_j.get_value(borrow=True) / (1.0 - self.ema_decay ** steps)
+        return [ema_j[lo:hi].reshape(shape).astype(p.dtype)
+                for p, shape, lo, hi in zip(self.params, self._shapes, self._offsets[:-1], self._offsets[1:])]
 
     def compile_reset(self, mode=None):
         """``f_reset()``: sets every optimizer state variable to zero (moments, velocities, step count)."""

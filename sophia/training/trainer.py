@@ -12,6 +12,8 @@ compiles ``f_train_step`` and ``f_fwd_propagate`` and runs epochs:
 2. evaluate the dev loss per target frame and the largest absolute error of a
    dev target over one finite pass (``step_size = window_size``,
    ``eval_batch_size`` streams, stored states zeroed first);
+   — with ``ema_decay``, of the running average of the weights, which is also
+   what the epoch saves; training goes on from the live weights;
 3. hand them and the streak to the :class:`Annealer` and obey its decision: save
    the best model (``params.npz``), save the pivot, or roll back to the pivot
    with a smaller learning rate and a reset optimizer; stop when it says so.
@@ -257,8 +259,8 @@ class Trainer:
         """Compile ``f_train_step``, ``f_reset`` and ``f_fwd_propagate``; print the times."""
         o, mode = self.train_options, self.train_options.compile_mode
         start = time.monotonic()
-        self.f_train_step, self.v_states, optimizer = self.net.compile_train_step(o)
-        self.f_reset = optimizer.compile_reset(compile_mode(mode))
+        self.f_train_step, self.v_states, self.optimizer = self.net.compile_train_step(o)
+        self.f_reset = self.optimizer.compile_reset(compile_mode(mode))
         middle = time.monotonic()
         eval_options = dataclasses.replace(o, step_size=o.window_size, batch_size=self._eval_batch())
         self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
@@ -300,6 +302,7 @@ class Trainer:
         lr, epoch = annealer.lr, self.epoch_offset + annealer.epochs + 1
         train_loss, frames, seconds, finite = self._train_frames(lr, f"epoch {epoch}")
         start = time.monotonic()
+        live = self._use_average()
         dev_loss, dev_max_error = self.measure(self.dev_set) if finite else (math.inf, math.inf)
         prefix = ""
         if not math.isfinite(dev_loss):
@@ -308,12 +311,24 @@ class Trainer:
         streak = self.train_streak
         decision = annealer.observe(dev_loss, dev_max_error, streak)
         self._obey(decision, annealer)
+        if live is not None and not decision.rollback:
+            self.net.set_values(live)          # training goes on from the live weights
         self._record({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
                       "dev_max_error": dev_max_error, "train_streak": streak,
                       "baseline": self.baseline, "lr": lr, "decision": prefix + decision.reason,
                       "frames": frames, "seconds": seconds,
                       "eval_seconds": time.monotonic() - start})
         return decision
+
+    def _use_average(self) -> dict | None:
+        """With ``ema_decay``, put the running average of the weights into the net
+        (what the epoch is evaluated and saved as) and return the live values to
+        restore; else None."""
+        if self.train_options.ema_decay == 0:
+            return None
+        live = self.net.get_values()
+        self.net.set_values({**live, **dict(zip(self.net.v_params, self.optimizer.averaged_values()))})
+        return live
 
     def _train_frames(self, lr: float, label: str):
         """Train ``frames_per_epoch`` new frames.
