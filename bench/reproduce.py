@@ -200,6 +200,23 @@ def count_wrong(prediction_n, target_n, tolerance=ADDING_TOLERANCE):
     return int((np.abs(np.asarray(prediction_n) - np.asarray(target_n)) > tolerance).sum())
 
 
+def largest_errors(prediction_n, target_n, inputs, k=5):
+    """The ``k`` test sequences with the largest absolute error, largest first: dicts
+    with the error, the target and the frames and values the markers (input column 1
+    = 1) point at; ``inputs`` holds each sequence's [T][2] input. Shows *which* cases a
+    net gets wrong (for adding: late second marks with extreme values)."""
+    error_n = np.asarray(prediction_n, np.float64) - np.asarray(target_n, np.float64)
+    cases = []
+    for i in np.argsort(-np.abs(error_n), kind="stable")[:k]:
+        input_tj = np.asarray(inputs[i])
+        marked_t = np.flatnonzero(input_tj[:, 1] == 1)
+        cases.append(dict(sequence=int(i), error=round(float(error_n[i]), 5),
+                          target=round(float(target_n[i]), 5), length=len(input_tj),
+                          marked_frames=marked_t.tolist(),
+                          marked_values=[round(float(v), 4) for v in input_tj[marked_t, 0]]))
+    return cases
+
+
 def count_misclassified(output_nk, target_nk):
     """Number of rows whose output argmax differs from the one-hot target's."""
     return int((np.argmax(output_nk, axis=1) != np.argmax(target_nk, axis=1)).sum())
@@ -272,9 +289,15 @@ def run_adding(args, task="adding"):
     outputs, targets = infer_split(ws, data)
     prediction_n, target_n = last_frames(outputs)[:, 0], last_frames(targets)[:, 0]
     used = sequences_used(ws, data, criterion=args.criterion, measure=args.criterion_on)
+    test_set = Dataset.open(data, "test", 2, 1)
+    worst = largest_errors(prediction_n, target_n, [test_set.input(i) for i in range(len(test_set))])
     report = dict(task=task, T=args.T, wrong=count_wrong(prediction_n, target_n), test=len(target_n),
                   test_mse=mse(prediction_n, target_n), train_seconds=round(seconds),
+                  mean_error=float(np.mean(prediction_n - target_n)), largest_errors=worst,
                   **{f"sequences_{k}": v for k, v in used.items()})
+    print("largest test errors: " + "; ".join(
+        f"{c['error']:+.3f} (marks at {', '.join(map(str, c['marked_frames']))}: "
+        f"{', '.join(f'{v:+.2f}' for v in c['marked_values'])})" for c in worst), flush=True)
     if task == "adding":
         paper = PAPER["adding"].get(args.T)
         line = (f"adding T={args.T}: wrong {report['wrong']}/{report['test']} (|error| > "

@@ -24,6 +24,17 @@ def test_metrics_on_hand_made_cases():
     assert reproduce.mse([1.0, 3.0], [0.0, 0.0]) == 5.0
 
 
+def test_largest_errors_name_the_marked_frames_and_values():
+    inputs = [np.array([[0.3, -1], [0.9, 1], [0.2, 0], [-0.5, 1], [0.1, -1]]),
+              np.array([[0.0, -1], [0.4, 1], [0.6, 1], [0.1, -1]]),
+              np.array([[0.0, -1], [0.7, 1], [0.1, 0], [0.2, 1], [0.0, -1]])]
+    cases = reproduce.largest_errors([0.55, 0.5, 0.6], [0.6, 0.75, 0.72], inputs, k=2)
+    assert [c["sequence"] for c in cases] == [1, 2]                     # errors -0.25, -0.12
+    assert cases[0] == dict(sequence=1, error=-0.25, target=0.75, length=4, marked_frames=[1, 2],
+                            marked_values=[0.4, 0.6])
+    assert cases[1]["marked_frames"] == [1, 3] and cases[1]["marked_values"] == [0.7, 0.2]
+
+
 def test_long_lags_get_a_window_that_reaches_back_and_a_forget_gate_that_remembers():
     config = _PATH.parents[1] / "configs" / "adding.toml"
     assert reproduce._length_sets(config, 100) == []                  # the config is for T = 100
@@ -99,3 +110,6 @@ def test_tiny_adding_run_end_to_end(tmp_path, capsys):
         np.testing.assert_array_equal(targets[i], data.target(i))
     last = reproduce.last_frames(outputs)[:, 0]
     assert report["wrong"] == reproduce.count_wrong(last, reproduce.last_frames(targets)[:, 0])
+    error_n = last - reproduce.last_frames(targets)[:, 0]
+    assert report["largest_errors"][0]["error"] == pytest.approx(error_n[np.argmax(np.abs(error_n))], abs=1e-5)
+    assert len(report["largest_errors"][0]["marked_frames"]) == 2 and "largest test errors: " in out
