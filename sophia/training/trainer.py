@@ -8,8 +8,7 @@ compiles ``f_train_step`` and ``f_fwd_propagate`` and runs epochs:
    streams (and the net's stored states) carry on from the previous epoch,
    counting the *training streak* (target frames in a row within
    ``streak_tolerance``); the epoch ends early once it reaches
-   ``target_train_streak``, with the parameters that computed the streak's last
-   outputs (those before the last step's update);
+   ``target_train_streak``;
 2. evaluate the dev loss per target frame and the largest absolute error of a
    dev target over one finite pass (``step_size = window_size``,
    ``eval_batch_size`` streams, stored states zeroed first);
@@ -345,7 +344,6 @@ class Trainer:
         try:
             while frames < self.train_options.frames_per_epoch:
                 w = next(self._windows)
-                counted = self.net.get_values() if self._streak_may_end_in_one_step() else None
                 loss_sum, n_frames, grad_norm, max_error = self.f_train_step(
                     w.input_tbj, w.time_tb, w.id_tb, w.target_tbk, p_lr)
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
@@ -354,19 +352,11 @@ class Trainer:
                 frames += w.new_frames
                 bar.update(frames)
                 if self._streak_reached(n_frames, max_error):
-                    self.net.set_values(counted)   # the model whose outputs made the streak,
-                    break                          # not the one after this step's update
+                    break
         finally:
             bar.close()
         loss = total / target_frames if target_frames else math.nan
         return loss, frames, time.monotonic() - start, True
-
-    def _streak_may_end_in_one_step(self) -> bool:
-        """True if the next step could complete ``target_train_streak`` (a step has at
-        most batch × step_size target frames): then its parameters are kept, because
-        a step's outputs come from the parameters *before* its update."""
-        o = self.train_options
-        return 0 < o.target_train_streak <= self.train_streak + o.batch_size * o.step_size
 
     def _streak_reached(self, n_frames: float, max_error: float) -> bool:
         """Count a step's target frames into ``train_streak`` (target frames in a row with
