@@ -185,7 +185,8 @@ def test_load_from_starts_from_the_saved_best(trained, tiny_data, tmp_path, caps
 
 def test_target_train_streak_stops_mid_epoch_and_keeps_that_model(tiny_data, tmp_path):
     """The 1997 paper's rule with fake compiled functions: target frames in a row within
-    the tolerance; a step with a wrong one restarts the count, a rollback clears it."""
+    the tolerance; a step with a wrong one restarts the count, a rollback clears it; the
+    model kept is the one after the last step's update (the paper's online net, too)."""
     train = TrainOptions(batch_size=4, window_size=8, step_size=4, frames_per_epoch=60,
                          max_epochs=6, max_retry=0, target_train_streak=6, streak_tolerance=0.1)
     trainer = Trainer(ModelOptions(net_width=4, net_depth=1), train, tiny_data,
@@ -195,10 +196,11 @@ def test_target_train_streak_stops_mid_epoch_and_keeps_that_model(tiny_data, tmp
                   (0.05, 2), (0.0, 0), (0.5, 1), (0.05, 1),    # epoch 2: 5, 5, 0, 1; rollback: 0
                   (0.05, 2), (0.05, 2), (0.01, 3),             # epoch 3: 2, 4, 7 >= 6: stop at once
                   (0.05, 2)])
-    calls = []
+    calls, v_weight = [], next(iter(trainer.net.v_params.values()))
 
-    def f_train_step(*inputs):
-        calls.append(1)
+    def f_train_step(*inputs):           # outputs from the entering weights, then an update
+        calls.append(v_weight.get_value().copy())
+        v_weight.set_value(v_weight.get_value() + 1)
         max_error, n_frames = next(steps)
         return 1.0 * n_frames, float(n_frames), 1.0, max_error
 
@@ -218,6 +220,8 @@ def test_target_train_streak_stops_mid_epoch_and_keeps_that_model(tiny_data, tmp
     assert records[2]["decision"].startswith("rollback")
     assert len(calls) == 11 and result.epochs == 3 and records[3]["frames"] == 48
     assert result.stop_reason == "stop: target_train_streak reached (model saved as best)"
+    saved = trainer.ws.load_arrays(rs.BEST)[next(iter(trainer.net.v_params))]
+    np.testing.assert_array_equal(saved, calls[-1] + 1)  # after the last update, as the paper's
 
 
 def test_eval_batch_size_changes_speed_not_the_dev_loss(trained, tiny_data, tmp_path):
