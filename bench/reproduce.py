@@ -404,18 +404,25 @@ def _length_sets(config, T):
     """For T other than 100: a step of at least the longest sequence (T + T/10 frames)
     and a window that reaches back from any target in the step to its frame 1, so the
     window costs at most twice the step's frames (a step of 112 at T = 1000 would cost 10x),
-    as many sequences per epoch as the config gives T = 100, and a forget-gate bias that
+    as many sequences per epoch as the config gives T = 100, a forget-gate bias that
     keeps half of a cell's content over T frames at the start: σ(b)^T = ½, b ≈ ln(T / ln 2),
     the rule configs/adding.toml follows for T = 100 (a bias of 3.0 keeps 0.95 a frame,
-    7e-12 over 500 frames)."""
+    7e-12 over 500 frames), and a closed input gate's opening σ(b) scaled by √(100/T), so
+    the noise it lets into a cell over T frames of random values (∝ σ(b)·√T) stays that of
+    the config at T = 100 (−3 becomes −3.83 at T = 500 and −4.18 at T = 1000)."""
     if T == 100:
         return []
     longest, options = T + T // 10, cli.read_config(config)
     step = max(options.get("step_size", 32), longest)
     per_epoch = options.get("frames_per_epoch", 100_000) * T // 100
     forget_bias = max(options.get("forget_bias", 1.0), round(math.log(T / math.log(2)), 2))
-    return [f"step_size={step}", f"window_size={step + longest}", f"frames_per_epoch={per_epoch}",
+    sets = [f"step_size={step}", f"window_size={step + longest}", f"frames_per_epoch={per_epoch}",
             f"forget_bias={forget_bias}"]
+    input_bias = options.get("input_bias", 0.0)
+    if input_bias < 0:                 # a closed input gate leaks as little over T frames as at 100
+        gate = math.sqrt(100 / T) / (1 + math.exp(-input_bias))
+        sets.append(f"input_bias={round(math.log(gate / (1 - gate)), 2)}")
+    return sets
 
 
 def _finish(args, report, line):

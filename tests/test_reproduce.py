@@ -44,6 +44,9 @@ def test_long_lags_get_a_window_that_reaches_back_and_a_forget_gate_that_remembe
     assert int(sets["frames_per_epoch"]) == 5 * 60000                 # same sequences per epoch
     kept = (1 / (1 + np.exp(-float(sets["forget_bias"])))) ** 500      # of a cell's content over T frames
     assert 0.45 < kept < 0.55
+    sigmoid = lambda b: 1 / (1 + np.exp(-b))                          # noqa: E731
+    leak = sigmoid(float(sets["input_bias"])) * np.sqrt(500)           # closed input gate over T frames
+    assert leak == pytest.approx(sigmoid(-3.0) * np.sqrt(100), rel=0.01)
 
 
 def test_ar_fit_recovers_a_known_process():
