@@ -44,6 +44,11 @@ def clip_by_global_norm(grads, max_norm: float):
     return [g * tt.cast(scale, g.dtype) for g in grads], s_norm
 
 
+def _flat(tensors):
+    """One flat vector of ``tensors``' elements, in order."""
+    return tt.concatenate([tt.flatten(x) for x in tensors]) if len(tensors) > 1 else tt.flatten(tensors[0])
+
+
 class _State:
     """Creates zero-initialised shared state vectors shaped like the flat parameter
     vector (or scalars) and remembers them."""
@@ -164,7 +169,7 @@ class Optimizer:
         offsets = np.cumsum([0] + [int(np.prod(shape)) for shape in shapes])
         state = _State(int(offsets[-1]), params[0].dtype)
         grads, self.s_grad_norm = clip_by_global_norm(grads, grad_norm_clip)
-        s_grad_j = tt.concatenate([tt.flatten(g) for g in grads]) if len(grads) > 1 else tt.flatten(grads[0])
+        s_grad_j = _flat(grads)
         s_direction_j, self.updates = FORCES[force_type](s_grad_j, state, opts)
         s_change_j, updates = UPDATES[update_type](s_direction_j, tt.cast(s_lr, params[0].dtype), state,
                                                    update_mu)
@@ -175,9 +180,8 @@ class Optimizer:
         self.v_ema_j = self.v_ema_t = None
         if self.ema_decay > 0:
             d = self.ema_decay
-            s_params_j = tt.concatenate([tt.flatten(p) for p in params]) if len(params) > 1 else tt.flatten(params[0])
             self.v_ema_j, self.v_ema_t = state.vector("ema"), state.scalar("ema.t")
-            self.updates[self.v_ema_j] = d * self.v_ema_j + (1 - d) * (s_params_j + s_change_j)
+            self.updates[self.v_ema_j] = d * self.v_ema_j + (1 - d) * (_flat(params) + s_change_j)
             self.updates[self.v_ema_t] = self.v_ema_t + 1
         self.v_state = state.variables
 
