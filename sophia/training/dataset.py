@@ -274,6 +274,12 @@ class Dataset:
             raise DatasetError(problems)
         return cls(root, split, input_dim, target_dim, has_time, sequences)
 
+    def subset(self, indices) -> "Dataset":
+        """The same split restricted to the sequences at ``indices`` (in that order);
+        shares the files, reads nothing."""
+        return Dataset(self.root, self.split, self.input_dim, self.target_dim, self.has_time,
+                       [self.sequences[i] for i in indices])
+
     def __len__(self) -> int:
         return len(self.sequences)
 

@@ -405,9 +405,7 @@ class Trainer:
         if len(t) <= FINAL_TRAIN_SAMPLE:
             return t
         rng = np.random.default_rng(self.seed)
-        chosen = np.sort(rng.choice(len(t), FINAL_TRAIN_SAMPLE, replace=False))
-        return Dataset(t.root, t.split, t.input_dim, t.target_dim, t.has_time,
-                       [t.sequences[i] for i in chosen])
+        return t.subset(np.sort(rng.choice(len(t), FINAL_TRAIN_SAMPLE, replace=False)))
 
     def _log(self, text: str) -> None:
         print(text, file=self.out, flush=True)
