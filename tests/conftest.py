@@ -4,7 +4,8 @@ PyTensor compiles C code for every new graph it meets, and CI always starts with
 an empty compile cache: a cold C compile costs minutes, while the tests' tiny
 graphs run just as well on PyTensor's Python implementations. So tests (and the
 subprocesses they start, through the environment) run with ``cxx=`` (no C
-compiler). Benchmarks under ``bench/`` measure the real modes.
+compiler). Benchmarks under ``bench/`` measure the real modes. Temporary files go
+under pytest's base directory (``session_tmpdir``).
 """
 import os
 
@@ -17,6 +18,23 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_tmpdir(tmp_path_factory):
+    """Temporary files of this session (and its subprocesses) under pytest's own
+    base directory, which pytest prunes to the last three runs: PyTensor's Numba and
+    JAX linkers write each generated function's source to a temporary file they never
+    delete (``pytensor.link.utils.compile_function_src``), hundreds per test run."""
+    path = str(tmp_path_factory.mktemp("tmp"))
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = path, path
+    yield path
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[1]
 
 
 @pytest.fixture(scope="session")
