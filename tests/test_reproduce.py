@@ -61,11 +61,15 @@ def test_ar_fit_recovers_a_known_process():
     assert x.shape == (9, 4) and y[0] == z[11] and x[0, 1] == z[10] and x[0, 3] == z[8]
 
 
-def test_adding_stops_by_the_papers_rule_and_the_others_by_dev_loss(tmp_path):
-    """Adding's default criterion is the 1997 paper's: 2000 training sequences in a row
-    within 0.04."""
+def test_adding_stops_by_a_training_streak_and_the_others_by_dev_loss(tmp_path):
+    """Adding's default criterion is the 1997 paper's made stricter: 5000 training
+    sequences in a row within 0.04 (the paper's 2000 with --criterion)."""
     args = reproduce.resolve(reproduce.build_parser().parse_args(
         ["adding", "--stop_at_criterion", "--work", str(tmp_path)]))
+    assert (args.criterion_on, args.criterion) == ("train_streak", 5000)
+    assert "target_train_streak=5000" in args.limits
+    args = reproduce.resolve(reproduce.build_parser().parse_args(
+        ["adding", "--stop_at_criterion", "--criterion", "2000", "--work", str(tmp_path)]))
     assert (args.criterion_on, args.criterion) == ("train_streak", 2000)
     assert "target_train_streak=2000" in args.limits
     args = reproduce.resolve(reproduce.build_parser().parse_args(
