@@ -23,7 +23,8 @@ last frame. It prints our figure beside the paper's and writes
 "Training sequences used" is frames trained (from ``metrics.jsonl``) divided
 by the mean training sequence length, counted up to the first epoch whose dev
 set meets ``--criterion`` (see :data:`CRITERION`: for adding, the paper's own
-stopping rule made stricter, 5000 right training sequences in a row), up to the epoch that saved the best model, and in all.
+stopping rule made stricter, 5000 right training sequences in a row), up to the
+epoch that saved the best model, and in all.
 ``--eval_only`` evaluates the workspace of a run that was stopped early.
 
 Example
@@ -76,7 +77,8 @@ PAPER = {
 # trainer's target_train_streak. A net wrong on a fresh sequence with probability p
 # passes N in a row with probability (1 - p)^N, and training offers a new window at
 # every step, so N = 2000 stops nets that make 1-3 mistakes in 2560 (twenty runs: 0-7,
-# median 1.5); N = 5000 made 0 in ten of ten (bench/RESULTS.md, sessions 5 and 6).
+# median 1.5); N = 5000 with configs/adding.toml made 0-1 in ten seeds (bench/RESULTS.md,
+# sessions 5 and 6).
 # `--criterion 2000` runs the paper's own. (Stand-ins used before: a dev MSE of 1.3e-4
 # left 10-22 wrong out of 2560, the errors having heavier tails than a Gaussian's; 3e-5
 # left none after 62-101k sequences; every one of 2000 dev sequences within 0.04 left

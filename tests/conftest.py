@@ -27,14 +27,10 @@ def session_tmpdir(tmp_path_factory):
     JAX linkers write each generated function's source to a temporary file they never
     delete (``pytensor.link.utils.compile_function_src``), hundreds per test run."""
     path = str(tmp_path_factory.mktemp("tmp"))
-    saved = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir, os.environ["TMPDIR"] = path, path
-    yield path
-    tempfile.tempdir = saved[0]
-    if saved[1] is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = saved[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", path)
+        patch.setenv("TMPDIR", path)
+        yield path
 
 
 @pytest.fixture(scope="session")
