@@ -10,7 +10,9 @@ setup(
     python_requires=">=3.11",
     install_requires=["pytensor>=2.30", "numpy>=1.26", "pyzmq>=25"],
     extras_require={
-        "test": ["pytest>=8", "matplotlib>=3.7"],   # tests check the learning-curve PNG
+        "test": ["pytest>=8", "matplotlib>=3.7",    # tests check the learning-curve PNG
+                 "jax>=0.4.30"],                        # and the JAX compile mode
+        "jax": ["jax>=0.4.30"],                         # compile_mode JAX (CPU; GPUs with jax[cuda12])
         "plot": ["matplotlib>=3.7"],
         "data": ["statsmodels>=0.14"],   # the real-data task's bundled series
         "bench": ["torch"],

@@ -93,9 +93,10 @@ def sophia_worker(mode, recurrence, steps, repeats):
 
     def call(n):
         x, t, y = windows[n % len(windows)]
-        return f_train_step(x, t, ids, y, lr)
+        loss = f_train_step(x, t, ids, y, lr)[0]
+        return float(loss)      # as the trainer reads it; waits for JAX's asynchronous dispatch
 
-    loss = call(0)[0]
+    loss = call(0)
     first = time.perf_counter()
     call(1)
     fps, per_call = _speed(call, steps, repeats)

@@ -1,7 +1,9 @@
-"""Backend checks (slow): each compile mode trains exactly like FAST_COMPILE.
+"""Backend checks: each compile mode trains exactly like FAST_COMPILE.
 
-Run with ``pytest -m slow``. The default test run disables PyTensor's C compiler
-(``tests/conftest.py``); to check the C backend too, run
+JAX (the ``test`` extra installs it) runs in the default test run: it is the GPU
+path, and the one backend whose tracing needs every shape concrete. The others are
+slow; run them with ``pytest -m slow``. The default test run disables PyTensor's C
+compiler (``tests/conftest.py``); to check the C backend too, run
 ``PYTENSOR_FLAGS=cxx=g++ pytest -m slow tests/test_modes.py``.
 """
 import importlib.util
@@ -14,7 +16,8 @@ from sophia.graph.modes import AUTO_FUSED, AUTO_LOOPED, compile_mode, resolve
 from sophia.options import OptionError, TrainOptions
 from tests.graph_support import make_net, make_window
 
-MODES = ["FAST_RUN", "CVM", "NUMBA"] + (["JAX"] if importlib.util.find_spec("jax") else [])
+MODES = ["FAST_RUN", "CVM", "NUMBA"]
+needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 NETS = {
     "lstm_fused": dict(unit_type="lstm", net_depth=2, learn_id_embedding=True),
     "gru_scan_clock_bn": dict(unit_type="gru", batch_norm=True, learn_clock_params=True),
@@ -39,6 +42,35 @@ def test_mode_trains_like_fast_compile(mode, net_name):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
     for name, value in values.items():
         np.testing.assert_allclose(value, ref_values[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@needs_jax
+@pytest.mark.parametrize("net_name", list(NETS))
+def test_jax_trains_like_fast_compile(net_name):
+    """Static window and batch sizes and parameter shapes let JAX trace the whole
+    training graph (scan and its gradient included)."""
+    ref_losses, ref_values = train_three_steps("FAST_COMPILE", NETS[net_name])
+    losses, values = train_three_steps("JAX", NETS[net_name])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for name, value in values.items():
+        np.testing.assert_allclose(value, ref_values[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+@needs_jax
+def test_jax_streams_frame_by_frame_like_fast_compile():
+    """One-frame ``f_infer`` under JAX, with ID embedding and clock gates: the outputs of
+    FAST_COMPILE's, and the same compiled function serves another number of streams."""
+    outputs = {}
+    for mode in ("FAST_COMPILE", "JAX"):
+        net = make_net(dtype="float32", unit_type="gru", learn_clock_params=True, learn_id_embedding=True)
+        x, t, ids, _ = make_window(net, frames=6, batch=3)
+        f_infer, v_states = net.compile_infer(window_size=1, mode=mode)
+        net.reset_states(v_states, batch_size=3)
+        outputs[mode] = np.concatenate([np.asarray(f_infer(x[k:k + 1], t[k:k + 1], ids[k:k + 1]))
+                                        for k in range(6)])
+        net.reset_states(v_states, batch_size=2)
+        assert np.asarray(f_infer(x[:1, :2], t[:1, :2], ids[:1, :2])).shape == (1, 2, net.options.target_dim)
+    np.testing.assert_allclose(outputs["JAX"], outputs["FAST_COMPILE"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("options,unroll,expected", [

@@ -15,8 +15,9 @@ recurrence.
 from __future__ import annotations
 
 import numpy as np
-import pytensor as th
 import pytensor.tensor as tt
+
+from sophia.graph.init import fixed_shared
 
 
 class TimeGate:
@@ -29,7 +30,7 @@ class TimeGate:
     def __init__(self, name: str, width: int, options, rng: np.random.Generator, dtype: str):
         tau = np.exp(rng.uniform(options.clock_period_lo, options.clock_period_hi, width))
         values = {"tau": tau, "shift": rng.uniform(0.0, tau), "r_on": np.full(width, options.clock_r_on)}
-        self.v_params = {f"{name}.{key}": th.shared(value.astype(dtype), name=f"{name}.{key}")
+        self.v_params = {f"{name}.{key}": fixed_shared(value.astype(dtype), f"{name}.{key}")
                          for key, value in values.items()}
         self.v_tau, self.v_shift, self.v_r_on = self.v_params.values()
         self.leak = options.clock_leak

@@ -5,6 +5,7 @@
 - :class:`Orthogonal` — a random orthogonal matrix (Saxe et al. 2014); square only.
 - :class:`Constant`   — every element the same value.
 - :func:`stacked`     — one matrix of gate blocks side by side, each block from an init.
+- :func:`fixed_shared` — a parameter's shared variable, its shape static in every graph.
 
 Values come back as float64; the caller casts them to the graph's dtype.
 
@@ -18,6 +19,7 @@ Example
 from __future__ import annotations
 
 import numpy as np
+import pytensor as th
 
 
 class Uniform:
@@ -61,6 +63,17 @@ class Constant:
 def stacked(init, rows: int, block: int, blocks: int, rng: np.random.Generator) -> np.ndarray:
     """A [rows][blocks·block] matrix made of ``blocks`` independent [rows][block] blocks."""
     return np.concatenate([init((rows, block), rng) for _ in range(blocks)], axis=1)
+
+
+def fixed_shared(value: np.ndarray, name: str):
+    """A shared variable for ``value`` whose shape is part of its type.
+
+    Graphs then know every parameter's shape as constants, so no shape is computed at
+    run time: the JAX backend needs that (it traces with concrete shapes only), and
+    the other backends fold the shape arithmetic away. Setting a value of another
+    shape raises TypeError.
+    """
+    return th.shared(value, name=name, shape=value.shape)
 
 
 def matrix_init(options, recurrent: bool, square: bool):

@@ -30,12 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pytensor as th
 import pytensor.tensor as tt
 
 from sophia.graph import fused
 from sophia.graph.clock import TimeGate
-from sophia.graph.init import Uniform, matrix_init, stacked
+from sophia.graph.init import Uniform, fixed_shared, matrix_init, stacked
 from sophia.graph.norms import BatchNorm, LayerNorm, step_index, weight_norm
 from sophia.graph.recurrence import recur
 
@@ -90,7 +89,7 @@ class Layer:
     # -- construction helpers -------------------------------------------------
     def _shared(self, key, value):
         full = f"{self.name}.{key}"
-        v = th.shared(np.asarray(value, dtype=self.dtype), name=full)
+        v = fixed_shared(np.asarray(value, dtype=self.dtype), full)
         self.v_params[full] = v
         return v
 
@@ -136,9 +135,9 @@ class Layer:
 
     def _project_weights(self, s_below_tbj, s_W_jg, norm, s_step_tb, training, stats):
         """norm(x W) [T][B][g] for all frames at once, as one matmul over T·B rows."""
-        t, b = s_below_tbj.shape[0], s_below_tbj.shape[1]
-        s_a = tt.dot(s_below_tbj.reshape((t * b, s_below_tbj.shape[2])), s_W_jg)
-        s_a = s_a.reshape((t, b, s_W_jg.shape[1]))
+        # no arithmetic on symbolic shapes (-1 and static widths): JAX needs them concrete
+        s_a = tt.dot(s_below_tbj.reshape((-1, self.input_dim)), s_W_jg)
+        s_a = s_a.reshape((s_below_tbj.shape[0], s_below_tbj.shape[1], -1))
         return self._apply_norm(norm, s_a, s_step_tb, training, stats)
 
     def _residual(self, s_out_tbi, s_skip_tbi):

@@ -61,9 +61,64 @@ def compile_mode(name: str, looped: bool = False):
     concrete = resolve(name, looped)
     if name == "auto" and concrete == AUTO_FUSED:
         return _fused_auto_mode()
-    if concrete == "JAX" and importlib.util.find_spec("jax") is None:
-        raise OptionError("compile_mode 'JAX' needs the jax package: pip install jax")
+    if concrete == "JAX":
+        if importlib.util.find_spec("jax") is None:
+            raise OptionError("compile_mode 'JAX' needs the jax package: pip install jax")
+        _jax_reductions_keep_their_dtype()
+        _jax_persistent_cache()
     return get_mode(concrete)
+
+
+@functools.cache
+def _jax_persistent_cache() -> None:
+    """Keep JAX's compiled programs on disk, next to PyTensor's compiled modules
+    (``<compiledir>/jax``), unless the user chose a JAX cache directory: a later
+    process then loads what XLA compiled instead of compiling it again. Changes
+    JAX's configuration for the whole process, once."""
+    import os
+
+    import jax
+    import pytensor
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(pytensor.config.compiledir, "jax"))
+
+
+@functools.cache
+def _jax_reductions_keep_their_dtype() -> None:
+    """Make JAX reductions return the dtype their graph node says.
+
+    PyTensor 3.0's JAX conversion of ``CAReduce`` returns the accumulator's dtype:
+    a float32 ``Sum`` accumulates in float64 (PyTensor's default) and comes back as
+    float64. Inside a scan — the gradient of every recurrence sums the gradient of
+    a broadcast initial state over the batch — JAX then rejects the loop ("carry
+    input and carry output must have equal types"). This registers, once per
+    process, a conversion that casts the result to the node's output dtype.
+
+    JAX without 64-bit types (its default; ``JAX_ENABLE_X64=1`` turns them on) then
+    accumulates those sums in float32 and warns at every trace that it truncated the
+    requested float64 (int64) accumulator; that warning (JAX's ``astype``, the
+    message for those two dtypes) is silenced here.
+    """
+    import warnings
+
+    from pytensor.link.jax.dispatch import jax_funcify
+    from pytensor.tensor.elemwise import CAReduce
+
+    convert = jax_funcify.dispatch(CAReduce)
+    warnings.filterwarnings("ignore", message=r"Explicitly requested dtype (float64|int64) requested in astype",
+                            category=UserWarning, module=r"jax\._src\.numpy\.array_methods")
+
+    @jax_funcify.register(CAReduce)
+    def careduce_in_output_dtype(op, node=None, **kwargs):
+        reduce = convert(op, node=node, **kwargs)
+        if node is None:
+            return reduce
+        dtype = node.outputs[0].dtype
+
+        def careduce(x):
+            return reduce(x).astype(dtype)
+        return careduce
 
 
 @functools.cache

@@ -44,7 +44,7 @@ import numpy as np
 import pytensor as th
 import pytensor.tensor as tt
 
-from sophia.graph.init import Uniform
+from sophia.graph.init import Uniform, fixed_shared
 from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
 from sophia.graph import fused
 from sophia.graph.modes import compile_mode, resolve
@@ -118,7 +118,7 @@ class Net:
         if emb:
             # one row per sequence ID of the training data, plus one for IDs never seen
             table = Uniform(options.init_scale)((options.num_ids + 1, emb), rng).astype(dtype)
-            self.v_id_embedding_ne = th.shared(table, name="id_embedding")
+            self.v_id_embedding_ne = fixed_shared(table, "id_embedding")
 
     # -- parameters -------------------------------------------------------------
     @property
@@ -177,18 +177,23 @@ class Net:
             v.set_value(np.zeros((rows, w), self.dtype))
 
     # -- stages -------------------------------------------------------------------
-    def ports(self, window_size=None) -> Ports:
-        """Symbolic inputs; a static ``window_size`` is needed to unroll."""
-        t = window_size
-        return Ports(tt.tensor3("p_input_tbj", dtype=self.dtype, shape=(t, None, self.options.input_dim)),
-                     tt.matrix("p_time_tb", dtype=self.dtype, shape=(t, None)),
-                     tt.matrix("p_id_tb", dtype="int32", shape=(t, None)),
-                     tt.tensor3("p_target_tbk", dtype=self.dtype, shape=(t, None, self.options.target_dim)))
+    def ports(self, window_size=None, batch_size=None) -> Ports:
+        """Symbolic inputs of ``window_size`` frames and ``batch_size`` streams (None:
+        any). Unrolling needs the window size; JAX needs both wherever a gradient
+        reshapes by them (its shapes must be concrete while it traces)."""
+        t, b = window_size, batch_size
+        return Ports(tt.tensor3("p_input_tbj", dtype=self.dtype, shape=(t, b, self.options.input_dim)),
+                     tt.matrix("p_time_tb", dtype=self.dtype, shape=(t, b)),
+                     tt.matrix("p_id_tb", dtype="int32", shape=(t, b)),
+                     tt.tensor3("p_target_tbk", dtype=self.dtype, shape=(t, b, self.options.target_dim)))
 
     @_in_own_dtype
     def forward(self, ports: Ports, s_prev_states, *, carry_frame, training, unroll=False) -> Forward:
         """Forward stage over one window from ``s_prev_states`` (flat list over layers)."""
-        s_emb_tbe = self.v_id_embedding_ne[ports.p_id_tb] if self.v_id_embedding_ne is not None else None
+        s_emb_tbe = None
+        if self.v_id_embedding_ne is not None:      # rows by flat IDs, reshaped by -1: JAX-friendly
+            s_id_tb = ports.p_id_tb
+            s_emb_tbe = self.v_id_embedding_ne[s_id_tb.flatten()].reshape((s_id_tb.shape[0], s_id_tb.shape[1], -1))
         s_below, updates, next_states, n = ports.p_input_tbj, {}, [], 0
         for layer in self.layers + [self.output_layer]:
             width = len(layer.state_widths)
@@ -235,7 +240,7 @@ class Net:
         """
         o = train_options
         mode, context = self.compile_plan(mode or o.compile_mode, o.unroll_scan)
-        ports = self.ports(o.window_size if o.unroll_scan else None)
+        ports = self.ports(o.window_size, o.batch_size)
         v_states = self.new_states(o.batch_size, "train")
         with context:
             fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan)
@@ -263,7 +268,7 @@ class Net:
         o = train_options
         window = o.window_size
         mode, context = self.compile_plan(mode or o.compile_mode, o.unroll_scan)
-        ports = self.ports(window if o.unroll_scan else None)
+        ports = self.ports(window, batch_size or o.batch_size)
         v_states = self.new_states(batch_size or o.batch_size, "eval")
         with context:
             fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan)

@@ -10,8 +10,9 @@ Each returns plain symbolic expressions; parameters are registered by the caller
 from __future__ import annotations
 
 import numpy as np
-import pytensor as th
 import pytensor.tensor as tt
+
+from sophia.graph.init import fixed_shared
 
 EPSILON = 1e-5
 
@@ -29,8 +30,8 @@ class LayerNorm:
 
     def __init__(self, name: str, width: int, dtype: str):
         self.v_params = {
-            f"{name}.gamma": th.shared(np.ones(width, dtype), name=f"{name}.gamma"),
-            f"{name}.beta": th.shared(np.zeros(width, dtype), name=f"{name}.beta"),
+            f"{name}.gamma": fixed_shared(np.ones(width, dtype), f"{name}.gamma"),
+            f"{name}.beta": fixed_shared(np.zeros(width, dtype), f"{name}.beta"),
         }
         self.v_gamma, self.v_beta = self.v_params.values()
 
@@ -56,12 +57,12 @@ class BatchNorm:
     def __init__(self, name: str, width: int, steps: int, momentum: float, dtype: str,
                  with_beta: bool = False):
         self.name, self.steps, self.momentum = name, steps, momentum
-        self.v_params = {f"{name}.gamma": th.shared(np.full(width, 0.1, dtype), name=f"{name}.gamma")}
+        self.v_params = {f"{name}.gamma": fixed_shared(np.full(width, 0.1, dtype), f"{name}.gamma")}
         if with_beta:
-            self.v_params[f"{name}.beta"] = th.shared(np.zeros(width, dtype), name=f"{name}.beta")
+            self.v_params[f"{name}.beta"] = fixed_shared(np.zeros(width, dtype), f"{name}.beta")
         self.v_buffers = {
-            f"{name}.pop_mean": th.shared(np.zeros((steps, width), dtype), name=f"{name}.pop_mean"),
-            f"{name}.pop_var": th.shared(np.ones((steps, width), dtype), name=f"{name}.pop_var"),
+            f"{name}.pop_mean": fixed_shared(np.zeros((steps, width), dtype), f"{name}.pop_mean"),
+            f"{name}.pop_var": fixed_shared(np.ones((steps, width), dtype), f"{name}.pop_var"),
         }
 
     def __call__(self, s_a, s_step, training: bool):
