@@ -235,6 +235,9 @@ class Net:
     def compile_train_step(self, train_options, mode=None):
         """Compile ``f_train_step`` for ``train_options``' batch, window and step sizes.
 
+        Its ports have that window and batch size in their types (static shapes, which
+        JAX needs); a window of another shape is a TypeError when called.
+
         Returns ``(f_train_step, v_states, optimizer)``; ``optimizer.compile_reset()``
         gives the function that resets all optimizer state.
         """
@@ -261,7 +264,8 @@ class Net:
     @_in_own_dtype
     def compile_fwd_propagate(self, train_options, batch_size=None, mode=None):
         """Compile ``f_fwd_propagate`` over windows of ``window_size`` frames, loss and
-        largest absolute error on all of them.
+        largest absolute error on all of them; window and batch size (``batch_size``,
+        else the training batch) are static, as in ``f_train_step``.
 
         Returns ``(f_fwd_propagate, v_states)``.
         """
