@@ -101,7 +101,7 @@ def sophia_worker(mode, recurrence, steps, repeats):
     call(1)
     fps, per_call = _speed(call, steps, repeats)
     return dict(graph_and_link_s=compiled - start, compile_s=max(first - start - per_call, 0.0),
-                frames_per_s=fps, first_loss=float(loss))
+                frames_per_s=fps, first_loss=loss)
 
 
 def torch_worker(steps, repeats, keep_memory=False):
