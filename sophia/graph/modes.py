@@ -32,9 +32,9 @@ these graphs' Python implementations in order (FAST_COMPILE's, without its VM) a
 only the *merge* rewrite (shared subgraphs computed once): FAST_COMPILE's other
 rewrites took ≈ 0.4 s of a ≈ 0.9 s compile and changed no op that matters for speed.
 ``bench/train_speed.py`` (2-layer LSTM 256, batch 64, BPTT(128; 64), float32, 2 shared
-cores) measured this ``auto`` at 1.15–1.30× PyTorch's nn.LSTM (≈ 8,200–10,500
+cores) measured this ``auto`` at 1.09–1.35× PyTorch's nn.LSTM (≈ 8,200–10,600
 frames/s, medians of rounds run side by side on a quiet machine, with the trainer's
-malloc setting) after ≈ 2.8–3.7 s cold / 0.9–1.2 s warm compile, against CVM ≈
+malloc setting) after ≈ 2.2–3.7 s cold / 0.9–1.2 s warm compile, against CVM ≈
 600–2,200 after 42 s / 7 s and FAST_RUN (Numba, which runs the fused Ops in object
 mode) ≈ 500 after 28 s.
 
