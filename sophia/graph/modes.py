@@ -63,7 +63,7 @@ def compile_mode(name: str, looped: bool = False):
         return _fused_auto_mode()
     if concrete == "JAX":
         if importlib.util.find_spec("jax") is None:
-            raise OptionError("compile_mode 'JAX' needs the jax package: pip install jax")
+            raise OptionError("compile_mode 'JAX' needs the jax package: pip install -e '.[jax]' (or pip install jax)")
         _jax_reductions_keep_their_dtype()
         _jax_persistent_cache()
     return get_mode(concrete)

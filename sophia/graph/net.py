@@ -270,10 +270,10 @@ class Net:
         Returns ``(f_fwd_propagate, v_states)``.
         """
         o = train_options
-        window = o.window_size
+        window, batch = o.window_size, batch_size or o.batch_size
         mode, context = self.compile_plan(mode or o.compile_mode, o.unroll_scan)
-        ports = self.ports(window, batch_size or o.batch_size)
-        v_states = self.new_states(batch_size or o.batch_size, "eval")
+        ports = self.ports(window, batch)
+        v_states = self.new_states(batch, "eval")
         with context:
             fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, window, o.loss_type, o.huber_delta)
