@@ -5,7 +5,8 @@ its inner graph (seconds even for tiny nets), and its per-frame overhead is larg
 on a CPU. Here the recurrence of a window is a single Op whose ``perform`` loops
 over the frames — one BLAS matmul per frame for the recurrent product (``np.dot``),
 then one cell kernel per frame for the bias, the gate nonlinearities and the state
-updates (``sophia/graph/kernels.py``; numpy code when Numba cannot be imported) —
+updates (``sophia/graph/kernels.py``, called as native code through
+``sophia/graph/native.py``; numpy code when Numba cannot be imported) —
 and whose gradient is a second Op that runs backpropagation through time the same
 way, sums the bias gradient inside its kernel and the recurrent weight gradient in
 one matmul over all frames.
@@ -47,7 +48,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from scipy.special import expit
 
-from sophia.graph import kernels
+from sophia.graph import kernels, native
 
 ENABLED = True    # build fused recurrences where :func:`applies`; False = always scan
 
@@ -111,6 +112,28 @@ def _route_reset(d_entering_bi, d_init_i, reset_b):
     if reset_b.any():
         d_init_i += d_entering_bi[reset_b].sum(axis=0)
         d_entering_bi[reset_b] = 0
+
+
+class _Frames:
+    """The addresses of an array's frames for the native kernels: ``frames[t]`` is
+    the address of ``array[t]`` (the array must stay alive while they are used)."""
+
+    __slots__ = ("base", "step")
+
+    def __init__(self, array):
+        self.base, self.step = array.ctypes.data, array.strides[0]
+
+    def __getitem__(self, t):
+        return self.base + t * self.step
+
+
+def _entering_address(entering_bi, stored_p, seq: _Frames, reset_tb, t):
+    """The address of the state :func:`_entering` returned for frame ``t``: its own
+    copy at a reset, else the previous frame's state (the stored one, ``stored_p``,
+    at frame 0)."""
+    if reset_tb[t].any():
+        return entering_bi.ctypes.data
+    return seq[t - 1] if t else stored_p
 
 
 def _arrays(inputs, dtype):
@@ -216,15 +239,20 @@ class LSTMRecurrence(_Recurrence):
         h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
         act, tmp = np.empty_like(xw), np.empty((batch, i), dtype)
         one = act.dtype.type(1)
+        cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
+        if cell:
+            p_act, p_xw, p_c, p_h = map(_Frames, (act, xw, c_seq, h_seq))
+            p_bias, p_c_prev = bias.ctypes.data, c_prev.ctypes.data
         for t in range(steps):
             if reset[t].any():
                 h_prev, c_prev = h_prev.copy(), c_prev.copy()
                 h_prev[reset[t]], c_prev[reset[t]] = h0, c0
+                p_c_prev = c_prev.ctypes.data if cell else None
             a = act[t]
             np.dot(h_prev, W, out=a)
-            if kernels.AVAILABLE:
-                kernels.lstm_cell(a, xw[t], bias, c_prev, c_seq[t], h_seq[t], one)
-                h_prev, c_prev = h_seq[t], c_seq[t]
+            if cell:
+                cell(p_act[t], p_xw[t], p_bias, p_c_prev, p_c[t], p_h[t], batch, i, one)
+                h_prev, c_prev, p_c_prev = h_seq[t], c_seq[t], p_c[t]
                 continue
             a += xw[t]
             a += bias
@@ -256,12 +284,17 @@ class LSTMRecurrenceGrad(_RecurrenceGrad):
         tanh_c, tmp = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
         W_T = np.ascontiguousarray(W.T)
         one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
+        cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
+        if cell_grad:
+            p_act, p_c, p_d = map(_Frames, (act, c_seq, d_pre))
+            p_dh, p_dc, p_db, p_c_bi, p_zero = (x.ctypes.data for x in (dh, dc, db, c_bi, zero_bi))
+            p_dh_out, p_dc_out = (_Frames(x) if x is not None else None for x in (dh_out, dc_out))
         for t in reversed(range(steps)):
             c_in = _entering(c_bi, c_seq, c0, reset, t)
-            if kernels.AVAILABLE:
-                kernels.lstm_cell_grad(dh, dc, zero_bi if dh_out is None else dh_out[t],
-                                       zero_bi if dc_out is None else dc_out[t],
-                                       act[t], c_seq[t], c_in, d_pre[t], db, one)
+            if cell_grad:
+                cell_grad(p_dh, p_dc, p_zero if dh_out is None else p_dh_out[t],
+                          p_zero if dc_out is None else p_dc_out[t], p_act[t], p_c[t],
+                          _entering_address(c_in, p_c_bi, p_c, reset, t), p_d[t], p_db, batch, i, one)
                 np.dot(d_pre[t], W_T, out=dh)
                 _route_reset(dh, dh0, reset[t])
                 _route_reset(dc, dc0, reset[t])
@@ -320,14 +353,19 @@ class GRURecurrence(_Recurrence):
         h_seq, hn_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
         act, ha = np.empty_like(xw), np.empty((batch, gates), dtype)
         one = act.dtype.type(1)
+        cell = native.kernel("gru_cell", dtype) if kernels.AVAILABLE else None
+        if cell:
+            p_xw, p_act, p_hn, p_h = map(_Frames, (xw, act, hn_seq, h_seq))
+            p_ha, p_bias, p_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
         for t in range(steps):
             if reset[t].any():
                 h_prev = h_prev.copy()
                 h_prev[reset[t]] = h0
+                p_h_prev = h_prev.ctypes.data if cell else None
             np.dot(h_prev, W, out=ha)
-            if kernels.AVAILABLE:
-                kernels.gru_cell(ha, xw[t], bias, h_prev, act[t], hn_seq[t], h_seq[t], one)
-                h_prev = h_seq[t]
+            if cell:
+                cell(p_ha, p_xw[t], p_bias, p_h_prev, p_act[t], p_hn[t], p_h[t], batch, i, one)
+                h_prev, p_h_prev = h_seq[t], p_h[t]
                 continue
             a = act[t]
             np.add(xw[t, :, :2 * i], ha[:, :2 * i], out=a[:, :2 * i])
@@ -363,11 +401,17 @@ class GRURecurrenceGrad(_RecurrenceGrad):
         tmp, back = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
         W_T = np.ascontiguousarray(W.T)
         one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
+        cell_grad = native.kernel("gru_cell_grad", dtype) if kernels.AVAILABLE else None
+        if cell_grad:
+            p_act, p_h, p_hn, p_d, p_d_ha = map(_Frames, (act, h_seq, hn_seq, d_pre, d_ha))
+            p_dh, p_db, p_h_bi, p_zero = (x.ctypes.data for x in (dh, db, h_bi, zero_bi))
+            p_dh_out = _Frames(dh_out) if dh_out is not None else None
         for t in reversed(range(steps)):
             h_in = _entering(h_bi, h_seq, h0, reset, t)
-            if kernels.AVAILABLE:
-                kernels.gru_cell_grad(dh, zero_bi if dh_out is None else dh_out[t], act[t], h_in,
-                                      hn_seq[t], d_pre[t], d_ha[t], db, one)
+            if cell_grad:
+                cell_grad(p_dh, p_zero if dh_out is None else p_dh_out[t], p_act[t],
+                          _entering_address(h_in, p_h_bi, p_h, reset, t), p_hn[t], p_d[t], p_d_ha[t],
+                          p_db, batch, i, one)
                 dh += np.dot(d_ha[t], W_T, out=back)
                 _route_reset(dh, dh0, reset[t])
                 continue

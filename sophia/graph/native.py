@@ -1,0 +1,240 @@
+"""The cell kernels as native functions, loaded from disk without Numba's start-up.
+
+``sophia/graph/kernels.py`` writes the per-frame cell kernels for Numba. Calling a
+Numba function the first time in a process — even one Numba has cached — starts
+Numba's compiler: its typing and lowering registries and ``scipy.linalg`` (≈ 0.5 s
+on 2 cores, half of a warm compile; ``bench/README.md``). This module compiles each
+kernel once, as a C-callable function over raw pointers (``numba.cfunc``), keeps its
+machine code on disk, and in later processes loads that code with llvmlite's JIT
+linker alone (≈ 5 ms a kernel).
+
+:func:`kernel` ``(name, dtype)`` returns a ``ctypes`` function. Its arguments are
+the addresses of the kernel's arrays, in the order of ``kernels.<name>``, then
+``batch``, ``i`` (the layer width) and ``one`` (1 in ``dtype``). Every array must be
+C-contiguous with the shape ``kernels.<name>`` documents; ``db`` is float64, the
+others are ``dtype``. Nothing checks the addresses: passing a wrong one corrupts
+memory, so only ``fused.py`` calls these.
+
+The cache lives in ``<compiledir>/sophia_kernels`` (PyTensor's compiledir, like the
+JAX cache in ``sophia/graph/modes.py``), one file per kernel and dtype, named by a
+hash of everything the machine code depends on (the kernels' source, Numba and
+llvmlite versions, the CPU and its features). A file is written to a temporary name
+and renamed, so runs started side by side never read half a file, and carries a
+SHA-256 of its code, so a damaged one is compiled again rather than loaded. Where
+loading fails in any other way, the kernel runs as Numba compiled it in this process.
+
+Example
+-------
+>>> import numpy as np
+>>> a, xa, bias = np.zeros((2, 12), np.float32), np.zeros((2, 12), np.float32), np.zeros(12, np.float32)
+>>> c_prev, c, h = np.ones((2, 3), np.float32), np.empty((2, 3), np.float32), np.empty((2, 3), np.float32)
+>>> cell = kernel("lstm_cell", np.float32)       # batch 2, width 3: the gates are 12 wide
+>>> cell(*[x.ctypes.data for x in (a, xa, bias, c_prev, c, h)], 2, 3, 1.0)
+>>> float(c[0, 0])                               # σ(0) · 1 + σ(0) · tanh(0)
+0.5
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import inspect
+import os
+import tempfile
+
+import numpy as np
+
+from sophia.graph import kernels
+
+MAGIC = b"sophia-kernel-1\n"
+
+# The arrays each kernel takes, in order: False for arrays of the layer's dtype,
+# True for the float64 bias-gradient accumulator. Then batch, i and one follow.
+_ARRAYS = {
+    "lstm_cell": (False,) * 6,
+    "lstm_cell_grad": (False,) * 8 + (True,),
+    "gru_cell": (False,) * 7,
+    "gru_cell_grad": (False,) * 7 + (True,),
+}
+
+
+@functools.cache
+def kernel(name: str, dtype) -> ctypes._CFuncPtr:
+    """The ``ctypes`` function of kernel ``name`` for arrays of ``dtype`` (float32 or
+    float64): loaded from the cache, or compiled, cached and loaded. Compiles (≈ 1 s
+    the first time in a process) and writes the cache file as side effects."""
+    dtype = np.dtype(dtype)
+    prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(_ARRAYS[name]), ctypes.c_ssize_t,
+                                 ctypes.c_ssize_t, ctypes.c_float if dtype == np.float32 else ctypes.c_double)
+    symbol = f"sophia_{name}_{dtype.name}"
+    path = os.path.join(cache_dir(), f"{symbol}-{_fingerprint(name, dtype)}.o")
+    code = _read(path)
+    if code is None:
+        compiled = _compile(name, dtype)
+        try:
+            code = _emit_object(compiled, symbol)
+        except Exception:                         # llvmlite cannot emit: run Numba's own code
+            return prototype(compiled.address)
+        _write(path, code)
+    try:
+        return prototype(_load(code, symbol))
+    except Exception:                             # llvmlite cannot load: run Numba's own code
+        return prototype(_compile(name, dtype).address)
+
+
+def cache_dir() -> str:
+    """Where the kernels' machine code is kept: ``<compiledir>/sophia_kernels``."""
+    import pytensor
+
+    return os.path.join(pytensor.config.compiledir, "sophia_kernels")
+
+
+# -- compiling (cold cache) -------------------------------------------------------------
+@functools.cache
+def _compile(name: str, dtype: np.dtype):
+    """``kernels.<name>`` wrapped as a ``numba.cfunc`` over raw pointers."""
+    from numba import carray, cfunc, types
+
+    scalar = types.float32 if dtype == np.float32 else types.float64
+    pointers = [types.CPointer(types.float64 if accumulator else scalar) for accumulator in _ARRAYS[name]]
+    signature = types.void(*pointers, types.intp, types.intp, scalar)
+    return cfunc(signature, fastmath=True, error_model="numpy", nogil=True)(_WRAPPERS[name](carray))
+
+
+def _wrap_lstm_cell(carray):
+    cell = kernels.lstm_cell
+
+    def lstm_cell(a, xa, bias, c_prev, c, h, batch, i, one):
+        g = 4 * i
+        cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(c_prev, (batch, i)),
+             carray(c, (batch, i)), carray(h, (batch, i)), one)
+    return lstm_cell
+
+
+def _wrap_lstm_cell_grad(carray):
+    cell_grad = kernels.lstm_cell_grad
+
+    def lstm_cell_grad(dh, dc, dh_out, dc_out, a, c, c_in, d, db, batch, i, one):
+        g = 4 * i
+        cell_grad(carray(dh, (batch, i)), carray(dc, (batch, i)), carray(dh_out, (batch, i)),
+                  carray(dc_out, (batch, i)), carray(a, (batch, g)), carray(c, (batch, i)),
+                  carray(c_in, (batch, i)), carray(d, (batch, g)), carray(db, (g,)), one)
+    return lstm_cell_grad
+
+
+def _wrap_gru_cell(carray):
+    cell = kernels.gru_cell
+
+    def gru_cell(ha, xa, bias, h_prev, a, hn, h, batch, i, one):
+        g = 3 * i
+        cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, (batch, i)),
+             carray(a, (batch, g)), carray(hn, (batch, i)), carray(h, (batch, i)), one)
+    return gru_cell
+
+
+def _wrap_gru_cell_grad(carray):
+    cell_grad = kernels.gru_cell_grad
+
+    def gru_cell_grad(dh, dh_out, a, h_in, hn, d, d_ha, db, batch, i, one):
+        g = 3 * i
+        cell_grad(carray(dh, (batch, i)), carray(dh_out, (batch, i)), carray(a, (batch, g)),
+                  carray(h_in, (batch, i)), carray(hn, (batch, i)), carray(d, (batch, g)),
+                  carray(d_ha, (batch, g)), carray(db, (g,)), one)
+    return gru_cell_grad
+
+
+_WRAPPERS = {"lstm_cell": _wrap_lstm_cell, "lstm_cell_grad": _wrap_lstm_cell_grad,
+             "gru_cell": _wrap_gru_cell, "gru_cell_grad": _wrap_gru_cell_grad}
+
+
+def _emit_object(compiled, symbol: str) -> bytes:
+    """The machine code of a compiled cfunc, its entry point renamed ``symbol``."""
+    import llvmlite.binding as llvm
+
+    module = llvm.parse_assembly(compiled.inspect_llvm())
+    module.get_function(compiled.native_name).name = symbol
+    return _target_machine().emit_object(module)
+
+
+# -- loading (warm cache) -------------------------------------------------------------
+_ENGINES = []     # the JIT linkers own the loaded code: keep them for the process's life
+
+
+def _load(code: bytes, symbol: str) -> int:
+    """Link ``code`` into this process; the address of its function ``symbol``."""
+    import llvmlite.binding as llvm
+
+    _resolve_numba_helpers()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+    engine.finalize_object()
+    address = engine.get_function_address(symbol)
+    if not address:
+        raise LookupError(f"{symbol} is not in its object code")
+    _ENGINES.append(engine)
+    return address
+
+
+@functools.cache
+def _resolve_numba_helpers() -> None:
+    """Tell the JIT linker where Numba's C helpers are: a cfunc's error path refers to
+    them (never taken by these kernels, but every symbol must resolve)."""
+    import llvmlite.binding as llvm
+    from numba import _helperlib
+    from numba.core.runtime import _nrt_python
+
+    for name, address in _helperlib.c_helpers.items():
+        llvm.add_symbol(f"numba_{name}", address)
+    for name, address in _nrt_python.c_helpers.items():
+        llvm.add_symbol(f"NRT_{name}", address)
+
+
+@functools.cache
+def _target_machine():
+    """This CPU, as Numba compiles for it (all its features, -O3)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    return llvm.Target.from_default_triple().create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3,
+        reloc="default", codemodel="jitdefault")
+
+
+# -- the cache files ------------------------------------------------------------------
+def _fingerprint(name: str, dtype: np.dtype) -> str:
+    """A hash of everything the machine code of ``name`` for ``dtype`` depends on."""
+    import llvmlite
+    import llvmlite.binding as llvm
+    import numba
+
+    parts = [name, dtype.name, numba.__version__, llvmlite.__version__, llvm.get_process_triple(),
+             llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
+             inspect.getsource(kernels), inspect.getsource(_WRAPPERS[name])]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def _read(path: str) -> bytes | None:
+    """The object code stored at ``path``; None if it is missing or damaged."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    digest, code = data[len(MAGIC):len(MAGIC) + 32], data[len(MAGIC) + 32:]
+    if not data.startswith(MAGIC) or hashlib.sha256(code).digest() != digest:
+        return None
+    return code
+
+
+def _write(path: str, code: bytes) -> None:
+    """Store ``code`` at ``path`` (magic, SHA-256, code) through a temporary file and a
+    rename. A cache that cannot be written is skipped: the kernel still runs."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(code).digest() + code)
+        os.replace(tmp, path)
+    except OSError:
+        return

@@ -1,0 +1,121 @@
+"""The cell kernels' machine-code cache (sophia/graph/native.py): a later process loads
+the kernels from disk without compiling them, and they compute what Numba's kernels do."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from sophia.graph import kernels, native
+
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+
+BATCH, WIDTH = 3, 5
+GATES = {"lstm_cell": 4, "lstm_cell_grad": 4, "gru_cell": 3, "gru_cell_grad": 3}
+# per array: its width in units of WIDTH (0 = a vector of the gates' width)
+SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
+          "lstm_cell_grad": (1, 1, 1, 1, "g", 1, 1, "g", 0),
+          "gru_cell": ("g", "g", 0, 1, "g", 1, 1),
+          "gru_cell_grad": (1, 1, "g", 1, 1, "g", "g", 0)}
+
+
+def kernel_arrays(name, dtype, seed=0):
+    """Random inputs for kernel ``name``: gate activations in (0, 1) where the kernel
+    reads activations, the bias-gradient accumulator in float64."""
+    rng = np.random.default_rng(seed)
+    g = GATES[name] * WIDTH
+    arrays = []
+    for k, width in enumerate(SHAPES[name]):
+        shape = (g,) if width == 0 else (BATCH, g if width == "g" else WIDTH)
+        accumulator = name.endswith("_grad") and k == len(SHAPES[name]) - 1
+        arrays.append(rng.uniform(0.05, 0.95, shape).astype(np.float64 if accumulator else dtype))
+    return arrays
+
+
+def run_native(name, dtype, arrays):
+    """Call the native kernel on copies of ``arrays``; returns the copies (written in place)."""
+    out = [a.copy() for a in arrays]
+    native.kernel(name, dtype)(*[a.ctypes.data for a in out], BATCH, WIDTH, float(np.dtype(dtype).type(1)))
+    return out
+
+
+def run_numba(name, dtype, arrays):
+    out = [a.copy() for a in arrays]
+    getattr(kernels, name)(*out, np.dtype(dtype).type(1))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(GATES))
+def test_native_kernels_compute_what_numba_kernels_do(name, dtype, tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "cache_dir", lambda: str(tmp_path))
+    native.kernel.cache_clear()
+    arrays = kernel_arrays(name, dtype)
+    for got, want in zip(run_native(name, dtype, arrays), run_numba(name, dtype, arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert len(os.listdir(tmp_path)) == 1
+    native.kernel.cache_clear()
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from sophia.graph import native
+    from tests.test_native import GATES, kernel_arrays, run_native
+    if sys.argv[2] == "forbid-compiling":
+        def refuse(*args):
+            raise RuntimeError("compiled although the cache holds the kernel")
+        native._compile = refuse
+    out = {}
+    for name in GATES:
+        for k, a in enumerate(run_native(name, "float32", kernel_arrays(name, "float32"))):
+            out[f"{name}.{k}"] = a
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def test_a_later_process_loads_the_kernels_without_compiling(tmp_path):
+    """The first process compiles and stores every kernel; the second, where compiling
+    raises, loads them all from the cache and computes the same numbers."""
+    env = dict(os.environ, PYTENSOR_FLAGS=f"compiledir={tmp_path / 'compiledir'}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = []
+    for run, how in enumerate(["compile", "forbid-compiling"]):
+        path = tmp_path / f"run{run}.npz"
+        done = subprocess.run([sys.executable, "-c", CHILD, str(path), how], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(dict(np.load(path)))
+    assert len(os.listdir(tmp_path / "compiledir" / "sophia_kernels")) == len(GATES)
+    assert results[0].keys() == results[1].keys()
+    for key in results[0]:
+        np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
+
+
+def test_a_damaged_cache_file_is_compiled_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "cache_dir", lambda: str(tmp_path))
+    native.kernel.cache_clear()
+    arrays = kernel_arrays("gru_cell", "float32")
+    want = run_native("gru_cell", "float32", arrays)
+    (path,) = tmp_path.iterdir()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF                     # one flipped byte in the machine code
+    path.write_bytes(bytes(data[:-100]))             # and a truncated file
+    assert native._read(str(path)) is None
+    native.kernel.cache_clear()
+    for got, expected in zip(run_native("gru_cell", "float32", arrays), want):
+        np.testing.assert_array_equal(got, expected)
+    assert native._read(str(path)) is not None       # stored again, whole
+    native.kernel.cache_clear()
+
+
+def test_code_that_cannot_be_loaded_runs_as_numba_compiled_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(native, "_load", lambda code, symbol: (_ for _ in ()).throw(OSError("no JIT linker")))
+    native.kernel.cache_clear()
+    arrays = kernel_arrays("lstm_cell", "float32")
+    for got, want in zip(run_native("lstm_cell", "float32", arrays), run_numba("lstm_cell", "float32", arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    native.kernel.cache_clear()
