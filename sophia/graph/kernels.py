@@ -5,9 +5,10 @@ One kernel call does all the elementwise work of one frame of an LSTM or GRU lay
 the pre-activations and of the bias — in a single pass over the [B][g] rows, written
 into preallocated arrays. The matmuls stay ``np.dot`` on BLAS, called by the Ops.
 
-Numba compiles each kernel at its first call per dtype and caches it on disk
-(``NUMBA_CACHE_DIR``, else ``__pycache__``). Without Numba, ``AVAILABLE`` is False
-and the Ops run their numpy code instead.
+The Ops call these kernels as native functions over raw pointers
+(``sophia/graph/native.py``), compiled by Numba once per machine and loaded from
+disk afterwards; calling them here, on arrays, is what the tests compare with.
+Without Numba, ``AVAILABLE`` is False and the Ops run their numpy code instead.
 
 Conventions: ``one`` is 1 in the arrays' dtype, so float32 arithmetic stays float32
 (a Python literal 1 would promote to float64); ``db`` accumulates the bias gradient

@@ -17,11 +17,12 @@ memory, so only ``fused.py`` calls these.
 
 The cache lives in ``<compiledir>/sophia_kernels`` (PyTensor's compiledir, like the
 JAX cache in ``sophia/graph/modes.py``), one file per kernel and dtype, named by a
-hash of everything the machine code depends on (the kernels' source, Numba and
-llvmlite versions, the CPU and its features). A file is written to a temporary name
-and renamed, so runs started side by side never read half a file, and carries a
-SHA-256 of its code, so a damaged one is compiled again rather than loaded. Where
-loading fails in any other way, the kernel runs as Numba compiled it in this process.
+hash of everything the machine code depends on: the source of both modules, the
+Numba and llvmlite versions, the CPU and its features. Files of older versions stay
+until the folder is deleted. A file is written to a temporary name and renamed, so
+runs started side by side never read half a file, and carries a SHA-256 of its code,
+so a damaged one is compiled again rather than loaded. Where loading fails in any
+other way, the kernel runs as Numba compiled it in this process.
 
 Example
 -------
@@ -40,6 +41,7 @@ import functools
 import hashlib
 import inspect
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -210,7 +212,7 @@ def _fingerprint(name: str, dtype: np.dtype) -> str:
 
     parts = [name, dtype.name, numba.__version__, llvmlite.__version__, llvm.get_process_triple(),
              llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
-             inspect.getsource(kernels), inspect.getsource(_WRAPPERS[name])]
+             inspect.getsource(kernels), inspect.getsource(sys.modules[__name__])]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
@@ -230,6 +232,7 @@ def _read(path: str) -> bytes | None:
 def _write(path: str, code: bytes) -> None:
     """Store ``code`` at ``path`` (magic, SHA-256, code) through a temporary file and a
     rename. A cache that cannot be written is skipped: the kernel still runs."""
+    tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
@@ -237,4 +240,5 @@ def _write(path: str, code: bytes) -> None:
             f.write(MAGIC + hashlib.sha256(code).digest() + code)
         os.replace(tmp, path)
     except OSError:
-        return
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
