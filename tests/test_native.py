@@ -119,3 +119,17 @@ def test_code_that_cannot_be_loaded_runs_as_numba_compiled_it(tmp_path, monkeypa
     for got, want in zip(run_native("lstm_cell", "float32", arrays), run_numba("lstm_cell", "float32", arrays)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     native.kernel.cache_clear()
+
+
+def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, monkeypatch):
+    """A compiledir that cannot hold the kernels (here: a file where the folder should
+    be) leaves the kernel working and no temporary file behind."""
+    (tmp_path / "not_a_folder").write_text("")
+    monkeypatch.setattr(native, "cache_dir", lambda: str(tmp_path / "not_a_folder" / "sophia_kernels"))
+    native.kernel.cache_clear()
+    arrays = kernel_arrays("lstm_cell_grad", "float32")
+    for got, want in zip(run_native("lstm_cell_grad", "float32", arrays),
+                         run_numba("lstm_cell_grad", "float32", arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert [p.name for p in tmp_path.iterdir()] == ["not_a_folder"]
+    native.kernel.cache_clear()
