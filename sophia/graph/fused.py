@@ -116,12 +116,16 @@ def _route_reset(d_entering_bi, d_init_i, reset_b):
 
 class _Frames:
     """The addresses of an array's frames for the native kernels: ``frames[t]`` is
-    the address of ``array[t]`` (the array must stay alive while they are used)."""
+    the address of ``array[t]``; with ``array`` None, of ``zeros_bi`` at every frame
+    (an output gradient not given). The arrays must stay alive while they are used."""
 
     __slots__ = ("base", "step")
 
-    def __init__(self, array):
-        self.base, self.step = array.ctypes.data, array.strides[0]
+    def __init__(self, array, zeros_bi=None):
+        if array is None:
+            self.base, self.step = zeros_bi.ctypes.data, 0
+        else:
+            self.base, self.step = array.ctypes.data, array.strides[0]
 
     def __getitem__(self, t):
         return self.base + t * self.step
@@ -240,17 +244,17 @@ class LSTMRecurrence(_Recurrence):
         act, tmp = np.empty_like(xw), np.empty((batch, i), dtype)
         one = act.dtype.type(1)
         cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
-        if cell:
+        if cell is not None:
             p_act, p_xw, p_c, p_h = map(_Frames, (act, xw, c_seq, h_seq))
             p_bias, p_c_prev = bias.ctypes.data, c_prev.ctypes.data
         for t in range(steps):
             if reset[t].any():
                 h_prev, c_prev = h_prev.copy(), c_prev.copy()
                 h_prev[reset[t]], c_prev[reset[t]] = h0, c0
-                p_c_prev = c_prev.ctypes.data if cell else None
+                p_c_prev = c_prev.ctypes.data if cell is not None else None
             a = act[t]
             np.dot(h_prev, W, out=a)
-            if cell:
+            if cell is not None:
                 cell(p_act[t], p_xw[t], p_bias, p_c_prev, p_c[t], p_h[t], batch, i, one)
                 h_prev, c_prev, p_c_prev = h_seq[t], c_seq[t], p_c[t]
                 continue
@@ -285,15 +289,14 @@ class LSTMRecurrenceGrad(_RecurrenceGrad):
         W_T = np.ascontiguousarray(W.T)
         one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
         cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
-        if cell_grad:
+        if cell_grad is not None:
             p_act, p_c, p_d = map(_Frames, (act, c_seq, d_pre))
-            p_dh, p_dc, p_db, p_c_bi, p_zero = (x.ctypes.data for x in (dh, dc, db, c_bi, zero_bi))
-            p_dh_out, p_dc_out = (_Frames(x) if x is not None else None for x in (dh_out, dc_out))
+            p_dh, p_dc, p_db, p_c_bi = (x.ctypes.data for x in (dh, dc, db, c_bi))
+            p_dh_out, p_dc_out = _Frames(dh_out, zero_bi), _Frames(dc_out, zero_bi)
         for t in reversed(range(steps)):
             c_in = _entering(c_bi, c_seq, c0, reset, t)
-            if cell_grad:
-                cell_grad(p_dh, p_dc, p_zero if dh_out is None else p_dh_out[t],
-                          p_zero if dc_out is None else p_dc_out[t], p_act[t], p_c[t],
+            if cell_grad is not None:
+                cell_grad(p_dh, p_dc, p_dh_out[t], p_dc_out[t], p_act[t], p_c[t],
                           _entering_address(c_in, p_c_bi, p_c, reset, t), p_d[t], p_db, batch, i, one)
                 np.dot(d_pre[t], W_T, out=dh)
                 _route_reset(dh, dh0, reset[t])
@@ -354,16 +357,16 @@ class GRURecurrence(_Recurrence):
         act, ha = np.empty_like(xw), np.empty((batch, gates), dtype)
         one = act.dtype.type(1)
         cell = native.kernel("gru_cell", dtype) if kernels.AVAILABLE else None
-        if cell:
+        if cell is not None:
             p_xw, p_act, p_hn, p_h = map(_Frames, (xw, act, hn_seq, h_seq))
             p_ha, p_bias, p_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
         for t in range(steps):
             if reset[t].any():
                 h_prev = h_prev.copy()
                 h_prev[reset[t]] = h0
-                p_h_prev = h_prev.ctypes.data if cell else None
+                p_h_prev = h_prev.ctypes.data if cell is not None else None
             np.dot(h_prev, W, out=ha)
-            if cell:
+            if cell is not None:
                 cell(p_ha, p_xw[t], p_bias, p_h_prev, p_act[t], p_hn[t], p_h[t], batch, i, one)
                 h_prev, p_h_prev = h_seq[t], p_h[t]
                 continue
@@ -402,16 +405,15 @@ class GRURecurrenceGrad(_RecurrenceGrad):
         W_T = np.ascontiguousarray(W.T)
         one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
         cell_grad = native.kernel("gru_cell_grad", dtype) if kernels.AVAILABLE else None
-        if cell_grad:
+        if cell_grad is not None:
             p_act, p_h, p_hn, p_d, p_d_ha = map(_Frames, (act, h_seq, hn_seq, d_pre, d_ha))
-            p_dh, p_db, p_h_bi, p_zero = (x.ctypes.data for x in (dh, db, h_bi, zero_bi))
-            p_dh_out = _Frames(dh_out) if dh_out is not None else None
+            p_dh, p_db, p_h_bi = (x.ctypes.data for x in (dh, db, h_bi))
+            p_dh_out = _Frames(dh_out, zero_bi)
         for t in reversed(range(steps)):
             h_in = _entering(h_bi, h_seq, h0, reset, t)
-            if cell_grad:
-                cell_grad(p_dh, p_zero if dh_out is None else p_dh_out[t], p_act[t],
-                          _entering_address(h_in, p_h_bi, p_h, reset, t), p_hn[t], p_d[t], p_d_ha[t],
-                          p_db, batch, i, one)
+            if cell_grad is not None:
+                cell_grad(p_dh, p_dh_out[t], p_act[t], _entering_address(h_in, p_h_bi, p_h, reset, t),
+                          p_hn[t], p_d[t], p_d_ha[t], p_db, batch, i, one)
                 dh += np.dot(d_ha[t], W_T, out=back)
                 _route_reset(dh, dh0, reset[t])
                 continue

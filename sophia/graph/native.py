@@ -43,6 +43,7 @@ import inspect
 import os
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -75,13 +76,21 @@ def kernel(name: str, dtype) -> ctypes._CFuncPtr:
         compiled = _compile(name, dtype)
         try:
             code = _emit_object(compiled, symbol)
-        except Exception:                         # llvmlite cannot emit: run Numba's own code
+        except Exception as error:                # llvmlite cannot emit: run Numba's own code
+            _warn_uncached(symbol, error)
             return prototype(compiled.address)
         _write(path, code)
     try:
         return prototype(_load(code, symbol))
-    except Exception:                             # llvmlite cannot load: run Numba's own code
+    except Exception as error:                    # llvmlite cannot load: run Numba's own code
+        _warn_uncached(symbol, error)
         return prototype(_compile(name, dtype).address)
+
+
+def _warn_uncached(symbol: str, error: Exception) -> None:
+    warnings.warn(f"sophia: the cell kernel {symbol} runs as Numba compiled it in this process "
+                  f"(its machine code could not be cached or loaded: {error!r}); every process "
+                  f"will start Numba's compiler", RuntimeWarning, stacklevel=3)
 
 
 def cache_dir() -> str:
