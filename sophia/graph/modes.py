@@ -34,7 +34,7 @@ rewrites took ≈ 0.4 s of a ≈ 0.9 s compile and changed no op that matters fo
 ``bench/train_speed.py`` (2-layer LSTM 256, batch 64, BPTT(128; 64), float32, 2 shared
 cores) measured this ``auto`` at 1.09–1.35× PyTorch's nn.LSTM (≈ 8,200–10,600
 frames/s, medians of rounds run side by side on a quiet machine, with the trainer's
-malloc setting) after ≈ 3.3–4.8 s cold / 0.4–0.9 s warm compile (the cell kernels'
+malloc setting) after ≈ 2.6–2.8 s cold / 0.4–0.9 s warm compile (the cell kernels'
 machine code cached by ``sophia/graph/native.py``), against CVM ≈
 600–2,200 after 42 s / 7 s and FAST_RUN (Numba, which runs the fused Ops in object
 mode) ≈ 500 after 28 s.
