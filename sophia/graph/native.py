@@ -64,7 +64,7 @@ _ARRAYS = {
 @functools.cache
 def kernel(name: str, dtype) -> ctypes._CFuncPtr:
     """The ``ctypes`` function of kernel ``name`` for arrays of ``dtype`` (float32 or
-    float64): loaded from the cache, or compiled, cached and loaded. Compiles (≈ 1 s
+    float64): loaded from the cache, or compiled, cached and loaded. Compiles (≈ 1–2 s
     the first time in a process) and writes the cache file as side effects."""
     dtype = np.dtype(dtype)
     prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(_ARRAYS[name]), ctypes.c_ssize_t,
