@@ -199,6 +199,24 @@ def measure_mode(mode, recurrence, o, torch_ok):
     return cold, warms, torches, kept
 
 
+def _cpu_model():
+    """The CPU's model name and widest vector extension (Linux: /proc/cpuinfo), else
+    what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            fields = dict(line.split(":", 1) for line in cpuinfo.read().split("\n\n")[0].splitlines()
+                          if ":" in line)
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = fields.get("flags", "").split()
+    vector = next((name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2")) if flag in flags), "no AVX2")
+    return f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, " \
+           f"model {fields.get('model', '?')}, {vector})"
+
+
 def _fmt(value, spec):
     """``value`` formatted with ``spec``, or a right-aligned "-" of the same width."""
     width = int("".join(c for c in spec.split(".")[0].split(",")[0] if c.isdigit()) or 0)
@@ -234,6 +252,9 @@ def main(argv=None):
           f"output {m['target_dim']}, batch {m['batch']}, BPTT({m['window']}; {m['step']}), float32, Adam")
     print(f"{o.steps} calls x {o.repeats} repeats per process (median); "
           f"{m['batch'] * m['step']} frames per call; {os.cpu_count()} CPUs; python {sys.executable}")
+    # ratios to PyTorch move with the host (its oneDNN kernels and OpenBLAS's gain differently):
+    # name the CPU, and OpenBLAS's kernel choice where the environment overrides it
+    print(f"cpu: {_cpu_model()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}")
     torch_ok = not o.no_torch and _importable("torch")
     print("torch: " + ("nn.LSTM on the CPU, one process before every warm Sophia process" if torch_ok
                        else "skipped (--no-torch)" if o.no_torch else "skipped (torch is not importable)"))
