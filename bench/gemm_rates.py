@@ -18,20 +18,31 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import sys
 import time
 
 import numpy as np
 
-# (M, K, N, products per training step, what it is)
-SHAPES = (
-    (64, 256, 1024, 256, "forward recurrent product, per frame"),
-    (64, 1024, 256, 256, "backward recurrent product, per frame"),
-    (8192, 44, 1024, 1, "layer 1 input product"),
-    (8192, 256, 1024, 1, "layer 2 input product"),
-    (8192, 1024, 256, 1, "layer 2 input gradient"),
-    (256, 8192, 1024, 3, "layer 2 input / both recurrent weight gradients"),
-    (44, 8192, 1024, 1, "layer 1 input weight gradient"),
-)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from train_speed import MODEL  # noqa: E402  (the benchmark's reference model)
+
+
+def step_products(m=MODEL):
+    """The matrix products of one training step of a 2-layer LSTM ``m``: a list of
+    (M, K, N, count per step, what it is)."""
+    rows, frames, width, gates = m["batch"] * m["window"], m["window"], m["width"], 4 * m["width"]
+    batch, inputs = m["batch"], m["input_dim"]
+    return [
+        (batch, width, gates, 2 * frames, "forward recurrent product, per frame"),
+        (batch, gates, width, 2 * frames, "backward recurrent product, per frame"),
+        (rows, inputs, gates, 1, "layer 1 input product"),
+        (rows, width, gates, 1, "layer 2 input product"),
+        (rows, gates, width, 1, "layer 2 input gradient"),
+        (width, rows, gates, 3, "layer 2 input / both recurrent weight gradients"),
+        (inputs, rows, gates, 1, "layer 1 input weight gradient"),
+    ]
 
 
 def _best_seconds(call, min_flop, flop, repeats):
@@ -69,7 +80,8 @@ def main(argv=None):
     print(f"{'M x K x N':>18} {'per step':>9} {'numpy GFLOP/s':>14} {'torch.mm':>9}   product")
     rng = np.random.default_rng(0)
     floor = 0.0
-    for m, k, n, per_step, what in SHAPES:
+    shapes = step_products()
+    for m, k, n, per_step, what in shapes:
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((k, n)).astype(np.float32)
         out = np.empty((m, n), np.float32)
@@ -81,9 +93,9 @@ def main(argv=None):
             ta, tb, tout = (torch.from_numpy(x) for x in (a, b, out))
             theirs = f"{flop / _best_seconds(lambda: torch.mm(ta, tb, out=tout), 2e8, flop, o.repeats) / 1e9:.0f}"
         print(f"{f'{m} x {k} x {n}':>18} {per_step:>9} {flop / seconds / 1e9:>14.0f} {theirs:>9}   {what}")
-    total = sum(2.0 * m * k * n * per_step for m, k, n, per_step, _ in SHAPES)
+    total = sum(2.0 * m * k * n * per_step for m, k, n, per_step, _ in shapes)
     print(f"\none training step: {total / 1e9:.1f} GFLOP of products, {floor * 1e3:.0f} ms at numpy's rates "
-          f"above ({4096 / floor:,.0f} frames/s if nothing else took time)")
+          f"above ({MODEL['batch'] * MODEL['step'] / floor:,.0f} frames/s if nothing else took time)")
 
 
 if __name__ == "__main__":
