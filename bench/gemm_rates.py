@@ -30,17 +30,17 @@ from train_speed import MODEL  # noqa: E402  (the benchmark's reference model)
 
 
 def step_products(m=MODEL):
-    """The matrix products of one training step of a 2-layer LSTM ``m``: a list of
+    """The matrix products of one training step of the stacked LSTM ``m``: a list of
     (M, K, N, count per step, what it is)."""
     rows, frames, width, gates = m["batch"] * m["window"], m["window"], m["width"], 4 * m["width"]
-    batch, inputs = m["batch"], m["input_dim"]
+    batch, inputs, upper = m["batch"], m["input_dim"], m["depth"] - 1
     return [
-        (batch, width, gates, 2 * frames, "forward recurrent product, per frame"),
-        (batch, gates, width, 2 * frames, "backward recurrent product, per frame"),
+        (batch, width, gates, m["depth"] * frames, "forward recurrent product, per frame"),
+        (batch, gates, width, m["depth"] * frames, "backward recurrent product, per frame"),
         (rows, inputs, gates, 1, "layer 1 input product"),
-        (rows, width, gates, 1, "layer 2 input product"),
-        (rows, gates, width, 1, "layer 2 input gradient"),
-        (width, rows, gates, 3, "layer 2 input / both recurrent weight gradients"),
+        (rows, width, gates, upper, "upper layers' input products"),
+        (rows, gates, width, upper, "upper layers' input gradients"),
+        (width, rows, gates, upper + m["depth"], "upper layers' input and all recurrent weight gradients"),
         (inputs, rows, gates, 1, "layer 1 input weight gradient"),
     ]
 
