@@ -181,3 +181,21 @@ def test_gate_biases_initialise_their_own_gate():
     b = Net(ModelOptions(input_dim=3, target_dim=2, net_width=4, net_depth=1, input_bias=-2.0,
                          forget_bias=3.0), seed=0).layers[0].v_b.get_value()
     np.testing.assert_array_equal(b, np.repeat([-2.0, 3.0, 0.0, 0.0], 4))
+
+
+@pytest.mark.parametrize("options", [
+    dict(unit_type="lstm", weight_norm=True), dict(unit_type="gru", weight_norm=True),
+    dict(unit_type="lstm", layer_norm=True, peephole=True), dict(unit_type="gru", batch_norm=True),
+    dict(unit_type="lstm", learn_clock_params=True, learn_id_embedding=True, id_embedding_dim=2),
+])
+def test_float32_nets_train_in_float32(options):
+    """Every option compiles a float32 train step whose updates stay float32 (a Python
+    float constant once made weight norm's graph float64, and the step failed to build)."""
+    net = make_net(dtype="float32", **options)
+    f_train, _, _ = net.compile_train_step(TrainOptions(batch_size=2, window_size=5, step_size=3,
+                                                        compile_mode=MODE))
+    before = {k: v.copy() for k, v in net.get_values().items()}
+    f_train(*make_window(net, frames=5, batch=2), np.float32(0.01))
+    after = net.get_values()
+    assert all(v.dtype == np.float32 for v in after.values())
+    assert any(not np.array_equal(before[k], after[k]) for k in after)

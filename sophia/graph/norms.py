@@ -17,9 +17,15 @@ from sophia.graph.init import fixed_shared
 EPSILON = 1e-5
 
 
+def _epsilon(s_x):
+    """EPSILON in ``s_x``'s dtype: a Python float would make a float32 graph float64."""
+    return np.asarray(EPSILON, dtype=s_x.dtype)
+
+
 def weight_norm(v_V_jg, v_g_g):
     """Weight-normalised matrix [j][g]: each column of ``v_V_jg`` scaled to norm ``v_g_g``."""
-    return v_V_jg * (v_g_g / tt.sqrt(tt.sum(tt.sqr(v_V_jg), axis=0) + EPSILON))
+    s_sq_norm_g = tt.sum(tt.sqr(v_V_jg), axis=0)
+    return v_V_jg * (v_g_g / tt.sqrt(s_sq_norm_g + _epsilon(s_sq_norm_g)))
 
 
 class LayerNorm:
@@ -39,7 +45,7 @@ class LayerNorm:
         """Normalised ``s_a`` (any shape [..][g])."""
         mean = tt.mean(s_a, axis=-1, keepdims=True)
         var = tt.mean(tt.sqr(s_a - mean), axis=-1, keepdims=True)
-        return (s_a - mean) / tt.sqrt(var + EPSILON) * self.v_gamma + self.v_beta
+        return (s_a - mean) / tt.sqrt(var + _epsilon(var)) * self.v_gamma + self.v_beta
 
 
 class BatchNorm:
@@ -79,7 +85,7 @@ class BatchNorm:
         else:
             mean_sg, var_sg = self.v_buffers.values()
             mean, var = mean_sg[s_step], var_sg[s_step]
-        out = (s_a - mean) / tt.sqrt(var + EPSILON) * self.v_params[f"{self.name}.gamma"]
+        out = (s_a - mean) / tt.sqrt(var + _epsilon(var)) * self.v_params[f"{self.name}.gamma"]
         if f"{self.name}.beta" in self.v_params:
             out = out + self.v_params[f"{self.name}.beta"]
         return (out, mean, var) if training else (out, None, None)
