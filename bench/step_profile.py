@@ -71,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=20, help="nodes to print (default 20)")
     o = parser.parse_args(argv)
 
+    import sophia  # noqa: F401  first, as train.py: it sets OpenBLAS's environment before numpy loads
     import numpy as np
     from sophia.graph.net import Net
     from sophia.options import ModelOptions, TrainOptions

@@ -69,6 +69,7 @@ def _speed(call, steps, repeats):
 
 def sophia_worker(mode, recurrence, steps, repeats):
     """Compile and train the reference model in this process; returns a result dict."""
+    import sophia  # noqa: F401  first, as train.py: it sets OpenBLAS's environment before numpy loads
     import numpy as np
     from sophia.graph.net import Net
     from sophia.options import ModelOptions, TrainOptions
@@ -79,6 +80,9 @@ def sophia_worker(mode, recurrence, steps, repeats):
     if recurrence == "scan":
         from sophia.graph import fused
         fused.ENABLED = False
+    if recurrence == "fused":
+        from sophia.graph import onednn_lstm
+        onednn_lstm.ENABLED = False
     m = MODEL
     start = time.perf_counter()
     net = Net(ModelOptions(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
@@ -229,7 +233,8 @@ def main(argv=None):
                         help=f"comma-separated compile modes (default: {','.join(ALL_MODES)}; "
                              "auto with --quick)")
     parser.add_argument("--recurrence", default="auto",
-                        help="comma-separated: auto (the fused Op where it applies) and/or scan")
+                        help="comma-separated: auto (oneDNN's LSTM where it loads, else the fused Op), "
+                             "fused (the fused Op, no oneDNN) and/or scan")
     parser.add_argument("--steps", type=int, default=None, help="f_train_step calls per measurement (20)")
     parser.add_argument("--repeats", type=int, default=None, help="measurements per process (3)")
     parser.add_argument("--quick", action="store_true",

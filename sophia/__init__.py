@@ -14,8 +14,9 @@ Rooms of the package (one concept per module):
 The naming convention (``v_``/``s_``/``p_``/``f_`` prefixes, ``_tbi`` shape
 suffixes) is documented in ``docs/NAMING.md``.
 """
-from sophia._blas import link_system_openblas
+from sophia._blas import link_system_openblas, quiet_openblas_threads
 
 __version__ = "0.1.0"
 
 link_system_openblas()
+OPENBLAS_THREADS_QUIET = quiet_openblas_threads()   # False where numpy was imported first

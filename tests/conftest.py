@@ -5,7 +5,8 @@ an empty compile cache: a cold C compile costs minutes, while the tests' tiny
 graphs run just as well on PyTensor's Python implementations. So tests (and the
 subprocesses they start, through the environment) run with ``cxx=`` (no C
 compiler). Benchmarks under ``bench/`` measure the real modes. Temporary files go
-under pytest's base directory (``session_tmpdir``).
+under pytest's base directory (``session_tmpdir``). ``sophia`` is imported before
+anything loads numpy, as ``train.py`` does, so OpenBLAS's threads are set up as in training.
 """
 import os
 
@@ -13,6 +14,8 @@ _flags = os.environ.get("PYTENSOR_FLAGS", "")
 if "cxx=" not in _flags:
     os.environ["PYTENSOR_FLAGS"] = ",".join(f for f in (_flags, "cxx=") if f)
 
+
+import sophia  # noqa: E402,F401  before numpy, as train.py: OpenBLAS's environment (sophia/_blas.py)
 
 import shutil  # noqa: E402
 import tempfile  # noqa: E402

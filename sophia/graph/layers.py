@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytensor.tensor as tt
 
-from sophia.graph import fused
+from sophia.graph import fused, onednn_lstm
 from sophia.graph.clock import TimeGate
 from sophia.graph.init import Uniform, fixed_shared, matrix_init, stacked
 from sophia.graph.norms import BatchNorm, LayerNorm, step_index, weight_norm
@@ -235,6 +235,9 @@ class RecurrentLayer(Layer):
               unroll=False, s_skip_tbi=None):
         stats = []
         s_step_tb = self._step_index(s_time_tb)
+        if onednn_lstm.applies(self, unroll, training):   # the window on oneDNN (sophia/graph/onednn_lstm.py)
+            s_h_tbi, carried = onednn_lstm.recurrence(self, s_below_tbj, s_time_tb, s_prev_states, carry_frame)
+            return LayerOutput(self._residual(s_h_tbi, s_skip_tbi), carried, {})
         if fused.applies(self, unroll):   # one Op for the recurrence and bias (sophia/graph/fused.py)
             s_xw = self._project_weights(s_below_tbj, self.s_W_x, self.norm_x, s_step_tb, training, stats)
             states_tbi = fused.recurrence(self, s_xw, s_time_tb, s_prev_states)

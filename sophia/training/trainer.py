@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sophia.graph import onednn_lstm
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
 from sophia.options import ModelOptions, OptionError, TrainOptions, to_dict
@@ -265,7 +266,8 @@ class Trainer:
         eval_options = dataclasses.replace(o, step_size=o.window_size, batch_size=self._eval_batch())
         self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
         self._log(f"compiled ({mode}): f_train_step {middle - start:.1f} s, "
-                  f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
+                  f"f_fwd_propagate {time.monotonic() - middle:.1f} s; "
+                  f"training recurrences: {onednn_lstm.describe(self.f_train_step)}")
 
     def evaluate(self, dataset: Dataset) -> float:
         """Loss per target frame of the current parameters over one pass of ``dataset``."""
