@@ -18,6 +18,20 @@ pytestmark = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN: {onednn
 F32 = dict(rtol=2e-5, atol=2e-6)
 
 
+@pytest.fixture(params=["onednn", "fused"])
+def engine(request, monkeypatch):
+    """Which code every window runs, whatever its size: oneDNN's primitives or the
+    fused Ops' code that :func:`onednn_lstm.runs_on_onednn` falls back to. Returns
+    the list of oneDNN forward calls made, to check which one ran."""
+    on = request.param == "onednn"
+    monkeypatch.setattr(onednn_lstm, "MIN_BATCH_X_WIDTH", 0 if on else 10 ** 9)
+    monkeypatch.setattr(onednn_lstm, "MIN_FRAMES_PER_SEGMENT", 0 if on else 10 ** 9)
+    calls, forward = [], onednn.LSTM.forward
+    monkeypatch.setattr(onednn.LSTM, "forward", lambda self, *a: calls.append(a[0].shape) or forward(self, *a))
+    yield calls
+    assert bool(calls) == on
+
+
 def onednn_ops(f):
     return [node.op for node in f.maker.fgraph.toposort()
             if isinstance(node.op, (onednn_lstm.OneDNNLSTM, onednn_lstm.OneDNNLSTMGrad))]
@@ -42,8 +56,15 @@ def test_segments_split_at_resets_and_after_the_carry_frame():
     assert onednn_lstm.segments(np.ones((3, 2), bool), carry=0) == [(0, 1), (1, 2), (2, 3)]
 
 
+def test_small_or_reset_heavy_windows_fall_back_to_the_fused_code():
+    assert onednn_lstm.runs_on_onednn(batch=64, width=256, steps=128, n_segments=2)
+    assert onednn_lstm.runs_on_onednn(batch=64, width=256, steps=128, n_segments=16)
+    assert not onednn_lstm.runs_on_onednn(batch=64, width=256, steps=128, n_segments=17)
+    assert not onednn_lstm.runs_on_onednn(batch=16, width=32, steps=32, n_segments=1)
+
+
 @pytest.mark.parametrize("carry", [2, 5, 9])
-def test_op_outputs_and_gradients_equal_the_fused_op(carry):
+def test_op_outputs_and_gradients_equal_the_fused_op(carry, engine):
     """Every frame's h, the carried states and the gradients of all inputs, with resets
     at frame 0 and mid-window, a learned-like nonzero initial state and stored state."""
     rng = np.random.default_rng(carry)
@@ -99,7 +120,7 @@ def test_float64_nets_keep_the_fused_ops():
     assert not onednn_lstm.applies(net.layers[0], unroll=False, training=True)
 
 
-def test_train_steps_equal_the_fused_train_steps():
+def test_train_steps_equal_the_fused_train_steps(engine):
     """Parameters, Adam's state and stored states after three BPTT(9; 5) steps of a
     two-layer LSTM with residual gates, ID embedding and learned initial states,
     on windows with resets: oneDNN against the fused Ops, both float32."""

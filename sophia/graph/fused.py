@@ -237,39 +237,48 @@ class LSTMRecurrence(_Recurrence):
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
         xw, W, bias, h0, c0, h_prev, c_prev = _arrays(inputs[:1] + inputs[2:], dtype)
-        reset = np.asarray(inputs[1]) <= 0
-        steps, batch, gates = xw.shape
-        i = gates // 4
-        h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
-        act, tmp = np.empty_like(xw), np.empty((batch, i), dtype)
-        one = act.dtype.type(1)
-        cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
+        outputs = lstm_window(xw, np.asarray(inputs[1]) <= 0, W, bias, h0, c0, h_prev, c_prev)
+        for storage, value in zip(output_storage, outputs):
+            storage[0] = value
+
+
+def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
+    """:class:`LSTMRecurrence` on arrays of one dtype, C-contiguous: ``(h_tbi, c_tbi,
+    act_tbg)`` from ``xw_tbg``, the resets ``reset_tb`` (time ≤ 0), ``W_h``, the bias,
+    the initial and the stored states."""
+    dtype = xw.dtype
+    steps, batch, gates = xw.shape
+    i = gates // 4
+    h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
+    act, tmp = np.empty_like(xw), np.empty((batch, i), dtype)
+    one = act.dtype.type(1)
+    cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
+    if cell is not None:
+        p_act, p_xw, p_c, p_h = map(_Frames, (act, xw, c_seq, h_seq))
+        p_bias, p_c_prev = bias.ctypes.data, c_prev.ctypes.data
+    for t in range(steps):
+        if reset[t].any():
+            h_prev, c_prev = h_prev.copy(), c_prev.copy()
+            h_prev[reset[t]], c_prev[reset[t]] = h0, c0
+            p_c_prev = c_prev.ctypes.data if cell is not None else None
+        a = act[t]
+        np.dot(h_prev, W, out=a)
         if cell is not None:
-            p_act, p_xw, p_c, p_h = map(_Frames, (act, xw, c_seq, h_seq))
-            p_bias, p_c_prev = bias.ctypes.data, c_prev.ctypes.data
-        for t in range(steps):
-            if reset[t].any():
-                h_prev, c_prev = h_prev.copy(), c_prev.copy()
-                h_prev[reset[t]], c_prev[reset[t]] = h0, c0
-                p_c_prev = c_prev.ctypes.data if cell is not None else None
-            a = act[t]
-            np.dot(h_prev, W, out=a)
-            if cell is not None:
-                cell(p_act[t], p_xw[t], p_bias, p_c_prev, p_c[t], p_h[t], batch, i, one)
-                h_prev, c_prev, p_c_prev = h_seq[t], c_seq[t], p_c[t]
-                continue
-            a += xw[t]
-            a += bias
-            expit(a[:, :3 * i], out=a[:, :3 * i])
-            np.tanh(a[:, 3 * i:], out=a[:, 3 * i:])
-            c = c_seq[t]
-            np.multiply(a[:, i:2 * i], c_prev, out=c)                  # f * c_prev
-            c += np.multiply(a[:, :i], a[:, 3 * i:], out=tmp)          # + i * g
-            h = h_seq[t]
-            np.tanh(c, out=h)
-            h *= a[:, 2 * i:3 * i]                                     # o * tanh(c)
-            h_prev, c_prev = h, c
-        output_storage[0][0], output_storage[1][0], output_storage[2][0] = h_seq, c_seq, act
+            cell(p_act[t], p_xw[t], p_bias, p_c_prev, p_c[t], p_h[t], batch, i, one)
+            h_prev, c_prev, p_c_prev = h_seq[t], c_seq[t], p_c[t]
+            continue
+        a += xw[t]
+        a += bias
+        expit(a[:, :3 * i], out=a[:, :3 * i])
+        np.tanh(a[:, 3 * i:], out=a[:, 3 * i:])
+        c = c_seq[t]
+        np.multiply(a[:, i:2 * i], c_prev, out=c)                  # f * c_prev
+        c += np.multiply(a[:, :i], a[:, 3 * i:], out=tmp)          # + i * g
+        h = h_seq[t]
+        np.tanh(c, out=h)
+        h *= a[:, 2 * i:3 * i]                                     # o * tanh(c)
+        h_prev, c_prev = h, c
+    return h_seq, c_seq, act
 
 
 class LSTMRecurrenceGrad(_RecurrenceGrad):
@@ -280,59 +289,68 @@ class LSTMRecurrenceGrad(_RecurrenceGrad):
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
         reset, W, (h0, c0), (h_bi, c_bi), (h_seq, c_seq, act), (dh_out, dc_out) = self._unpack(inputs, dtype)
-        steps, batch, gates = act.shape
-        i = gates // 4
-        d_pre = np.empty_like(act)                       # gradient of the pre-activations = of xw
-        dh, dc = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype)
-        dh0, dc0, db = np.zeros(i, dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
-        tanh_c, tmp = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
-        W_T = np.ascontiguousarray(W.T)
-        one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
-        cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
+        grads = lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc_out)
+        for storage, value in zip(output_storage, grads):
+            storage[0] = value
+
+
+def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc_out):
+    """:class:`LSTMRecurrenceGrad` on arrays: ``(d_xw, d_W_h, d_b, d_h0, d_c0, d_h_bi,
+    d_c_bi)`` from :func:`lstm_window`'s inputs and outputs and the gradients of every
+    frame's h and c (``dh_out``, ``dc_out``: [T][B][i] or None for none)."""
+    dtype = act.dtype
+    steps, batch, gates = act.shape
+    i = gates // 4
+    d_pre = np.empty_like(act)                       # gradient of the pre-activations = of xw
+    dh, dc = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype)
+    dh0, dc0, db = np.zeros(i, dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
+    tanh_c, tmp = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
+    W_T = np.ascontiguousarray(W.T)
+    one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
+    cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
+    if cell_grad is not None:
+        p_act, p_c, p_d = map(_Frames, (act, c_seq, d_pre))
+        p_dh, p_dc, p_db, p_c_bi = (x.ctypes.data for x in (dh, dc, db, c_bi))
+        p_dh_out, p_dc_out = _Frames(dh_out, zero_bi), _Frames(dc_out, zero_bi)
+    for t in reversed(range(steps)):
+        c_in = _entering(c_bi, c_seq, c0, reset, t)
         if cell_grad is not None:
-            p_act, p_c, p_d = map(_Frames, (act, c_seq, d_pre))
-            p_dh, p_dc, p_db, p_c_bi = (x.ctypes.data for x in (dh, dc, db, c_bi))
-            p_dh_out, p_dc_out = _Frames(dh_out, zero_bi), _Frames(dc_out, zero_bi)
-        for t in reversed(range(steps)):
-            c_in = _entering(c_bi, c_seq, c0, reset, t)
-            if cell_grad is not None:
-                cell_grad(p_dh, p_dc, p_dh_out[t], p_dc_out[t], p_act[t], p_c[t],
-                          _entering_address(c_in, p_c_bi, p_c, reset, t), p_d[t], p_db, batch, i, one)
-                np.dot(d_pre[t], W_T, out=dh)
-                _route_reset(dh, dh0, reset[t])
-                _route_reset(dc, dc0, reset[t])
-                continue
-            if dh_out is not None:
-                dh += dh_out[t]
-            if dc_out is not None:
-                dc += dc_out[t]
-            a, d = act[t], d_pre[t]
-            s_i, s_f, s_o, s_g = a[:, :i], a[:, i:2 * i], a[:, 2 * i:3 * i], a[:, 3 * i:]
-            d_i, d_f, d_o, d_g = d[:, :i], d[:, i:2 * i], d[:, 2 * i:3 * i], d[:, 3 * i:]
-            np.tanh(c_seq[t], out=tanh_c)
-            np.multiply(dh, tanh_c, out=d_o)                            # d o
-            d_o *= _sigmoid_slope(s_o, tmp)
-            np.multiply(tanh_c, tanh_c, out=tanh_c)                     # d c += dh o (1 - tanh² c)
-            np.subtract(1.0, tanh_c, out=tanh_c)
-            tanh_c *= s_o
-            tanh_c *= dh
-            dc += tanh_c
-            np.multiply(dc, s_g, out=d_i)
-            d_i *= _sigmoid_slope(s_i, tmp)
-            np.multiply(dc, c_in, out=d_f)
-            d_f *= _sigmoid_slope(s_f, tmp)
-            np.multiply(dc, s_i, out=d_g)
-            np.multiply(s_g, s_g, out=tmp)
-            np.subtract(1.0, tmp, out=tmp)
-            d_g *= tmp
-            dc *= s_f                                                   # into the entering c
-            db += d.sum(axis=0)
-            np.dot(d, W_T, out=dh)                                      # into the entering h
+            cell_grad(p_dh, p_dc, p_dh_out[t], p_dc_out[t], p_act[t], p_c[t],
+                      _entering_address(c_in, p_c_bi, p_c, reset, t), p_d[t], p_db, batch, i, one)
+            np.dot(d_pre[t], W_T, out=dh)
             _route_reset(dh, dh0, reset[t])
             _route_reset(dc, dc0, reset[t])
-        dW = _weight_grad(h_bi, h_seq, h0, reset, d_pre)
-        for storage, value in zip(output_storage, (d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc)):
-            storage[0] = value
+            continue
+        if dh_out is not None:
+            dh += dh_out[t]
+        if dc_out is not None:
+            dc += dc_out[t]
+        a, d = act[t], d_pre[t]
+        s_i, s_f, s_o, s_g = a[:, :i], a[:, i:2 * i], a[:, 2 * i:3 * i], a[:, 3 * i:]
+        d_i, d_f, d_o, d_g = d[:, :i], d[:, i:2 * i], d[:, 2 * i:3 * i], d[:, 3 * i:]
+        np.tanh(c_seq[t], out=tanh_c)
+        np.multiply(dh, tanh_c, out=d_o)                            # d o
+        d_o *= _sigmoid_slope(s_o, tmp)
+        np.multiply(tanh_c, tanh_c, out=tanh_c)                     # d c += dh o (1 - tanh² c)
+        np.subtract(1.0, tanh_c, out=tanh_c)
+        tanh_c *= s_o
+        tanh_c *= dh
+        dc += tanh_c
+        np.multiply(dc, s_g, out=d_i)
+        d_i *= _sigmoid_slope(s_i, tmp)
+        np.multiply(dc, c_in, out=d_f)
+        d_f *= _sigmoid_slope(s_f, tmp)
+        np.multiply(dc, s_i, out=d_g)
+        np.multiply(s_g, s_g, out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
+        d_g *= tmp
+        dc *= s_f                                                   # into the entering c
+        db += d.sum(axis=0)
+        np.dot(d, W_T, out=dh)                                      # into the entering h
+        _route_reset(dh, dh0, reset[t])
+        _route_reset(dc, dc0, reset[t])
+    dW = _weight_grad(h_bi, h_seq, h0, reset, d_pre)
+    return d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc
 
 
 class GRURecurrence(_Recurrence):

@@ -2,10 +2,12 @@
 
 In a training graph (``f_train_step``), an LSTM layer that :func:`applies` runs its
 input product, recurrence and cell in :class:`OneDNNLSTM`, and its backward in
-:class:`OneDNNLSTMGrad`, both calling oneDNN (``sophia/graph/onednn.py``). The
-evaluation and inference graphs keep Sophia's fused Ops (``sophia/graph/fused.py``),
-whose one-frame calls are cheaper; both compute the same function (the tests
-compare them, gradients included).
+:class:`OneDNNLSTMGrad`, both calling oneDNN (``sophia/graph/onednn.py``) for the
+windows where that is faster (:func:`runs_on_onednn`, decided per call) and the
+fused Ops' code (``fused.lstm_window``) for the others. The evaluation and inference
+graphs keep Sophia's fused Ops (``sophia/graph/fused.py``), whose one-frame calls
+are cheaper. All compute the same function (the tests compare them, gradients
+included).
 
 The semantics are those of the scan path (``layers.py``) and the fused Ops:
 
@@ -58,14 +60,16 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, carry_frame: int):
 
 
 def describe(f) -> str:
-    """One line for logs: whether the compiled function ``f`` runs oneDNN, and if not, why."""
+    """One line for logs: whether the compiled function ``f`` has oneDNN LSTM Ops, and
+    if not, why."""
     nodes = getattr(getattr(f, "maker", None), "fgraph", None)
     n = sum(isinstance(node.op, OneDNNLSTM) for node in nodes.apply_nodes) if nodes is not None else 0
     if n:
-        return f"oneDNN LSTM in {n} layer(s)"
+        return (f"oneDNN LSTM in {n} layer(s), for windows with batch x width >= {MIN_BATCH_X_WIDTH} and "
+                f">= {MIN_FRAMES_PER_SEGMENT} frames per reset-free segment (else the fused code)")
     if not onednn.available():
         return f"fused Ops (oneDNN unavailable: {onednn.UNAVAILABLE_REASON})"
-    return "no oneDNN (no layer qualifies or SOPHIA_ONEDNN=0; sophia/graph/onednn_lstm.py)"
+    return "fused Ops or scan (no layer qualifies for oneDNN, or it is disabled)"
 
 
 def segments(reset_tb, carry: int):
@@ -77,6 +81,22 @@ def segments(reset_tb, carry: int):
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def runs_on_onednn(batch: int, width: int, steps: int, n_segments: int) -> bool:
+    """Whether a window runs on oneDNN rather than the fused Ops' code, decided per
+    call from its size and how many segments its resets cut it into. Each oneDNN call
+    costs ≈ 0.1 ms and short segments run its products less efficiently; small layers
+    gain nothing. Measured per layer window (forward and backward, 2 cores,
+    ``bench/README.md``, session 10): B 64 × width 256 × 128 frames, 1.16–1.22× faster
+    on oneDNN with up to 16 segments, 1.02× with 32, 0.69× with resets in almost every
+    frame; width 64: 1.2–1.3× up to 16 segments, 0.93× with 32; B 16 × width 32 × 32
+    frames (the demo): 1.00× whole, 0.76× in 4 segments."""
+    return batch * width >= MIN_BATCH_X_WIDTH and n_segments * MIN_FRAMES_PER_SEGMENT <= steps
+
+
+MIN_BATCH_X_WIDTH = 2048
+MIN_FRAMES_PER_SEGMENT = 8
+
+
 def _to_onednn(a, i):
     """Sophia's [..][4i] gate blocks as oneDNN's contiguous [..][4][i]."""
     return np.ascontiguousarray(a.reshape(a.shape[:-1] + (4, i))[..., _ORDER, :], dtype=np.float32)
@@ -86,19 +106,25 @@ def _from_onednn(a):
     return np.ascontiguousarray(a[..., _ORDER, :]).reshape(a.shape[:-2] + (-1,))
 
 
-def _unpack(inputs):
+def _arrays(inputs):
+    """``x, reset_tb, W_x, W_h, b, h0, c0, h_bi, c_bi`` from the Op's inputs, float32 and
+    C-contiguous, weights in Sophia's layout."""
     x, W_x, W_h, b, h0, c0, h_bi, c_bi = (np.ascontiguousarray(v, dtype=np.float32)
                                           for v in inputs[:1] + inputs[2:9])
-    i = W_h.shape[0]
-    return x, np.asarray(inputs[1]) <= 0, _to_onednn(W_x, i), _to_onednn(W_h, i), _to_onednn(b, i), \
-        h0, c0, h_bi, c_bi
+    return x, np.asarray(inputs[1]) <= 0, W_x, W_h, b, h0, c0, h_bi, c_bi
+
+
+_NONE = np.empty(0, np.uint8)
 
 
 class OneDNNLSTM(Op):
     """``(x_tbj, time_tb, W_x_jg, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi)`` → ``(h_tbi,
-    h_carry_bi, c_carry_bi, edges_s4bi, ws)``: every frame's h, the states at the carry
-    frame, and what the gradient needs — each segment's entering and end states
-    (h, c, h, c) and the segments' oneDNN workspaces, end to end (uint8)."""
+    h_carry_bi, c_carry_bi, edges_s4bi, ws, c_tbi, act_tbg)``: every frame's h, the
+    states at the carry frame, then what the gradient needs. A window that
+    :func:`runs_on_onednn` saves each segment's entering and end states (h, c, h, c)
+    and the segments' oneDNN workspaces end to end (uint8), and leaves ``c_tbi`` and
+    ``act_tbg`` empty; any other runs the fused Ops' code (``fused.lstm_window``) and
+    saves those two instead, leaving ``edges`` and ``ws`` empty."""
 
     __props__ = ("carry",)
 
@@ -110,18 +136,33 @@ class OneDNNLSTM(Op):
         if [x.ndim for x in inputs] != [3, 2, 2, 2, 1, 1, 1, 2, 2]:
             raise TypeError("OneDNNLSTM expects x_tbj, time_tb, W_x, W_h, b, h0, c0, h_bi, c_bi")
         inputs = inputs[:2] + [tt.cast(x, "float32") for x in inputs[2:]]
-        outputs = [tt.tensor3(dtype="float32"), tt.matrix(dtype="float32"), tt.matrix(dtype="float32"),
-                   tt.tensor4(dtype="float32"), tt.vector(dtype="uint8")]
+        outputs = [tt.tensor(dtype=d, shape=(None,) * n)
+                   for d, n in zip(["float32"] * 4 + ["uint8"] + ["float32"] * 2, (3, 2, 2, 4, 1, 3, 3))]
         return Apply(self, inputs, outputs)
 
     def connection_pattern(self, node):
-        return [[True] * 5, [False] * 5] + [[True] * 5] * 7
+        return [[True] * 7, [False] * 7] + [[True] * 7] * 7
 
     def perform(self, node, inputs, output_storage):
-        x, reset, W_x, W_h, b, h0, c0, h_in, c_in = _unpack(inputs)
+        x, reset, W_x, W_h, b, h0, c0, h_bi, c_bi = _arrays(inputs)
+        steps, batch, j = x.shape
+        i, carry = W_h.shape[0], self.carry % steps
+        parts = segments(reset, self.carry)
+        if runs_on_onednn(batch, i, steps, len(parts)):
+            h_tbi, carried, edges, ws = self._onednn(x, reset, W_x, W_h, b, h0, c0, h_bi, c_bi, parts)
+            saved = np.empty((0, 0, 0), np.float32), np.empty((0, 0, 0), np.float32)
+        else:
+            xw = np.dot(x.reshape(-1, j), W_x).reshape(steps, batch, -1)
+            h_tbi, c_tbi, act = fused.lstm_window(xw, reset, W_h, b, h0, c0, h_bi, c_bi)
+            carried, edges, ws = (h_tbi[carry].copy(), c_tbi[carry].copy()), np.empty((0, 4, 0, 0), np.float32), _NONE
+            saved = c_tbi, act
+        for storage, value in zip(output_storage, (h_tbi, *carried, edges, ws, *saved)):
+            storage[0] = value
+
+    def _onednn(self, x, reset, W_x, W_h, b, h0, c0, h_in, c_in, parts):
         steps, batch, j = x.shape
         i = W_h.shape[0]
-        parts = segments(reset, self.carry)
+        W_x, W_h, b = _to_onednn(W_x, i), _to_onednn(W_h, i), _to_onednn(b, i)
         prims = [onednn.lstm(end - start, batch, j, i) for start, end in parts]
         h_tbi = np.empty((steps, batch, i), np.float32)
         edges = np.empty((len(parts), 4, batch, i), np.float32)
@@ -136,21 +177,21 @@ class OneDNNLSTM(Op):
             h_in, c_in = e[2], e[3]
             if end - 1 == self.carry % steps:
                 carried = e[2].copy(), e[3].copy()
-        for storage, value in zip(output_storage, (h_tbi, *carried, edges, ws)):
-            storage[0] = value
+        return h_tbi, carried, edges, ws
 
     def pullback(self, inputs, outputs, output_grads):
         if not all(isinstance(g.type, DisconnectedType) for g in output_grads[3:]):
-            raise NotImplementedError("OneDNNLSTM: its saved edges and workspace have no gradient")
+            raise NotImplementedError("OneDNNLSTM: its saved activations have no gradient")
         given = tuple(not isinstance(g.type, DisconnectedType) for g in output_grads[:3])
         d_given = [g for g, ok in zip(output_grads[:3], given) if ok]
-        grads = OneDNNLSTMGrad(self.carry, given)(*inputs, outputs[0], outputs[3], outputs[4], *d_given)
+        grads = OneDNNLSTMGrad(self.carry, given)(*inputs, outputs[0], *outputs[3:], *d_given)
         return [grads[0], disconnected_type()] + list(grads[1:])
 
 
 class OneDNNLSTMGrad(Op):
-    """Backpropagation through :class:`OneDNNLSTM`'s window. Inputs: its inputs, its
-    ``h_tbi``, ``edges`` and ``ws``, then the gradients given of ``h_tbi``, ``h_carry``,
+    """Backpropagation through :class:`OneDNNLSTM`'s window, on oneDNN or the fused
+    Ops' code as the forward ran. Inputs: its inputs, its ``h_tbi``, ``edges``, ``ws``,
+    ``c_tbi`` and ``act_tbg``, then the gradients given of ``h_tbi``, ``h_carry``,
     ``c_carry`` (``given`` says which); outputs the gradients of its inputs but time."""
 
     __props__ = ("carry", "given")
@@ -164,14 +205,43 @@ class OneDNNLSTMGrad(Op):
         return Apply(self, inputs, outputs)
 
     def perform(self, node, inputs, output_storage):
-        x, reset, W_x, W_h, b, h0, c0, h_bi, c_bi = _unpack(inputs)
-        h_tbi, edges, ws = (np.ascontiguousarray(v) for v in inputs[9:12])
-        given = iter(np.ascontiguousarray(g, dtype=np.float32) for g in inputs[12:])
+        x, reset, W_x, W_h, b, h0, c0, h_bi, c_bi = _arrays(inputs)
+        h_tbi, edges, ws, c_tbi, act = (np.ascontiguousarray(v) for v in inputs[9:14])
+        given = iter(np.ascontiguousarray(g, dtype=np.float32) for g in inputs[14:])
         d_h_tbi, d_h_carry, d_c_carry = (next(given) if ok else None for ok in self.given)
         steps, batch, j = x.shape
         i = W_h.shape[0]
         if d_h_tbi is None:
             d_h_tbi = np.zeros((steps, batch, i), np.float32)
+        if ws.size:
+            grads = self._onednn(x, reset, W_x, W_h, b, h_bi, c_bi, h_tbi, edges, ws,
+                                 d_h_tbi, d_h_carry, d_c_carry)
+        else:
+            grads = self._fused(x, reset, W_x, W_h, h0, c0, h_bi, c_bi, h_tbi, c_tbi, act,
+                                d_h_tbi, d_h_carry, d_c_carry)
+        for storage, value in zip(output_storage, grads):
+            storage[0] = value
+
+    def _fused(self, x, reset, W_x, W_h, h0, c0, h_bi, c_bi, h_tbi, c_tbi, act, d_h_tbi, d_h_carry, d_c_carry):
+        steps, batch, j = x.shape
+        carry = self.carry % steps
+        d_c_tbi = None
+        if d_h_carry is not None:
+            d_h_tbi = d_h_tbi.copy()
+            d_h_tbi[carry] += d_h_carry
+        if d_c_carry is not None:
+            d_c_tbi = np.zeros_like(d_h_tbi)
+            d_c_tbi[carry] = d_c_carry
+        d_xw, d_W_h, d_b, d_h0, d_c0, d_h, d_c = fused.lstm_window_grad(
+            reset, W_h, h0, c0, h_bi, c_bi, h_tbi, c_tbi, act, d_h_tbi, d_c_tbi)
+        d_xw_ng = d_xw.reshape(steps * batch, -1)
+        d_x = np.dot(d_xw_ng, W_x.T).reshape(steps, batch, j)
+        return d_x, np.dot(x.reshape(steps * batch, j).T, d_xw_ng), d_W_h, d_b, d_h0, d_c0, d_h, d_c
+
+    def _onednn(self, x, reset, W_x, W_h, b, h_bi, c_bi, h_tbi, edges, ws, d_h_tbi, d_h_carry, d_c_carry):
+        steps, batch, j = x.shape
+        i = W_h.shape[0]
+        W_x, W_h, b = _to_onednn(W_x, i), _to_onednn(W_h, i), _to_onednn(b, i)
         parts = segments(reset, self.carry)
         prims = [onednn.lstm(end - start, batch, j, i) for start, end in parts]
         offsets = np.cumsum([0] + [p.ws_bytes for p in prims])
@@ -192,6 +262,4 @@ class OneDNNLSTMGrad(Op):
             fused._route_reset(d_h_in, d_h0, reset[start])
             fused._route_reset(d_c_in, d_c0, reset[start])
             d_h, d_c = d_h_in, d_c_in
-        values = (d_x, _from_onednn(d_W_x), _from_onednn(d_W_h), _from_onednn(d_b), d_h0, d_c0, d_h, d_c)
-        for storage, value in zip(output_storage, values):
-            storage[0] = value
+        return d_x, _from_onednn(d_W_x), _from_onednn(d_W_h), _from_onednn(d_b), d_h0, d_c0, d_h, d_c
