@@ -32,10 +32,12 @@ these graphs' Python implementations in order (FAST_COMPILE's, without its VM) a
 only the *merge* rewrite (shared subgraphs computed once): FAST_COMPILE's other
 rewrites took ≈ 0.4 s of a ≈ 0.9 s compile and changed no op that matters for speed.
 ``bench/train_speed.py`` (2-layer LSTM 256, batch 64, BPTT(128; 64), float32, 2 shared
-cores) measured this ``auto`` at 1.09–1.35× PyTorch's nn.LSTM (≈ 8,200–10,600
-frames/s, medians of rounds run side by side on a quiet machine, with the trainer's
-malloc setting) after ≈ 2.6–2.8 s cold / 0.4–0.9 s warm compile (the cell kernels'
-machine code cached by ``sophia/graph/native.py``), against CVM ≈
+cores) measured this ``auto`` at 1.24–1.25× PyTorch's nn.LSTM in session 10, where
+training LSTM layers run on oneDNN (``sophia/graph/onednn_lstm.py``; 16,295–16,933
+frames/s, medians of rounds run side by side, with the trainer's malloc setting),
+after ≈ 0.7–0.8 s cold / 0.5–0.6 s warm compile; on the fused Ops alone, 1.02–1.05×
+there and 1.09–1.35× on earlier hosts, after ≈ 2.6–2.8 s cold / 0.4–0.9 s warm
+compile (the cell kernels' machine code cached by ``sophia/graph/native.py``), against CVM ≈
 600–2,200 after 42 s / 7 s and FAST_RUN (Numba, which runs the fused Ops in object
 mode) ≈ 500 after 28 s.
 
