@@ -183,7 +183,7 @@ class _Primitive:
 
     def size(self, arg) -> int:
         """Bytes of argument ``arg`` in the primitive's layout."""
-        return _load()[0].dnnl_memory_desc_get_size(ctypes.c_void_p(self.md(arg)))
+        return _load()[0].dnnl_memory_desc_get_size(self.md(arg))
 
     def __call__(self, addresses):
         """Run on the arrays at ``addresses`` (argument → address), waiting for the end."""
@@ -235,29 +235,31 @@ class LSTM:
         core = ("src_layer", "bias", "dst_layer", "workspace") + _STATES + _WEIGHTS
         self._fwd = _Primitive(fwd_pd, core)
         self._bwd = _Primitive(bwd_pd, core + _DIFFS)
-        self._packers = [(p, w, _reorder(plain, p.md(w)), np.empty(p.size(w), np.uint8))
-                         for p in (self._fwd, self._bwd) for w, plain in zip(_WEIGHTS, w_plain)]
-        self.ws_bytes = lib.dnnl_memory_desc_get_size(
-            ctypes.c_void_p(lib.dnnl_primitive_desc_query_md(fwd_pd, _QUERY_WORKSPACE_MD, 0)))
+        self._packers = {p: [(w, _reorder(plain, p.md(w)), np.empty(p.size(w), np.uint8))
+                             for w, plain in zip(_WEIGHTS, w_plain)] for p in (self._fwd, self._bwd)}
+        self.ws_bytes = lib.dnnl_memory_desc_get_size(lib.dnnl_primitive_desc_query_md(fwd_pd, _QUERY_WORKSPACE_MD, 0))
         for md in (src, dst, state, bias, *w_any, *w_plain):
             lib.dnnl_memory_desc_destroy(md)
 
-    def _packed(self, primitive, W_x, W_h):
-        """Pack the weights for ``primitive``; returns their addresses by argument."""
-        addresses = {}
-        for p, w, reorder, buffer in self._packers:
-            if p is primitive:
-                reorder({_FROM: (W_x if w == "weights_layer" else W_h).ctypes.data, _TO: buffer.ctypes.data})
-                addresses[w] = buffer.ctypes.data
-        return addresses
+    def _run(self, primitive, W_x, W_h, arrays):
+        """Pack the weights for ``primitive``, then run it on ``arrays`` (argument → array)."""
+        addresses = {a: x.ctypes.data for a, x in arrays.items()}
+        for (w, reorder, buffer), array in zip(self._packers[primitive], (W_x, W_h)):
+            reorder({_FROM: array.ctypes.data, _TO: buffer.ctypes.data})
+            addresses[w] = buffer.ctypes.data
+        primitive(addresses)
+
+    @staticmethod
+    def _window(x_tbj, W_x, W_h, b, h_bi, c_bi, h_tbi, h_end, c_end, ws):
+        """The arrays of a forward call by argument (weights aside: they are packed)."""
+        return dict(src_layer=x_tbj, bias=b, dst_layer=h_tbi, workspace=ws, src_iter=h_bi, src_iter_c=c_bi,
+                    dst_iter=h_end, dst_iter_c=c_end)
 
     def forward(self, x_tbj, W_x, W_h, b, h_bi, c_bi, h_tbi, h_end, c_end, ws):
         """Fill ``h_tbi`` (every frame's h), ``h_end``, ``c_end`` (the last frame's
         states) and the workspace ``ws`` from ``x_tbj`` and the entering ``h_bi``, ``c_bi``.
         Arrays are passed by address: slices of larger arrays must be contiguous."""
-        args = dict(src_layer=x_tbj, bias=b, dst_layer=h_tbi, workspace=ws, src_iter=h_bi, src_iter_c=c_bi,
-                    dst_iter=h_end, dst_iter_c=c_end)
-        self._fwd({**{a: x.ctypes.data for a, x in args.items()}, **self._packed(self._fwd, W_x, W_h)})
+        self._run(self._fwd, W_x, W_h, self._window(x_tbj, W_x, W_h, b, h_bi, c_bi, h_tbi, h_end, c_end, ws))
 
     def backward(self, forward, d_h_tbi, d_h_end, d_c_end, d_x_tbj, d_h_bi, d_c_bi, d_W_x, d_W_h, d_b):
         """Backpropagate through the window that :meth:`forward` ran with the arguments
@@ -265,12 +267,10 @@ class LSTM:
         frame's h and of the end states, fill those of the input and of the entering
         states, and *add* those of the weights and bias (plain layouts) to ``d_W_x``,
         ``d_W_h``, ``d_b``."""
-        x_tbj, W_x, W_h, b, h_bi, c_bi, h_tbi, h_end, c_end, ws = forward
-        args = dict(src_layer=x_tbj, bias=b, dst_layer=h_tbi, workspace=ws, src_iter=h_bi, src_iter_c=c_bi,
-                    dst_iter=h_end, dst_iter_c=c_end, diff_src_layer=d_x_tbj, diff_src_iter=d_h_bi,
-                    diff_src_iter_c=d_c_bi, diff_weights_layer=d_W_x, diff_weights_iter=d_W_h, diff_bias=d_b,
-                    diff_dst_layer=d_h_tbi, diff_dst_iter=d_h_end, diff_dst_iter_c=d_c_end)
-        self._bwd({**{a: x.ctypes.data for a, x in args.items()}, **self._packed(self._bwd, W_x, W_h)})
+        diffs = dict(diff_src_layer=d_x_tbj, diff_src_iter=d_h_bi, diff_src_iter_c=d_c_bi,
+                     diff_weights_layer=d_W_x, diff_weights_iter=d_W_h, diff_bias=d_b,
+                     diff_dst_layer=d_h_tbi, diff_dst_iter=d_h_end, diff_dst_iter_c=d_c_end)
+        self._run(self._bwd, forward[1], forward[2], {**self._window(*forward), **diffs})
 
 
 @functools.cache

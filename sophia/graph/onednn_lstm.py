@@ -107,6 +107,12 @@ def _to_onednn(a, i):
     return np.ascontiguousarray(a.reshape(a.shape[:-1] + (4, i))[..., _ORDER, :], dtype=np.float32)
 
 
+def _onednn_plan(W_x, W_h, b, parts, batch):
+    """The weights and bias in oneDNN's layout, and each segment's primitives."""
+    j, i = W_x.shape[0], W_h.shape[0]
+    return [_to_onednn(w, i) for w in (W_x, W_h, b)], [onednn.lstm(end - start, batch, j, i) for start, end in parts]
+
+
 def _from_onednn(a):
     return np.ascontiguousarray(a[..., _ORDER, :]).reshape(a.shape[:-2] + (-1,))
 
@@ -165,10 +171,9 @@ class OneDNNLSTM(Op):
             storage[0] = value
 
     def _onednn(self, x, reset, W_x, W_h, b, h0, c0, h_in, c_in, parts):
-        steps, batch, j = x.shape
+        steps, batch, _ = x.shape
         i = W_h.shape[0]
-        W_x, W_h, b = _to_onednn(W_x, i), _to_onednn(W_h, i), _to_onednn(b, i)
-        prims = [onednn.lstm(end - start, batch, j, i) for start, end in parts]
+        (W_x, W_h, b), prims = _onednn_plan(W_x, W_h, b, parts, batch)
         h_tbi = np.empty((steps, batch, i), np.float32)
         edges = np.empty((len(parts), 4, batch, i), np.float32)
         ws = np.empty(sum(p.ws_bytes for p in prims), np.uint8)
@@ -246,9 +251,8 @@ class OneDNNLSTMGrad(Op):
     def _onednn(self, x, reset, W_x, W_h, b, h_bi, c_bi, h_tbi, edges, ws, d_h_tbi, d_h_carry, d_c_carry):
         steps, batch, j = x.shape
         i = W_h.shape[0]
-        W_x, W_h, b = _to_onednn(W_x, i), _to_onednn(W_h, i), _to_onednn(b, i)
         parts = segments(reset, self.carry)
-        prims = [onednn.lstm(end - start, batch, j, i) for start, end in parts]
+        (W_x, W_h, b), prims = _onednn_plan(W_x, W_h, b, parts, batch)
         offsets = np.cumsum([0] + [p.ws_bytes for p in prims])
         d_x = np.empty_like(x)
         d_W_x, d_W_h, d_b = np.zeros_like(W_x), np.zeros_like(W_h), np.zeros_like(b)
