@@ -59,8 +59,8 @@ from datasets.make import make_dataset  # noqa: E402
 from datasets.tasks import real  # noqa: E402
 from sophia.training import cli  # noqa: E402
 from sophia.training.dataset import Dataset  # noqa: E402
-from sophia.training.run_state import load_net, load_run_options  # noqa: E402
-from sophia.training.workspace import Workspace  # noqa: E402
+from sophia.workspace import load_net, load_run_options  # noqa: E402
+from sophia.workspace import Workspace  # noqa: E402
 
 ADDING_TOLERANCE = 0.04              # the paper's "wrong": |error| > 0.04
 EVAL_BATCH = 256                     # test sequences run side by side

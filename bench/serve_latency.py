@@ -65,7 +65,7 @@ from sophia.options import ModelOptions, to_dict  # noqa: E402
 from sophia.serving import protocol as proto  # noqa: E402
 from sophia.serving.client import SophiaClient  # noqa: E402
 from sophia.serving.ensemble import load_model  # noqa: E402
-from sophia.training.workspace import Workspace  # noqa: E402
+from sophia.workspace import Workspace  # noqa: E402
 
 
 def run_echo(endpoint, reply_sizes):

@@ -6,9 +6,13 @@ Two dataclasses keep apart what a saved model needs to be rebuilt
 options dict, and nothing in the package mutates an options object it was
 given (use :func:`dataclasses.replace`).
 
-Overrides come as ``{name: value}`` mappings (from a TOML config or from
-``--set key=value``); :func:`apply_overrides` type-checks them and rejects
-unknown names with the list of valid ones.
+This module is the one source of every option's default, type, meaning and
+validation: ``train.py``'s OPTIONS block, configs and ``--set`` hold overrides
+only, and ``docs/OPTIONS.md`` is generated from the fields here
+(:func:`markdown_table`; ``python -m sophia.options > docs/OPTIONS.md``, checked
+by ``tests/test_options.py``). Overrides come as ``{name: value}`` mappings;
+:func:`apply_overrides` type-checks them and rejects unknown names with the list
+of valid ones.
 
 Example
 -------
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 UNIT_TYPES = ("fc", "lstm", "gru")
@@ -37,37 +41,42 @@ class OptionError(ValueError):
     """An option has an unknown name, a wrong type or a value out of range."""
 
 
+def _opt(default, help: str):
+    """A field with its default and its one-line meaning (read by :func:`markdown_table`)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class ModelOptions:
     """Everything needed to rebuild a net's graph and load its parameters."""
 
-    input_dim: int = 0              # input frame width; 0 = take it from the data
-    target_dim: int = 0             # target frame width; 0 = take it from the data
-    unit_type: str = "lstm"         # fc | lstm | gru
-    net_width: int = 64             # units per hidden layer
-    net_depth: int = 2              # number of hidden layers
-    fc_activation: str = "tanh"     # activation of hidden fc layers
-    peephole: bool = False          # LSTM peephole connections
-    weight_norm: bool = False       # weight normalization (Salimans & Kingma 2016)
-    layer_norm: bool = False        # layer normalization (Ba et al. 2016)
-    batch_norm: bool = False        # recurrent batch normalization (Cooijmans et al. 2016)
-    batch_norm_steps: int = 200     # time steps with their own population statistics
-    batch_norm_momentum: float = 0.1  # running-average rate of population statistics
-    residual_gate: bool = False     # out = g*layer(x) + (1-g)*x where widths match
-    learn_init_states: bool = True  # learned initial h (and c); zeros otherwise
-    learn_id_embedding: bool = False  # learned embedding of each stream's sequence ID
-    id_embedding_dim: int = 8       # width of that embedding
-    num_ids: int = 0                # number of sequence IDs; 0 = take it from the data
-    learn_clock_params: bool = False  # Phased-LSTM time gate (Neil et al. 2016)
-    clock_period_lo: float = 0.0    # log-period init range, low end (tau = exp(U(lo, hi)))
-    clock_period_hi: float = 3.0    # log-period init range, high end
-    clock_r_on: float = 0.05        # initial open ratio of the time gate
-    clock_leak: float = 0.001       # leak alpha of the closed gate while training
-    init_type: str = "uniform"      # uniform(+-init_scale) | glorot
-    init_scale: float = 0.1         # half-width of the uniform initialisation
-    orthogonal_recurrent: bool = True  # orthogonal init of square recurrent matrices
-    forget_bias: float = 1.0        # initial LSTM forget-gate bias
-    input_bias: float = 0.0         # initial LSTM input-gate bias (< 0: cells start closed)
+    input_dim: int = _opt(0, "input frame width; 0 = take it from the data")
+    target_dim: int = _opt(0, "target frame width; 0 = take it from the data")
+    unit_type: str = _opt("lstm", "fc | lstm | gru")
+    net_width: int = _opt(64, "units per hidden layer")
+    net_depth: int = _opt(2, "number of hidden layers")
+    fc_activation: str = _opt("tanh", "activation of hidden fc layers")
+    peephole: bool = _opt(False, "LSTM peephole connections")
+    weight_norm: bool = _opt(False, "weight normalization (Salimans & Kingma 2016)")
+    layer_norm: bool = _opt(False, "layer normalization (Ba et al. 2016)")
+    batch_norm: bool = _opt(False, "recurrent batch normalization (Cooijmans et al. 2016)")
+    batch_norm_steps: int = _opt(200, "time steps with their own population statistics")
+    batch_norm_momentum: float = _opt(0.1, "running-average rate of population statistics")
+    residual_gate: bool = _opt(False, "out = g*layer(x) + (1-g)*x where widths match")
+    learn_init_states: bool = _opt(True, "learned initial h (and c); zeros otherwise")
+    learn_id_embedding: bool = _opt(False, "learned embedding of each stream's sequence ID")
+    id_embedding_dim: int = _opt(8, "width of that embedding")
+    num_ids: int = _opt(0, "number of sequence IDs; 0 = take it from the data")
+    learn_clock_params: bool = _opt(False, "Phased-LSTM time gate (Neil et al. 2016)")
+    clock_period_lo: float = _opt(0.0, "log-period init range, low end (tau = exp(U(lo, hi)))")
+    clock_period_hi: float = _opt(3.0, "log-period init range, high end")
+    clock_r_on: float = _opt(0.05, "initial open ratio of the time gate")
+    clock_leak: float = _opt(0.001, "leak alpha of the closed gate while training")
+    init_type: str = _opt("uniform", "uniform(+-init_scale) | glorot")
+    init_scale: float = _opt(0.1, "half-width of the uniform initialisation")
+    orthogonal_recurrent: bool = _opt(True, "orthogonal init of square recurrent matrices")
+    forget_bias: float = _opt(1.0, "initial LSTM forget-gate bias")
+    input_bias: float = _opt(0.0, "initial LSTM input-gate bias (< 0: cells start closed)")
 
     def validate(self) -> "ModelOptions":
         """Raise :class:`OptionError` naming the first inconsistent option."""
@@ -98,37 +107,37 @@ class ModelOptions:
 class TrainOptions:
     """How a net is trained: window sizes, loss, optimizer and annealing."""
 
-    loss_type: str = "l2"           # l2 | l1 | huber
-    huber_delta: float = 1.0        # where huber turns from quadratic to linear
-    batch_size: int = 16            # streams trained in parallel
-    eval_batch_size: int = 0        # streams evaluated in parallel (dev loss); 0 = batch_size
-    window_size: int = 64           # h: frames of each BPTT window
-    step_size: int = 32             # h': new frames per window (loss covers these)
-    update_type: str = "sgd"        # sgd | momentum | nesterov
-    update_mu: float = 0.9          # momentum coefficient
-    force_type: str = "adam"        # vanilla | adadelta | rmsprop | adam
-    rms_decay: float = 0.9          # rmsprop decay of the squared-gradient average
-    adadelta_decay: float = 0.95    # adadelta decay of both running averages
-    adam_beta1: float = 0.9         # adam first-moment decay
-    adam_beta2: float = 0.999       # adam second-moment decay
-    force_epsilon: float = 1e-6     # denominator guard of adadelta/rmsprop/adam
-    grad_norm_clip: float = 0.0     # clip the gradient's global norm to this; 0 = off
-    ema_decay: float = 0.0          # evaluate and save a running average of the weights; 0 = off
-    frames_per_epoch: int = 100_000  # training frames between dev evaluations
-    lr_init_val: float = 1e-3       # initial learning rate
-    lr_lower_bound: float = 1e-5    # stop when the learning rate falls below this
-    lr_decay_rate: float = 0.5      # learning-rate factor at each rollback
-    max_retry: int = 2              # worse evaluations tolerated before a rollback
-    patience_from_best: bool = False  # "worse" = no new best (else: not better than the previous)
-    diverge_ratio: float = 10.0     # a dev loss above this x the best counts as worse; 0 = off
-    max_epochs: int = 0             # stop after this many epochs; 0 = no limit
-    max_hours: float = 0.0          # stop after this many hours; 0 = no limit
-    target_dev_loss: float = 0.0    # stop once the dev loss is at or below this; 0 = never
-    target_dev_max_error: float = 0.0  # stop once every dev target is within this of the output; 0 = never
-    target_train_streak: int = 0    # stop once this many training target frames in a row were right; 0 = never
-    streak_tolerance: float = 0.04  # |error| up to which a training target frame counts as right
-    unroll_scan: bool = False       # unrolled graph instead of scan (same results)
-    compile_mode: str = "auto"      # auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX
+    loss_type: str = _opt("l2", "l2 | l1 | huber")
+    huber_delta: float = _opt(1.0, "where huber turns from quadratic to linear")
+    batch_size: int = _opt(16, "streams trained in parallel")
+    eval_batch_size: int = _opt(0, "streams evaluated in parallel (dev loss); 0 = batch_size")
+    window_size: int = _opt(64, "h: frames of each BPTT window")
+    step_size: int = _opt(32, "h': new frames per window (loss covers these)")
+    update_type: str = _opt("sgd", "sgd | momentum | nesterov")
+    update_mu: float = _opt(0.9, "momentum coefficient")
+    force_type: str = _opt("adam", "vanilla | adadelta | rmsprop | adam")
+    rms_decay: float = _opt(0.9, "rmsprop decay of the squared-gradient average")
+    adadelta_decay: float = _opt(0.95, "adadelta decay of both running averages")
+    adam_beta1: float = _opt(0.9, "adam first-moment decay")
+    adam_beta2: float = _opt(0.999, "adam second-moment decay")
+    force_epsilon: float = _opt(1e-6, "denominator guard of adadelta/rmsprop/adam")
+    grad_norm_clip: float = _opt(0.0, "clip the gradient's global norm to this; 0 = off")
+    ema_decay: float = _opt(0.0, "evaluate and save a running average of the weights; 0 = off")
+    frames_per_epoch: int = _opt(100_000, "training frames between dev evaluations")
+    lr_init_val: float = _opt(1e-3, "initial learning rate")
+    lr_lower_bound: float = _opt(1e-5, "stop when the learning rate falls below this")
+    lr_decay_rate: float = _opt(0.5, "learning-rate factor at each rollback")
+    max_retry: int = _opt(2, "worse evaluations tolerated before a rollback")
+    patience_from_best: bool = _opt(False, "'worse' = no new best (else: not better than the previous)")
+    diverge_ratio: float = _opt(10.0, "a dev loss above this x the best counts as worse; 0 = off")
+    max_epochs: int = _opt(0, "stop after this many epochs; 0 = no limit")
+    max_hours: float = _opt(0.0, "stop after this many hours; 0 = no limit")
+    target_dev_loss: float = _opt(0.0, "stop once the dev loss is at or below this; 0 = never")
+    target_dev_max_error: float = _opt(0.0, "stop once every dev target is within this of the output; 0 = never")
+    target_train_streak: int = _opt(0, "stop once this many training target frames in a row were right; 0 = never")
+    streak_tolerance: float = _opt(0.04, "|error| up to which a training target frame counts as right")
+    unroll_scan: bool = _opt(False, "unrolled graph instead of scan (same results)")
+    compile_mode: str = _opt("auto", "auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX")
 
     def validate(self) -> "TrainOptions":
         """Raise :class:`OptionError` naming the first inconsistent option."""
@@ -228,6 +237,22 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
     return model, train
 
 
+def markdown_table() -> str:
+    """``docs/OPTIONS.md``: every option with its type, default and meaning, model first."""
+    lines = ["# Options", "",
+             "Generated from `sophia/options.py` by `python -m sophia.options > docs/OPTIONS.md`;",
+             "`tests/test_options.py` checks that it is current. Change a run with `train.py`'s",
+             "OPTIONS block, a TOML config of `name = value` overrides (`--config`) or",
+             "`--set name=value`, later ones winning.", ""]
+    for cls, title in ((ModelOptions, "Model: the architecture, saved with the model"),
+                       (TrainOptions, "Training: free to change between runs")):
+        lines += [f"## {title}", "", "| option | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{f.name}` | {f.type} | `{f.default!r}` | {_cell(f.metadata['help'])} |"
+                  for f in fields(cls)]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def to_dict(options) -> dict:
     """The options as a plain JSON-ready dict."""
     return dataclasses.asdict(options)
@@ -236,6 +261,11 @@ def to_dict(options) -> dict:
 def from_dict(cls, values: Mapping[str, Any]):
     """Rebuild options of class ``cls`` from :func:`to_dict`'s output, checking each value."""
     return apply_overrides(cls(), values)
+
+
+def _cell(text: str) -> str:
+    """``text`` inside a Markdown table cell (its ``|`` escaped)."""
+    return text.replace("|", "\\|")
 
 
 def _to_bool(value: Any) -> bool:
@@ -261,3 +291,7 @@ def _check_range(name, value, lo=None, hi=None, lo_open=False, hi_open=False) ->
         if hi is not None:
             bounds += f"{' and ' if bounds else ''}{'<' if hi_open else '<='} {hi}"
         raise OptionError(f"option {name!r} must be {bounds}; got {value!r}")
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

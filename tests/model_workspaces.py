@@ -20,7 +20,7 @@ import numpy as np
 
 from sophia.graph.net import Net
 from sophia.options import ModelOptions, TrainOptions, from_dict, to_dict
-from sophia.training.workspace import Workspace
+from sophia.workspace import Workspace
 
 INPUT_DIM = 3
 TARGET_DIM = 2

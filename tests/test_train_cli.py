@@ -30,11 +30,18 @@ def run(capsys, *argv, options=None):
     return rc, captured.out, captured.err
 
 
-def test_train_py_lists_every_option():
+def test_train_py_block_holds_valid_overrides_only():
+    """The block is the researcher's to edit: any valid names, and nothing else."""
     import train
-    assert list(train.OPTIONS) == option_names(ModelOptions) + option_names(TrainOptions)
-    model, train_options = merge_options(train.OPTIONS, {})
-    assert (model, train_options) == (ModelOptions(), TrainOptions())
+    merge_options(train.OPTIONS, {})                 # an unknown name or a bad value raises
+
+
+def test_the_block_overrides_the_defaults_and_configs_override_the_block():
+    model, train_options = merge_options({"net_width": 128, "lr_init_val": 3e-4}, {"net_width": 32})
+    assert (model.net_width, train_options.lr_init_val) == (32, 3e-4)
+    assert merge_options({}, {}) == (ModelOptions(), TrainOptions())
+    with pytest.raises(OptionError, match="unknown option 'net_widht'"):
+        merge_options({"net_widht": 8}, {})
 
 
 @pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("configs/*.toml")),
@@ -88,8 +95,8 @@ def test_loaded_architecture_wins_and_differences_are_listed():
     assert model == loaded
     with pytest.raises(OptionError) as error:
         merge_options({}, {"net_width": 8, "unit_type": "gru", "net_depth": 1}, loaded=loaded)
-    assert "net_width: loaded 4, requested 8" in str(error.value)
-    assert "unit_type: loaded 'lstm', requested 'gru'" in str(error.value)
+    assert "net_width: saved 4, requested 8" in str(error.value)
+    assert "unit_type: saved 'lstm', requested 'gru'" in str(error.value)
     assert "net_depth" not in str(error.value)
 
 
@@ -133,4 +140,4 @@ def test_load_from_mismatch_before_any_compile(capsys, tmp_path, adding_dir):
     rc, _, err = run(capsys, "--load_from", ws, "--data_dir", adding_dir,
                      "--set", "net_width=16", "--set", "lr_init_val=0.1")
     assert rc == 2
-    assert "net_width: loaded 8, requested 16" in err and "lr_init_val" not in err
+    assert "net_width: saved 8, requested 16" in err and "lr_init_val" not in err

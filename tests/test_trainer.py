@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+import types
 import os
 import random
 import signal
@@ -22,11 +23,11 @@ from datasets.make import make_dataset
 from sophia.options import ModelOptions, TrainOptions, from_dict
 from sophia.training.cli import main
 from sophia.training.dataset import Dataset
-from sophia.training.run_state import load_net, load_run_options
-from sophia.training import run_state as rs
+from sophia.workspace import PARAMS, load_net, load_run_options
+from sophia.training import checkpoint
 from sophia.training import trainer as trainer_module
 from sophia.training.trainer import Trainer, mean_baseline
-from sophia.training.workspace import Workspace
+from sophia.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(net_width=4, net_depth=1, batch_size=4, window_size=8, step_size=4,
@@ -87,6 +88,7 @@ def test_non_finite_loss_rolls_back_to_the_pivot(tiny_data, tmp_path):
         trainer.f_fwd = lambda *inputs: (0.5, 1.0, 0.7)       # dev loss never improves
         trainer.v_states = trainer.net.new_states(4, "train")
         trainer.v_eval_states = trainer.net.new_states(4, "eval")
+        trainer.optimizer = types.SimpleNamespace(v_state=[])
 
     trainer.compile = fake_compile
     result = trainer.run()
@@ -122,6 +124,7 @@ def test_target_dev_max_error_stops_the_run(tiny_data, tmp_path, monkeypatch):
         trainer.f_fwd = lambda *inputs: (0.5, 1.0, schedule[epoch[0]])
         trainer.v_states = trainer.net.new_states(4, "train")
         trainer.v_eval_states = trainer.net.new_states(4, "eval")
+        trainer.optimizer = types.SimpleNamespace(v_state=[])
 
     trainer.compile = fake_compile
     result = trainer.run()
@@ -140,8 +143,9 @@ def test_workspace_contract(trained, tiny_data):
     assert saved["seed"] == 3 and saved["data_dir"] == os.path.abspath(tiny_data)
     assert (saved["model"]["input_dim"], saved["model"]["target_dim"]) == (2, 1)
     assert from_dict(TrainOptions, saved["train"]).max_epochs == 2
-    for name in ("params", "snapshots/pivot", "snapshots/previous", "annealer"):
+    for name in ("params", "snapshots/pivot", "snapshots/resume"):
         assert ws.has(name), name
+    assert not ws.has("snapshots/previous") and not ws.has("annealer")   # nothing unread is written
     assert ws.read_ids_order() == [f"{n:06d}" for n in range(12)]
     curve = Path(trained) / "learning_curve.png"
     if importlib.util.find_spec("matplotlib") is not None:
@@ -156,7 +160,7 @@ def test_workspace_contract(trained, tiny_data):
     net, _ = load_net(trained)
     params = ws.load_arrays("params")
     assert all(np.array_equal(params[k], v) for k, v in net.get_values().items())
-    assert ws.load_json("annealer")["best_loss"] == pytest.approx(best)
+    assert checkpoint.load(ws).meta["annealer"]["best_loss"] == pytest.approx(best)
 
 
 def test_load_from_starts_from_the_saved_best(trained, tiny_data, tmp_path, capsys):
@@ -180,7 +184,7 @@ def test_load_from_starts_from_the_saved_best(trained, tiny_data, tmp_path, caps
     rc = main(["--load_from", trained, "--save_to", ws2, *sets(net_width=5, unit_type="gru")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "net_width: loaded 4, requested 5" in err and "unit_type: loaded 'lstm', requested 'gru'" in err
+    assert "net_width: saved 4, requested 5" in err and "unit_type: saved 'lstm', requested 'gru'" in err
 
 
 def test_target_train_streak_stops_mid_epoch_and_keeps_that_model(tiny_data, tmp_path):
@@ -211,6 +215,7 @@ def test_target_train_streak_stops_mid_epoch_and_keeps_that_model(tiny_data, tmp
         trainer.f_fwd = lambda *inputs: (dev_losses[len(trainer.ws.read_metrics())], 1.0, 1.0)
         trainer.v_states = trainer.net.new_states(4, "train")
         trainer.v_eval_states = trainer.net.new_states(4, "eval")
+        trainer.optimizer = types.SimpleNamespace(v_state=[])
 
     trainer.compile = fake_compile
     trainer.evaluate = lambda dataset: 0.9                  # the final report's evaluations
@@ -220,7 +225,7 @@ def test_target_train_streak_stops_mid_epoch_and_keeps_that_model(tiny_data, tmp
     assert records[2]["decision"].startswith("rollback")
     assert len(calls) == 11 and result.epochs == 3 and records[3]["frames"] == 48
     assert result.stop_reason == "stop: target_train_streak reached (model saved as best)"
-    saved = trainer.ws.load_arrays(rs.BEST)[next(iter(trainer.net.v_params))]
+    saved = trainer.ws.load_arrays(PARAMS)[next(iter(trainer.net.v_params))]
     np.testing.assert_array_equal(saved, calls[-1] + 1)  # after the last update, as the paper's
 
 
@@ -259,10 +264,11 @@ def test_killed_run_leaves_a_loadable_workspace(tiny_data, tmp_path):
         net, _ = load_net(ws)
         assert net.options == run.model
         w = Workspace(ws, create=False)
-        for name in ("snapshots/pivot", "snapshots/previous"):
-            net.set_values(w.load_arrays(name))
-        if w.has("annealer"):
-            assert math.isfinite(w.load_json("annealer")["lr"])
+        net.set_values(w.load_arrays("snapshots/pivot"))
+        if w.has("snapshots/resume"):
+            saved = checkpoint.load(w)
+            net.set_values(saved.net)
+            assert math.isfinite(saved.meta["annealer"]["lr"])
         assert w.read_metrics()[0]["epoch"] == 0
 
 
@@ -302,7 +308,7 @@ def test_ema_decay_evaluates_and_saves_the_average_and_trains_on_from_the_live_w
     train = TrainOptions(**options, frames_per_epoch=60, max_epochs=2, max_retry=5, ema_decay=0.5)
     trainer = Trainer(ModelOptions(net_width=4, net_depth=1), train, tiny_data, str(tmp_path / "ws"),
                       out=io.StringIO())
-    names, seen = list(trainer.net.v_params), {"start": [], "end": [], "evaluated": []}
+    names, seen = list(trainer.net.v_params), {"start": [], "end": [], "evaluated": [], "best": []}
     train_frames, obey = trainer._train_frames, trainer._obey
 
     def params():
@@ -314,9 +320,10 @@ def test_ema_decay_evaluates_and_saves_the_average_and_trains_on_from_the_live_w
         seen["end"].append((params(), trainer.optimizer.averaged_values()))
         return result
 
-    def recording_obey(decision, annealer):
+    def recording_obey(decision):
         seen["evaluated"].append(params())
-        obey(decision, annealer)
+        seen["best"].append(decision.save_best)
+        obey(decision)
 
     trainer._train_frames, trainer._obey = recording_train_frames, recording_obey
     trainer.run()
@@ -326,9 +333,12 @@ def test_ema_decay_evaluates_and_saves_the_average_and_trains_on_from_the_live_w
                       (seen["start"][1], live1)]:                  # epoch 2 trains on from live1
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
-    saved = trainer.ws.load_arrays(rs.PREVIOUS)                    # the last epoch's snapshot
-    for n, a in zip(names, average2):
-        np.testing.assert_array_equal(saved[n], a)
+    assert any(seen["best"])
+    best_average = (average1, average2)[max(i for i, best in enumerate(seen["best"]) if best)]
+    saved, resume = trainer.ws.load_arrays(PARAMS), checkpoint.load(trainer.ws).net
+    for n, average, live in zip(names, best_average, live2):
+        np.testing.assert_array_equal(saved[n], average)         # the model saved is the average
+        np.testing.assert_array_equal(resume[n], live)           # a resumed run goes on from live
 
 
 def test_ema_decay_of_1_is_an_option_error():

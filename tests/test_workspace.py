@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
-from sophia.training.workspace import Workspace, WorkspaceError
+from sophia.workspace import Workspace, WorkspaceError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Saves version v = start, start+1, ... of "snap" in a loop, printing v after each save.
 WRITER = """
 import sys, numpy as np
-from sophia.training.workspace import Workspace
+from sophia.workspace import Workspace
 ws, v = Workspace(sys.argv[1]), int(sys.argv[2])
 while True:
     ws.save_arrays("snap", {"a": np.full(1_000_000, v, dtype=np.float64),
@@ -174,7 +174,7 @@ def test_metrics_append_and_read_tolerate_a_torn_line(tmp_path):
 
 
 def test_workspaces_in_several_processes_do_not_interfere(tmp_path):
-    code = ("import sys, numpy as np\nfrom sophia.training.workspace import Workspace\n"
+    code = ("import sys, numpy as np\nfrom sophia.workspace import Workspace\n"
             "ws = Workspace(sys.argv[1])\n"
             "for i in range(20):\n"
             "    ws.save_arrays('snapshots/pivot', {'w': np.full(1000, float(sys.argv[2]))})\n"

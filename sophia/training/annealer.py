@@ -4,8 +4,11 @@ After each epoch the trainer hands the dev loss to :meth:`Annealer.observe`
 and obeys the :class:`Decision` it gets back: save the best model, save the
 pivot (the model a rollback returns to), roll back to the pivot, change the
 learning rate, or stop. The annealer touches no files and no PyTensor
-objects, so it can be tested with a scripted list of losses and resumed from
-the JSON-ready dict of :meth:`Annealer.to_dict`.
+objects, so it can be tested with a scripted list of losses; its state is the
+JSON-ready dict of :meth:`Annealer.state_dict`, which :meth:`Annealer.load_state`
+restores (``train.py --resume``). Its settings are validated where every option
+is, by :class:`sophia.options.TrainOptions`; build it with
+:meth:`Annealer.from_options`.
 
 Rules, applied to each observed loss (NaN or inf counts as worse):
 
@@ -13,7 +16,7 @@ Rules, applied to each observed loss (NaN or inf counts as worse):
 - loss < previous loss, and not above ``diverge_ratio`` × best loss: retries reset
   to 0, ``save_pivot``. (A run that collapses from a good model back to a plateau
   would otherwise find "better than previous" epochs on the plateau's noise and
-  never roll back; see bench/RESULTS.md, adding seed 2.) With
+  never roll back.) With
   ``patience_from_best``, only a new best does that, and the pivot is always the
   best model: on a noisy dev loss, epochs that merely beat the previous one would
   keep resetting the patience, so the learning rate would never decay.
@@ -114,10 +117,8 @@ class Annealer:
         Returns seconds as a float (default :func:`time.monotonic`); tests pass a
         fake clock.
 
-    Raises
-    ------
-    ValueError
-        If an argument is out of range.
+    The settings are taken as given: :class:`sophia.options.TrainOptions`
+    validates them (:meth:`from_options`).
 
     Attributes
     ----------
@@ -132,17 +133,6 @@ class Annealer:
                  target_loss: float = 0.0, diverge_ratio: float = 0.0,
                  target_max_error: float = 0.0, patience_from_best: bool = False,
                  target_streak: int = 0, clock: Callable[[], float] = time.monotonic):
-        _require(lr_init > 0 and math.isfinite(lr_init), "lr_init must be > 0", lr_init)
-        _require(lr_lower_bound >= 0, "lr_lower_bound must be >= 0", lr_lower_bound)
-        _require(0 < lr_decay_rate <= 1, "lr_decay_rate must be in (0, 1]", lr_decay_rate)
-        _require(max_retry >= 0, "max_retry must be >= 0", max_retry)
-        _require(max_epochs >= 0, "max_epochs must be >= 0", max_epochs)
-        _require(max_hours >= 0, "max_hours must be >= 0", max_hours)
-        _require(target_loss >= 0, "target_loss must be >= 0", target_loss)
-        _require(target_max_error >= 0, "target_max_error must be >= 0", target_max_error)
-        _require(target_streak >= 0, "target_streak must be >= 0", target_streak)
-        _require(diverge_ratio == 0 or diverge_ratio >= 1, "diverge_ratio must be 0 or >= 1",
-                 diverge_ratio)
         self.lr_lower_bound = float(lr_lower_bound)
         self.lr_decay_rate = float(lr_decay_rate)
         self.max_retry = int(max_retry)
@@ -237,7 +227,7 @@ class Annealer:
                         epoch=self.epochs)
 
     def elapsed_hours(self) -> float:
-        """Hours since construction (or, after :meth:`from_dict`, since the run began)."""
+        """Hours since construction (or, after :meth:`load_state`, since the run began)."""
         return (self._clock() - self._start) / 3600.0
 
     def _stop_reason(self, loss: float) -> str:
@@ -251,41 +241,25 @@ class Annealer:
             return "stop: max_hours reached"
         return ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings and state as a JSON-ready dict (infinite losses as None).
-
-        Elapsed time is stored in seconds, so a resumed run keeps its time budget.
-        """
-        d = {"lr_lower_bound": self.lr_lower_bound, "lr_decay_rate": self.lr_decay_rate,
-             "max_retry": self.max_retry, "max_epochs": self.max_epochs,
-             "max_hours": self.max_hours, "target_loss": self.target_loss,
-             "diverge_ratio": self.diverge_ratio, "target_max_error": self.target_max_error,
-             "patience_from_best": self.patience_from_best, "target_streak": self.target_streak,
-             "elapsed_seconds": self._clock() - self._start}
-        for key in _STATE_KEYS:
-            value = getattr(self, key)
-            d[key] = value if math.isfinite(value) else None
+    def state_dict(self) -> dict[str, Any]:
+        """The state as a JSON-ready dict (infinite losses as None), elapsed time in
+        seconds so that a resumed run keeps its time budget. Changes nothing."""
+        d = {key: getattr(self, key) for key in _STATE_KEYS}
+        for key in ("best_loss", "pivot_loss", "previous_loss"):
+            d[key] = d[key] if math.isfinite(d[key]) else None
+        d["elapsed_seconds"] = self._clock() - self._start
         return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any],
-                  clock: Callable[[], float] = time.monotonic) -> "Annealer":
-        """Rebuild an annealer from :meth:`to_dict`'s output; raise ValueError if malformed."""
-        missing = [k for k in _STATE_KEYS + ("lr_lower_bound", "lr_decay_rate",
-                                             "max_retry", "elapsed_seconds") if k not in d]
+    def load_state(self, d: Mapping[str, Any]) -> None:
+        """Take the state :meth:`state_dict` returned; raise ValueError if malformed.
+
+        Side effect: replaces the learning rate, losses, counters and elapsed time.
+        """
+        missing = [k for k in _STATE_KEYS + ("elapsed_seconds",) if k not in d]
         if missing:
             raise ValueError(f"annealer state lacks {', '.join(missing)}")
-        a = cls(d["lr"], d["lr_lower_bound"], d["lr_decay_rate"], d["max_retry"],
-                d.get("max_epochs", 0), d.get("max_hours", 0.0), d.get("target_loss", 0.0),
-                d.get("diverge_ratio", 0.0), d.get("target_max_error", 0.0),
-                d.get("patience_from_best", False), d.get("target_streak", 0), clock)
+        self.lr = float(d["lr"])
         for key in ("best_loss", "pivot_loss", "previous_loss"):
-            setattr(a, key, math.inf if d[key] is None else float(d[key]))
-        a.retries, a.epochs = int(d["retries"]), int(d["epochs"])
-        a._start = clock() - float(d["elapsed_seconds"])
-        return a
-
-
-def _require(ok: bool, message: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"{message}; got {value!r}")
+            setattr(self, key, math.inf if d[key] is None else float(d[key]))
+        self.retries, self.epochs = int(d["retries"]), int(d["epochs"])
+        self._start = self._clock() - float(d["elapsed_seconds"])

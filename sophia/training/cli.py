@@ -1,20 +1,30 @@
 """Command line of training: ``python train.py --help``.
 
-Options come from three layers, later ones winning: the ``OPTIONS`` block of
-``train.py`` (every option with its default), a TOML config of overrides
+Options come in layers, later ones winning: the defaults of
+:mod:`sophia.options` (the one source; ``--list_options`` prints them), the
+``OPTIONS`` block of ``train.py`` (overrides), a TOML config of overrides
 (``--config configs/NAME.toml``: flat ``name = value`` lines) and
 ``--set name=value`` (repeatable). Unknown names and wrong types are errors
-(exit status 2) that list the valid names. With ``--load_from WORKSPACE`` the
-architecture is the loaded model's: a config or ``--set`` value of a model
-option that differs from it is an error listing the differences; training
-options may change.
+(exit status 2) that list the valid names.
+
+- ``--load_from WORKSPACE`` is a warm start: the loaded model's architecture and
+  best parameters, a fresh optimizer and annealing schedule. A config or
+  ``--set`` value of a model option that differs from it is an error listing the
+  differences; training options may change.
+- ``--resume WORKSPACE`` continues a stopped or killed run from its last
+  completed epoch, exactly (:meth:`Trainer.resume`): its saved options are the
+  run's (the OPTIONS block does not apply); a config or ``--set`` may change
+  training options that do not shape the saved state; a model option that
+  differs is an error listing the differences.
 
 Usage::
 
     python train.py --data_dir DATA --save_to WS [--config configs/adding.toml] [--set k=v ...]
+    python train.py --resume WS                  # continue a stopped or killed run
     python train.py --load_from WS [--save_to WS2] [--set lr_init_val=1e-4]
     python train.py --check --data_dir DATA      # validate every file, then exit
     python train.py --demo                       # small adding problem, end to end
+    python train.py --list_options               # every option, its default and meaning
 
 Exit status: 0 done, 1 bad data or workspace, 2 bad arguments or options,
 130 interrupted (the workspace keeps the last completed epoch).
@@ -29,10 +39,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sophia.options import (ModelOptions, OptionError, TrainOptions, apply_overrides,
-                            split_overrides)
-from sophia.training import run_state as rs
+                            markdown_table, split_overrides)
 from sophia.training.dataset import DatasetError, check_dataset
-from sophia.training.workspace import Workspace, WorkspaceError
+from sophia.workspace import Workspace, WorkspaceError, load_run_options, model_differences
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DATA = "data/demo-adding"
@@ -47,13 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with BPTT(h; h') into a workspace.")
     p.add_argument("--data_dir", help="dataset directory (default with --load_from: its data_dir)")
     p.add_argument("--save_to", help="workspace to write (default with --load_from: that workspace)")
-    p.add_argument("--load_from", help="workspace whose best parameters (and architecture) to start from")
+    p.add_argument("--load_from", help="warm start: workspace whose best parameters (and architecture) "
+                   "to start from, with a fresh schedule")
+    p.add_argument("--resume", metavar="WORKSPACE", help="continue a stopped or killed run from its "
+                   "last completed epoch, exactly")
     p.add_argument("--seed", type=int, help="seed of initialisation and shuffling (default 0, "
                    "or the loaded run's)")
     p.add_argument("--config", help="TOML file of option overrides (name = value)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override one option (repeatable; wins over --config)")
     p.add_argument("--check", action="store_true", help="check the dataset fully and exit")
+    p.add_argument("--list_options", action="store_true",
+                   help="print every option with its type, default and meaning, and exit")
     p.add_argument("--demo", action="store_true", help=f"train on a small adding problem "
                    f"({DEMO_DATA}, generated if missing) into {DEMO_WORKSPACE} with configs/demo.toml")
     return p
@@ -85,21 +99,26 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return table
 
 
-def merge_options(defaults: Mapping[str, Any], explicit: Mapping[str, Any],
+def merge_options(block: Mapping[str, Any], explicit: Mapping[str, Any],
                   loaded: ModelOptions | None = None) -> tuple[ModelOptions, TrainOptions]:
-    """The run's options: ``defaults`` (the OPTIONS block), then ``explicit``
-    (config, then --set). With a ``loaded`` architecture, that is the model
-    options, and an explicit model override that differs is an OptionError."""
-    base_model, base_train = split_overrides(defaults)
+    """The run's options: :mod:`sophia.options`' defaults, then ``block`` (train.py's
+    OPTIONS), then ``explicit`` (config, then --set). With a ``loaded`` architecture,
+    that is the model options, and an explicit model override that differs is an
+    OptionError listing the differences."""
+    base_model, base_train = split_overrides(block)
     model_overrides, train_overrides = split_overrides(explicit)
     train = apply_overrides(apply_overrides(TrainOptions(), base_train), train_overrides)
     if loaded is None:
         return apply_overrides(apply_overrides(ModelOptions(), base_model), model_overrides), train
-    differences = rs.model_differences(loaded, model_overrides)
-    if differences:
-        raise OptionError("--load_from: the loaded model's architecture differs from the requested "
-                          "options (drop these overrides or train a new model): " + "; ".join(differences))
+    _refuse_model_changes("--load_from", loaded, model_overrides)
     return loaded, train
+
+
+def _refuse_model_changes(flag: str, saved: ModelOptions, model_overrides: Mapping[str, Any]) -> None:
+    differences = model_differences(saved, model_overrides)
+    if differences:
+        raise OptionError(f"{flag}: the saved model's architecture differs from the requested "
+                          "options (drop these overrides or train a new model): " + "; ".join(differences))
 
 
 def main(argv: list[str] | None = None, options: Mapping[str, Any] | None = None) -> int:
@@ -110,10 +129,15 @@ def main(argv: list[str] | None = None, options: Mapping[str, Any] | None = None
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.list_options:
+            print(markdown_table(), end="")
+            return 0
         if args.demo:
             _demo_defaults(args)
         if args.check:
             return _check(args, parser)
+        if args.resume:
+            return _resume(args, parser)
         return _train(args, dict(options or {}), parser)
     except OptionError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
@@ -133,25 +157,53 @@ def _check(args, parser) -> int:
     return 0
 
 
-def _train(args, defaults: dict, parser) -> int:
-    from sophia.training.trainer import Trainer      # PyTensor only when training
-
-    sources, explicit = ["OPTIONS block"], {}
+def _explicit_options(args) -> tuple[dict, list[str]]:
+    """The config's and --set's overrides, and where they came from."""
+    explicit, sources = {}, []
     if args.config:
         explicit.update(read_config(args.config))
         sources.append(str(args.config))
     explicit.update(parse_sets(args.set))
-    sources += [f"--set {s}" for s in args.set]
+    return explicit, sources + [f"--set {s}" for s in args.set]
+
+
+def _resume(args, parser) -> int:
+    from sophia.training.trainer import Trainer      # PyTensor only when training
+
+    if args.load_from or args.save_to or args.demo:
+        parser.error("--resume continues a workspace in place: drop --load_from, --save_to and --demo")
+    explicit, sources = _explicit_options(args)
+    run = load_run_options(Workspace(args.resume, create=False))
+    if args.seed is not None and args.seed != run.seed:
+        raise OptionError(f"--resume: the run's seed is {run.seed}; --seed {args.seed} would not resume it")
+    model_overrides, train_overrides = split_overrides(explicit)
+    _refuse_model_changes("--resume", run.model, model_overrides)
+    train = apply_overrides(run.train, train_overrides)
+    print("options from: " + ", ".join([f"{args.resume}/options.json"] + sources))
+    trainer = Trainer.resume(args.resume, train, args.data_dir)
+    if trainer.finished and train == run.train:
+        print(f"{args.resume}: the run has finished ({trainer.finished}); nothing to resume "
+              "(change a training option with --set to go on, or start from it with --load_from)")
+        return 0
+    trainer.run()
+    return 0
+
+
+def _train(args, block: dict, parser) -> int:
+    from sophia.training.trainer import Trainer      # PyTensor only when training
+
+    explicit, sources = _explicit_options(args)
+    sources = ["OPTIONS block"] + sources
     loaded = None
     if args.load_from:
-        loaded = rs.load_run_options(Workspace(args.load_from, create=False))
+        loaded = load_run_options(Workspace(args.load_from, create=False))
         args.data_dir = args.data_dir or loaded.data_dir
         args.save_to = args.save_to or args.load_from
         args.seed = loaded.seed if args.seed is None else args.seed
         sources.append(f"architecture of {args.load_from}")
     if not args.data_dir or not args.save_to:
         parser.error("--data_dir and --save_to are needed (or --load_from, or --demo)")
-    model, train = merge_options(defaults, explicit, loaded.model if loaded else None)
+    model, train = merge_options(block, explicit, loaded.model if loaded else None)
     print("options from: " + ", ".join(sources))
     trainer = Trainer(model, train, args.data_dir, args.save_to, seed=args.seed or 0,
                       init_from=args.load_from)

@@ -20,6 +20,9 @@ What is here:
   (``repeat=True``, training) or once over every frame (``repeat=False``,
   evaluation, with ``step_size == window_size``); ``synchronized=True`` starts
   B sequences together, as recurrent batch normalization needs.
+- :class:`WindowStream` -- what ``iter()`` gives: the pass's position, whose
+  :meth:`~WindowStream.state` (JSON-ready values and arrays, the shuffling's
+  random state included) :meth:`BPTTIterator.restore` continues exactly.
 
 Example
 -------
@@ -31,7 +34,7 @@ Example
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -103,14 +106,16 @@ class BPTTIterator:
         self.batch_size, self.window_size, self.step_size = batch_size, window_size, step_size
         self.repeat, self.synchronized, self.seed = repeat, synchronized, seed
 
-    def __iter__(self) -> Iterator[Window]:
-        filler = _Filler(self)
-        while True:
-            new_frames = filler.advance()
-            if new_frames == 0:            # only in a finite pass: all streams done
-                return
-            yield Window(filler.input_tbj, filler.time_tb, filler.id_tb,
-                         filler.target_tbk, new_frames)
+    def __iter__(self) -> "WindowStream":
+        return WindowStream(self)
+
+    def restore(self, state: dict, arrays: dict[str, np.ndarray]) -> "WindowStream":
+        """A :class:`WindowStream` that goes on where the one whose
+        :meth:`WindowStream.state` gave ``(state, arrays)`` was; raise ValueError
+        if they do not fit this iterator's dataset and sizes."""
+        stream = WindowStream(self)
+        stream.set_state(state, arrays)
+        return stream
 
 
 class _Queue:
@@ -119,6 +124,15 @@ class _Queue:
     def __init__(self, order: np.ndarray, rng: np.random.Generator, repeat: bool):
         self._order, self._rng, self._repeat = order, rng, repeat
         self._perm, self._k = rng.permutation(order), 0
+
+    def state(self) -> tuple[dict, np.ndarray]:
+        return {"k": self._k, "rng": self._rng.bit_generator.state}, self._perm.copy()
+
+    def set_state(self, state: dict, perm: np.ndarray) -> None:
+        if perm.shape != self._order.shape or not 0 <= state["k"] <= len(perm):
+            raise ValueError("the saved shuffling does not fit this dataset")
+        self._rng.bit_generator.state = state["rng"]
+        self._perm, self._k = perm.astype(np.int64), int(state["k"])
 
     def next(self) -> int | None:
         if self._k == len(self._perm):
@@ -138,8 +152,12 @@ class _Stream:
         self.id, self.t_last, self.dt = PAD_ID, 0.0, 1.0
 
 
-class _Filler:
-    """The state of one pass: queue, streams and the window buffers."""
+class WindowStream:
+    """One pass over a :class:`BPTTIterator`: its queue, streams and window buffers.
+
+    ``next()`` gives the next :class:`Window` (its arrays are these buffers, which
+    the next call overwrites) and raises StopIteration at the end of a finite pass.
+    """
 
     def __init__(self, it: BPTTIterator):
         self.it, self.ds = it, it.dataset
@@ -151,6 +169,45 @@ class _Filler:
         self.target_tbk = np.full((h, b, self.ds.target_dim), np.nan, np.float32)
         self.time_tb = np.full((h, b), PAD_TIME, np.float32)
         self.id_tb = np.full((h, b), PAD_ID, np.int32)
+
+    def __iter__(self) -> "WindowStream":
+        return self
+
+    def __next__(self) -> Window:
+        new_frames = self.advance()
+        if new_frames == 0:                # only in a finite pass: all streams done
+            raise StopIteration
+        return Window(self.input_tbj, self.time_tb, self.id_tb, self.target_tbk, new_frames)
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(values, arrays)``: JSON-ready values (each stream's sequence, position and
+        run length, the group's position, the shuffling's random state) and the arrays
+        (the queue's permutation, the window buffers). Changes nothing."""
+        queue, perm = self.queue.state()
+        values = {"queue": queue, "group_pos": self.group_pos, "group_len": self.group_len,
+                  "streams": [[st.seq, st.pos, st.run] for st in self.streams]}
+        arrays = {"perm": perm, "input_tbj": self.input_tbj, "target_tbk": self.target_tbk,
+                  "time_tb": self.time_tb, "id_tb": self.id_tb}
+        return values, {k: v.copy() for k, v in arrays.items()}
+
+    def set_state(self, values: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from what :meth:`state` returned; ValueError if it does not fit."""
+        buffers = {"input_tbj": self.input_tbj, "target_tbk": self.target_tbk,
+                   "time_tb": self.time_tb, "id_tb": self.id_tb}
+        streams = values["streams"]
+        if len(streams) != self.it.batch_size or any(arrays[k].shape != b.shape for k, b in buffers.items()):
+            raise ValueError("the saved iterator does not fit this batch size, window or dataset")
+        if any(not -1 <= seq < len(self.ds.sequences) for seq, _, _ in streams):
+            raise ValueError("the saved iterator names a sequence this dataset does not have")
+        self.queue.set_state(values["queue"], arrays["perm"])
+        for name, buf in buffers.items():
+            buf[...] = arrays[name]
+        self.group_pos, self.group_len = int(values["group_pos"]), int(values["group_len"])
+        self.streams = []
+        for seq, pos, run in streams:
+            st = self._start(seq, run) if seq >= 0 else _Stream(run)
+            st.pos = pos
+            self.streams.append(st)
 
     def advance(self) -> int:
         """Shift the buffers left by h' and fill the h' new rows; return real frames."""

@@ -25,7 +25,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from sophia.training.workspace import atomic_write_bytes
+from sophia.atomic import atomic_write_bytes
 
 
 def format_epoch_line(record: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The training loop: BPTT(h; h') epochs, dev evaluation, annealing, workspace files.
 
 :class:`Trainer` opens the train and dev splits, builds the :class:`Net`,
-writes the workspace (see :mod:`sophia.training.run_state` for the layout),
+writes the workspace (see :mod:`sophia.workspace` for the layout),
 compiles ``f_train_step`` and ``f_fwd_propagate`` and runs epochs:
 
 1. train ``frames_per_epoch`` new frames from an endless iterator whose
@@ -19,11 +19,13 @@ compiles ``f_train_step`` and ``f_fwd_propagate`` and runs epochs:
    with a smaller learning rate and a reset optimizer; stop when it says so.
 
 A non-finite loss (NaN or inf in training or evaluation) ends the epoch and
-forces a rollback. Before epoch 1 the initial model is saved as best, pivot
-and previous, and its dev loss (epoch 0) seeds the annealer, so every later
-"best" beats the model training started from. Every file is written
-atomically after every epoch: a run killed at any moment leaves a loadable
-workspace.
+forces a rollback. Before epoch 1 the initial model is saved as best and
+pivot, and its dev loss (epoch 0) seeds the annealer, so every later "best"
+beats the model training started from. Every file is written atomically after
+every epoch, the resume checkpoint last (:mod:`sophia.training.checkpoint`): a
+run killed at any moment leaves a loadable workspace, and
+:meth:`Trainer.resume` continues it from its last completed epoch exactly as
+if it had never stopped.
 
 Example
 -------
@@ -52,18 +54,24 @@ from sophia.graph import onednn_lstm
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
 from sophia.options import ModelOptions, OptionError, TrainOptions, to_dict
-from sophia.training import run_state as rs
+from sophia.training import checkpoint
 from sophia.training.annealer import Annealer, Decision
 from sophia.training.dataset import Dataset, id_order
 from sophia.training.iterator import BPTTIterator
 from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
-from sophia.training.workspace import METRICS, Workspace, WorkspaceError
+from sophia.workspace import (CURVE, METRICS, PARAMS, PIVOT, RESUME, RunOptions, Workspace,
+                              WorkspaceError, load_params, load_run_options, save_run_options,
+                              set_params)
 
 _NP_LOSSES = {"l2": lambda e, d: e * e, "l1": lambda e, d: np.abs(e),
               "huber": lambda e, d: np.where(np.abs(e) <= d, 0.5 * e * e, d * (np.abs(e) - 0.5 * d))}
 _CHUNK = 1 << 16                     # frames read at a time by the baseline
 FINAL_TRAIN_SAMPLE = 2000            # training sequences the final report evaluates at most
+# Training options a resumed run cannot change: they shape the carried states,
+# the iterator's buffers or the optimizer's state.
+FIXED_ON_RESUME = ("batch_size", "window_size", "step_size", "force_type", "update_type",
+                   "ema_decay")
 
 
 @dataclass(frozen=True)
@@ -184,41 +192,89 @@ class Trainer:
     out, progress : streams for the log (stdout) and the progress bar (stderr)
 
     Side effects of construction: writes ``options.json``, ``ids.order``, the
-    preprocessing files and the initial model as ``params.npz`` and snapshots.
+    preprocessing files and the initial model as ``params.npz`` and the pivot, and
+    removes an earlier run's resume checkpoint.
     Raises DatasetError, OptionError, WorkspaceError, or ValueError if the
     loaded parameters do not fit.
     """
 
     def __init__(self, model_options: ModelOptions, train_options: TrainOptions, data_dir: str,
                  save_to: str, *, seed: int = 0, init_from: str | None = None, out=None, progress=None):
-        self.train_options, self.seed, self.data_dir = train_options.validate(), seed, data_dir
-        self.out, self.progress = out or sys.stdout, progress or sys.stderr
+        self._prepare(train_options, seed, data_dir, out, progress)
         init_values, ids = None, None
         if init_from is not None:                   # read before save_to (maybe the same) changes
             source = Workspace(init_from, create=False)
-            init_values, ids = source.load_arrays(rs.BEST), source.read_ids_order()
-        self.train_set, self.dev_set, self.model_options, self.ids = open_data(data_dir, model_options, ids)
-        check_batch_norm(self.model_options, train_options, self.train_set)
-        self.id_index = {seq_id: n for n, seq_id in enumerate(self.ids)}
-        self.net = Net(self.model_options, seed=seed)
+            init_values, ids = load_params(source), source.read_ids_order()
+        self._open(model_options, ids)
         if init_values is not None:
-            try:
-                self.net.set_values(init_values)
-            except ValueError as error:
-                raise WorkspaceError(f"{os.path.join(init_from, 'params.npz')}: {error}") from error
+            set_params(source, self.net, init_values)
         self.ws = Workspace(save_to)
         same = init_from is not None and Path(init_from).resolve() == self.ws.path.resolve()
         if not same and self.ws.has(METRICS):
             os.remove(self.ws.file(METRICS))       # a fresh run starts a fresh log
+        if self.ws.has(RESUME):
+            os.remove(self.ws.file(RESUME, ".npz"))  # an old run's state is not this run's
         self._write_setup()
 
+    @classmethod
+    def resume(cls, workspace: str, train_options: TrainOptions | None = None,
+               data_dir: str | None = None, *, out=None, progress=None) -> "Trainer":
+        """The run of ``workspace``, ready to continue from its last completed epoch.
+
+        ``train_options`` (default: the saved ones) may change what does not shape
+        the saved state (:data:`FIXED_ON_RESUME` lists what does); ``data_dir``
+        (default: the saved one) must hold the same data. Writes nothing until
+        :meth:`run`, except ``options.json`` when the training options changed.
+        Raises WorkspaceError for a workspace without a checkpoint (naming
+        ``--load_from``), OptionError for a change of a fixed option, DatasetError.
+        """
+        ws = Workspace(workspace, create=False)
+        run = load_run_options(ws)
+        saved = checkpoint.load(ws)
+        train_options = run.train if train_options is None else train_options
+        fixed = [f"{name}: saved {getattr(run.train, name)!r}, requested {getattr(train_options, name)!r}"
+                 for name in FIXED_ON_RESUME if getattr(run.train, name) != getattr(train_options, name)]
+        if fixed:
+            raise OptionError("--resume cannot change options that shape the saved state: "
+                              + "; ".join(fixed))
+        self = cls.__new__(cls)
+        self._prepare(train_options, run.seed, data_dir or run.data_dir, out, progress)
+        self._open(run.model, ws.read_ids_order())
+        if self.model_options != run.model:
+            raise WorkspaceError(f"{self.data_dir} no longer fits {ws.file('options', '.json')}: "
+                                 f"input_dim/target_dim/num_ids {self.model_options.input_dim}/"
+                                 f"{self.model_options.target_dim}/{self.model_options.num_ids}, saved "
+                                 f"{run.model.input_dim}/{run.model.target_dim}/{run.model.num_ids}")
+        set_params(ws, self.net, saved.net, RESUME)
+        self.ws, self._checkpoint = ws, saved
+        if train_options != run.train:
+            save_run_options(ws, RunOptions(run.model, train_options, run.seed, self.data_dir))
+        return self
+
+    @property
+    def finished(self) -> str:
+        """The stop reason of a resumed run that had already finished ('' otherwise)."""
+        return self._checkpoint.meta.get("finished", "") if self._checkpoint else ""
+
+    def _prepare(self, train_options, seed, data_dir, out, progress) -> None:
+        self.train_options, self.seed, self.data_dir = train_options.validate(), seed, data_dir
+        self.out, self.progress = out or sys.stdout, progress or sys.stderr
+        self._checkpoint = None
+
+    def _open(self, model_options: ModelOptions, ids: list[str] | None) -> None:
+        """Open the data and build the net (its parameters freshly initialised)."""
+        self.train_set, self.dev_set, self.model_options, self.ids = open_data(self.data_dir, model_options, ids)
+        check_batch_norm(self.model_options, self.train_options, self.train_set)
+        self.id_index = {seq_id: n for n, seq_id in enumerate(self.ids)}
+        self.net = Net(self.model_options, seed=self.seed)
+
     def _write_setup(self) -> None:
-        rs.save_run_options(self.ws, rs.RunOptions(self.model_options, self.train_options,
-                                                   self.seed, self.data_dir))
+        save_run_options(self.ws, RunOptions(self.model_options, self.train_options,
+                                             self.seed, self.data_dir))
         self.ws.write_ids_order(self.ids)
         self.ws.copy_preprocessing(self.data_dir)
         values = self.net.get_values()
-        for name in (rs.BEST, rs.PIVOT, rs.PREVIOUS):
+        for name in (PARAMS, PIVOT):
             self.ws.save_arrays(name, values)
 
     # -- the run -------------------------------------------------------------------
@@ -232,13 +288,16 @@ class Trainer:
         self.print_summary()
         self.compile()
         o = self.train_options
-        self._windows = iter(BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
-                                          o.step_size, repeat=True, seed=self.seed,
-                                          synchronized=self.model_options.batch_norm))
+        windows = BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
+                               o.step_size, repeat=True, seed=self.seed,
+                               synchronized=self.model_options.batch_norm)
         self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer.from_options(o)
-        self.train_streak = 0
-        self._start_epochs(annealer)
+        if self._checkpoint is None:
+            self._windows, self.train_streak = iter(windows), 0
+            self._start_epochs(annealer)
+        else:
+            self._restore(self._checkpoint, windows, annealer)
         decision = None
         while decision is None or not decision.stop:
             decision = self._epoch(annealer)
@@ -299,6 +358,44 @@ class Trainer:
                       "baseline": self.baseline,
                       "lr": annealer.lr, "decision": "initial model",
                       "eval_seconds": time.monotonic() - start})
+        self._save_checkpoint(annealer)
+
+    def _save_checkpoint(self, annealer: Annealer, finished: str = "") -> None:
+        """Write the run's whole state (:mod:`sophia.training.checkpoint`), atomically."""
+        position, arrays = self._windows.state()
+        checkpoint.Checkpoint(
+            net=self.net.get_values(), states=[v.get_value() for v in self.v_states],
+            optimizer=[v.get_value() for v in self.optimizer.v_state], iterator_arrays=arrays,
+            meta={"annealer": annealer.state_dict(), "iterator": position,
+                  "train_streak": self.train_streak, "epoch_offset": self.epoch_offset,
+                  "metrics_records": self._records, "finished": finished}).save(self.ws)
+
+    def _restore(self, saved: checkpoint.Checkpoint, windows: BPTTIterator, annealer: Annealer) -> None:
+        """Continue from ``saved``: the iterator, annealer, stored states, optimizer
+        state and metrics log as they were (the parameters were set by :meth:`resume`).
+        Raises WorkspaceError if the checkpoint does not fit this run."""
+        path = self.ws.file(RESUME, ".npz")
+        meta = saved.meta
+        try:
+            self._windows = windows.restore(meta["iterator"], saved.iterator_arrays)
+            annealer.load_state(meta["annealer"])
+            self.train_streak, self.epoch_offset = int(meta["train_streak"]), int(meta["epoch_offset"])
+            records = int(meta["metrics_records"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise WorkspaceError(f"{path}: the saved training state does not fit this run: "
+                                 f"{type(error).__name__}: {error}") from error
+        for kind, variables, values in (("stored states", self.v_states, saved.states),
+                                        ("optimizer state", self.optimizer.v_state, saved.optimizer)):
+            shapes = [v.get_value(borrow=True).shape for v in variables]
+            if [np.shape(x) for x in values] != shapes:
+                raise WorkspaceError(f"{path}: the {kind} do not fit this run's net and options")
+            for v, value in zip(variables, values):
+                v.set_value(np.asarray(value, dtype=v.dtype))
+        self.ws.keep_metrics(records)
+        self._records = records
+        plot_learning_curve(self.ws.read_metrics(), self.ws.file(CURVE))
+        self._log(f"resumed {self.ws.path} after epoch {self.epoch_offset + annealer.epochs} "
+                  f"(lr {annealer.lr:.3g}, best dev loss {annealer.best_loss:.4g})")
 
     def _epoch(self, annealer: Annealer) -> Decision:
         lr, epoch = annealer.lr, self.epoch_offset + annealer.epochs + 1
@@ -312,7 +409,7 @@ class Trainer:
             prefix = "non-finite loss; "
         streak = self.train_streak
         decision = annealer.observe(dev_loss, dev_max_error, streak)
-        self._obey(decision, annealer)
+        self._obey(decision)
         if live is not None and not decision.rollback:
             self.net.set_values(live)          # training goes on from the live weights
         self._record({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
@@ -320,6 +417,7 @@ class Trainer:
                       "baseline": self.baseline, "lr": lr, "decision": prefix + decision.reason,
                       "frames": frames, "seconds": seconds,
                       "eval_seconds": time.monotonic() - start})
+        self._save_checkpoint(annealer, decision.reason if decision.stop else "")
         return decision
 
     def _use_average(self) -> dict | None:
@@ -370,32 +468,32 @@ class Trainer:
             self.train_streak = self.train_streak + int(n_frames) if right else 0
         return 0 < o.target_train_streak <= self.train_streak
 
-    def _obey(self, decision: Decision, annealer: Annealer) -> None:
-        """Save best / pivot, or roll back; then save previous and annealer.json."""
+    def _obey(self, decision: Decision) -> None:
+        """Save best / pivot, or roll back to the pivot (the optimizer and stored states reset)."""
         if decision.rollback:
             self.train_streak = 0              # the streak belongs to the model rolled away from
-            self.net.set_values(self.ws.load_arrays(rs.PIVOT))
+            self.net.set_values(self.ws.load_arrays(PIVOT))
             self.f_reset()
             self.net.reset_states(self.v_states)
         values = self.net.get_values()
         if decision.save_best:
-            self.ws.save_arrays(rs.BEST, values)
+            self.ws.save_arrays(PARAMS, values)
         if decision.save_pivot:
-            self.ws.save_arrays(rs.PIVOT, values)
-        self.ws.save_arrays(rs.PREVIOUS, values)
-        self.ws.save_json(rs.ANNEALER, annealer.to_dict())
+            self.ws.save_arrays(PIVOT, values)
 
     def _record(self, record: dict) -> None:
         self._log(format_epoch_line(record))
         self.ws.append_metrics(record)
-        plot_learning_curve(self.ws.read_metrics(), self.ws.file(rs.CURVE))
+        records = self.ws.read_metrics()
+        self._records = len(records)
+        plot_learning_curve(records, self.ws.file(CURVE))
 
     def _finish(self, annealer: Annealer, decision: Decision) -> TrainResult:
-        self.net.set_values(self.ws.load_arrays(rs.BEST))
+        self.net.set_values(self.ws.load_arrays(PARAMS))
         sample = self._train_sample()
         dev_loss, train_loss = self.evaluate(self.dev_set), self.evaluate(sample)
         of = f" (on {len(sample):,} of {len(self.train_set):,} sequences)" if sample is not self.train_set else ""
-        self._log(f"{decision.reason}; best model ({self.ws.file(rs.BEST, '.npz')}): "
+        self._log(f"{decision.reason}; best model ({self.ws.file(PARAMS, '.npz')}): "
                   f"train {train_loss:.4g}{of}  dev {dev_loss:.4g}  (baseline {self.baseline:.4g})")
         return TrainResult(os.fspath(self.ws.path), annealer.epochs, dev_loss, train_loss,
                            self.baseline, decision.reason)
