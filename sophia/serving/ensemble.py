@@ -50,9 +50,10 @@ from pathlib import Path
 import numpy as np
 
 from sophia.graph.net import Net
-from sophia.options import ModelOptions, OptionError, from_dict
+from sophia.options import OptionError
 from sophia.serving.paths import ModelLoadError
-from sophia.training.workspace import IDS_ORDER, Workspace, WorkspaceError
+from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options,
+                              load_params, set_params)
 
 MODE = "CVM"
 DTYPE = "float32"
@@ -64,8 +65,8 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
     Parameters
     ----------
     workspace_path : str or PathLike
-        A directory with ``options.json``, ``params.npz`` and (with an ID
-        embedding) ``ids.order``.
+        A workspace (:mod:`sophia.workspace`): ``options.json``, ``params.npz``
+        and, with an ID embedding, ``ids.order`` are read.
     mode : str, optional
         The compile mode of ``f_infer`` (see the module docstring).
 
@@ -84,58 +85,17 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
     if not ws_path.is_dir():
         raise ModelLoadError(f"workspace {ws_path} is not a directory")
     ws = Workspace(ws_path, create=False)
-    options = _read_options(ws)
-    ids = _read_ids(ws, options)
     try:
-        net = Net(options, dtype=DTYPE)
-    except OptionError as exc:
-        raise ModelLoadError(f"{ws.file('options', '.json')}: {exc}") from None
-    _load_params(ws, net)
+        options = load_model_options(ws)
+        ids = load_ids(ws, options)
+        try:
+            net = Net(options, dtype=DTYPE)
+        except OptionError as exc:
+            raise WorkspaceError(f"{ws.file(OPTIONS, '.json')}: {exc}") from None
+        set_params(ws, net, load_params(ws))
+    except WorkspaceError as exc:
+        raise ModelLoadError(str(exc)) from None
     return Model(net, ids, mode=mode)
-
-
-def _read_options(ws: Workspace) -> ModelOptions:
-    path = ws.file("options", ".json")
-    try:
-        saved = ws.load_json("options")
-    except WorkspaceError as exc:
-        raise ModelLoadError(str(exc)) from None
-    model = saved.get("model") if isinstance(saved, dict) else None
-    if not isinstance(model, dict):
-        raise ModelLoadError(f"{path}: expected an object with a 'model' object")
-    try:
-        return from_dict(ModelOptions, model)
-    except OptionError as exc:
-        raise ModelLoadError(f"{path}: 'model': {exc}") from None
-
-
-def _read_ids(ws: Workspace, options: ModelOptions) -> list:
-    if not options.learn_id_embedding:
-        return []
-    try:
-        ids = ws.read_ids_order()
-    except WorkspaceError as exc:
-        raise ModelLoadError(str(exc)) from None
-    if len(ids) != options.num_ids:
-        raise ModelLoadError(f"{ws.file(IDS_ORDER)} holds {len(ids)} sequence IDs but "
-                             f"options.json says num_ids = {options.num_ids}")
-    return ids
-
-
-def _load_params(ws: Workspace, net: Net) -> None:
-    path = ws.file("params", ".npz")
-    try:
-        arrays = ws.load_arrays("params")
-    except WorkspaceError as exc:
-        raise ModelLoadError(str(exc)) from None
-    bad = [name for name, a in arrays.items()
-           if a.dtype.kind not in "fiu" or not np.all(np.isfinite(a))]
-    if bad:
-        raise ModelLoadError(f"{path}: non-numeric or non-finite values in {', '.join(bad)}")
-    try:
-        net.set_values(arrays)
-    except ValueError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
 
 
 class Model:
