@@ -23,7 +23,7 @@ setup(
         "console_scripts": [
             "sophia-train=sophia.training.cli:main",
             "sophia-serve=sophia.serving.cli:main",
-            "sophia-data=sophia.training.dataset_cli:main",
+            "sophia-data=sophia.data.cli:main",
         ],
     },
 )

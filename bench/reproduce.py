@@ -55,10 +55,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from datasets.make import make_dataset  # noqa: E402
-from datasets.tasks import real  # noqa: E402
+from sophia.data.make import make_dataset  # noqa: E402
+from sophia.data.tasks import real  # noqa: E402
 from sophia.training import cli  # noqa: E402
-from sophia.training.dataset import Dataset  # noqa: E402
+from sophia.data.dataset import Dataset  # noqa: E402
 from sophia.training.run_state import load_net, load_run_options  # noqa: E402
 from sophia.training.workspace import Workspace  # noqa: E402
 

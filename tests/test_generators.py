@@ -1,4 +1,4 @@
-"""Tests of the dataset writer and the task generators in ``datasets/``.
+"""Tests of the dataset writer and the task generators in ``sophia/data/``.
 
 Datasets are written to disk and read back with plain numpy ('<f4'), the way
 the training programs read them, and the task semantics are checked on what
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.make import make_dataset
-from datasets.tasks import adding, frequency, multiplication, real, temporal_order
-from sophia.training.dataset_writer import DatasetWriter
+from sophia.data.make import make_dataset
+from sophia.data.tasks import adding, frequency, multiplication, real, temporal_order
+from sophia.data.writer import DatasetWriter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"train": 30, "dev": 5, "test": 5}
@@ -292,7 +292,7 @@ def test_changing_dev_size_keeps_train_bytes(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "datasets/make.py", *map(str, args)], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "sophia.data.make", *map(str, args)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": ""})
 

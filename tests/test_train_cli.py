@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.make import make_dataset
+from sophia.data.make import make_dataset
 from sophia.options import ModelOptions, OptionError, TrainOptions, option_names
 from sophia.training.cli import main, merge_options, parse_sets, read_config
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.make import make_dataset
+from sophia.data.make import make_dataset
 from sophia.options import ModelOptions, TrainOptions, from_dict
 from sophia.training.cli import main
-from sophia.training.dataset import Dataset
+from sophia.data.dataset import Dataset
 from sophia.training.run_state import load_net, load_run_options
 from sophia.training import run_state as rs
 from sophia.training import trainer as trainer_module

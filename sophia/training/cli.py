@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from sophia.options import (ModelOptions, OptionError, TrainOptions, apply_overrides,
                             split_overrides)
 from sophia.training import run_state as rs
-from sophia.training.dataset import DatasetError, check_dataset
+from sophia.data.dataset import DatasetError, check_dataset
 from sophia.training.workspace import Workspace, WorkspaceError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -170,11 +170,7 @@ def _demo_defaults(args) -> None:
     args.config = args.config or str(DEMO_CONFIG)
     if os.path.exists(args.data_dir):
         return
-    if not (REPO_ROOT / "datasets" / "make.py").is_file():
-        raise OptionError("--demo generates its data with datasets/make.py: run it from a checkout")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from datasets.make import make_dataset
+    from sophia.data.make import make_dataset
 
     written = make_dataset(out=args.data_dir, **DEMO_TASK)
     print(f"demo: wrote {args.data_dir} (adding problem, T={DEMO_TASK['T']}): "

@@ -1,9 +1,9 @@
-"""Generate a dataset in Sophia's format (see ``sophia/training/dataset_writer.py``).
+"""Generate a dataset in Sophia's format (see :mod:`sophia.data.writer`).
 
-Usage, from the repository root::
+Usage::
 
-    python datasets/make.py TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
-    python datasets/make.py TASK --help        # the task's own options
+    python -m sophia.data.make TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
+    python -m sophia.data.make TASK --help        # the task's own options
 
 Tasks: ``adding``, ``multiplication``, ``temporal_order``, ``frequency``
 (synthetic: ``--train/--dev/--test`` give the number of sequences) and
@@ -24,17 +24,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from datasets.tasks import TASKS, real  # noqa: E402
-from datasets.tasks.common import sequence_path  # noqa: E402
-from sophia.training.dataset_writer import SPLITS, DatasetWriter  # noqa: E402
+from sophia.data.tasks import TASKS, real
+from sophia.data.tasks.common import sequence_path
+from sophia.data.writer import SPLITS, DatasetWriter
 
 DEFAULT_COUNTS = {"train": 200, "dev": 50, "test": 50}
 
@@ -45,7 +40,7 @@ def make_dataset(task_name, out, seed=0, counts=None, **options):
     Parameters
     ----------
     task_name : str
-        A key of :data:`datasets.tasks.TASKS`.
+        A key of :data:`sophia.data.tasks.TASKS`.
     out : str or os.PathLike
         Dataset directory, missing or empty.
     seed : int
@@ -63,7 +58,7 @@ def make_dataset(task_name, out, seed=0, counts=None, **options):
 
     Raises
     ------
-    ValueError, FileExistsError, datasets.tasks.real.MissingPackageError
+    ValueError, FileExistsError, sophia.data.tasks.real.MissingPackageError
         On bad options, a non-empty `out`, or a missing data package.
     """
     task = TASKS[task_name]
@@ -94,7 +89,7 @@ def readme_text(task_name, seed, options, writer):
     return "\n".join([
         f"Sophia dataset: {task_name} - {task.SUMMARY}",
         "",
-        f"Made with: python datasets/make.py {task_name} --out DIR {' '.join(flags)}",
+        f"Made with: python -m sophia.data.make {task_name} --out DIR {' '.join(flags)}",
         f"Seed: {seed}",
         "Options: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "none"),
         "Sequences: " + ", ".join(f"{split} {counts[split]}" for split in SPLITS),
@@ -120,7 +115,7 @@ def build_parser():
         sizes.add_argument(f"--{split}", type=_non_negative_int, default=DEFAULT_COUNTS[split],
                            help=f"number of {split} sequences; default {DEFAULT_COUNTS[split]}")
     parser = argparse.ArgumentParser(
-        prog="datasets/make.py", description="Generate a dataset in Sophia's format.")
+        prog="python -m sophia.data.make", description="Generate a dataset in Sophia's format.")
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for name, task in TASKS.items():
         parents = [common, _options_parser(task)]

@@ -1,13 +1,13 @@
 """``sophia-data``: command-line tools for Sophia datasets.
 
 ``sophia-data check DIR [--input_dim N] [--target_dim N]`` checks every split
-of the dataset in DIR (see :mod:`sophia.training.dataset`) and prints a
+of the dataset in DIR (see :mod:`sophia.data.dataset`) and prints a
 summary, or every problem found and exits with status 1.
 
 Example
 -------
->>> main(["check", "datasets/toy"])                  # doctest: +SKIP
-datasets/toy: input_dim 3, target_dim 1, no timestamps, 4 sequence IDs in train
+>>> main(["check", "data/toy"])                  # doctest: +SKIP
+data/toy: input_dim 3, target_dim 1, no timestamps, 4 sequence IDs in train
   train: 8 sequences, 4096 frames
   dev: 2 sequences, 1024 frames
 0
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sophia.training.dataset import DatasetError, check_dataset
+from sophia.data.dataset import DatasetError, check_dataset
 
 
 def _dim(text: str) -> int:
