@@ -231,7 +231,7 @@ def test_cli_check(good, capsys):
 
 def test_cli_runs_as_module(good):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-m", "sophia.data.cli", "check",
+    done = subprocess.run([sys.executable, "-m", "sophia.data", "check",
                            str(good)], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "dev: 1 sequences, 4 frames" in done.stdout

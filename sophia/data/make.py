@@ -1,9 +1,10 @@
 """Generate a dataset in Sophia's format (see :mod:`sophia.data.writer`).
 
-Usage::
+:func:`make_dataset` is the Python API; the command line on top of it is
+``sophia-data make`` (:mod:`sophia.data.cli`)::
 
-    python -m sophia.data.make TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
-    python -m sophia.data.make TASK --help        # the task's own options
+    sophia-data make TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
+    sophia-data make TASK --help        # the task's own options
 
 Tasks: ``adding``, ``multiplication``, ``temporal_order``, ``frequency``
 (synthetic: ``--train/--dev/--test`` give the number of sequences) and
@@ -22,12 +23,9 @@ Example
 """
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
 
-from sophia.data.tasks import TASKS, real
+from sophia.data.tasks import TASKS
 from sophia.data.tasks.common import sequence_path
 from sophia.data.writer import SPLITS, DatasetWriter
 
@@ -89,7 +87,7 @@ def readme_text(task_name, seed, options, writer):
     return "\n".join([
         f"Sophia dataset: {task_name} - {task.SUMMARY}",
         "",
-        f"Made with: python -m sophia.data.make {task_name} --out DIR {' '.join(flags)}",
+        f"Made with: sophia-data make {task_name} --out DIR {' '.join(flags)}",
         f"Seed: {seed}",
         "Options: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "none"),
         "Sequences: " + ", ".join(f"{split} {counts[split]}" for split in SPLITS),
@@ -103,55 +101,3 @@ def readme_text(task_name, seed, options, writer):
         "<path>.time, where present, holds one increasing float32 timestamp per frame.",
         "",
     ])
-
-
-def build_parser():
-    """Return the command-line parser: one sub-command per task."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, help="dataset directory (missing or empty)")
-    common.add_argument("--seed", type=int, default=0, help="random seed; default 0")
-    sizes = argparse.ArgumentParser(add_help=False)
-    for split in SPLITS:
-        sizes.add_argument(f"--{split}", type=_non_negative_int, default=DEFAULT_COUNTS[split],
-                           help=f"number of {split} sequences; default {DEFAULT_COUNTS[split]}")
-    parser = argparse.ArgumentParser(
-        prog="python -m sophia.data.make", description="Generate a dataset in Sophia's format.")
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    for name, task in TASKS.items():
-        parents = [common, _options_parser(task)]
-        if hasattr(task, "generate"):
-            parents.append(sizes)
-        tasks.add_parser(name, parents=parents, help=task.SUMMARY, description=task.SUMMARY)
-    return parser
-
-
-def main(argv=None):
-    """Run the command line; returns the process exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    task = TASKS[args.task]
-    options = {name: getattr(args, name) for name in vars(_options_parser(task).parse_args([]))}
-    counts = {split: getattr(args, split) for split in SPLITS} if hasattr(task, "generate") else None
-    try:
-        written = make_dataset(args.task, args.out, args.seed, counts, **options)
-    except (ValueError, FileExistsError, real.MissingPackageError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in written.items()))
-    return 0
-
-
-def _options_parser(task):
-    parser = argparse.ArgumentParser(add_help=False)
-    task.add_arguments(parser)
-    return parser
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-if __name__ == "__main__":
-    sys.exit(main())
