@@ -25,7 +25,7 @@ import argparse
 import os
 import sys
 import tomllib
-from pathlib import Path
+from importlib import resources
 from typing import Any, Mapping
 
 from sophia.options import (ModelOptions, OptionError, TrainOptions, apply_overrides,
@@ -34,10 +34,11 @@ from sophia.training import run_state as rs
 from sophia.data.dataset import DatasetError, check_dataset
 from sophia.training.workspace import Workspace, WorkspaceError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DATA = "data/demo-adding"
 DEMO_WORKSPACE = "workspaces/demo"
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.toml"
+# The demo's overrides ship inside the package (setup.py package_data), so --demo runs
+# from any directory after a plain install; this file is their one source.
+DEMO_CONFIG = resources.files("sophia.training").joinpath("demo.toml")
 DEMO_TASK = dict(task_name="adding", seed=0, counts={"train": 2000, "dev": 200, "test": 200}, T=20)
 
 
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one option (repeatable; wins over --config)")
     p.add_argument("--check", action="store_true", help="check the dataset fully and exit")
     p.add_argument("--demo", action="store_true", help=f"train on a small adding problem "
-                   f"({DEMO_DATA}, generated if missing) into {DEMO_WORKSPACE} with configs/demo.toml")
+                   f"({DEMO_DATA}, generated if missing) into {DEMO_WORKSPACE} with the "
+                   f"overrides of sophia/training/demo.toml")
     return p
 
 
