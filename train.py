@@ -4,7 +4,7 @@
 Examples::
 
     python train.py --demo
-    python -m sophia.data.make adding --out data/adding
+    python -m sophia.data make adding --out data/adding      # or: sophia-data make ...
     python train.py --data_dir data/adding --save_to workspaces/adding --config configs/adding.toml
 
 The logic lives in :mod:`sophia.training.cli`; this script only holds the defaults.
