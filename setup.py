@@ -7,6 +7,7 @@ setup(
     description="Real-time recurrent networks for regression on long, noisy streams, "
                 "trained with BPTT(h; h') and served over ZeroMQ.",
     packages=find_packages(include=["sophia", "sophia.*"]),
+    package_data={"sophia.training": ["demo.toml"]},     # train.py --demo's option overrides
     python_requires=">=3.11",
     install_requires=["pytensor>=2.30", "numpy>=1.26", "pyzmq>=25",
                       # oneDNN's LSTM for training steps (sophia/graph/onednn.py); elsewhere the fused Ops
@@ -23,7 +24,7 @@ setup(
         "console_scripts": [
             "sophia-train=sophia.training.cli:main",
             "sophia-serve=sophia.serving.cli:main",
-            "sophia-data=sophia.training.dataset_cli:main",
+            "sophia-data=sophia.data.cli:main",
         ],
     },
 )

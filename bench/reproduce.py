@@ -55,12 +55,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from datasets.make import make_dataset  # noqa: E402
-from datasets.tasks import real  # noqa: E402
+from sophia.data.make import make_dataset  # noqa: E402
+from sophia.data.tasks import real  # noqa: E402
 from sophia.training import cli  # noqa: E402
-from sophia.training.dataset import Dataset  # noqa: E402
-from sophia.workspace import load_net, load_run_options  # noqa: E402
-from sophia.workspace import Workspace  # noqa: E402
+from sophia.data.dataset import Dataset  # noqa: E402
+from sophia.workspace import Workspace, load_net, load_run_options  # noqa: E402
 
 ADDING_TOLERANCE = 0.04              # the paper's "wrong": |error| > 0.04
 EVAL_BATCH = 256                     # test sequences run side by side

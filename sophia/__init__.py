@@ -6,8 +6,9 @@ Rooms of the package (one concept per module):
 - ``sophia.graph``    — symbolic graph building: initialisers, normalizations,
   layers, the Net and its compiled ``f_`` functions.
 - ``sophia.optim``    — losses, optimizer forces and updates.
-- ``sophia.training`` — dataset format, BPTT(h; h') iterator, annealing schedule,
-  workspace, trainer.
+- ``sophia.data``     — the dataset format, its writer, the task generators and
+  the ``sophia-data`` command.
+- ``sophia.training`` — BPTT(h; h') iterator, annealing schedule, workspace, trainer.
 - ``sophia.serving``  — ensembles of trained models, the ZeroMQ wire protocol,
   the server and a Python client.
 

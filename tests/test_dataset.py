@@ -1,4 +1,4 @@
-"""Tests of sophia.training.dataset and its command line, on tiny hand-made files."""
+"""Tests of sophia.data.dataset and its command line, on tiny hand-made files."""
 import os
 import subprocess
 import sys
@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from sophia.training.dataset import (Dataset, DatasetError, check_dataset, id_order,
+from sophia.data.dataset import (Dataset, DatasetError, check_dataset, id_order,
                                      infer_dims)
-from sophia.training.dataset_cli import main
+from sophia.data.cli import main
 
 
 def write_seq(root, rel, input_tj, target_tk, time_t=None):
@@ -231,7 +231,7 @@ def test_cli_check(good, capsys):
 
 def test_cli_runs_as_module(good):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-m", "sophia.training.dataset_cli", "check",
+    done = subprocess.run([sys.executable, "-m", "sophia.data", "check",
                            str(good)], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "dev: 1 sequences, 4 frames" in done.stdout

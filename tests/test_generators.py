@@ -1,4 +1,4 @@
-"""Tests of the dataset writer and the task generators in ``datasets/``.
+"""Tests of the dataset writer and the task generators in ``sophia/data/``.
 
 Datasets are written to disk and read back with plain numpy ('<f4'), the way
 the training programs read them, and the task semantics are checked on what
@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.make import make_dataset
-from datasets.tasks import adding, frequency, multiplication, real, temporal_order
-from sophia.training.dataset_writer import DatasetWriter
+from sophia.data import cli as data_cli
+from sophia.data.make import make_dataset
+from sophia.data.tasks import adding, frequency, multiplication, real, temporal_order
+from sophia.data.writer import DatasetWriter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"train": 30, "dev": 5, "test": 5}
@@ -292,7 +293,7 @@ def test_changing_dev_size_keeps_train_bytes(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "datasets/make.py", *map(str, args)], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "sophia.data", "make", *map(str, args)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": ""})
 
@@ -309,6 +310,19 @@ def test_cli_end_to_end(tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr
     bad = run_cli("adding", "--out", tmp_path / "bad", "--T", 3)
     assert bad.returncode == 2 and "--T must be at least" in bad.stderr
+
+
+def test_readme_command_remakes_the_same_bytes(tmp_path, capsys):
+    make_dataset("frequency", tmp_path / "a", seed=5, counts={"train": 3, "dev": 1, "test": 1},
+                 sampling="async")
+    made = file_bytes(tmp_path / "a")
+    line = next(s for s in made["README.txt"].decode().splitlines() if s.startswith("Made with: "))
+    command = line.removeprefix("Made with: ").split()
+    assert command[:2] == ["sophia-data", "make"]
+    argv = [str(tmp_path / "b") if word == "DIR" else word for word in command[2:]]
+    assert data_cli.main(["make", *argv]) == 0
+    assert file_bytes(tmp_path / "b") == made
+    assert "wrote" in capsys.readouterr().out
 
 
 # --- real data -------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sophia.training.dataset import Dataset
+from sophia.data.dataset import Dataset
 from sophia.training.iterator import BPTTIterator
 
 

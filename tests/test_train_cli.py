@@ -5,9 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.make import make_dataset
+from sophia.data.make import make_dataset
 from sophia.options import ModelOptions, OptionError, TrainOptions, option_names
-from sophia.training.cli import main, merge_options, parse_sets, read_config
+from sophia.data.dataset import check_dataset
+from sophia.training import cli
+from sophia.training.cli import DEMO_CONFIG, main, merge_options, parse_sets, read_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def test_the_block_overrides_the_defaults_and_configs_override_the_block():
         merge_options({"net_widht": 8}, {})
 
 
-@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("configs/*.toml")),
+@pytest.mark.parametrize("config", sorted(REPO_ROOT.glob("configs/*.toml")) + [Path(str(DEMO_CONFIG))],
                          ids=lambda p: p.stem)
 def test_every_shipped_config_names_valid_options(config):
     import train
@@ -141,3 +145,48 @@ def test_load_from_mismatch_before_any_compile(capsys, tmp_path, adding_dir):
                      "--set", "net_width=16", "--set", "lr_init_val=0.1")
     assert rc == 2
     assert "net_width: saved 8, requested 16" in err and "lr_init_val" not in err
+
+
+def test_demo_config_is_package_data_and_sophia_data_makes_its_dataset(tmp_path, monkeypatch):
+    import sophia.training
+    config = Path(str(DEMO_CONFIG)).resolve()
+    assert config == Path(sophia.training.__file__).resolve().parent / "demo.toml"
+    assert config.is_file() and not hasattr(cli, "REPO_ROOT")
+    assert not (REPO_ROOT / "configs" / "demo.toml").exists()     # one source of the overrides
+    monkeypatch.chdir(tmp_path)                                     # any directory will do
+    args = cli.build_parser().parse_args(["--demo"])
+    cli._demo_defaults(args)
+    assert Path(args.config).resolve() == config
+    assert read_config(args.config)["net_width"] == 32
+    summary = check_dataset(args.data_dir)
+    assert summary.sequences == {"train": 2000, "dev": 200, "test": 200}
+    assert (summary.input_dim, summary.target_dim) == (2, 1)
+    assert "T=20" in (tmp_path / cli.DEMO_DATA / "README.txt").read_text()
+
+
+@pytest.mark.slow
+def test_plain_install_runs_from_an_empty_directory(tmp_path):
+    """``pip install --target`` (not editable): sophia-data make and the demo config, no checkout."""
+    import shutil
+    import subprocess
+    import sys
+    source, target, empty = tmp_path / "source", tmp_path / "site", tmp_path / "empty"
+    empty.mkdir()
+    shutil.copytree(REPO_ROOT / "sophia", source / "sophia",      # build outside the checkout
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "setup.py", source)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(source)], check=True, timeout=300)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target)}
+
+    def python(*argv):
+        return subprocess.run([sys.executable, *argv], cwd=empty, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    made = python("-m", "sophia.data", "make", "adding", "--out", "X", "--T", "20",
+                  "--train", "3", "--dev", "1", "--test", "1")
+    assert made.returncode == 0 and "wrote X: train 3, dev 1, test 1" in made.stdout, made.stderr
+    shown = python("-c", "import sophia; from sophia.training.cli import DEMO_CONFIG, read_config; "
+                   "print(sophia.__file__); print(read_config(str(DEMO_CONFIG))['net_width'])")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == [str(target / "sophia" / "__init__.py"), "32"]

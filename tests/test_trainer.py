@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.make import make_dataset
+from sophia.data.make import make_dataset
 from sophia.options import ModelOptions, TrainOptions, from_dict
 from sophia.training.cli import main
-from sophia.training.dataset import Dataset
-from sophia.workspace import PARAMS, load_net, load_run_options
+from sophia.data.dataset import Dataset
 from sophia.training import checkpoint
+from sophia.workspace import PARAMS, load_net, load_run_options
 from sophia.training import trainer as trainer_module
 from sophia.training.trainer import Trainer, mean_baseline
 from sophia.workspace import Workspace

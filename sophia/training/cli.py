@@ -35,18 +35,19 @@ import argparse
 import os
 import sys
 import tomllib
-from pathlib import Path
+from importlib import resources
 from typing import Any, Mapping
 
 from sophia.options import (ModelOptions, OptionError, TrainOptions, apply_overrides,
                             markdown_table, split_overrides)
-from sophia.training.dataset import DatasetError, check_dataset
+from sophia.data.dataset import DatasetError, check_dataset
 from sophia.workspace import Workspace, WorkspaceError, load_run_options, model_differences
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DATA = "data/demo-adding"
 DEMO_WORKSPACE = "workspaces/demo"
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.toml"
+# The demo's overrides ship inside the package (setup.py package_data), so --demo runs
+# from any directory after a plain install; this file is their one source.
+DEMO_CONFIG = resources.files("sophia.training").joinpath("demo.toml")
 DEMO_TASK = dict(task_name="adding", seed=0, counts={"train": 2000, "dev": 200, "test": 200}, T=20)
 
 
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list_options", action="store_true",
                    help="print every option with its type, default and meaning, and exit")
     p.add_argument("--demo", action="store_true", help=f"train on a small adding problem "
-                   f"({DEMO_DATA}, generated if missing) into {DEMO_WORKSPACE} with configs/demo.toml")
+                   f"({DEMO_DATA}, generated if missing) into {DEMO_WORKSPACE} with the "
+                   f"overrides of sophia/training/demo.toml")
     return p
 
 
@@ -222,11 +224,7 @@ def _demo_defaults(args) -> None:
     args.config = args.config or str(DEMO_CONFIG)
     if os.path.exists(args.data_dir):
         return
-    if not (REPO_ROOT / "datasets" / "make.py").is_file():
-        raise OptionError("--demo generates its data with datasets/make.py: run it from a checkout")
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from datasets.make import make_dataset
+    from sophia.data.make import make_dataset
 
     written = make_dataset(out=args.data_dir, **DEMO_TASK)
     print(f"demo: wrote {args.data_dir} (adding problem, T={DEMO_TASK['T']}): "

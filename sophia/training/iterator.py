@@ -26,7 +26,7 @@ What is here:
 
 Example
 -------
->>> train = Dataset.open("datasets/toy", "train")              # doctest: +SKIP
+>>> train = Dataset.open("data/toy", "train")              # doctest: +SKIP
 >>> ids = {s: n for n, s in enumerate(id_order(train))}        # doctest: +SKIP
 >>> it = BPTTIterator(train, ids, batch_size=16, window_size=64, step_size=32)
 >>> for w in it:                                               # doctest: +SKIP
@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sophia.training.dataset import Dataset
+from sophia.data.dataset import Dataset
 
 PAD_TIME = -1.0     # time signal of padding frames (<= 0: reset)
 PAD_ID = 0          # id of padding frames

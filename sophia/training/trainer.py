@@ -56,7 +56,7 @@ from sophia.graph.net import Net
 from sophia.options import ModelOptions, OptionError, TrainOptions, to_dict
 from sophia.training import checkpoint
 from sophia.training.annealer import Annealer, Decision
-from sophia.training.dataset import Dataset, id_order
+from sophia.data.dataset import Dataset, id_order
 from sophia.training.iterator import BPTTIterator
 from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
@@ -183,7 +183,7 @@ class Trainer:
     Parameters
     ----------
     model_options, train_options : the run's options (dims and num_ids may be 0: from the data)
-    data_dir : dataset directory (see :mod:`sophia.training.dataset`)
+    data_dir : dataset directory (see :mod:`sophia.data.dataset`)
     save_to : workspace directory (created; its files are replaced)
     seed : seeds the net's initialisation and the iterators' shuffling
     init_from : a workspace to start from: its ``params.npz`` and ``ids.order``

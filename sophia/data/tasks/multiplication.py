@@ -1,6 +1,6 @@
 """The multiplication problem (Hochreiter & Schmidhuber 1997, Experiment 5).
 
-Like the ``hochreiter`` adding problem (:mod:`datasets.tasks.adding`): length
+Like the ``hochreiter`` adding problem (:mod:`sophia.data.tasks.adding`): length
 uniform over the integers in [T, T + T//10]; frames (value, marker) with
 marker 1 on X1 (one of the first 10 frames) and X2 (one of the first
 T//2 - 1 frames, distinct), marker -1 on the first and the last frame, 0

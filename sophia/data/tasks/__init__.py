@@ -14,7 +14,7 @@ copied into each dataset's ``README.txt``.
 Example
 -------
 >>> import numpy as np
->>> from datasets.tasks import TASKS
+>>> from sophia.data.tasks import TASKS
 >>> input_tj, target_tk, time_t = next(TASKS["adding"].generate(np.random.default_rng(0), 1))
 """
 from . import adding, frequency, multiplication, real, temporal_order

@@ -24,8 +24,8 @@ What is here:
 
 Example
 -------
->>> train = Dataset.open("datasets/toy", "train")             # doctest: +SKIP
->>> dev = Dataset.open("datasets/toy", "dev")                 # doctest: +SKIP
+>>> train = Dataset.open("data/toy", "train")             # doctest: +SKIP
+>>> dev = Dataset.open("data/toy", "dev")                 # doctest: +SKIP
 >>> train.input(0).shape == (train.sequences[0].length, train.input_dim)  # doctest: +SKIP
 True
 """

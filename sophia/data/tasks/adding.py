@@ -87,7 +87,7 @@ def hochreiter_pairs(rng, T, low):
     """Return ``(input_tj, (X1, X2))`` with the 1997 marker layout.
 
     Values are U[`low`, 1]; see the module docstring for the markers.
-    Shared with :mod:`datasets.tasks.multiplication`.
+    Shared with :mod:`sophia.data.tasks.multiplication`.
     """
     n_frames = int(rng.integers(T, T + T // 10 + 1))
     values = rng.uniform(low, 1.0, size=n_frames).astype(np.float32)

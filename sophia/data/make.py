@@ -1,9 +1,10 @@
-"""Generate a dataset in Sophia's format (see ``sophia/training/dataset_writer.py``).
+"""Generate a dataset in Sophia's format (see :mod:`sophia.data.writer`).
 
-Usage, from the repository root::
+:func:`make_dataset` is the Python API; the command line on top of it is
+``sophia-data make`` (:mod:`sophia.data.cli`)::
 
-    python datasets/make.py TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
-    python datasets/make.py TASK --help        # the task's own options
+    sophia-data make TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
+    sophia-data make TASK --help        # the task's own options
 
 Tasks: ``adding``, ``multiplication``, ``temporal_order``, ``frequency``
 (synthetic: ``--train/--dev/--test`` give the number of sequences) and
@@ -22,19 +23,11 @@ Example
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from datasets.tasks import TASKS, real  # noqa: E402
-from datasets.tasks.common import sequence_path  # noqa: E402
-from sophia.training.dataset_writer import SPLITS, DatasetWriter  # noqa: E402
+from sophia.data.tasks import TASKS
+from sophia.data.tasks.common import sequence_path
+from sophia.data.writer import SPLITS, DatasetWriter
 
 DEFAULT_COUNTS = {"train": 200, "dev": 50, "test": 50}
 
@@ -45,7 +38,7 @@ def make_dataset(task_name, out, seed=0, counts=None, **options):
     Parameters
     ----------
     task_name : str
-        A key of :data:`datasets.tasks.TASKS`.
+        A key of :data:`sophia.data.tasks.TASKS`.
     out : str or os.PathLike
         Dataset directory, missing or empty.
     seed : int
@@ -63,7 +56,7 @@ def make_dataset(task_name, out, seed=0, counts=None, **options):
 
     Raises
     ------
-    ValueError, FileExistsError, datasets.tasks.real.MissingPackageError
+    ValueError, FileExistsError, sophia.data.tasks.real.MissingPackageError
         On bad options, a non-empty `out`, or a missing data package.
     """
     task = TASKS[task_name]
@@ -94,7 +87,7 @@ def readme_text(task_name, seed, options, writer):
     return "\n".join([
         f"Sophia dataset: {task_name} - {task.SUMMARY}",
         "",
-        f"Made with: python datasets/make.py {task_name} --out DIR {' '.join(flags)}",
+        f"Made with: sophia-data make {task_name} --out DIR {' '.join(flags)}",
         f"Seed: {seed}",
         "Options: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "none"),
         "Sequences: " + ", ".join(f"{split} {counts[split]}" for split in SPLITS),
@@ -108,55 +101,3 @@ def readme_text(task_name, seed, options, writer):
         "<path>.time, where present, holds one increasing float32 timestamp per frame.",
         "",
     ])
-
-
-def build_parser():
-    """Return the command-line parser: one sub-command per task."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, help="dataset directory (missing or empty)")
-    common.add_argument("--seed", type=int, default=0, help="random seed; default 0")
-    sizes = argparse.ArgumentParser(add_help=False)
-    for split in SPLITS:
-        sizes.add_argument(f"--{split}", type=_non_negative_int, default=DEFAULT_COUNTS[split],
-                           help=f"number of {split} sequences; default {DEFAULT_COUNTS[split]}")
-    parser = argparse.ArgumentParser(
-        prog="datasets/make.py", description="Generate a dataset in Sophia's format.")
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    for name, task in TASKS.items():
-        parents = [common, _options_parser(task)]
-        if hasattr(task, "generate"):
-            parents.append(sizes)
-        tasks.add_parser(name, parents=parents, help=task.SUMMARY, description=task.SUMMARY)
-    return parser
-
-
-def main(argv=None):
-    """Run the command line; returns the process exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    task = TASKS[args.task]
-    options = {name: getattr(args, name) for name in vars(_options_parser(task).parse_args([]))}
-    counts = {split: getattr(args, split) for split in SPLITS} if hasattr(task, "generate") else None
-    try:
-        written = make_dataset(args.task, args.out, args.seed, counts, **options)
-    except (ValueError, FileExistsError, real.MissingPackageError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"wrote {args.out}: " + ", ".join(f"{split} {n}" for split, n in written.items()))
-    return 0
-
-
-def _options_parser(task):
-    parser = argparse.ArgumentParser(add_help=False)
-    task.add_arguments(parser)
-    return parser
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -171,7 +171,7 @@ def write_dataset(writer, rng, series="co2", transform="level", min_len=20, max_
 
     Parameters
     ----------
-    writer : sophia.training.dataset_writer.DatasetWriter
+    writer : sophia.data.writer.DatasetWriter
         Side effect: receives every sequence and the two statistics files.
     rng : numpy.random.Generator
     series, min_len, max_len, dev_fraction, test_fraction
