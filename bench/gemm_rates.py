@@ -1,4 +1,4 @@
-"""GFLOP/s of the matrix products in a training step of the reference model, on this host.
+"""GFLOP/s of the matrix products in a training step of the reference model, on this machine.
 
 A ``f_train_step`` of ``train_speed.py``'s reference model (2-layer LSTM 256, input
 44, batch 64, BPTT(128; 64)) is ≈ 40 GFLOP of matrix products, nearly all of its
@@ -6,13 +6,13 @@ time: the per-frame recurrent products inside the fused Ops and the large produc
 of the graph around them. This prints how fast numpy's BLAS runs each of those
 shapes here — and ``torch.mm`` beside it where torch is importable — with the BLAS
 that numpy loaded (threadpoolctl's report, where it is installed) and the step's
-floor those rates imply. Ratios to PyTorch move with the host; this says how much of
+floor those rates imply. Ratios to PyTorch depend on the CPU; this says how much of
 that is the BLAS. It prints figures; it is not a test.
 
 Example
 -------
-    PYTHONPATH=. python bench/gemm_rates.py
-    OPENBLAS_CORETYPE=Haswell PYTHONPATH=. /tmp/benchvenv/bin/python bench/gemm_rates.py
+    python bench/gemm_rates.py --no-torch
+    .venv-bench/bin/python bench/gemm_rates.py        # torch.mm beside (bench/README.md)
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ gradients, which the Ops leave to the graph. This is what
 
 Example
 -------
-    PYTHONPATH=. python bench/lstm_engines.py
-    PYTHONPATH=. python bench/lstm_engines.py --repeats 11
+    python bench/lstm_engines.py
+    python bench/lstm_engines.py --repeats 11
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Reproduce published figures on Sophia's synthetic and real tasks.
 
-One sub-command per task. Each run generates its data with
-``datasets/make.py``'s Python API, trains through ``train.py``'s command line
+One sub-command per task. Each run generates its data with the generators of
+``sophia-data make``, trains through ``train.py``'s command line
 (in this process, ``sophia.training.cli.main`` with train.py's OPTIONS block
 and ``configs/<task>.toml``), then loads the best model (``load_net``) and runs
 it over every whole sequence of the test split, a set the trainer never saw
@@ -44,8 +44,8 @@ import sys
 import time
 from pathlib import Path
 
-# The graphs' matrices are small (batch x width): BLAS threads only add synchronisation,
-# and on a shared 2-core machine they made a training step 3x slower. Set before numpy loads.
+# The graphs' matrices are small (batch x width): BLAS threads only add synchronisation.
+# Set before numpy loads.
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
@@ -75,13 +75,9 @@ PAPER = {
 # sequences were all processed right" (|error| <= 0.04; the paper's is 2000): the
 # trainer's target_train_streak. A net wrong on a fresh sequence with probability p
 # passes N in a row with probability (1 - p)^N, and training offers a new window at
-# every step, so N = 2000 stops nets that make 1-3 mistakes in 2560 (twenty runs: 0-7,
-# median 1.5); N = 5000 with configs/adding.toml made 0-1 in ten seeds (bench/RESULTS.md,
-# sessions 5 and 6).
-# `--criterion 2000` runs the paper's own. (Stand-ins used before: a dev MSE of 1.3e-4
-# left 10-22 wrong out of 2560, the errors having heavier tails than a Gaussian's; 3e-5
-# left none after 62-101k sequences; every one of 2000 dev sequences within 0.04 left
-# 0-5 wrong after 39-57k.)
+# every step, so N = 2000 stops nets that still make 1-3 mistakes in 2560; N = 5000
+# with configs/adding.toml makes 0-1 (bench/RESULTS.md). `--criterion 2000` runs the
+# paper's own.
 # Multiplication: the paper's final test MSE (Table 8), so the count says when we
 # match it. Temporal order: squared error over the one-hot target 0.01, far below what
 # a wrong argmax costs (>= 0.5).

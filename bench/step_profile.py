@@ -18,8 +18,8 @@ figures; it is not a test.
 
 Example
 -------
-    PYTHONPATH=. python bench/step_profile.py --steps 8
-    PYTENSOR_FLAGS=compiledir=/tmp/cold NUMBA_CACHE_DIR=/tmp/cold/numba PYTHONPATH=. python bench/step_profile.py
+    python bench/step_profile.py --steps 8 --top 8
+    PYTENSOR_FLAGS=compiledir=$(mktemp -d) NUMBA_CACHE_DIR=$(mktemp -d) python bench/step_profile.py
 """
 from __future__ import annotations
 

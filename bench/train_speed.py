@@ -3,11 +3,13 @@ against PyTorch's ``nn.LSTM`` on the CPU in the same run.
 
 Reference model: 2-layer LSTM, width 256, input 44, output 1, batch 64,
 BPTT(128; 64), float32, Adam. Frames per ``f_train_step`` call = batch × step = 4096.
+``--recurrence`` picks how its LSTM layers run: ``auto`` (oneDNN's LSTM in training
+steps where it loads, else the fused Ops), ``fused`` or ``scan``.
 
 For every mode the model is first compiled in a fresh process with a new, empty
 PyTensor compiledir and NUMBA_CACHE_DIR (*cold*), then ``--rounds`` times in a
 PyTorch process followed by a Sophia process that finds the caches the cold one left
-(*warm*). The machine's speed drifts (shared cores), so the ratio to PyTorch is the
+(*warm*). A machine's speed drifts from one process to the next, so the ratio to PyTorch is the
 median of the per-round ratios, each warm process against the PyTorch process run
 just before it. Sophia's trainer keeps freed memory in the process
 (``sophia/training/memory.py``), and so does this benchmark's Sophia process; PyTorch
@@ -18,12 +20,13 @@ at the first call). Training speed is frames per second over ``--steps`` calls a
 two warm-up calls; each process measures ``--repeats`` times and keeps the median.
 
 This prints figures; it is not a test. PyTorch is a benchmark-only extra: without
-``torch`` importable its column is skipped with a note. See bench/README.md.
+``torch`` importable its columns are skipped with a note. bench/README.md explains
+the columns and how to install PyTorch's CPU build.
 
 Example
 -------
     python bench/train_speed.py --quick --modes FAST_COMPILE
-    PYTHONPATH=. /tmp/benchvenv/bin/python bench/train_speed.py --modes auto,FAST_COMPILE,CVM
+    .venv-bench/bin/python bench/train_speed.py --modes auto --steps 8 --repeats 3 --rounds 7
 """
 from __future__ import annotations
 
@@ -257,8 +260,8 @@ def main(argv=None):
           f"output {m['target_dim']}, batch {m['batch']}, BPTT({m['window']}; {m['step']}), float32, Adam")
     print(f"{o.steps} calls x {o.repeats} repeats per process (median); "
           f"{m['batch'] * m['step']} frames per call; {os.cpu_count()} CPUs; python {sys.executable}")
-    # ratios to PyTorch move with the host (its oneDNN kernels and OpenBLAS's gain differently):
-    # name the CPU, and OpenBLAS's kernel choice where the environment overrides it
+    # ratios to PyTorch depend on the CPU (oneDNN's and OpenBLAS's kernels differ per CPU):
+    # name it, and OpenBLAS's kernel choice where the environment overrides it
     print(f"cpu: {_cpu_model()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(auto)')}")
     torch_ok = not o.no_torch and _importable("torch")
     print("torch: " + ("nn.LSTM on the CPU, one process before every warm Sophia process" if torch_ok
