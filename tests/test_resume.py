@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast, with a high learning rate and little patience, so the run rolls
 # back (the pivot, the optimizer reset and the learning rate all take part).
 RUN = dict(net_width=8, net_depth=1, batch_size=4, window_size=8, step_size=4,
-           compile_mode="FAST_COMPILE", frames_per_epoch=300, max_epochs=9, max_retry=1,
+           compile_mode="FAST_COMPILE", frames_per_epoch=2000, max_epochs=9, max_retry=1,
            lr_init_val=0.05, lr_lower_bound=0, ema_decay=0.5)
 LOSS_FIELDS = ("epoch", "train_loss", "dev_loss", "dev_max_error", "train_streak", "baseline",
                "lr", "decision")
@@ -45,7 +45,8 @@ def finish(proc):
 
 
 def kill_after_epoch_lines(proc, lines: int, delay: float):
-    """Wait for ``lines`` epoch lines (the run is saving epochs), then SIGKILL after ``delay`` s."""
+    """Wait for ``lines`` epoch lines (the run is saving epochs), then SIGKILL after
+    ``delay`` s; assert the run was still going (it was killed, not finished)."""
     seen = 0
     try:
         while seen < lines:
@@ -53,12 +54,13 @@ def kill_after_epoch_lines(proc, lines: int, delay: float):
             assert line, proc.stderr.read()
             seen += line.startswith("epoch ")
         try:
-            proc.wait(timeout=delay)               # the run may end on its own meanwhile
+            proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             pass
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill: make its epochs longer"
 
 
 def losses(ws):
@@ -70,8 +72,8 @@ def test_a_killed_run_resumed_ends_as_the_run_left_alone(data_dir, tmp_path):
     finish(train_py("--data_dir", data_dir, "--save_to", alone, *sets(**RUN)))
     rng = random.Random(11)
     kill_after_epoch_lines(train_py("--data_dir", data_dir, "--save_to", killed, *sets(**RUN)),
-                           lines=2, delay=rng.uniform(0.0, 0.4))
-    kill_after_epoch_lines(train_py("--resume", killed), lines=2, delay=rng.uniform(0.0, 0.4))
+                           lines=2, delay=rng.uniform(0.0, 0.5))
+    kill_after_epoch_lines(train_py("--resume", killed), lines=2, delay=rng.uniform(0.0, 0.5))
     out = finish(train_py("--resume", killed))
     assert "resumed" in out
     expected, got = losses(alone), losses(killed)
