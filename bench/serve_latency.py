@@ -64,7 +64,7 @@ from sophia.graph.net import Net  # noqa: E402
 from sophia.options import ModelOptions, to_dict  # noqa: E402
 from sophia.serving import protocol as proto  # noqa: E402
 from sophia.serving.client import SophiaClient  # noqa: E402
-from sophia.serving.ensemble import load_model  # noqa: E402
+from sophia.serving.model import load_model  # noqa: E402
 from sophia.workspace import Workspace  # noqa: E402
 
 
@@ -145,13 +145,13 @@ def time_round_trips(socket, message, steps, warmup):
 def time_compute(models, num_streams, args):
     """Seconds per step of the N models' sessions alone (no sockets)."""
     sessions = [m.new_session([0] * num_streams) for m in models]
-    frames_nbi = np.random.default_rng(0).normal(
+    frames_nbj = np.random.default_rng(0).normal(
         size=(len(models), num_streams, args.input_dim)).astype(np.float32)
     times = np.empty(args.steps)
     for n in range(args.warmup + args.steps):
         start_time = time.perf_counter()
         for m, session in enumerate(sessions):
-            session.step(frames_nbi[m])
+            session.step(frames_nbj[m])
         if n >= args.warmup:
             times[n - args.warmup] = time.perf_counter() - start_time
     return times
@@ -159,11 +159,11 @@ def time_compute(models, num_streams, args):
 
 def frames_per_second(endpoint, names, num_streams, args):
     """Steps per second a SophiaClient reaches streaming as fast as it can."""
-    frames_nbi = np.zeros((len(names), num_streams, args.input_dim), np.float32)
+    frames_nbj = np.zeros((len(names), num_streams, args.input_dim), np.float32)
     with SophiaClient(endpoint, names, num_streams, [[0] * num_streams] * len(names)) as c:
         steps, start_time = 0, time.perf_counter()
         while time.perf_counter() - start_time < args.stream_seconds and steps < 10**6:
-            c.step(frames_nbi)
+            c.step(frames_nbj)
             steps += 1
         return steps / (time.perf_counter() - start_time)
 

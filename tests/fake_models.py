@@ -35,14 +35,14 @@ class FakeSession:
         self.id_b = np.asarray(id_indices, dtype=np.float32)
         self.sum_b = np.zeros(len(id_indices), dtype=np.float64)
 
-    def step(self, input_bi, timestamps_b=None):
+    def step(self, input_bj, timestamps_b=None):
         """Advance every stream by one frame; returns float32 [B][K]."""
         if self.model.fail_step:
             raise RuntimeError("fake model failure")
-        input_bi = np.asarray(input_bi)
-        if input_bi.shape != (len(self.id_b), self.model.input_dim):
-            raise ValueError(f"bad input shape {input_bi.shape}")
-        self.sum_b += input_bi.sum(axis=1)
+        input_bj = np.asarray(input_bj)
+        if input_bj.shape != (len(self.id_b), self.model.input_dim):
+            raise ValueError(f"bad input shape {input_bj.shape}")
+        self.sum_b += input_bj.sum(axis=1)
         time_b = 0.0 if timestamps_b is None else np.asarray(timestamps_b, np.float64)
         scale_k = self.model.factor * np.arange(1, self.model.target_dim + 1)
         output_bk = self.sum_b[:, None] * scale_k + (self.id_b + time_b)[:, None]
@@ -106,7 +106,7 @@ class FakeLoader:
         return FakeModel(**FAKES[name])
 
 
-def reference_outputs(name, frames_tbi, id_indices, timestamps_tb=None, resets=()):
+def reference_outputs(name, frames_tbj, id_indices, timestamps_tb=None, resets=()):
     """Expected outputs [T][B][K] of fake ``name`` for a sequence of frames.
 
     ``resets`` holds ``(t, streams)``: those streams restart before frame t.
@@ -116,11 +116,11 @@ def reference_outputs(name, frames_tbi, id_indices, timestamps_tb=None, resets=(
     session = model.new_session(list(id_indices))
     resets = dict(resets)
     outputs = []
-    for t, frame_bi in enumerate(frames_tbi):
+    for t, frame_bj in enumerate(frames_tbj):
         if t in resets:
             session.reset(resets[t])
         stamps = None if timestamps_tb is None else timestamps_tb[t]
-        outputs.append(session.step(frame_bi, stamps))
+        outputs.append(session.step(frame_bj, stamps))
     return np.stack(outputs)
 
 

@@ -7,7 +7,7 @@ parameters) with ``input_dim`` 3 and ``target_dim`` 2, so they form one ensemble
 - ``gru_clock``: 2-layer GRU, width 8, Phased-LSTM time gates.
 
 :class:`OfflineModel` rebuilds a workspace's net on its own (not through
-``sophia.serving.ensemble``) and runs ``f_infer`` over whole sequences at once,
+``sophia.serving.model``) and runs ``f_infer`` over whole sequences at once,
 the reference that streamed outputs must equal. :func:`counter_times` and
 :func:`stamp_times` build the time signal a session gives its streams.
 """
@@ -68,7 +68,7 @@ class OfflineModel:
             self.net.set_values({key: npz[key] for key in npz.files})
         self._compiled = {}
 
-    def infer(self, input_tbi, time_tb, id_b) -> np.ndarray:
+    def infer(self, input_tbj, time_tb, id_b) -> np.ndarray:
         """Outputs [T][B][k] of ``f_infer`` over the T frames, from zero stored states."""
         num_frames, num_streams = time_tb.shape
         if num_frames not in self._compiled:
@@ -77,7 +77,7 @@ class OfflineModel:
         f_infer, v_states = self._compiled[num_frames]
         self.net.reset_states(v_states, batch_size=num_streams)
         id_tb = np.tile(np.asarray(id_b, np.int32), (num_frames, 1))
-        return f_infer(np.asarray(input_tbi, np.float32), np.asarray(time_tb, np.float32), id_tb)
+        return f_infer(np.asarray(input_tbj, np.float32), np.asarray(time_tb, np.float32), id_tb)
 
 
 def counter_times(num_frames, num_streams, resets=()) -> np.ndarray:

@@ -66,12 +66,12 @@ def test_format_handshake_refuses_what_cannot_be_parsed():
         proto.format_handshake([], 1, [])
 
 
-def test_frames_are_little_endian_float32_in_nbi_order():
-    frames_nbi = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
-    data = proto.format_frames(frames_nbi)
+def test_frames_are_little_endian_float32_in_nbj_order():
+    frames_nbj = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    data = proto.format_frames(frames_nbj)
     assert data == struct.pack("<24f", *range(24))
     assert proto.frame_nbytes(2, 3, 4) == len(data) == 96
-    np.testing.assert_array_equal(proto.parse_frames(data, 2, 3, 4), frames_nbi)
+    np.testing.assert_array_equal(proto.parse_frames(data, 2, 3, 4), frames_nbj)
 
 
 def test_big_endian_input_is_written_little_endian():
@@ -92,10 +92,10 @@ def test_wrong_payload_size_is_refused(size):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_values_are_refused_with_their_position(bad):
-    frames_nbi = np.zeros((2, 2, 3), np.float32)
-    frames_nbi[1, 0, 2] = bad
+    frames_nbj = np.zeros((2, 2, 3), np.float32)
+    frames_nbj[1, 0, 2] = bad
     with pytest.raises(ProtocolError, match=r"\[1\]\[0\]\[2\]"):
-        proto.parse_frames(proto.format_frames(frames_nbi), 2, 2, 3)
+        proto.parse_frames(proto.format_frames(frames_nbj), 2, 2, 3)
 
 
 def test_end_frame_is_any_nan_first_float():

@@ -20,7 +20,7 @@ from fake_models import running_server
 from model_workspaces import (INPUT_DIM, TARGET_DIM, OfflineModel, counter_times,
                               irregular_stamps, stamp_times, write_workspaces)
 from sophia.serving.client import ServerError, SophiaClient
-from sophia.serving.ensemble import load_model
+from sophia.serving.model import load_model
 
 TOL = 1e-5
 NAMES = ["lstm_ids", "gru_clock"]

@@ -110,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_model(path: str):
     """The real loader, imported only when a model is first needed."""
-    from sophia.serving.ensemble import load_model as load
+    from sophia.serving.model import load_model as load
     return load(path)
 
 

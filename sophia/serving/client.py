@@ -12,8 +12,8 @@ Example
 >>> with SophiaClient("ipc:///run/user/1000/sophia/sophia-42.sock",  # doctest: +SKIP
 ...                   ["ws_a", "ws_b"], num_streams=2,
 ...                   id_indices=[[0, 3], [1, 1]]) as client:
-...     frames_nbi = np.zeros((2, 2, 3), np.float32)   # models with input_dim 3
-...     outputs_nbk = client.step(frames_nbi)
+...     frames_nbj = np.zeros((2, 2, 3), np.float32)   # models with input_dim 3
+...     outputs_nbk = client.step(frames_nbj)
 ...     client.reset([1])
 """
 from __future__ import annotations
@@ -86,12 +86,12 @@ class SophiaClient:
             self._abort()
             raise SophiaError(f"unexpected handshake reply {reply[:40]!r}")
 
-    def step(self, frames_nbi, timestamps_b=None) -> np.ndarray:
+    def step(self, frames_nbj, timestamps_b=None) -> np.ndarray:
         """Advance every stream by one frame.
 
         Parameters
         ----------
-        frames_nbi : array_like, shape [N][B][input_dim]
+        frames_nbj : array_like, shape [N][B][J]
             One input frame per model and stream.
         timestamps_b : array_like, shape [B], optional
             Per-stream timestamps for clock-gated models (the ``step_t``
@@ -101,19 +101,19 @@ class SophiaClient:
         -------
         ndarray of float32, shape [N][B][target_dim]
         """
-        frames_nbi = np.asarray(frames_nbi, dtype=np.float32)
-        if frames_nbi.ndim != 3 or frames_nbi.shape[:2] != (self.num_models,
+        frames_nbj = np.asarray(frames_nbj, dtype=np.float32)
+        if frames_nbj.ndim != 3 or frames_nbj.shape[:2] != (self.num_models,
                                                             self.num_streams):
-            raise ValueError(f"frames_nbi must have shape ({self.num_models}, "
-                             f"{self.num_streams}, input_dim), got {frames_nbi.shape}")
+            raise ValueError(f"frames_nbj must have shape ({self.num_models}, "
+                             f"{self.num_streams}, input_dim), got {frames_nbj.shape}")
         if timestamps_b is None:
-            parts = [proto.format_frames(frames_nbi)]
+            parts = [proto.format_frames(frames_nbj)]
         else:
             timestamps_b = np.asarray(timestamps_b, dtype=np.float32)
             if timestamps_b.shape != (self.num_streams,):
                 raise ValueError(f"timestamps_b must have shape ({self.num_streams},)")
             parts = [proto.CMD_STEP_T, proto.format_frames(timestamps_b),
-                     proto.format_frames(frames_nbi)]
+                     proto.format_frames(frames_nbj)]
         reply = self._request(parts)
         try:
             return proto.parse_outputs(reply, self.num_models, self.num_streams)

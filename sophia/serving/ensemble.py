@@ -1,243 +1,103 @@
-"""The real model loader of the server: a trained workspace as a serving ``Model``.
+"""An ensemble: the N models one client streams to, composed into one step.
 
 Contents
 --------
-- :func:`load_model` — rebuild a workspace's net and compile its one-frame ``f_infer``.
-- :class:`Model` — the compiled net, shared by every client of the server.
-- :class:`ModelSession` — one client's streams: stored states, frame counters and
-  first timestamps; :meth:`ModelSession.step` advances them by one frame.
+- :class:`EnsembleError` -- the models cannot serve together (the message says why).
+- :class:`Ensemble` -- N models with one client's B streams: it checks that the
+  models agree on their widths, maps each model's row of ID indices into its
+  session, steps every model on its own input frames and stacks their outputs.
 
-A workspace holds ``options.json`` (``{"model": {ModelOptions fields}, ...}``),
-``params.npz`` (``Net.get_values()``) and, for a net with an ID embedding,
-``ids.order``. Nothing is unpickled.
-
-Compile mode
-------------
-``f_infer`` is compiled once per Model with ``unroll=True`` (no scan for one frame)
-in :data:`MODE` = ``CVM``. One-frame latency of a 2-layer LSTM, width 256, input
-44 (2000 calls each, on a busy 2-core machine; PyTensor 3, where FAST_RUN is the
-Numba linker), compile time including the first call:
-
-- FAST_RUN: compile 1.3 s + 6.8 s first call; B=1 p50/p99 120/200 µs; B=16 1.5/70 ms
-- CVM: compile 9.9 s (2.0 s once its C code is cached); B=1 129/185 µs; B=16 1.6/65 ms
-- NUMBA: compile 1.0 s + 0.2 s (Numba cache warm); B=1 134/192 µs; B=16 7.3/96 ms
-- with OPENBLAS_NUM_THREADS=1: CVM B=1 151/204 µs, B=16 1.7/2.1 ms;
-  FAST_RUN B=1 138/4257 µs, B=16 2.2/10 ms
-
-The medians are alike (at B=16 the matrix products dominate), but CVM has the
-steadiest tail and no slow JIT on the first frame. The multi-millisecond tails come
-from OpenBLAS threads fighting for the cores: on a small machine run the server
-with ``OPENBLAS_NUM_THREADS=1`` (``bench/serve_latency.py --blas_threads 1``).
-
-Per step, :meth:`ModelSession.step` adds about 10 µs (20 µs with timestamps) to
-the bare ``f_infer`` call: states are swapped in and out by reference through the
-shared variables' storage cells (what ``set_value(borrow=True)`` does, minus its
-type check), the input buffers are preallocated and ``f_infer`` trusts its inputs.
+The models are anything with the serving ``Model`` interface
+(:class:`sophia.serving.model.Model`: ``input_dim``, ``target_dim``, ``num_ids``
+and ``new_session(id_indices)``, whose sessions have ``step(input_bj,
+timestamps_b)`` and ``reset(streams)``). The server owns the transport; this
+module owns the composition.
 
 Example
 -------
->>> model = load_model("models/lstm_a")                  # doctest: +SKIP
->>> session = model.new_session([0, 7])                  # two streams, ID indices
->>> session.step(np.zeros((2, model.input_dim), np.float32)).shape   # doctest: +SKIP
-(2, 1)
->>> session.reset([1])                                   # doctest: +SKIP
+>>> ensemble = Ensemble(["a", "b"], [model_a, model_b], id_indices=[[0, 3], [0, 3]])  # doctest: +SKIP
+>>> ensemble.step(np.zeros((2, 2, ensemble.input_dim), np.float32)).shape            # doctest: +SKIP
+(2, 2, 1)
 """
 from __future__ import annotations
 
-import threading
-from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from sophia.graph.net import Net
-from sophia.options import OptionError
-from sophia.serving.paths import ModelLoadError
-from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options,
-                              load_params, set_params)
 
-MODE = "CVM"
-DTYPE = "float32"
+class EnsembleError(ValueError):
+    """The models cannot be served together to this client."""
 
 
-def load_model(workspace_path, mode: str = MODE) -> "Model":
-    """Load and compile the model of a workspace.
+class Ensemble:
+    """N models stepped together for one client's B streams.
 
     Parameters
     ----------
-    workspace_path : str or PathLike
-        A workspace (:mod:`sophia.workspace`): ``options.json``, ``params.npz``
-        and, with an ID embedding, ``ids.order`` are read.
-    mode : str, optional
-        The compile mode of ``f_infer`` (see the module docstring).
-
-    Returns
-    -------
-    Model
-
-    Raises
-    ------
-    ModelLoadError
-        Naming the file, for a missing directory or file, bad JSON, options that
-        do not validate, an ``ids.order`` that does not match ``num_ids``, or
-        parameters that are missing, misshapen or not finite.
-    """
-    ws_path = Path(workspace_path)
-    if not ws_path.is_dir():
-        raise ModelLoadError(f"workspace {ws_path} is not a directory")
-    ws = Workspace(ws_path, create=False)
-    try:
-        options = load_model_options(ws)
-        ids = load_ids(ws, options)
-        try:
-            net = Net(options, dtype=DTYPE)
-        except OptionError as exc:
-            raise WorkspaceError(f"{ws.file(OPTIONS, '.json')}: {exc}") from None
-        set_params(ws, net, load_params(ws))
-    except WorkspaceError as exc:
-        raise ModelLoadError(str(exc)) from None
-    return Model(net, ids, mode=mode)
-
-
-class Model:
-    """A net compiled for one-frame inference, shared by all sessions.
-
-    Parameters
-    ----------
-    net : Net
-        With its parameters loaded. Its stored states are used as a scratch
-        slot: each session swaps its own states in for the duration of a step.
-    ids : list of str
-        The workspace's ``ids.order`` ([] without an ID embedding).
-    mode : str, optional
-        Compile mode of ``f_infer``.
+    names : sequence of str
+        What the client called each model (its workspace), for error messages.
+    models : sequence of Model
+        The loaded models, shared with other clients.
+    id_indices : sequence of sequence of int
+        One row of B ID indices per model (ignored by a model without an ID
+        embedding).
 
     Attributes
     ----------
-    input_dim, target_dim : int
-    num_ids : int or None
-        ``len(ids) + 1`` with an ID embedding (the last row is for IDs never
-        seen in training), so valid indices are ``0 .. len(ids)``; None without.
-    f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bk``
+    num_models, num_streams, input_dim, target_dim : int
+
+    Raises
+    ------
+    EnsembleError
+        If the models differ in (input_dim, target_dim), or an ID index is outside
+        a model's ``[0, num_ids)``.
     """
 
-    def __init__(self, net: Net, ids, mode: str = MODE):
-        o = net.options
-        self.net = net
-        self.input_dim, self.target_dim = o.input_dim, o.target_dim
-        self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
-        self.state_widths = net.state_widths()
-        self.f_infer, v_states = net.compile_infer(window_size=1, mode=mode, unroll=True)
-        self.f_infer.trust_input = True  # sessions pass exact float32/int32 buffers
-        # The function reads and writes the states through these storage cells.
-        self._cells = [v.container.storage for v in v_states]
-        # With allow_gc the function hands back fresh arrays on every call, so the
-        # states it leaves in the cells belong to the caller; otherwise copy them.
-        self._copy_states = not getattr(self.f_infer.vm, "allow_gc", False)
-        self._lock = threading.Lock()
+    def __init__(self, names: Sequence[str], models: Sequence, id_indices: Sequence[Sequence[int]]):
+        dims = [(m.input_dim, m.target_dim) for m in models]
+        if len(set(dims)) > 1:
+            listing = ", ".join(f"{name!r}: {d}" for name, d in zip(names, dims))
+            raise EnsembleError(f"the workspaces differ in (input_dim, target_dim): {listing}")
+        for name, model, row in zip(names, models, id_indices):
+            bad = [i for i in row if model.num_ids is not None and not 0 <= i < model.num_ids]
+            if bad:
+                raise EnsembleError(f"ID index {bad[0]} is outside [0, {model.num_ids}) for {name!r}")
+        self.num_models, self.num_streams = len(models), len(id_indices[0])
+        self.input_dim, self.target_dim = dims[0]
+        try:
+            self.sessions = [m.new_session(list(row)) for m, row in zip(models, id_indices)]
+        except ValueError as exc:
+            raise EnsembleError(str(exc)) from None
 
-    def new_session(self, id_indices) -> "ModelSession":
-        """A session of ``len(id_indices)`` streams, all at their initial state.
-
-        Raises ValueError for an index outside ``[0, num_ids)`` when the model
-        has an ID embedding; the indices are ignored otherwise.
-        """
-        if len(id_indices) < 1:
-            raise ValueError("a session needs at least one stream")
-        if self.num_ids is None:
-            return ModelSession(self, [0] * len(id_indices))
-        bad = [i for i in id_indices if not 0 <= i < self.num_ids]
-        if bad:
-            raise ValueError(f"ID index {bad[0]} is outside [0, {self.num_ids})")
-        return ModelSession(self, id_indices)
-
-    def run(self, states, input_1bj, time_1b, id_1b):
-        """One frame from ``states`` (a list of [B][w] arrays, replaced in place).
-
-        Returns output [1][B][k]. Side effect: ``states[n]`` become the states
-        after the frame (the old arrays may have been overwritten).
-        """
-        with self._lock:
-            for cell, state in zip(self._cells, states):
-                cell[0] = state
-            output_1bk = self.f_infer(input_1bj, time_1b, id_1b)
-            for n, cell in enumerate(self._cells):
-                states[n] = cell[0].copy() if self._copy_states else cell[0]
-                cell[0] = None
-        return output_1bk
-
-
-class ModelSession:
-    """One client's B streams of a :class:`Model`.
-
-    Time signal of a stream's frame: its frame counter (0 at the first frame
-    after the handshake or a reset); with timestamps, the timestamp minus the
-    stream's first timestamp since then, so that frame is 0 and starts from the
-    initial state. A stream that got plain steps before its first timestamp
-    continues its counter's clock: the first timestamp is taken as ``timestamp -
-    counter``. As in training, a frame whose time signal is ≤ 0 (a timestamp not
-    after the first one) restarts the stream.
-    """
-
-    def __init__(self, model: Model, id_indices):
-        num_streams = len(id_indices)
-        self.model = model
-        self.num_streams = num_streams
-        self.states = [np.zeros((num_streams, w), DTYPE) for w in model.state_widths]
-        self.count_b = np.zeros(num_streams, np.int64)
-        self.first_time_b = np.full(num_streams, np.nan)
-        self._first_unknown = True  # some stream has no first timestamp yet
-        self._stamps_b = np.zeros(num_streams)
-        self._input_1bj = np.zeros((1, num_streams, model.input_dim), DTYPE)
-        self._time_1b = np.zeros((1, num_streams), DTYPE)
-        self._id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
-
-    def step(self, input_bi, timestamps_b=None) -> np.ndarray:
-        """Advance every stream by one frame.
+    def step(self, frames_nbj: np.ndarray, timestamps_b: np.ndarray | None = None) -> np.ndarray:
+        """Advance every stream of every model by one frame.
 
         Parameters
         ----------
-        input_bi : array_like, shape [B][input_dim]
-        timestamps_b : array_like, shape [B], optional
+        frames_nbj : ndarray, shape [N][B][J]
+            Model n's input frames are ``frames_nbj[n]``.
+        timestamps_b : ndarray, shape [B], optional
+            One timestamp per stream, the same for every model.
 
         Returns
         -------
-        ndarray of float32, shape [B][target_dim]
-            A fresh array. Side effect: states and counters advance.
-        """
-        input_bi = np.asarray(input_bi)
-        if input_bi.shape != self._input_1bj.shape[1:]:
-            raise ValueError(f"input shape {input_bi.shape}, expected {self._input_1bj.shape[1:]}")
-        self._input_1bj[0] = input_bi
-        if timestamps_b is None:
-            self._time_1b[0] = self.count_b
-        else:
-            self._time_1b[0] = self._times_since_first(timestamps_b)
-        output_1bk = self.model.run(self.states, self._input_1bj, self._time_1b, self._id_1b)
-        self.count_b += 1
-        return output_1bk[0]
+        ndarray of float32, shape [N][B][K]
+            Side effect: every model's stream states advance.
 
-    def _times_since_first(self, timestamps_b) -> np.ndarray:
-        if np.shape(timestamps_b) != self._stamps_b.shape:
-            raise ValueError(f"timestamps shape {np.shape(timestamps_b)}, "
-                             f"expected ({self.num_streams},)")
-        stamps_b = self._stamps_b
-        stamps_b[:] = timestamps_b
-        if self._first_unknown:
-            unknown_b = np.isnan(self.first_time_b)
-            self.first_time_b[unknown_b] = stamps_b[unknown_b] - self.count_b[unknown_b]
-            self._first_unknown = False
-        return np.subtract(stamps_b, self.first_time_b, out=stamps_b)
+        Raises
+        ------
+        RuntimeError
+            If a model returns an output of the wrong shape (a broken model).
+        """
+        outputs_nbk = np.stack([np.asarray(s.step(frames_nbj[n], timestamps_b), dtype=np.float32)
+                                for n, s in enumerate(self.sessions)])
+        expected = (self.num_models, self.num_streams, self.target_dim)
+        if outputs_nbk.shape != expected:
+            raise RuntimeError(f"model output shape {outputs_nbk.shape} != {expected}")
+        return outputs_nbk
 
     def reset(self, streams) -> None:
-        """Those streams restart from their initial state at their next frame.
-
-        Raises ValueError for a stream outside ``[0, B)``.
-        """
-        streams = list(streams)
-        for s in streams:
-            if not 0 <= s < self.num_streams:
-                raise ValueError(f"stream {s} is outside [0, {self.num_streams})")
-        self.count_b[streams] = 0
-        self.first_time_b[streams] = np.nan
-        self._first_unknown = True
-
+        """Those streams of every model restart from their initial state at their next frame."""
+        for s in self.sessions:
+            s.reset(streams)

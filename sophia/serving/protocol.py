@@ -25,8 +25,8 @@ Example
 b'ws_a;ws_b;2\\n0;3\\n-1;-1'
 >>> protocol.parse_handshake(text).id_indices
 ((0, 3), (-1, -1))
->>> frames_nbi = np.ones((2, 2, 3), dtype=np.float32)
->>> protocol.parse_frames(protocol.format_frames(frames_nbi), 2, 2, 3).shape
+>>> frames_nbj = np.ones((2, 2, 3), dtype=np.float32)
+>>> protocol.parse_frames(protocol.format_frames(frames_nbj), 2, 2, 3).shape
 (2, 2, 3)
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ def is_end_frame(payload: bytes) -> bool:
 
 def parse_frames(payload: bytes, num_models: int, num_streams: int,
                  dim: int) -> np.ndarray:
-    """Decode a step request into ``frames_nbi`` and check it.
+    """Decode a step request into ``frames_nbj`` and check it.
 
     Returns
     -------
@@ -186,10 +186,10 @@ def parse_frames(payload: bytes, num_models: int, num_streams: int,
     if len(payload) != expected:
         raise ProtocolError(f"step payload is {len(payload)} bytes, expected "
                             f"{expected} ({num_models}x{num_streams}x{dim} float32)")
-    frames_nbi = np.frombuffer(payload, dtype=FLOAT).astype(np.float32)
-    frames_nbi = frames_nbi.reshape(num_models, num_streams, dim)
-    _check_finite(frames_nbi, "frame")
-    return frames_nbi
+    frames_nbj = np.frombuffer(payload, dtype=FLOAT).astype(np.float32)
+    frames_nbj = frames_nbj.reshape(num_models, num_streams, dim)
+    _check_finite(frames_nbj, "frame")
+    return frames_nbj
 
 
 def parse_timestamps(payload: bytes, num_streams: int) -> np.ndarray:

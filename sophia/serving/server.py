@@ -7,9 +7,11 @@ Contents
 Where the models and the ipc socket file live (models-directory confinement, a live
 socket refused) is :mod:`sophia.serving.paths`.
 
-Each REQ client gets its own session (keyed by its routing id): the models of
-its handshake, loaded once per resolved path and shared by all sessions, and
-one ``ModelSession`` per model holding that client's stream state. Models load
+Each REQ client gets its own session (keyed by its routing id): an
+:class:`~sophia.serving.ensemble.Ensemble` of the models of its handshake, which
+are loaded once per resolved path and shared by all sessions, holding that
+client's stream states. This module is the transport; the composition of the
+models is the ensemble's. Models load
 on a single background thread, so a slow load never stalls other clients.
 The wire protocol is in :mod:`sophia.serving.protocol` and ``docs/PROTOCOL.md``.
 
@@ -31,10 +33,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import zmq
 
 from sophia.serving import protocol as proto
+from sophia.serving.ensemble import Ensemble, EnsembleError
 from sophia.serving.paths import refuse_live_ipc, remove_socket_file, resolve_workspace
 from sophia.serving.protocol import ProtocolError
 
@@ -47,29 +49,11 @@ MAX_BATCH = 256                         # messages handled between housekeeping
 
 
 class _Session:
-    """One client's models and per-model stream state."""
+    """One client's ensemble and when it was last heard from."""
 
-    def __init__(self, handshake, models, model_sessions):
-        self.num_models = len(models)
-        self.num_streams = handshake.num_streams
-        self.input_dim = models[0].input_dim
-        self.target_dim = models[0].target_dim
-        self.model_sessions = model_sessions
+    def __init__(self, ensemble: Ensemble):
+        self.ensemble = ensemble
         self.last_active = time.monotonic()
-
-    def step(self, frames_nbi, timestamps_b=None) -> bytes:
-        """Advance every stream of every model by one frame; returns the reply."""
-        outputs_nbk = np.stack([np.asarray(s.step(frames_nbi[n], timestamps_b),
-                                           dtype=np.float32)
-                                for n, s in enumerate(self.model_sessions)])
-        expected = (self.num_models, self.num_streams, self.target_dim)
-        if outputs_nbk.shape != expected:
-            raise RuntimeError(f"model output shape {outputs_nbk.shape} != {expected}")
-        return proto.format_frames(outputs_nbk)
-
-    def reset(self, streams) -> None:
-        for s in self.model_sessions:
-            s.reset(streams)
 
 
 class Server:
@@ -229,10 +213,14 @@ class Server:
             log.info("client %s: session ended", rid.hex())
             return None
         if len(body) == 1:
-            frames_nbi = proto.parse_frames(body[0], session.num_models,
-                                            session.num_streams, session.input_dim)
-            return [session.step(frames_nbi)]
-        return self._on_command(session, body)
+            return [self._step(session.ensemble, body[0])]
+        return self._on_command(session.ensemble, body)
+
+    @staticmethod
+    def _step(ensemble: Ensemble, payload: bytes, timestamps_b=None) -> bytes:
+        frames_nbj = proto.parse_frames(payload, ensemble.num_models, ensemble.num_streams,
+                                        ensemble.input_dim)
+        return proto.format_frames(ensemble.step(frames_nbj, timestamps_b))
 
     def _on_no_session(self, rid: bytes, body):
         if len(body) != 1:
@@ -251,16 +239,14 @@ class Server:
         self._pending[rid] = (handshake, [self._model_future(p) for p in paths])
         return None  # 'ready' or an error is sent by _finish_loads
 
-    def _on_command(self, session: _Session, body):
+    def _on_command(self, ensemble: Ensemble, body):
         command = body[0]
         if command == proto.CMD_RESET and len(body) == 2:
-            session.reset(proto.parse_streams(body[1], session.num_streams))
+            ensemble.reset(proto.parse_streams(body[1], ensemble.num_streams))
             return [proto.OK]
         if command == proto.CMD_STEP_T and len(body) == 3:
-            timestamps_b = proto.parse_timestamps(body[1], session.num_streams)
-            frames_nbi = proto.parse_frames(body[2], session.num_models,
-                                            session.num_streams, session.input_dim)
-            return [session.step(frames_nbi, timestamps_b)]
+            timestamps_b = proto.parse_timestamps(body[1], ensemble.num_streams)
+            return [self._step(ensemble, body[2], timestamps_b)]
         raise ProtocolError(f"unknown command {command[:32]!r} with {len(body)} parts")
 
     # --- models and sessions --------------------------------------------------
@@ -312,35 +298,20 @@ class Server:
                 raise ProtocolError(f"bad handshake, no session: cannot load "
                                     f"workspace {workspace!r}: {type(exc).__name__}: {exc}")
             models.append(future.result())
-        self._check_models(handshake, models)
-        try:
-            model_sessions = [m.new_session(list(row))
-                              for m, row in zip(models, handshake.id_indices)]
-        except ValueError as exc:
-            raise ProtocolError(f"bad handshake, no session: {exc}") from None
-        self._sessions[rid] = _Session(handshake, models, model_sessions)
-        log.info("client %s: session opened (%d workspaces, %d streams)", rid.hex(),
-                 len(models), handshake.num_streams)
-
-    def _check_models(self, handshake, models) -> None:
-        dims = [(m.input_dim, m.target_dim) for m in models]
-        if len(set(dims)) > 1:
-            listing = ", ".join(f"{ws!r}: {d}" for ws, d in zip(handshake.workspaces, dims))
-            raise ProtocolError("bad handshake, no session: the workspaces differ in "
-                                f"(input_dim, target_dim): {listing}")
+        # Before any stream state is allocated: a step must fit in one message.
         num_bytes = max(proto.frame_nbytes(len(models), handshake.num_streams, d)
-                        for d in dims[0])
+                        for m in models for d in (m.input_dim, m.target_dim))
         if num_bytes > self._max_message_bytes:
             raise ProtocolError(f"bad handshake, no session: a step would be "
                                 f"{num_bytes} bytes, over the server's limit of "
                                 f"{self._max_message_bytes}")
-        for workspace, model, row in zip(handshake.workspaces, models,
-                                         handshake.id_indices):
-            bad = [i for i in row if model.num_ids is not None
-                   and not 0 <= i < model.num_ids]
-            if bad:
-                raise ProtocolError(f"bad handshake, no session: ID index {bad[0]} "
-                                    f"is outside [0, {model.num_ids}) for {workspace!r}")
+        try:
+            ensemble = Ensemble(handshake.workspaces, models, handshake.id_indices)
+        except EnsembleError as exc:
+            raise ProtocolError(f"bad handshake, no session: {exc}") from None
+        self._sessions[rid] = _Session(ensemble)
+        log.info("client %s: session opened (%d workspaces, %d streams)", rid.hex(),
+                 len(models), handshake.num_streams)
 
     def _expire_idle(self) -> None:
         deadline = time.monotonic() - self._idle_timeout

@@ -1,0 +1,233 @@
+"""One trained model served frame by frame: a workspace compiled for one-frame inference.
+
+Contents
+--------
+- :func:`load_model` — rebuild a workspace's net (:mod:`sophia.workspace`) and
+  compile its one-frame ``f_infer``.
+- :class:`Model` — the compiled net, shared by every client of the server.
+- :class:`ModelSession` — one client's streams: stored states, frame counters and
+  first timestamps; :meth:`ModelSession.step` advances them by one frame.
+
+How N models serve one client together is :mod:`sophia.serving.ensemble`.
+
+Compile mode
+------------
+``f_infer`` is compiled once per Model with ``unroll=True`` (no scan for one frame)
+in :data:`MODE` = ``CVM``: the medians of the modes are alike, but CVM has the
+steadiest tail and no just-in-time compile on the first frame
+(``bench/serve_latency.py`` measures them). On a small machine the server runs
+with one BLAS thread (``OPENBLAS_NUM_THREADS=1``, set by ``sophia.py``): threads
+competing for the cores make the tail many times the median.
+
+Per step, :meth:`ModelSession.step` adds little to the bare ``f_infer`` call:
+states are swapped in and out by reference through the shared variables'
+storage cells (what ``set_value(borrow=True)`` does, minus its type check), the
+input buffers are preallocated and ``f_infer`` trusts its inputs.
+
+Example
+-------
+>>> model = load_model("models/lstm_a")                  # doctest: +SKIP
+>>> session = model.new_session([0, 7])                  # two streams, ID indices
+>>> session.step(np.zeros((2, model.input_dim), np.float32)).shape   # doctest: +SKIP
+(2, 1)
+>>> session.reset([1])                                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from sophia.graph.net import Net
+from sophia.options import OptionError
+from sophia.serving.paths import ModelLoadError
+from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options,
+                              load_params, set_params)
+
+MODE = "CVM"
+DTYPE = "float32"
+
+
+def load_model(workspace_path, mode: str = MODE) -> "Model":
+    """Load and compile the model of a workspace.
+
+    Parameters
+    ----------
+    workspace_path : str or PathLike
+        A workspace (:mod:`sophia.workspace`): ``options.json``, ``params.npz``
+        and, with an ID embedding, ``ids.order`` are read.
+    mode : str, optional
+        The compile mode of ``f_infer`` (see the module docstring).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ModelLoadError
+        Naming the file, for a missing directory or file, bad JSON, options that
+        do not validate, an ``ids.order`` that does not match ``num_ids``, or
+        parameters that are missing, misshapen or not finite.
+    """
+    ws_path = Path(workspace_path)
+    if not ws_path.is_dir():
+        raise ModelLoadError(f"workspace {ws_path} is not a directory")
+    ws = Workspace(ws_path, create=False)
+    try:
+        options = load_model_options(ws)
+        ids = load_ids(ws, options)
+        try:
+            net = Net(options, dtype=DTYPE)
+        except OptionError as exc:
+            raise WorkspaceError(f"{ws.file(OPTIONS, '.json')}: {exc}") from None
+        set_params(ws, net, load_params(ws))
+    except WorkspaceError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return Model(net, ids, mode=mode)
+
+
+class Model:
+    """A net compiled for one-frame inference, shared by all sessions.
+
+    Parameters
+    ----------
+    net : Net
+        With its parameters loaded. Its stored states are used as a scratch
+        slot: each session swaps its own states in for the duration of a step.
+    ids : list of str
+        The workspace's ``ids.order`` ([] without an ID embedding).
+    mode : str, optional
+        Compile mode of ``f_infer``.
+
+    Attributes
+    ----------
+    input_dim, target_dim : int
+    num_ids : int or None
+        ``len(ids) + 1`` with an ID embedding (the last row is for IDs never
+        seen in training), so valid indices are ``0 .. len(ids)``; None without.
+    f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bk``
+    """
+
+    def __init__(self, net: Net, ids, mode: str = MODE):
+        o = net.options
+        self.net = net
+        self.input_dim, self.target_dim = o.input_dim, o.target_dim
+        self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
+        self.state_widths = net.state_widths()
+        self.f_infer, v_states = net.compile_infer(window_size=1, mode=mode, unroll=True)
+        self.f_infer.trust_input = True  # sessions pass exact float32/int32 buffers
+        # The function reads and writes the states through these storage cells.
+        self._cells = [v.container.storage for v in v_states]
+        # With allow_gc the function hands back fresh arrays on every call, so the
+        # states it leaves in the cells belong to the caller; otherwise copy them.
+        self._copy_states = not getattr(self.f_infer.vm, "allow_gc", False)
+        self._lock = threading.Lock()
+
+    def new_session(self, id_indices) -> "ModelSession":
+        """A session of ``len(id_indices)`` streams, all at their initial state.
+
+        Raises ValueError for an index outside ``[0, num_ids)`` when the model
+        has an ID embedding; the indices are ignored otherwise.
+        """
+        if len(id_indices) < 1:
+            raise ValueError("a session needs at least one stream")
+        if self.num_ids is None:
+            return ModelSession(self, [0] * len(id_indices))
+        bad = [i for i in id_indices if not 0 <= i < self.num_ids]
+        if bad:
+            raise ValueError(f"ID index {bad[0]} is outside [0, {self.num_ids})")
+        return ModelSession(self, id_indices)
+
+    def run(self, states, input_1bj, time_1b, id_1b):
+        """One frame from ``states`` (a list of [B][w] arrays, replaced in place).
+
+        Returns output [1][B][k]. Side effect: ``states[n]`` become the states
+        after the frame (the old arrays may have been overwritten).
+        """
+        with self._lock:
+            for cell, state in zip(self._cells, states):
+                cell[0] = state
+            output_1bk = self.f_infer(input_1bj, time_1b, id_1b)
+            for n, cell in enumerate(self._cells):
+                states[n] = cell[0].copy() if self._copy_states else cell[0]
+                cell[0] = None
+        return output_1bk
+
+
+class ModelSession:
+    """One client's B streams of a :class:`Model`.
+
+    Time signal of a stream's frame: its frame counter (0 at the first frame
+    after the handshake or a reset); with timestamps, the timestamp minus the
+    stream's first timestamp since then, so that frame is 0 and starts from the
+    initial state. A stream that got plain steps before its first timestamp
+    continues its counter's clock: the first timestamp is taken as ``timestamp -
+    counter``. As in training, a frame whose time signal is ≤ 0 (a timestamp not
+    after the first one) restarts the stream.
+    """
+
+    def __init__(self, model: Model, id_indices):
+        num_streams = len(id_indices)
+        self.model = model
+        self.num_streams = num_streams
+        self.states = [np.zeros((num_streams, w), DTYPE) for w in model.state_widths]
+        self.count_b = np.zeros(num_streams, np.int64)
+        self.first_time_b = np.full(num_streams, np.nan)
+        self._first_unknown = True  # some stream has no first timestamp yet
+        self._stamps_b = np.zeros(num_streams)
+        self._input_1bj = np.zeros((1, num_streams, model.input_dim), DTYPE)
+        self._time_1b = np.zeros((1, num_streams), DTYPE)
+        self._id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
+
+    def step(self, input_bj, timestamps_b=None) -> np.ndarray:
+        """Advance every stream by one frame.
+
+        Parameters
+        ----------
+        input_bj : array_like, shape [B][input_dim]
+        timestamps_b : array_like, shape [B], optional
+
+        Returns
+        -------
+        ndarray of float32, shape [B][target_dim]
+            A fresh array. Side effect: states and counters advance.
+        """
+        input_bj = np.asarray(input_bj)
+        if input_bj.shape != self._input_1bj.shape[1:]:
+            raise ValueError(f"input shape {input_bj.shape}, expected {self._input_1bj.shape[1:]}")
+        self._input_1bj[0] = input_bj
+        if timestamps_b is None:
+            self._time_1b[0] = self.count_b
+        else:
+            self._time_1b[0] = self._times_since_first(timestamps_b)
+        output_1bk = self.model.run(self.states, self._input_1bj, self._time_1b, self._id_1b)
+        self.count_b += 1
+        return output_1bk[0]
+
+    def _times_since_first(self, timestamps_b) -> np.ndarray:
+        if np.shape(timestamps_b) != self._stamps_b.shape:
+            raise ValueError(f"timestamps shape {np.shape(timestamps_b)}, "
+                             f"expected ({self.num_streams},)")
+        stamps_b = self._stamps_b
+        stamps_b[:] = timestamps_b
+        if self._first_unknown:
+            unknown_b = np.isnan(self.first_time_b)
+            self.first_time_b[unknown_b] = stamps_b[unknown_b] - self.count_b[unknown_b]
+            self._first_unknown = False
+        return np.subtract(stamps_b, self.first_time_b, out=stamps_b)
+
+    def reset(self, streams) -> None:
+        """Those streams restart from their initial state at their next frame.
+
+        Raises ValueError for a stream outside ``[0, B)``.
+        """
+        streams = list(streams)
+        for s in streams:
+            if not 0 <= s < self.num_streams:
+                raise ValueError(f"stream {s} is outside [0, {self.num_streams})")
+        self.count_b[streams] = 0
+        self.first_time_b[streams] = np.nan
+        self._first_unknown = True
+
