@@ -78,7 +78,7 @@ def recurrence(layer, s_xw_tbg, s_time_tb, s_prev_states) -> list:
     time signal and the stored states."""
     op = _OPS[type(layer).__name__]()
     n = len(layer.state_names)
-    return op(s_xw_tbg, s_time_tb, layer.s_W_h, layer.v_b, *layer.initial, *s_prev_states)[:n]
+    return op(s_xw_tbg, s_time_tb, layer.s_W_h_ig, layer.v_b_g, *layer.initial, *s_prev_states)[:n]
 
 
 # -- numpy helpers ---------------------------------------------------------------------

@@ -59,7 +59,7 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, carry_frame: int):
                       "after each product and slow oneDNN's LSTM down (~1.5x on 2 cores): import sophia "
                       "first or set OPENBLAS_THREAD_TIMEOUT=20 in the environment (sophia/_blas.py)",
                       RuntimeWarning, stacklevel=3)
-    outputs = OneDNNLSTM(carry_frame)(s_below_tbj, s_time_tb, layer.s_W_x, layer.s_W_h, layer.v_b,
+    outputs = OneDNNLSTM(carry_frame)(s_below_tbj, s_time_tb, layer.s_W_x_jg, layer.s_W_h_ig, layer.v_b_g,
                                       *layer.initial, *s_prev_states)
     return outputs[0], list(outputs[1:3])
 
