@@ -15,9 +15,9 @@ Rooms of the package (one concept per module):
 The naming convention (``v_``/``s_``/``p_``/``f_`` prefixes, ``_tbi`` shape
 suffixes) is documented in ``docs/NAMING.md``.
 """
-from sophia._blas import link_system_openblas, quiet_openblas_threads
+from sophia._blas import configure_pytensor_blas, quiet_openblas_threads
 
 __version__ = "0.1.0"
 
-link_system_openblas()
+PYTENSOR_BLAS_LDFLAGS = configure_pytensor_blas()   # what it set ("-lopenblas", ""); None: left alone
 OPENBLAS_THREADS_QUIET = quiet_openblas_threads()   # False where numpy was imported first

@@ -179,7 +179,7 @@ def test_gate_biases_initialise_their_own_gate():
     np.testing.assert_allclose(shut, np.broadcast_to(shut[:1, :1], shut.shape), atol=1e-12)
     assert np.ptp(outputs(input_bias=0.0)) > 1e-3
     b = Net(ModelOptions(input_dim=3, target_dim=2, net_width=4, net_depth=1, input_bias=-2.0,
-                         forget_bias=3.0), seed=0).layers[0].v_b.get_value()
+                         forget_bias=3.0), seed=0).layers[0].v_b_g.get_value()
     np.testing.assert_array_equal(b, np.repeat([-2.0, 3.0, 0.0, 0.0], 4))
 
 

@@ -32,7 +32,7 @@ class TimeGate:
         values = {"tau": tau, "shift": rng.uniform(0.0, tau), "r_on": np.full(width, options.clock_r_on)}
         self.v_params = {f"{name}.{key}": fixed_shared(value.astype(dtype), f"{name}.{key}")
                          for key, value in values.items()}
-        self.v_tau, self.v_shift, self.v_r_on = self.v_params.values()
+        self.v_tau_i, self.v_shift_i, self.v_r_on_i = self.v_params.values()
         self.leak = options.clock_leak
 
     def openness(self, s_time_tb, training: bool):
@@ -40,9 +40,9 @@ class TimeGate:
 
         The leak α applies only when ``training``; at inference a closed gate is shut.
         """
-        tau = tt.abs(self.v_tau) + 1e-3
-        r_on = tt.clip(tt.abs(self.v_r_on), 1e-3, 1.0)
-        cycles = (s_time_tb[:, :, None] - self.v_shift) / tau
+        tau = tt.abs(self.v_tau_i) + 1e-3
+        r_on = tt.clip(tt.abs(self.v_r_on_i), 1e-3, 1.0)
+        cycles = (s_time_tb[:, :, None] - self.v_shift_i) / tau
         phase = cycles - tt.floor(cycles)
         opening = 2.0 * phase / r_on
         closing = 2.0 - opening

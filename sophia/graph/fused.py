@@ -78,7 +78,7 @@ def recurrence(layer, s_xw_tbg, s_time_tb, s_prev_states) -> list:
     time signal and the stored states."""
     op = _OPS[type(layer).__name__]()
     n = len(layer.state_names)
-    return op(s_xw_tbg, s_time_tb, layer.s_W_h, layer.v_b, *layer.initial, *s_prev_states)[:n]
+    return op(s_xw_tbg, s_time_tb, layer.s_W_h_ig, layer.v_b_g, *layer.initial, *s_prev_states)[:n]
 
 
 # -- numpy helpers ---------------------------------------------------------------------
@@ -131,13 +131,13 @@ class _Frames:
         return self.base + t * self.step
 
 
-def _entering_address(entering_bi, stored_p, seq: _Frames, reset_tb, t):
+def _entering_address(entering_bi, addr_stored, seq: _Frames, reset_tb, t):
     """The address of the state :func:`_entering` returned for frame ``t``: its own
-    copy at a reset, else the previous frame's state (the stored one, ``stored_p``,
+    copy at a reset, else the previous frame's state (the stored one, ``addr_stored``,
     at frame 0)."""
     if reset_tb[t].any():
         return entering_bi.ctypes.data
-    return seq[t - 1] if t else stored_p
+    return seq[t - 1] if t else addr_stored
 
 
 def _arrays(inputs, dtype):
@@ -254,18 +254,18 @@ def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
     one = act.dtype.type(1)
     cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
     if cell is not None:
-        p_act, p_xw, p_c, p_h = map(_Frames, (act, xw, c_seq, h_seq))
-        p_bias, p_c_prev = bias.ctypes.data, c_prev.ctypes.data
+        addr_act, addr_xw, addr_c, addr_h = map(_Frames, (act, xw, c_seq, h_seq))
+        addr_bias, addr_c_prev = bias.ctypes.data, c_prev.ctypes.data
     for t in range(steps):
         if reset[t].any():
             h_prev, c_prev = h_prev.copy(), c_prev.copy()
             h_prev[reset[t]], c_prev[reset[t]] = h0, c0
-            p_c_prev = c_prev.ctypes.data if cell is not None else None
+            addr_c_prev = c_prev.ctypes.data if cell is not None else None
         a = act[t]
         np.dot(h_prev, W, out=a)
         if cell is not None:
-            cell(p_act[t], p_xw[t], p_bias, p_c_prev, p_c[t], p_h[t], batch, i, one)
-            h_prev, c_prev, p_c_prev = h_seq[t], c_seq[t], p_c[t]
+            cell(addr_act[t], addr_xw[t], addr_bias, addr_c_prev, addr_c[t], addr_h[t], batch, i, one)
+            h_prev, c_prev, addr_c_prev = h_seq[t], c_seq[t], addr_c[t]
             continue
         a += xw[t]
         a += bias
@@ -309,14 +309,14 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
     one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
     cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
     if cell_grad is not None:
-        p_act, p_c, p_d = map(_Frames, (act, c_seq, d_pre))
-        p_dh, p_dc, p_db, p_c_bi = (x.ctypes.data for x in (dh, dc, db, c_bi))
-        p_dh_out, p_dc_out = _Frames(dh_out, zero_bi), _Frames(dc_out, zero_bi)
+        addr_act, addr_c, addr_d = map(_Frames, (act, c_seq, d_pre))
+        addr_dh, addr_dc, addr_db, addr_c_bi = (x.ctypes.data for x in (dh, dc, db, c_bi))
+        addr_dh_out, addr_dc_out = _Frames(dh_out, zero_bi), _Frames(dc_out, zero_bi)
     for t in reversed(range(steps)):
         c_in = _entering(c_bi, c_seq, c0, reset, t)
         if cell_grad is not None:
-            cell_grad(p_dh, p_dc, p_dh_out[t], p_dc_out[t], p_act[t], p_c[t],
-                      _entering_address(c_in, p_c_bi, p_c, reset, t), p_d[t], p_db, batch, i, one)
+            cell_grad(addr_dh, addr_dc, addr_dh_out[t], addr_dc_out[t], addr_act[t], addr_c[t],
+                      _entering_address(c_in, addr_c_bi, addr_c, reset, t), addr_d[t], addr_db, batch, i, one)
             np.dot(d_pre[t], W_T, out=dh)
             _route_reset(dh, dh0, reset[t])
             _route_reset(dc, dc0, reset[t])
@@ -376,17 +376,17 @@ class GRURecurrence(_Recurrence):
         one = act.dtype.type(1)
         cell = native.kernel("gru_cell", dtype) if kernels.AVAILABLE else None
         if cell is not None:
-            p_xw, p_act, p_hn, p_h = map(_Frames, (xw, act, hn_seq, h_seq))
-            p_ha, p_bias, p_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
+            addr_xw, addr_act, addr_hn, addr_h = map(_Frames, (xw, act, hn_seq, h_seq))
+            addr_ha, addr_bias, addr_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
         for t in range(steps):
             if reset[t].any():
                 h_prev = h_prev.copy()
                 h_prev[reset[t]] = h0
-                p_h_prev = h_prev.ctypes.data if cell is not None else None
+                addr_h_prev = h_prev.ctypes.data if cell is not None else None
             np.dot(h_prev, W, out=ha)
             if cell is not None:
-                cell(p_ha, p_xw[t], p_bias, p_h_prev, p_act[t], p_hn[t], p_h[t], batch, i, one)
-                h_prev, p_h_prev = h_seq[t], p_h[t]
+                cell(addr_ha, addr_xw[t], addr_bias, addr_h_prev, addr_act[t], addr_hn[t], addr_h[t], batch, i, one)
+                h_prev, addr_h_prev = h_seq[t], addr_h[t]
                 continue
             a = act[t]
             np.add(xw[t, :, :2 * i], ha[:, :2 * i], out=a[:, :2 * i])
@@ -424,14 +424,14 @@ class GRURecurrenceGrad(_RecurrenceGrad):
         one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
         cell_grad = native.kernel("gru_cell_grad", dtype) if kernels.AVAILABLE else None
         if cell_grad is not None:
-            p_act, p_h, p_hn, p_d, p_d_ha = map(_Frames, (act, h_seq, hn_seq, d_pre, d_ha))
-            p_dh, p_db, p_h_bi = (x.ctypes.data for x in (dh, db, h_bi))
-            p_dh_out = _Frames(dh_out, zero_bi)
+            addr_act, addr_h, addr_hn, addr_d, addr_d_ha = map(_Frames, (act, h_seq, hn_seq, d_pre, d_ha))
+            addr_dh, addr_db, addr_h_bi = (x.ctypes.data for x in (dh, db, h_bi))
+            addr_dh_out = _Frames(dh_out, zero_bi)
         for t in reversed(range(steps)):
             h_in = _entering(h_bi, h_seq, h0, reset, t)
             if cell_grad is not None:
-                cell_grad(p_dh, p_dh_out[t], p_act[t], _entering_address(h_in, p_h_bi, p_h, reset, t),
-                          p_hn[t], p_d[t], p_d_ha[t], p_db, batch, i, one)
+                cell_grad(addr_dh, addr_dh_out[t], addr_act[t], _entering_address(h_in, addr_h_bi, addr_h, reset, t),
+                          addr_hn[t], addr_d[t], addr_d_ha[t], addr_db, batch, i, one)
                 dh += np.dot(d_ha[t], W_T, out=back)
                 _route_reset(dh, dh0, reset[t])
                 continue

@@ -10,8 +10,7 @@ The Ops call these kernels as native functions over raw pointers
 disk afterwards; calling them here, on arrays, is what the tests compare with.
 They are inlined into those wrappers at Numba's level (``inline="always"``), so each
 is typed, lowered and optimised once, inside its wrapper, instead of also as a
-library of its own: the two LSTM kernels compile in 1.8–3.0 s instead of 2.4–3.8 s
-(fresh caches, one process each), and run as fast.
+library of its own: a shorter cold compile, the same speed.
 Without Numba, ``AVAILABLE`` is False and the Ops run their numpy code instead.
 
 Conventions: ``one`` is 1 in the arrays' dtype, so float32 arithmetic stays float32
@@ -19,7 +18,7 @@ Conventions: ``one`` is 1 in the arrays' dtype, so float32 arithmetic stays floa
 in float64 across the frames of a window. ``error_model="numpy"`` drops the
 zero-division checks that stop LLVM from vectorising the loops. float64 calls libm's
 tanh/exp (as exact as the scan path); float32 uses a rational tanh (and
-σ(x) = ½ tanh(x/2) + ½) that vectorises, where libm's tanhf costs ~70 ns a call.
+σ(x) = ½ tanh(x/2) + ½) that vectorises, where libm's tanhf is a call per element.
 Each loop reads and writes few arrays (gate blocks as separate row views), so LLVM's
 runtime overlap checks stay few and every loop is vectorised.
 

@@ -84,7 +84,7 @@ class Layer:
         self.v_params, self.v_buffers = {}, {}
         self.norms = {}
         if residual:
-            self.v_res_k = self._shared("res_k", np.ones(width))
+            self.v_res_k_i = self._shared("res_k", np.ones(width))
 
     # -- construction helpers -------------------------------------------------
     def _shared(self, key, value):
@@ -97,9 +97,9 @@ class Layer:
         """A weight matrix, weight-normalised (V, g) when the option is on."""
         if not self.options.weight_norm:
             return self._shared(key, value)
-        v_V = self._shared(f"{key}_V", value)
-        v_g = self._shared(f"{key}_g", np.sqrt((np.asarray(value) ** 2).sum(axis=0)))
-        return weight_norm(v_V, v_g)
+        v_V_jg = self._shared(f"{key}_V", value)
+        v_g_g = self._shared(f"{key}_g", np.sqrt((np.asarray(value) ** 2).sum(axis=0)))
+        return weight_norm(v_V_jg, v_g_g)
 
     def _norm(self, key, width, with_beta):
         """The layer or batch norm of one path, or None; registered under ``key``."""
@@ -141,9 +141,9 @@ class Layer:
         return self._apply_norm(norm, s_a, s_step_tb, training, stats)
 
     def _residual(self, s_out_tbi, s_skip_tbi):
-        if not hasattr(self, "v_res_k"):
+        if not hasattr(self, "v_res_k_i"):
             return s_out_tbi
-        g = tt.sigmoid(self.v_res_k)
+        g = tt.sigmoid(self.v_res_k_i)
         return g * s_out_tbi + (1.0 - g) * s_skip_tbi
 
     def _step_index(self, s_time_tb):
@@ -183,15 +183,15 @@ class FCLayer(Layer):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
         self.activation = ACTIVATIONS[activation]
-        self.s_W = self._matrix("W", matrix_init(options, False, False)((input_dim, width), rng))
-        self.v_b = self._shared("b", np.zeros(width))
+        self.s_W_ji = self._matrix("W", matrix_init(options, False, False)((input_dim, width), rng))
+        self.v_b_i = self._shared("b", np.zeros(width))
         self.norm = self._norm("norm", width, with_beta=False) if normalize else None
 
     def build(self, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame, training,
               unroll=False, s_skip_tbi=None):
         stats = []
         s_step_tb = self._step_index(s_time_tb)
-        s_a = self._project(s_below_tbj, self.s_W, self.v_b, self.norm, s_step_tb, training, stats)
+        s_a = self._project(s_below_tbj, self.s_W_ji, self.v_b_i, self.norm, s_step_tb, training, stats)
         s_out = self._residual(self.activation(s_a), s_skip_tbi)
         updates = self._population_updates(stats, s_step_tb[:, 0]) if stats else {}
         return LayerOutput(s_out, [], updates)
@@ -212,9 +212,9 @@ class RecurrentLayer(Layer):
         super().__init__(name, input_dim, width, options, rng, dtype, residual)
         self.state_widths = (width,) * len(self.state_names)
         g = self.n_gates
-        self.s_W_x = self._matrix("W_x", stacked(matrix_init(options, False, False), input_dim, width, g, rng))
-        self.s_W_h = self._matrix("W_h", stacked(matrix_init(options, True, True), width, width, g, rng))
-        self.v_b = self._shared("b", self._bias_init())
+        self.s_W_x_jg = self._matrix("W_x", stacked(matrix_init(options, False, False), input_dim, width, g, rng))
+        self.s_W_h_ig = self._matrix("W_h", stacked(matrix_init(options, True, True), width, width, g, rng))
+        self.v_b_g = self._shared("b", self._bias_init())
         self.norm_x = self._norm("norm_x", g * width, with_beta=False)
         self.norm_h = self._norm("norm_h", g * width, with_beta=False)
         self.initial = [self._shared(f"{s}0", np.zeros(width)) if options.learn_init_states
@@ -239,13 +239,13 @@ class RecurrentLayer(Layer):
             s_h_tbi, carried = onednn_lstm.recurrence(self, s_below_tbj, s_time_tb, s_prev_states, carry_frame)
             return LayerOutput(self._residual(s_h_tbi, s_skip_tbi), carried, {})
         if fused.applies(self, unroll):   # one Op for the recurrence and bias (sophia/graph/fused.py)
-            s_xw = self._project_weights(s_below_tbj, self.s_W_x, self.norm_x, s_step_tb, training, stats)
+            s_xw = self._project_weights(s_below_tbj, self.s_W_x_jg, self.norm_x, s_step_tb, training, stats)
             states_tbi = fused.recurrence(self, s_xw, s_time_tb, s_prev_states)
             s_out = self._residual(states_tbi[0], s_skip_tbi)
             updates = self._population_updates(stats, s_step_tb[:, 0]) if stats else {}
             return LayerOutput(s_out, [s[carry_frame] for s in states_tbi], updates)
         frames = {
-            "xa": self._project(s_below_tbj, self.s_W_x, self.v_b, self.norm_x, s_step_tb, training, stats),
+            "xa": self._project(s_below_tbj, self.s_W_x_jg, self.v_b_g, self.norm_x, s_step_tb, training, stats),
             "reset": (s_time_tb <= 0)[:, :, None],
         }
         if self.gate is not None:
@@ -290,6 +290,7 @@ class LSTMLayer(RecurrentLayer):
     def __init__(self, name, input_dim, width, options, rng, dtype, residual=False):
         super().__init__(name, input_dim, width, options, rng, dtype, residual)
         self.norm_c = self._norm("norm_c", width, with_beta=True)
+        # [3·i]: the input, forget and output gates' peepholes end to end (no axis letter is 3·i)
         self.v_peep = self._shared("peep", Uniform(options.init_scale)((3 * width,), rng)) if options.peephole else None
 
     def _bias_init(self):
@@ -301,14 +302,14 @@ class LSTMLayer(RecurrentLayer):
     def _step(self, frame, prev, training, stats):
         h_prev, c_prev = prev
         step_b = frame.get("bn_step")
-        ha = self._apply_norm(self.norm_h, tt.dot(h_prev, self.s_W_h), step_b, training, stats)
+        ha = self._apply_norm(self.norm_h, tt.dot(h_prev, self.s_W_h_ig), step_b, training, stats)
         i, f, o, g = self._split(frame["xa"] + ha)
         if self.v_peep is not None:
-            p_i, p_f, p_o = self._split_peep()
-            i, f = i + c_prev * p_i, f + c_prev * p_f
+            s_peep_in_i, s_peep_forget_i, s_peep_out_i = self._split_peep()
+            i, f = i + c_prev * s_peep_in_i, f + c_prev * s_peep_forget_i
         c = tt.sigmoid(f) * c_prev + tt.sigmoid(i) * tt.tanh(g)
         if self.v_peep is not None:
-            o = o + c * p_o
+            o = o + c * s_peep_out_i
         h = tt.sigmoid(o) * tt.tanh(self._apply_norm(self.norm_c, c, step_b, training, stats))
         return [h, c]
 
@@ -326,7 +327,7 @@ class GRULayer(RecurrentLayer):
 
     def _step(self, frame, prev, training, stats):
         (h_prev,) = prev
-        ha = self._apply_norm(self.norm_h, tt.dot(h_prev, self.s_W_h), frame.get("bn_step"), training, stats)
+        ha = self._apply_norm(self.norm_h, tt.dot(h_prev, self.s_W_h_ig), frame.get("bn_step"), training, stats)
         x_r, x_z, x_n = self._split(frame["xa"])
         h_r, h_z, h_n = self._split(ha)
         r, z = tt.sigmoid(x_r + h_r), tt.sigmoid(x_z + h_z)

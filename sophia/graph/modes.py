@@ -30,21 +30,20 @@ step is then in the fused Ops and a few large matmuls, which run numpy in every 
 so the mode only decides how the thin graph around them is compiled. ``auto`` runs
 these graphs' Python implementations in order (FAST_COMPILE's, without its VM) and
 only the *merge* rewrite (shared subgraphs computed once): FAST_COMPILE's other
-rewrites took ≈ 0.4 s of a ≈ 0.9 s compile and changed no op that matters for speed.
-``bench/train_speed.py`` (2-layer LSTM 256, batch 64, BPTT(128; 64), float32, 2 shared
-cores) measured this ``auto`` at 1.24–1.25× PyTorch's nn.LSTM in session 10, where
-training LSTM layers run on oneDNN (``sophia/graph/onednn_lstm.py``; 16,295–16,933
-frames/s, medians of rounds run side by side, with the trainer's malloc setting),
-after ≈ 0.7–0.8 s cold / 0.5–0.6 s warm compile; on the fused Ops alone, 1.02–1.05×
-there and 1.09–1.35× on earlier hosts, after ≈ 2.6–2.8 s cold / 0.4–0.9 s warm
-compile (the cell kernels' machine code cached by ``sophia/graph/native.py``), against CVM ≈
-600–2,200 after 42 s / 7 s and FAST_RUN (Numba, which runs the fused Ops in object
-mode) ≈ 500 after 28 s.
+rewrites cost a large part of the compile and change no op that matters for speed.
+In training graphs the LSTM layers run on oneDNN where it applies
+(``sophia/graph/onednn_lstm.py``), the other recurrences on the fused Ops, whose cell
+kernels' machine code is cached by ``sophia/graph/native.py``. CVM and FAST_RUN
+(Numba, which runs the fused Ops in object mode) compile far longer and run these
+graphs slower.
 
 ``AUTO_LOOPED`` for graphs that keep a ``scan`` (or an unrolled loop): FAST_COMPILE
-would run that loop op by op in Python; the C backend runs scan's loop compiled
-(≈ 2,600–2,800 frames/s with a BLAS linked — 0.43× PyTorch, measured side by side on
-a quiet machine — ≈ 500 without, after ≈ 80 s cold and ≈ 12 s warm compile).
+would run that loop op by op in Python; the C backend runs scan's loop compiled,
+fastest with a BLAS linked (``sophia/_blas.py``).
+
+``bench/train_speed.py`` measures each mode's training frames/s and cold and warm
+compile time on a reference model, against PyTorch's ``nn.LSTM``; its figures are in
+``bench/README.md``.
 """
 
 
@@ -130,5 +129,6 @@ def _fused_auto_mode() -> Mode:
     each intermediate after its last use) with the merge rewrite only; one instance
     per process. FAST_COMPILE's VM linker would give the same numbers, but building
     any VM imports PyTensor's C VM (compiling it in a cold compiledir) and, through
-    it, setuptools: ≈ 0.7 s of every process's first compile."""
+    it, setuptools, which every process's first compile would then wait for
+    (``bench/step_profile.py`` shows the compile's phases)."""
     return Mode(linker=PerformLinker(), optimizer="merge")

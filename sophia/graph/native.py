@@ -2,11 +2,11 @@
 
 ``sophia/graph/kernels.py`` writes the per-frame cell kernels for Numba. Calling a
 Numba function the first time in a process — even one Numba has cached — starts
-Numba's compiler: its typing and lowering registries and ``scipy.linalg`` (≈ 0.5 s
-on 2 cores, half of a warm compile; ``bench/README.md``). This module compiles each
-kernel once, as a C-callable function over raw pointers (``numba.cfunc``), keeps its
-machine code on disk, and in later processes loads that code with llvmlite's JIT
-linker alone (≈ 5 ms a kernel).
+Numba's compiler: its typing and lowering registries and ``scipy.linalg``, a large
+part of a warm compile (``bench/step_profile.py`` times each kernel's start). This
+module compiles each kernel once, as a C-callable function over raw pointers
+(``numba.cfunc``), keeps its machine code on disk, and in later processes loads that
+code with llvmlite's JIT linker alone, in milliseconds.
 
 :func:`kernel` ``(name, dtype)`` returns a ``ctypes`` function. Its arguments are
 the addresses of the kernel's arrays, in the order of ``kernels.<name>``, then
@@ -64,7 +64,7 @@ _ARRAYS = {
 @functools.cache
 def kernel(name: str, dtype) -> ctypes._CFuncPtr:
     """The ``ctypes`` function of kernel ``name`` for arrays of ``dtype`` (float32 or
-    float64): loaded from the cache, or compiled, cached and loaded. Compiles (≈ 1–2 s
+    float64): loaded from the cache, or compiled, cached and loaded. Compiles (seconds,
     the first time in a process) and writes the cache file as side effects."""
     dtype = np.dtype(dtype)
     prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(_ARRAYS[name]), ctypes.c_ssize_t,

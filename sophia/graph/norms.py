@@ -39,13 +39,13 @@ class LayerNorm:
             f"{name}.gamma": fixed_shared(np.ones(width, dtype), f"{name}.gamma"),
             f"{name}.beta": fixed_shared(np.zeros(width, dtype), f"{name}.beta"),
         }
-        self.v_gamma, self.v_beta = self.v_params.values()
+        self.v_gamma_g, self.v_beta_g = self.v_params.values()
 
     def __call__(self, s_a):
         """Normalised ``s_a`` (any shape [..][g])."""
         mean = tt.mean(s_a, axis=-1, keepdims=True)
         var = tt.mean(tt.sqr(s_a - mean), axis=-1, keepdims=True)
-        return (s_a - mean) / tt.sqrt(var + _epsilon(var)) * self.v_gamma + self.v_beta
+        return (s_a - mean) / tt.sqrt(var + _epsilon(var)) * self.v_gamma_g + self.v_beta_g
 
 
 class BatchNorm:

@@ -3,9 +3,10 @@
 PyTorch's ``nn.LSTM`` runs on the CPU in oneDNN's RNN primitive: one call does a
 whole window of one layer — the input product for all frames, every frame's
 recurrent product with the weights packed once, the cell — and one call its
-backward. On the reference model that is ≈ 20 % less time than Sophia's own fused
-Ops (``sophia/graph/fused.py``) with their BLAS calls (``bench/README.md``,
-session 10). This module binds the few C functions it takes, with ``ctypes``, to
+backward. On the reference model that takes less time than Sophia's own fused
+Ops (``sophia/graph/fused.py``) with their BLAS calls (``bench/train_speed.py`` and
+``bench/lstm_engines.py`` measure both; see ``bench/README.md``). This module binds
+the few C functions it takes, with ``ctypes``, to
 the ``libdnnl.so.3`` that the ``onednn-cpu-gomp`` wheel installs (Intel's build of
 oneDNN 3.2, Apache 2.0; a dependency of Sophia on x86-64 Linux).
 
@@ -276,8 +277,7 @@ class LSTM:
 @functools.cache
 def lstm(steps: int, batch: int, input_dim: int, width: int) -> LSTM:
     """The primitives for one layer shape and segment length, made once and kept for the
-    process (at most window_size lengths per layer shape; ≈ 1 ms to make one, 12 ms the
-    first in a process)."""
+    process (at most window_size lengths per layer shape; making one takes milliseconds)."""
     if not available():
         raise OneDNNError(f"oneDNN is not available: {UNAVAILABLE_REASON}")
     return LSTM(steps, batch, input_dim, width)

@@ -59,7 +59,7 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, carry_frame: int):
                       "after each product and slow oneDNN's LSTM down (~1.5x on 2 cores): import sophia "
                       "first or set OPENBLAS_THREAD_TIMEOUT=20 in the environment (sophia/_blas.py)",
                       RuntimeWarning, stacklevel=3)
-    outputs = OneDNNLSTM(carry_frame)(s_below_tbj, s_time_tb, layer.s_W_x, layer.s_W_h, layer.v_b,
+    outputs = OneDNNLSTM(carry_frame)(s_below_tbj, s_time_tb, layer.s_W_x_jg, layer.s_W_h_ig, layer.v_b_g,
                                       *layer.initial, *s_prev_states)
     return outputs[0], list(outputs[1:3])
 
@@ -88,13 +88,12 @@ def segments(reset_tb, carry: int):
 
 def runs_on_onednn(batch: int, width: int, steps: int, n_segments: int) -> bool:
     """Whether a window runs on oneDNN rather than the fused Ops' code, decided per
-    call from its size and how many segments its resets cut it into. Each oneDNN call
-    costs ≈ 0.1 ms and short segments run its products less efficiently; small layers
-    gain nothing. Measured per layer window (forward and backward, 2 cores,
-    ``bench/README.md``, session 10): B 64 × width 256 × 128 frames, 1.16–1.22× faster
-    on oneDNN with up to 16 segments, 1.02× with 32, 0.69× with resets in almost every
-    frame; width 64: 1.2–1.3× up to 16 segments, 0.93× with 32; B 16 × width 32 × 32
-    frames (the demo): 1.00× whole, 0.76× in 4 segments."""
+    call from its size and how many segments its resets cut it into: oneDNN when
+    batch × width ≥ ``MIN_BATCH_X_WIDTH`` and there are at least
+    ``MIN_FRAMES_PER_SEGMENT`` frames per segment. Each oneDNN call has a fixed cost
+    and short segments run its products less efficiently; small layers gain nothing.
+    ``bench/lstm_engines.py`` measures one layer window (forward and backward) on
+    each engine across layer sizes and segment counts; see ``bench/README.md``."""
     return batch * width >= MIN_BATCH_X_WIDTH and n_segments * MIN_FRAMES_PER_SEGMENT <= steps
 
 
