@@ -445,3 +445,23 @@ def test_cli_signal_during_preload_exits_cleanly(short_dir, models_dir, signum):
     finally:
         process.kill()
         process.communicate(timeout=5)
+
+
+@pytest.mark.parametrize("level, shown", [("INFO", ["sophia INFO", "pytensor WARNING"]),
+                                          ("DEBUG", ["sophia INFO", "pytensor INFO", "pytensor WARNING"]),
+                                          ("WARNING", ["pytensor WARNING"])])
+def test_log_levels_show_other_libraries_info_only_at_debug(level, shown):
+    import io
+    import logging
+    from sophia.serving.cli import configure_logging
+    stream = io.StringIO()
+    configure_logging(level, stream)
+    try:
+        for name in ("sophia.serving.server", "pytensor.link.c.cmodule"):
+            logging.getLogger(name).info("info")
+            logging.getLogger(name).warning("warning")
+        got = [f"{line.split()[3].split('.')[0]} {line.split()[2]}" for line in stream.getvalue().splitlines()]
+        assert sorted(got) == sorted(shown + ["sophia WARNING"])
+    finally:
+        logging.getLogger("sophia").setLevel(logging.NOTSET)
+        logging.basicConfig(force=True, level=logging.WARNING)

@@ -54,7 +54,7 @@ def offline(workspaces):
     return {name: OfflineModel(workspaces[name]) for name in NAMES}
 
 
-def frames_tnbi(seed):
+def frames_tnbj(seed):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(NUM_FRAMES, len(NAMES), NUM_STREAMS, INPUT_DIM)).astype(np.float32)
 
@@ -65,7 +65,7 @@ def expected_tnbk(offline, frames, time_tb):
 
 
 def test_python_client_equals_offline_with_a_reset(server, offline):
-    frames, resets = frames_tnbi(0), [(5, [0, 2])]
+    frames, resets = frames_tnbj(0), [(5, [0, 2])]
     with SophiaClient(server.endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=30) as client:
         got = []
         for t in range(NUM_FRAMES):
@@ -78,7 +78,7 @@ def test_python_client_equals_offline_with_a_reset(server, offline):
 
 
 def test_python_client_timestamps_equal_offline(server, offline):
-    frames, stamps_tb = frames_tnbi(1), irregular_stamps(NUM_FRAMES, NUM_STREAMS, seed=5)
+    frames, stamps_tb = frames_tnbj(1), irregular_stamps(NUM_FRAMES, NUM_STREAMS, seed=5)
     resets = [(8, [1])]
     with SophiaClient(server.endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=30) as client:
         got = []
@@ -99,7 +99,7 @@ def test_real_loader_errors_reach_the_client(server, short_dir):
 
 
 def test_c_client_equals_offline(server, offline, c_client, short_dir):
-    frames = frames_tnbi(2)
+    frames = frames_tnbj(2)
     in_file, out_file = os.path.join(short_dir, "in.f32"), os.path.join(short_dir, "out.f32")
     frames.astype("<f4").tofile(in_file)
     args = [c_client, "-t", "30000", server.endpoint, str(INPUT_DIM), in_file, out_file]
@@ -111,3 +111,27 @@ def test_c_client_equals_offline(server, offline, c_client, short_dir):
                                                      TARGET_DIM)
     expected = expected_tnbk(offline, frames, counter_times(NUM_FRAMES, NUM_STREAMS))
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
+def test_the_server_log_at_info_holds_sophias_lines_only(short_dir, workspaces):
+    """A real model load (PyTensor compiles, probes g++ and logs at INFO) leaves only
+    Sophia's own lines in the server's log."""
+    import signal
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, os.path.join(repo, "sophia.py"), "--models_dir",
+                                os.path.join(short_dir, "models"), "--preload", "lstm_ids",
+                                "--endpoint", f"ipc://{short_dir}/log.sock", "--log_level", "info"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=repo))
+    try:
+        assert process.stdout.readline().startswith("sophia: serving on "), process.communicate(timeout=5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        stderr = process.communicate(timeout=5)[1]
+    finally:
+        process.kill()
+    lines = stderr.splitlines()
+    assert any(" INFO sophia.serving.server: preloaded " in line for line in lines), stderr
+    foreign = [line for line in lines if " sophia." not in line]
+    assert not foreign, "\n".join(foreign)

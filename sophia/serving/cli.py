@@ -4,6 +4,8 @@ Contents
 --------
 - :func:`parse_endpoint` — normalise ``--endpoint`` (bare ports bind loopback).
 - :func:`default_endpoint` — an ipc socket in a directory only the user can read.
+- :func:`configure_logging` — Sophia's lines at ``--log_level``, other libraries' at
+  WARNING (all of them at DEBUG).
 - :func:`main` — parse options, build a :class:`~sophia.serving.server.Server`,
   serve until SIGINT/SIGTERM.
 
@@ -103,9 +105,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--idle_timeout", type=_positive(float),
                         default=DEFAULT_IDLE_TIMEOUT,
                         help="seconds before an idle session expires (default: 600)")
-    parser.add_argument("--log_level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log_level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="Sophia's own log lines from this level; other libraries' "
+                        "INFO and DEBUG lines only with DEBUG (default: INFO)")
     return parser.parse_args(argv)
+
+
+def configure_logging(level: str, stream=None) -> None:
+    """Log Sophia's own lines (loggers under ``sophia``) from ``level`` up, and other
+    libraries' (PyTensor's compile chatter, say) from WARNING up, or from DEBUG up
+    when ``level`` is DEBUG. Side effect: configures the root logger's handler."""
+    logging.basicConfig(level="DEBUG" if level == "DEBUG" else "WARNING",
+                        stream=stream or sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sophia").setLevel(level)
 
 
 def load_model(path: str):
@@ -117,8 +131,7 @@ def load_model(path: str):
 def main(argv=None) -> int:
     """Run the server until SIGINT or SIGTERM; returns the exit status."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     created = None
     # Until serving starts (preloading may compile for a while), SIGINT and SIGTERM interrupt
     # it. Installed explicitly: a process started in the background (`cmd &` in a script)
