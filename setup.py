@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="sophia-rnn",
-    version="0.1.0",
+    version="0.2.0",
     description="Real-time recurrent networks for regression on long, noisy streams, "
                 "trained with BPTT(h; h') and served over ZeroMQ.",
     packages=find_packages(include=["sophia", "sophia.*"]),
@@ -18,7 +18,7 @@ setup(
         "jax": ["jax>=0.4.30"],                         # compile_mode JAX (CPU; GPUs with jax[cuda12])
         "plot": ["matplotlib>=3.7"],
         "data": ["statsmodels>=0.14"],   # the real-data task's bundled series
-        "bench": ["torch"],
+        "bench": ["torch==2.13.0"],     # the PyTorch bench/ compares against (bench/README.md)
     },
     entry_points={
         "console_scripts": [
