@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -442,7 +443,7 @@ def build_parser():
     """The command line: one sub-command per task, shared size and limit flags."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--work", type=Path, help="data and workspace directory "
-                        "(default /tmp/sophia-repro/TASK...)")
+                        "(default: sophia-repro/TASK... in the system's temporary directory)")
     common.add_argument("--seed", type=int, default=0, help="data, initialisation and shuffling seed")
     for split in ("train", "dev", "test"):
         common.add_argument(f"--{split}", type=int, help=f"number of {split} sequences")
@@ -498,7 +499,7 @@ def resolve(args):
         args.limits.append(f"{TARGET_OPTION[args.criterion_on]}={args.criterion:g}")
     suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series", "transform")
                      if hasattr(args, a))
-    args.work = args.work or Path("/tmp/sophia-repro") / f"{args.task}{suffix}"
+    args.work = args.work or Path(tempfile.gettempdir()) / "sophia-repro" / f"{args.task}{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
     return args
 

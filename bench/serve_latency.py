@@ -197,7 +197,7 @@ def main():
     args = ARGS
     if args.echo:
         return run_echo(args.echo, args.reply_bytes)
-    tmp = tempfile.mkdtemp(prefix="sph-bench-", dir="/tmp")
+    tmp = tempfile.mkdtemp(prefix="sph-bench-")     # keep TMPDIR short: ipc paths are limited
     names = write_workspaces(tmp, max(args.models), args)
     sizes = []
     for n in args.models:
