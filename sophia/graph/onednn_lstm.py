@@ -24,10 +24,10 @@ The semantics are those of the scan path (``layers.py``) and the fused Ops:
 without a norm on its input product, is float32, and oneDNN loads. Set ``ENABLED =
 False`` (or the environment variable ``SOPHIA_ONEDNN=0``) to train on the fused Ops.
 
-Memory: oneDNN's workspace, kept from the forward to the backward, is ≈ 3.3× the
-activations the fused Ops keep (``LSTM.ws_bytes``: 167 MB against 50 MB per layer
-for a window of 128 frames × batch 64 × width 256; 648 against 201 MB at width 1024).
-Where that does not fit, ``SOPHIA_ONEDNN=0`` trades the speed back.
+Memory: oneDNN's workspace, kept from the forward to the backward, holds about
+3.3 times the activations the fused Ops keep (``LSTM.ws_bytes`` gives its size;
+``docs/MODES.md`` has the figures). Where that does not fit, ``SOPHIA_ONEDNN=0``
+trades the speed back.
 """
 from __future__ import annotations
 

@@ -5,8 +5,7 @@ Every ``f_train_step`` allocates the same large arrays (the reference model of
 their gradients). glibc serves blocks this large with ``mmap`` and unmaps them
 when they are freed, so each step gets fresh pages from the kernel, which faults
 and zeroes them on first touch — inside the BLAS calls and cell kernels that
-write them. Measured on the fused LSTM forward Op of that model (width 256,
-batch 64, 128 frames): 62.7 ms per call, 48.8 ms with freed memory kept.
+write them (``bench/step_profile.py`` shows each Op's time per step).
 
 :func:`keep_freed_memory` tells glibc's ``malloc`` (``mallopt``) to serve large
 blocks from its heap and not to give freed memory back to the kernel, so the next

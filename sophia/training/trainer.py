@@ -438,14 +438,14 @@ class Trainer:
         loss or gradient norm. The loss is NaN if no frame had a target.
         """
         total, target_frames, frames = 0.0, 0.0, 0
-        p_lr = np.asarray(lr, dtype=self.net.dtype)
+        lr_value = np.asarray(lr, dtype=self.net.dtype)
         bar = Progress(self.progress, label, self.train_options.frames_per_epoch)
         start = time.monotonic()
         try:
             while frames < self.train_options.frames_per_epoch:
                 w = next(self._windows)
                 loss_sum, n_frames, grad_norm, max_error = self.f_train_step(
-                    w.input_tbj, w.time_tb, w.id_tb, w.target_tbk, p_lr)
+                    w.input_tbj, w.time_tb, w.id_tb, w.target_tbk, lr_value)
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                     return math.inf, frames, time.monotonic() - start, False
                 total, target_frames = total + float(loss_sum), target_frames + float(n_frames)
