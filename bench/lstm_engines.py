@@ -5,7 +5,7 @@ called directly) with each engine forced, for layer sizes and numbers of
 reset-free segments (every stream resets at the same frames, evenly spaced; the
 carry frame is mid-window). The fused engine includes the input product and its
 gradients, which the Ops leave to the graph. This is what
-``sophia.graph.onednn_lstm.runs_on_onednn``'s thresholds rest on.
+``sophia.graph.engines.onednn_lstm.runs_on_onednn``'s thresholds rest on.
 
 Example
 -------
@@ -21,7 +21,7 @@ import time
 import sophia  # noqa: F401  first: OpenBLAS's environment (sophia/_blas.py)
 import numpy as np
 
-from sophia.graph import onednn, onednn_lstm
+from sophia.graph.engines import onednn, onednn_lstm
 from sophia.training.memory import keep_freed_memory
 
 # (frames, batch, input width, width, segment counts)

@@ -5,7 +5,7 @@ BPTT(128; 64), float32, Adam) in one compile mode:
 
 - the phases of the compile: building the Net, building and compiling
   ``f_train_step``, the first call's time beyond a steady one, and how long each
-  cell kernel took to come up (``sophia/graph/native.py``: linked from the cache,
+  cell kernel took to come up (``sophia/graph/engines/native.py``: linked from the cache,
   or compiled — run it with an empty ``PYTENSOR_FLAGS=compiledir=...`` and
   ``NUMBA_CACHE_DIR`` for a cold cache);
 - then, over ``--steps`` training steps, the time of each graph node's ``perform``
@@ -37,7 +37,7 @@ from train_speed import MODEL, _windows  # noqa: E402  (the benchmark's model an
 
 def _timed_kernels(log):
     """Make ``native.kernel`` record how long each kernel took to come up into ``log``."""
-    from sophia.graph import native
+    from sophia.graph.engines import native
 
     load = native.kernel.__wrapped__
 

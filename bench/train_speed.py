@@ -80,19 +80,13 @@ def sophia_worker(mode, recurrence, steps, repeats):
 
     keep_freed_memory()       # as the trainer does
 
-    if recurrence == "scan":
-        from sophia.graph import fused
-        fused.ENABLED = False
-    if recurrence == "fused":
-        from sophia.graph import onednn_lstm
-        onednn_lstm.ENABLED = False
     m = MODEL
     start = time.perf_counter()
     net = Net(ModelOptions(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
                            net_width=m["width"], net_depth=m["depth"]), dtype="float32")
     options = TrainOptions(batch_size=m["batch"], window_size=m["window"], step_size=m["step"],
                            force_type="adam", compile_mode=mode)
-    f_train_step, _, _ = net.compile_train_step(options)
+    f_train_step, _, _ = net.compile_train_step(options, engine=None if recurrence == "auto" else recurrence)
     compiled = time.perf_counter()
     windows = _windows(np.random.default_rng(0), 4)
     ids = np.zeros((m["window"], m["batch"]), "int32")

@@ -29,7 +29,7 @@ environment variable (which processes started afterwards inherit).
 :func:`quiet_openblas_threads` shortens how long OpenBLAS's worker threads spin
 after a product before they sleep (``OPENBLAS_THREAD_TIMEOUT``, 2^n cycles; OpenBLAS's
 default is 2^28, ≈ 0.1 s). A spinning thread holds a core that the next call
-needs: oneDNN's threads in a training step (``sophia/graph/onednn.py``) and the
+needs: oneDNN's threads in a training step (``sophia/graph/engines/onednn.py``) and the
 fused Ops' step run slower behind one (``bench/step_profile.py`` measures a step;
 figures in ``bench/README.md``). It must be set before numpy loads OpenBLAS, so
 ``sophia/__init__`` calls it; a value the user set is kept.

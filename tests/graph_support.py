@@ -39,12 +39,14 @@ def make_window(net: Net, frames=5, batch=2, seed=1, time_tb=None, nan_fraction=
 
 
 def compile_cost(net: Net, window: int, step: int, training=True, unroll=False, loss_type="l2",
-                 with_grads=True, batch=2):
+                 with_grads=True, batch=2, engine=None):
     """``f(input, time, id, target) -> [loss per target frame, loss_sum, n_frames, *grads]``
-    from zero stored states, without any update."""
+    from zero stored states, without any update; ``engine`` is the engine to prefer."""
     ports = net.ports(window if unroll else None)
     v_states = net.new_states(batch, "test")
-    fwd = net.forward(ports, v_states, carry_frame=step - 1, training=training, unroll=unroll)
+    choices = net.choose_engines("auto", training=training, unroll=unroll, prefer=engine)
+    fwd = net.forward(ports, v_states, carry_frame=step - 1, training=training, unroll=unroll,
+                      choices=choices)
     loss_sum, n_frames = net.loss(fwd, ports, step, loss_type)
     outputs = [loss_sum / n_frames, loss_sum, n_frames, fwd.s_output_tbk]
     outputs += net.grads(loss_sum, n_frames) if with_grads else []

@@ -1,10 +1,10 @@
-"""The fused recurrence Ops (sophia/graph/fused.py) compute what the scan path computes."""
+"""The fused recurrence Ops (sophia/graph/engines/fused.py) compute what the scan path computes."""
 import numpy as np
 import pytensor.tensor as tt
 import pytest
 from pytensor.gradient import verify_grad
 
-from sophia.graph import fused, kernels
+from sophia.graph.engines import fused, kernels
 from sophia.options import TrainOptions
 from tests.graph_support import MODE, compile_cost, make_net, make_window
 
@@ -39,9 +39,8 @@ def test_fused_outputs_and_gradients_equal_scan(name):
         if v.name.endswith((".h0", ".c0")):
             v.set_value(np.linspace(-0.8, 0.9, v.get_value().size))
     window = make_window(net, frames=6, batch=3, time_tb=reset_heavy_time(6, 3))
-    f_fused = compile_cost(net, window=6, step=4, batch=3)
-    with fused.disabled():
-        f_scan = compile_cost(net, window=6, step=4, batch=3)
+    f_fused = compile_cost(net, window=6, step=4, batch=3, engine="fused")
+    f_scan = compile_cost(net, window=6, step=4, batch=3, engine="scan")
     assert fused_ops(f_fused) and not fused_ops(f_scan)
     for a, b in zip(f_fused(*window), f_scan(*window)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
@@ -53,11 +52,7 @@ def test_fused_train_step_equals_scan_train_step():
     for use_fused in (True, False):
         net = make_net(unit_type="lstm", net_depth=2)
         options = TrainOptions(batch_size=3, window_size=5, step_size=3, compile_mode=MODE)
-        if use_fused:
-            f_train, v_states, _ = net.compile_train_step(options)
-        else:
-            with fused.disabled():
-                f_train, v_states, _ = net.compile_train_step(options)
+        f_train, v_states, _ = net.compile_train_step(options, engine="fused" if use_fused else "scan")
         assert bool(fused_ops(f_train)) == use_fused
         for seed in range(3):
             f_train(*make_window(net, frames=5, batch=3, seed=seed), 0.01)
@@ -72,14 +67,14 @@ def test_fused_train_step_equals_scan_train_step():
 ])
 def test_unsupported_options_keep_the_scan_path(options):
     net = make_net(**options)
-    assert not any(fused.applies(layer, unroll=False) for layer in net.layers)
-    assert not fused_ops(compile_cost(net, window=4, step=2, with_grads=False))
+    assert all(fused.supports(layer, training=True, unroll=False) for layer in net.layers)
+    assert not fused_ops(compile_cost(net, window=4, step=2, with_grads=False, engine="fused"))
 
 
 def test_unrolled_graphs_are_not_fused():
     net = make_net(unit_type="gru")
-    assert fused.applies(net.layers[0], unroll=False)
-    assert not fused.applies(net.layers[0], unroll=True)
+    assert fused.supports(net.layers[0], training=True, unroll=False) == ""
+    assert fused.supports(net.layers[0], training=True, unroll=True) == "unroll_scan"
 
 
 def _op_inputs(op, rng, steps=5, batch=3, width=2):

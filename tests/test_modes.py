@@ -81,7 +81,7 @@ def test_jax_streams_frame_by_frame_like_fast_compile():
 ])
 def test_auto_mode_follows_the_graph(options, unroll, expected):
     net = make_net(**options)
-    mode, _ = net.compile_plan("auto", unroll)
+    mode, _ = net.compile_plan("auto", training=True, unroll=unroll)
     looped = expected == AUTO_LOOPED
     assert resolve("auto", looped) == expected
     assert mode is compile_mode("auto", looped)

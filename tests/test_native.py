@@ -1,4 +1,4 @@
-"""The cell kernels' machine-code cache (sophia/graph/native.py): a later process loads
+"""The cell kernels' machine-code cache (sophia/graph/engines/native.py): a later process loads
 the kernels from disk without compiling them, and they compute what Numba's kernels do."""
 import os
 import subprocess
@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from sophia.graph import kernels, native
+from sophia.graph.engines import kernels, native
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 
@@ -62,7 +62,7 @@ def test_native_kernels_compute_what_numba_kernels_do(name, dtype, tmp_path, mon
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from sophia.graph import native
+    from sophia.graph.engines import native
     from tests.test_native import GATES, kernel_arrays, run_native
     if sys.argv[2] == "forbid-compiling":
         def refuse(*args):

@@ -1,4 +1,4 @@
-"""oneDNN's LSTM windows (sophia/graph/onednn_lstm.py) compute what the fused Ops compute.
+"""oneDNN's LSTM windows (sophia/graph/engines/onednn_lstm.py) compute what the fused Ops compute.
 
 The fused Ops are themselves checked against scan and finite differences in float64
 (tests/test_fused.py, tests/test_graph_gradients.py); oneDNN runs float32 only, so it
@@ -9,7 +9,7 @@ import pytensor as th
 import pytensor.tensor as tt
 import pytest
 
-from sophia.graph import fused, onednn, onednn_lstm
+from sophia.graph.engines import fused, onednn, onednn_lstm
 from sophia.options import TrainOptions
 from tests.graph_support import MODE, compile_cost, make_net, make_window
 
@@ -111,13 +111,13 @@ def test_training_graph_uses_onednn_and_evaluation_the_fused_ops():
 ])
 def test_layers_onednn_cannot_run_keep_their_path(options):
     net = make_net(dtype="float32", **options)
-    assert not any(onednn_lstm.applies(layer, unroll=False, training=True) for layer in net.layers)
+    assert all(onednn_lstm.supports(layer, unroll=False, training=True) for layer in net.layers)
     assert not onednn_ops(compile_cost(net, window=4, step=2, with_grads=False))
 
 
 def test_float64_nets_keep_the_fused_ops():
     net = make_net(dtype="float64", unit_type="lstm")
-    assert not onednn_lstm.applies(net.layers[0], unroll=False, training=True)
+    assert onednn_lstm.supports(net.layers[0], unroll=False, training=True) == "float64"
 
 
 def test_train_steps_equal_the_fused_train_steps(engine):
@@ -130,11 +130,7 @@ def test_train_steps_equal_the_fused_train_steps(engine):
     for use_onednn in (True, False):
         net = make_net(dtype="float32", **config)
         options = TrainOptions(batch_size=4, window_size=9, step_size=5, compile_mode=MODE, force_type="adam")
-        saved, onednn_lstm.ENABLED = onednn_lstm.ENABLED, use_onednn
-        try:
-            f_train, v_states, _ = net.compile_train_step(options)
-        finally:
-            onednn_lstm.ENABLED = saved
+        f_train, v_states, _ = net.compile_train_step(options, engine="onednn" if use_onednn else "fused")
         assert bool(onednn_ops(f_train)) == use_onednn
         for seed in range(3):
             window = make_window(net, frames=9, batch=4, seed=seed, time_tb=resets(9, 4) + 9 * seed)

@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytensor.tensor as tt
 
-from sophia.graph import fused, onednn_lstm
 from sophia.graph.clock import TimeGate
+from sophia.graph.engines import ENGINES
 from sophia.graph.init import Uniform, fixed_shared, matrix_init, stacked
 from sophia.graph.norms import BatchNorm, LayerNorm, step_index, weight_norm
-from sophia.graph.recurrence import recur
 
 ACTIVATIONS = {
     "identity": lambda x: x,
@@ -76,6 +75,7 @@ class Layer:
     residual : apply the residual gate (the Net sets it where widths match)
     """
 
+    unit = ""                    # the unit_type it implements ("fc", "lstm", "gru")
     state_widths: tuple = ()
 
     def __init__(self, name, input_dim, width, options, rng, dtype, residual=False):
@@ -162,19 +162,23 @@ class Layer:
         return updates
 
     def build(self, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame, training,
-              unroll=False, s_skip_tbi=None):
+              engine="scan", unroll=False, s_skip_tbi=None):
         """Build the layer's graph for one window; returns a :class:`LayerOutput`.
 
         ``s_skip_tbi`` is the input the residual gate mixes in (the layer below's
         output without the ID embedding); ``carry_frame`` is the frame whose state
         is stored for the next window; ``training`` selects batch statistics and
-        the clock leak; ``unroll`` builds a Python loop instead of ``scan``.
+        the clock leak; ``engine`` names how a recurrence runs (recurrent layers:
+        :mod:`sophia.graph.engines`); ``unroll`` builds the scan engine's loop as a
+        Python loop instead of ``scan``.
         """
         raise NotImplementedError
 
 
 class FCLayer(Layer):
     """Fully connected: act(norm(x W) + b), applied to every frame; no state."""
+
+    unit = "fc"
 
     def __init__(self, name, input_dim, width, options, rng, dtype, residual=False,
                  activation=None, normalize=True):
@@ -188,7 +192,7 @@ class FCLayer(Layer):
         self.norm = self._norm("norm", width, with_beta=False) if normalize else None
 
     def build(self, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame, training,
-              unroll=False, s_skip_tbi=None):
+              engine="scan", unroll=False, s_skip_tbi=None):
         stats = []
         s_step_tb = self._step_index(s_time_tb)
         s_a = self._project(s_below_tbj, self.s_W_ji, self.v_b_i, self.norm, s_step_tb, training, stats)
@@ -232,47 +236,13 @@ class RecurrentLayer(Layer):
         return [s_a[:, n * w:(n + 1) * w] for n in range(self.n_gates)]
 
     def build(self, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame, training,
-              unroll=False, s_skip_tbi=None):
-        stats = []
-        s_step_tb = self._step_index(s_time_tb)
-        if onednn_lstm.applies(self, unroll, training):   # the window on oneDNN (sophia/graph/onednn_lstm.py)
-            s_h_tbi, carried = onednn_lstm.recurrence(self, s_below_tbj, s_time_tb, s_prev_states, carry_frame)
-            return LayerOutput(self._residual(s_h_tbi, s_skip_tbi), carried, {})
-        if fused.applies(self, unroll):   # one Op for the recurrence and bias (sophia/graph/fused.py)
-            s_xw = self._project_weights(s_below_tbj, self.s_W_x_jg, self.norm_x, s_step_tb, training, stats)
-            states_tbi = fused.recurrence(self, s_xw, s_time_tb, s_prev_states)
-            s_out = self._residual(states_tbi[0], s_skip_tbi)
-            updates = self._population_updates(stats, s_step_tb[:, 0]) if stats else {}
-            return LayerOutput(s_out, [s[carry_frame] for s in states_tbi], updates)
-        frames = {
-            "xa": self._project(s_below_tbj, self.s_W_x_jg, self.v_b_g, self.norm_x, s_step_tb, training, stats),
-            "reset": (s_time_tb <= 0)[:, :, None],
-        }
-        if self.gate is not None:
-            frames["gate"] = self.gate.openness(s_time_tb, training)
-        if s_step_tb is not None:
-            frames["bn_step"] = s_step_tb
-        n_states, names = len(self.state_names), list(frames)
-        n_stats = 2 * sum(isinstance(self.norms.get(k), BatchNorm) for k in self.inner_norms) if training else 0
-
-        def step(*args):
-            frame = dict(zip(names, args[:len(names)]))
-            prev = [tt.switch(frame["reset"], s0, s) for s0, s in zip(self.initial, args[len(names):])]
-            inner_stats = []
-            new = self._step(frame, prev, training, inner_stats)
-            if frame.get("gate") is not None:
-                k = frame["gate"]
-                new = [k * s + (1.0 - k) * p for s, p in zip(new, prev)]
-            return new + [x for _, mean, var in inner_stats for x in (mean, var)]
-
-        outputs = recur(step, [frames[n] for n in names], s_prev_states, n_extras=n_stats,
-                        unroll=unroll, n_steps=None if not unroll else _static_length(s_below_tbj))
-        states_tbi, extras = outputs[:n_states], outputs[n_states:]
-        inner = [self.norms[k] for k in self.inner_norms if isinstance(self.norms.get(k), BatchNorm)]
-        stats += [(norm, extras[2 * n], extras[2 * n + 1]) for n, norm in enumerate(inner)] if training else []
-        updates = self._population_updates(stats, s_step_tb[:, 0]) if stats else {}
-        s_out = self._residual(states_tbi[0], s_skip_tbi)
-        return LayerOutput(s_out, [s[carry_frame] for s in states_tbi], updates)
+              engine="scan", unroll=False, s_skip_tbi=None):
+        """The recurrence run by ``engine`` (a name of :data:`sophia.graph.engines.ENGINES`,
+        chosen by :func:`sophia.graph.engines.choose`), then the residual gate."""
+        s_h_tbi, s_next_states, updates = ENGINES[engine].recurrence(
+            self, s_below_tbj, s_time_tb, s_prev_states, carry_frame=carry_frame,
+            training=training, unroll=unroll)
+        return LayerOutput(self._residual(s_h_tbi, s_skip_tbi), s_next_states, updates)
 
     def _step(self, frame, prev, training, stats):
         """New states from one frame's inputs and the (reset-applied) previous states."""
@@ -283,6 +253,7 @@ class LSTMLayer(RecurrentLayer):
     """Long short-term memory (Hochreiter & Schmidhuber 1997, forget gate of Gers et
     al. 2000), optional peepholes, layer/batch norm on the x, h and cell paths."""
 
+    unit = "lstm"
     n_gates = 4
     state_names = ("h", "c")
     inner_norms = ("norm_h", "norm_c")
@@ -322,6 +293,7 @@ class GRULayer(RecurrentLayer):
     """Gated recurrent unit (Cho et al. 2014), reset applied after the recurrent
     product as in cuDNN; layer/batch norm on the x and h paths."""
 
+    unit = "gru"
     n_gates = 3
     state_names = ("h",)
 
@@ -336,11 +308,3 @@ class GRULayer(RecurrentLayer):
 
 
 UNIT_LAYERS = {"fc": FCLayer, "lstm": LSTMLayer, "gru": GRULayer}
-
-
-def _static_length(s_tbj):
-    length = s_tbj.type.shape[0]
-    if length is None:
-        raise ValueError("unroll_scan needs a window of static length: build the input "
-                         "port with a fixed time dimension")
-    return length

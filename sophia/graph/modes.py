@@ -24,7 +24,7 @@ AUTO_FUSED = "FAST_COMPILE"
 AUTO_LOOPED = "CVM"
 """What ``auto`` means, per graph.
 
-``AUTO_FUSED`` for graphs whose recurrences are all fused (``sophia/graph/fused.py``:
+``AUTO_FUSED`` for graphs whose recurrences are all fused (``sophia/graph/engines/fused.py``:
 LSTM/GRU without norms, peepholes or clock gate) or absent: the time of a training
 step is then in the fused Ops and a few large matmuls, which run numpy in every mode,
 so the mode only decides how the thin graph around them is compiled. ``auto`` runs
@@ -32,8 +32,8 @@ these graphs' Python implementations in order (FAST_COMPILE's, without its VM) a
 only the *merge* rewrite (shared subgraphs computed once): FAST_COMPILE's other
 rewrites cost a large part of the compile and change no op that matters for speed.
 In training graphs the LSTM layers run on oneDNN where it applies
-(``sophia/graph/onednn_lstm.py``), the other recurrences on the fused Ops, whose cell
-kernels' machine code is cached by ``sophia/graph/native.py``. CVM and FAST_RUN
+(``sophia/graph/engines/onednn_lstm.py``), the other recurrences on the fused Ops, whose cell
+kernels' machine code is cached by ``sophia/graph/engines/native.py``. CVM and FAST_RUN
 (Numba, which runs the fused Ops in object mode) compile far longer and run these
 graphs slower.
 

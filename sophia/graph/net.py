@@ -23,6 +23,10 @@ Compiled functions (sizes that shape a graph are arguments, never options edits)
 
 The loss per target frame is ``loss_sum / n_frames``.
 
+How each recurrent layer runs (scan, the fused Ops, oneDNN) is chosen once per
+graph by :func:`sophia.graph.engines.choose` (:meth:`Net.choose_engines`) and
+passed to the layers; every compile function takes an ``engine`` to prefer.
+
 Example
 -------
 >>> import numpy as np
@@ -35,7 +39,6 @@ Example
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -45,9 +48,9 @@ import pytensor as th
 import pytensor.tensor as tt
 
 from sophia.graph.init import Uniform, fixed_shared
+from sophia.graph import engines
 from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
-from sophia.graph import fused
-from sophia.graph.modes import compile_mode, resolve
+from sophia.graph.modes import compile_mode
 from sophia.optim.losses import masked_loss, masked_max_error
 from sophia.optim.updates import Optimizer
 from sophia.options import ModelOptions, OptionError
@@ -188,8 +191,15 @@ class Net:
                      tt.tensor3("p_target_tbk", dtype=self.dtype, shape=(t, b, self.options.target_dim)))
 
     @_in_own_dtype
-    def forward(self, ports: Ports, s_prev_states, *, carry_frame, training, unroll=False) -> Forward:
-        """Forward stage over one window from ``s_prev_states`` (flat list over layers)."""
+    def forward(self, ports: Ports, s_prev_states, *, carry_frame, training, unroll=False,
+                choices=None) -> Forward:
+        """Forward stage over one window from ``s_prev_states`` (flat list over layers).
+
+        ``choices`` holds each hidden layer's :class:`~sophia.graph.engines.Choice`
+        (default: :meth:`choose_engines` for the ``auto`` mode)."""
+        if choices is None:
+            choices = self.choose_engines("auto", training=training, unroll=unroll)
+        engine_of = dict(zip(self.layers, (c.engine for c in choices)))
         s_emb_tbe = None
         if self.v_id_embedding_ne is not None:      # rows by flat IDs, reshaped by -1: JAX-friendly
             s_id_tb = ports.p_id_tb
@@ -199,7 +209,8 @@ class Net:
             width = len(layer.state_widths)
             s_in = s_below if s_emb_tbe is None else tt.concatenate([s_below, s_emb_tbe], axis=2)
             out = layer.build(s_in, ports.p_time_tb, s_prev_states[n:n + width], carry_frame=carry_frame,
-                              training=training, unroll=unroll, s_skip_tbi=s_below)
+                              training=training, engine=engine_of.get(layer, "scan"), unroll=unroll,
+                              s_skip_tbi=s_below)
             s_below, n = out.s_output_tbi, n + width
             next_states += out.s_next_states
             updates.update(out.updates)
@@ -218,35 +229,42 @@ class Net:
         return tt.grad(s_cost, list(self.v_params.values()))
 
     # -- compiled functions ---------------------------------------------------------
-    def compile_plan(self, mode_name: str, unroll: bool):
-        """``(Mode, build_context)`` for compiling a graph in ``mode_name``.
+    def choose_engines(self, mode_name: str, *, training: bool, unroll: bool = False,
+                       prefer: str | None = None) -> list:
+        """Each hidden layer's :class:`~sophia.graph.engines.Choice` in a graph compiled
+        in ``mode_name`` (FC layers: ``Choice("scan", "")``, they have no recurrence)."""
+        return [engines.choose(layer, mode_name, training=training, unroll=unroll, prefer=prefer)
+                if isinstance(layer, RecurrentLayer) else engines.Choice("scan", "")
+                for layer in self.layers]
 
-        ``auto`` resolves per graph (see :mod:`sophia.graph.modes`): the fused mode
-        when every recurrence of this net can be fused, the looped mode otherwise.
-        JAX cannot run the fused (numpy) Ops, so its graphs are built with scan.
-        """
-        looped = any(isinstance(layer, RecurrentLayer) and not fused.applies(layer, unroll)
-                     for layer in self.layers)
-        name = resolve(mode_name, looped)
-        context = fused.disabled() if name == "JAX" else contextlib.nullcontext()
-        return compile_mode(mode_name, looped), context
+    def compile_plan(self, mode_name: str, *, training: bool, unroll: bool = False,
+                     prefer: str | None = None):
+        """``(Mode, choices)`` for a graph in ``mode_name``: the engines of
+        :meth:`choose_engines`, and the mode, which for ``auto`` depends on whether a
+        recurrence keeps a scan (see :mod:`sophia.graph.modes`)."""
+        choices = self.choose_engines(mode_name, training=training, unroll=unroll, prefer=prefer)
+        looped = any(isinstance(layer, RecurrentLayer) and c.engine == "scan"
+                     for layer, c in zip(self.layers, choices))
+        return compile_mode(mode_name, looped), choices
 
     @_in_own_dtype
-    def compile_train_step(self, train_options, mode=None):
+    def compile_train_step(self, train_options, mode=None, engine=None):
         """Compile ``f_train_step`` for ``train_options``' batch, window and step sizes.
 
         Its ports have that window and batch size in their types (static shapes, which
         JAX needs); a window of another shape is a TypeError when called.
 
         Returns ``(f_train_step, v_states, optimizer)``; ``optimizer.compile_reset()``
-        gives the function that resets all optimizer state.
+        gives the function that resets all optimizer state. ``engine`` is the engine
+        to prefer (:func:`sophia.graph.engines.choose`).
         """
         o = train_options
-        mode, context = self.compile_plan(mode or o.compile_mode, o.unroll_scan)
+        mode, choices = self.compile_plan(mode or o.compile_mode, training=True, unroll=o.unroll_scan,
+                                          prefer=engine)
         ports = self.ports(o.window_size, o.batch_size)
         v_states = self.new_states(o.batch_size, "train")
-        with context:
-            fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan)
+        fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan,
+                           choices=choices)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, o.step_size, o.loss_type, o.huber_delta)
         s_max_error = masked_max_error(fwd.s_output_tbk[-o.step_size:], ports.p_target_tbk[-o.step_size:])
         p_lr = tt.scalar("p_lr", dtype=self.dtype)
@@ -262,7 +280,7 @@ class Net:
         return f_train_step, v_states, optimizer
 
     @_in_own_dtype
-    def compile_fwd_propagate(self, train_options, batch_size=None, mode=None):
+    def compile_fwd_propagate(self, train_options, batch_size=None, mode=None, engine=None):
         """Compile ``f_fwd_propagate`` over windows of ``window_size`` frames, loss and
         largest absolute error on all of them; window and batch size (``batch_size``,
         else the training batch) are static, as in ``f_train_step``.
@@ -271,11 +289,12 @@ class Net:
         """
         o = train_options
         window, batch = o.window_size, batch_size or o.batch_size
-        mode, context = self.compile_plan(mode or o.compile_mode, o.unroll_scan)
+        mode, choices = self.compile_plan(mode or o.compile_mode, training=False, unroll=o.unroll_scan,
+                                          prefer=engine)
         ports = self.ports(window, batch)
         v_states = self.new_states(batch, "eval")
-        with context:
-            fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan)
+        fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan,
+                           choices=choices)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, window, o.loss_type, o.huber_delta)
         s_max_error = masked_max_error(fwd.s_output_tbk, ports.p_target_tbk)
         f = th.function(ports.inputs(), [s_loss_sum, s_n_frames, s_max_error], updates=list(zip(v_states, fwd.s_next_states)),
@@ -284,16 +303,16 @@ class Net:
         return f, v_states
 
     @_in_own_dtype
-    def compile_infer(self, window_size=1, mode="auto", unroll=False):
+    def compile_infer(self, window_size=1, mode="auto", unroll=False, engine=None):
         """Compile ``f_infer`` over windows of ``window_size`` frames (1 for serving).
 
         Returns ``(f_infer, v_states)``; set the states' batch size with :meth:`reset_states`.
         """
-        mode, context = self.compile_plan(mode, unroll)
+        mode, choices = self.compile_plan(mode, training=False, unroll=unroll, prefer=engine)
         ports = self.ports(window_size)
         v_states = self.new_states(1, "infer")
-        with context:
-            fwd = self.forward(ports, v_states, carry_frame=window_size - 1, training=False, unroll=unroll)
+        fwd = self.forward(ports, v_states, carry_frame=window_size - 1, training=False, unroll=unroll,
+                           choices=choices)
         f = th.function(ports.inputs(with_target=False), fwd.s_output_tbk,
                         updates=list(zip(v_states, fwd.s_next_states)), mode=mode,
                         on_unused_input="ignore", name="f_infer")

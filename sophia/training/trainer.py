@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sophia.graph import onednn_lstm
+from sophia.graph.engines import describe
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
 from sophia.options import ModelOptions, OptionError, TrainOptions, to_dict
@@ -325,8 +325,10 @@ class Trainer:
         eval_options = dataclasses.replace(o, step_size=o.window_size, batch_size=self._eval_batch())
         self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
         self._log(f"compiled ({mode}): f_train_step {middle - start:.1f} s, "
-                  f"f_fwd_propagate {time.monotonic() - middle:.1f} s; "
-                  f"training recurrences: {onednn_lstm.describe(self.f_train_step)}")
+                  f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
+        for graph, training in (("training", True), ("evaluation", False)):
+            choices = self.net.choose_engines(mode, training=training, unroll=o.unroll_scan)
+            self._log(f"  {graph} engines: {describe(choices)}")
 
     def evaluate(self, dataset: Dataset) -> float:
         """Loss per target frame of the current parameters over one pass of ``dataset``."""

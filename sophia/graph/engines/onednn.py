@@ -4,7 +4,7 @@ PyTorch's ``nn.LSTM`` runs on the CPU in oneDNN's RNN primitive: one call does a
 whole window of one layer — the input product for all frames, every frame's
 recurrent product with the weights packed once, the cell — and one call its
 backward. On the reference model that takes less time than Sophia's own fused
-Ops (``sophia/graph/fused.py``) with their BLAS calls (``bench/train_speed.py`` and
+Ops (``sophia/graph/engines/fused.py``) with their BLAS calls (``bench/train_speed.py`` and
 ``bench/lstm_engines.py`` measure both; see ``bench/README.md``). This module binds
 the few C functions it takes, with ``ctypes``, to
 the ``libdnnl.so.3`` that the ``onednn-cpu-gomp`` wheel installs (Intel's build of
@@ -22,7 +22,7 @@ and cached. Its arrays are numpy float32, C-contiguous, in oneDNN's layouts:
 :func:`available` says whether the library loads; where it does not (another
 platform, no ``libgomp``), Sophia uses its own fused Ops and says why in
 :data:`UNAVAILABLE_REASON`. Nothing checks the arrays' addresses or shapes beyond
-what :class:`LSTM` documents: only ``sophia/graph/onednn_lstm.py`` calls it.
+what :class:`LSTM` documents: only ``sophia/graph/engines/onednn_lstm.py`` calls it.
 
 Example
 -------

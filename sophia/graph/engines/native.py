@@ -1,6 +1,6 @@
 """The cell kernels as native functions, loaded from disk without Numba's start-up.
 
-``sophia/graph/kernels.py`` writes the per-frame cell kernels for Numba. Calling a
+``sophia/graph/engines/kernels.py`` writes the per-frame cell kernels for Numba. Calling a
 Numba function the first time in a process — even one Numba has cached — starts
 Numba's compiler: its typing and lowering registries and ``scipy.linalg``, a large
 part of a warm compile (``bench/step_profile.py`` times each kernel's start). This
@@ -47,7 +47,7 @@ import warnings
 
 import numpy as np
 
-from sophia.graph import kernels
+from sophia.graph.engines import kernels
 
 MAGIC = b"sophia-kernel-1\n"
 

@@ -1,15 +1,15 @@
 """An LSTM layer's whole training window as one PyTensor Op on oneDNN's primitive.
 
-In a training graph (``f_train_step``), an LSTM layer that :func:`applies` runs its
+In a training graph (``f_train_step``), an LSTM layer this engine runs has its
 input product, recurrence and cell in :class:`OneDNNLSTM`, and its backward in
-:class:`OneDNNLSTMGrad`, both calling oneDNN (``sophia/graph/onednn.py``) for the
+:class:`OneDNNLSTMGrad`, both calling oneDNN (``sophia/graph/engines/onednn.py``) for the
 windows where that is faster (:func:`runs_on_onednn`, decided per call) and the
 fused Ops' code (``fused.lstm_window``) for the others. The evaluation and inference
-graphs keep Sophia's fused Ops (``sophia/graph/fused.py``), whose one-frame calls
+graphs keep Sophia's fused Ops (``sophia/graph/engines/fused.py``), whose one-frame calls
 are cheaper. All compute the same function (the tests compare them, gradients
 included).
 
-The semantics are those of the scan path (``layers.py``) and the fused Ops:
+The semantics are those of the scan engine and the fused Ops:
 
 - a frame whose time signal is ≤ 0 starts a new sequence: its entering state is the
   initial state (``h0``, ``c0``), and the gradient of that state goes to them. oneDNN
@@ -20,9 +20,10 @@ The semantics are those of the scan path (``layers.py``) and the fused Ops:
 - gates: Sophia's weights are ``[input, forget, output, candidate]``, oneDNN's
   ``[input, forget, candidate, output]``; the Ops swap the last two blocks.
 
-:func:`applies` says when: the layer would be fused (``fused.applies``), is an LSTM
-without a norm on its input product, is float32, and oneDNN loads. Set ``ENABLED =
-False`` (or the environment variable ``SOPHIA_ONEDNN=0``) to train on the fused Ops.
+:func:`supports` says which layers it runs: those the fused Ops run, in training
+graphs, LSTM without a norm on its input product, float32, with oneDNN loaded.
+``SOPHIA_ONEDNN=0`` in the environment keeps oneDNN unloaded, so training runs the
+fused Ops.
 
 Memory: oneDNN's workspace, kept from the forward to the backward, holds about
 3.3 times the activations the fused Ops keep (``LSTM.ws_bytes`` gives its size;
@@ -40,20 +41,35 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 import sophia
-from sophia.graph import fused, onednn
+from sophia.graph.engines import fused, onednn
 
-ENABLED = True
+NAME = "onednn"
 _ORDER = [0, 1, 3, 2]     # Sophia's gate blocks ↔ oneDNN's (its own inverse)
 
 
-def applies(layer, unroll: bool, training: bool) -> bool:
-    """Whether ``layer``'s window is built on oneDNN (see the module's docstring)."""
-    return (ENABLED and training and fused.applies(layer, unroll) and type(layer).__name__ == "LSTMLayer"
-            and layer.norm_x is None and str(layer.dtype) == "float32" and onednn.available())
+def supports(layer, *, training: bool, unroll: bool) -> str:
+    """'' where oneDNN runs ``layer``'s window, else why not: a training graph of an
+    LSTM layer the fused Ops run, without a norm on its input product, in float32,
+    with oneDNN loaded."""
+    reason = fused.supports(layer, training=training, unroll=unroll)
+    if reason:
+        return reason
+    if not training:
+        return "inference"
+    if layer.unit != "lstm":
+        return f"unit {layer.unit}"
+    if layer.norm_x is not None:
+        return "input norm"
+    if str(layer.dtype) != "float32":
+        return str(layer.dtype)
+    if not onednn.available():
+        return f"oneDNN unavailable: {onednn.UNAVAILABLE_REASON}"
+    return ""
 
 
-def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, carry_frame: int):
-    """``(s_h_tbi, [s_h_bi, s_c_bi])``: every frame's h and the states at ``carry_frame``."""
+def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int, training: bool,
+               unroll: bool = False):
+    """``(s_h_tbi, [s_h_bi, s_c_bi], {})``: every frame's h and the states at ``carry_frame``."""
     if not sophia.OPENBLAS_THREADS_QUIET:
         warnings.warn("numpy was imported before sophia, so OpenBLAS's idle threads spin for ~0.1 s "
                       "after each product and slow oneDNN's LSTM down (~1.5x on 2 cores): import sophia "
@@ -61,20 +77,7 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, carry_frame: int):
                       RuntimeWarning, stacklevel=3)
     outputs = OneDNNLSTM(carry_frame)(s_below_tbj, s_time_tb, layer.s_W_x_jg, layer.s_W_h_ig, layer.v_b_g,
                                       *layer.initial, *s_prev_states)
-    return outputs[0], list(outputs[1:3])
-
-
-def describe(f) -> str:
-    """One line for logs: whether the compiled function ``f`` has oneDNN LSTM Ops, and
-    if not, why."""
-    nodes = getattr(getattr(f, "maker", None), "fgraph", None)
-    n = sum(isinstance(node.op, OneDNNLSTM) for node in nodes.apply_nodes) if nodes is not None else 0
-    if n:
-        return (f"oneDNN LSTM in {n} layer(s), for windows with batch x width >= {MIN_BATCH_X_WIDTH} and "
-                f">= {MIN_FRAMES_PER_SEGMENT} frames per reset-free segment (else the fused code)")
-    if not onednn.available():
-        return f"fused Ops (oneDNN unavailable: {onednn.UNAVAILABLE_REASON})"
-    return "fused Ops or scan (no layer qualifies for oneDNN, or it is disabled)"
+    return outputs[0], list(outputs[1:3]), {}
 
 
 def segments(reset_tb, carry: int):

@@ -5,8 +5,8 @@ its inner graph (seconds even for tiny nets), and its per-frame overhead is larg
 on a CPU. Here the recurrence of a window is a single Op whose ``perform`` loops
 over the frames — one BLAS matmul per frame for the recurrent product (``np.dot``),
 then one cell kernel per frame for the bias, the gate nonlinearities and the state
-updates (``sophia/graph/kernels.py``, called as native code through
-``sophia/graph/native.py``; numpy code when Numba cannot be imported) —
+updates (``sophia/graph/engines/kernels.py``, called as native code through
+``sophia/graph/engines/native.py``; numpy code when Numba cannot be imported) —
 and whose gradient is a second Op that runs backpropagation through time the same
 way, sums the bias gradient inside its kernel and the recurrent weight gradient in
 one matmul over all frames.
@@ -21,10 +21,10 @@ the scan path's (``layers.py``):
   the gradient of that entering state goes to the initial state;
 - the Op returns every frame's states; the layer stores those at ``carry_frame``.
 
-:func:`applies` says when the fused path is taken: LSTM or GRU layers without
-layer/batch norm, peepholes or the clock gate, built with ``scan`` (not unrolled).
-Weight norm, residual gates, ID embeddings and non-learned initial states are
-supported. Set ``ENABLED = False`` (or use :func:`disabled`) to build scan graphs.
+:func:`supports` says which layers it runs: LSTM or GRU layers without
+layer/batch norm, peepholes or the clock gate, not unrolled. Weight norm, residual
+gates, ID embeddings and non-learned initial states are supported. Which engine a
+layer gets is :func:`sophia.graph.engines.choose`'s decision.
 
 Example
 -------
@@ -39,8 +39,6 @@ Example
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytensor.tensor as tt
 from pytensor.gradient import DisconnectedType, disconnected_type
@@ -48,37 +46,38 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from scipy.special import expit
 
-from sophia.graph import kernels, native
+from sophia.graph.engines import kernels, native
 
-ENABLED = True    # build fused recurrences where :func:`applies`; False = always scan
-
-
-@contextlib.contextmanager
-def disabled():
-    """Build scan graphs inside this block (for comparisons and tests)."""
-    global ENABLED
-    saved, ENABLED = ENABLED, False
-    try:
-        yield
-    finally:
-        ENABLED = saved
+NAME = "fused"
 
 
-def applies(layer, unroll: bool) -> bool:
-    """Whether ``layer``'s recurrence is built fused: an LSTM or GRU layer with no
-    norm inside the step, no peephole, no clock gate, and a scan (not unrolled) graph."""
-    return (ENABLED and not unroll and type(layer).__name__ in _OPS and layer.gate is None
-            and not any(key in layer.norms for key in layer.inner_norms)
-            and getattr(layer, "v_peep", None) is None)
+def supports(layer, *, training: bool, unroll: bool) -> str:
+    """'' where the fused Ops run ``layer``, else the option that keeps it on scan: an
+    LSTM or GRU layer with no norm inside the step, no peephole and no clock gate."""
+    o = layer.options
+    if layer.unit not in _OPS:
+        return f"unit {layer.unit}"
+    for option in ("peephole", "layer_norm", "batch_norm", "learn_clock_params"):
+        if getattr(o, option):
+            return option
+    if unroll:
+        return "unroll_scan"
+    return ""
 
 
-def recurrence(layer, s_xw_tbg, s_time_tb, s_prev_states) -> list:
-    """The layer's states after every frame, each [T][B][i], from the input products
-    ``s_xw_tbg`` (x W_x, normalised where the layer says so, without the bias), the
-    time signal and the stored states."""
-    op = _OPS[type(layer).__name__]()
+def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int, training: bool,
+               unroll: bool = False):
+    """``(s_h_tbi, s_next_states, updates)`` as the scan engine returns them: the input
+    product ``x W_x`` (normalised where the layer says so) as one graph matmul, then
+    the recurrence and bias of the window as one Op."""
+    stats = []
+    s_step_tb = layer._step_index(s_time_tb)
+    s_xw_tbg = layer._project_weights(s_below_tbj, layer.s_W_x_jg, layer.norm_x, s_step_tb, training, stats)
     n = len(layer.state_names)
-    return op(s_xw_tbg, s_time_tb, layer.s_W_h_ig, layer.v_b_g, *layer.initial, *s_prev_states)[:n]
+    states_tbi = _OPS[layer.unit]()(s_xw_tbg, s_time_tb, layer.s_W_h_ig, layer.v_b_g, *layer.initial,
+                                    *s_prev_states)[:n]
+    updates = layer._population_updates(stats, s_step_tb[:, 0]) if stats else {}
+    return states_tbi[0], [s[carry_frame] for s in states_tbi], updates
 
 
 # -- numpy helpers ---------------------------------------------------------------------
@@ -461,4 +460,4 @@ class GRURecurrenceGrad(_RecurrenceGrad):
             storage[0] = value
 
 
-_OPS = {"LSTMLayer": LSTMRecurrence, "GRULayer": GRURecurrence}
+_OPS = {"lstm": LSTMRecurrence, "gru": GRURecurrence}

@@ -1,4 +1,4 @@
-"""Per-frame cell kernels of the fused recurrences (``sophia/graph/fused.py``).
+"""Per-frame cell kernels of the fused recurrences (``sophia/graph/engines/fused.py``).
 
 One kernel call does all the elementwise work of one frame of an LSTM or GRU layer
 — bias, gate nonlinearities, state update, and in the backward pass the gradients of
@@ -6,7 +6,7 @@ the pre-activations and of the bias — in a single pass over the [B][g] rows, w
 into preallocated arrays. The matmuls stay ``np.dot`` on BLAS, called by the Ops.
 
 The Ops call these kernels as native functions over raw pointers
-(``sophia/graph/native.py``), compiled by Numba once per machine and loaded from
+(``sophia/graph/engines/native.py``), compiled by Numba once per machine and loaded from
 disk afterwards; calling them here, on arrays, is what the tests compare with.
 They are inlined into those wrappers at Numba's level (``inline="always"``), so each
 is typed, lowered and optimised once, inside its wrapper, instead of also as a
