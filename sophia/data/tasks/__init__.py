@@ -17,11 +17,12 @@ Example
 >>> from sophia.data.tasks import TASKS
 >>> input_tj, target_tk, time_t = next(TASKS["adding"].generate(np.random.default_rng(0), 1))
 """
-from . import adding, frequency, multiplication, real, temporal_order
+from . import adding, frequency, multiplication, real, temporal_order, xor
 
 TASKS = {
     "adding": adding,
     "multiplication": multiplication,
+    "xor": xor,
     "temporal_order": temporal_order,
     "frequency": frequency,
     "real": real,
