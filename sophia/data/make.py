@@ -6,9 +6,10 @@
     sophia-data make TASK --out DIR [--seed S] [--train N] [--dev N] [--test N] [options]
     sophia-data make TASK --help        # the task's own options
 
-Tasks: ``adding``, ``multiplication``, ``temporal_order``, ``frequency``
-(synthetic: ``--train/--dev/--test`` give the number of sequences) and
-``real`` (a series shipped with statsmodels; its sizes follow from the series).
+Tasks: ``adding``, ``multiplication``, ``xor``, ``temporal_order``,
+``permutation``, ``memorization``, ``frequency`` (synthetic:
+``--train/--dev/--test`` give the number of sequences) and ``real`` (a
+series shipped with statsmodels; its sizes follow from the series).
 Every split draws from its own stream of the seed, so the same seed and
 options give identical bytes, and changing ``--dev`` leaves train unchanged.
 ``DIR`` must be missing or empty. The dataset root gets a ``README.txt``

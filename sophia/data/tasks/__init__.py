@@ -17,12 +17,16 @@ Example
 >>> from sophia.data.tasks import TASKS
 >>> input_tj, target_tk, time_t = next(TASKS["adding"].generate(np.random.default_rng(0), 1))
 """
-from . import adding, frequency, multiplication, real, temporal_order
+from . import (adding, frequency, memorization, multiplication, permutation, real,
+               temporal_order, xor)
 
 TASKS = {
     "adding": adding,
     "multiplication": multiplication,
+    "xor": xor,
     "temporal_order": temporal_order,
+    "permutation": permutation,
+    "memorization": memorization,
     "frequency": frequency,
     "real": real,
 }

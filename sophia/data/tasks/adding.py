@@ -86,11 +86,23 @@ def _sequences(rng, n, T, variant):
 def hochreiter_pairs(rng, T, low):
     """Return ``(input_tj, (X1, X2))`` with the 1997 marker layout.
 
-    Values are U[`low`, 1]; see the module docstring for the markers.
-    Shared with :mod:`sophia.data.tasks.multiplication`.
+    The length is uniform over [T, T + T//10], values are U[`low`, 1]; see
+    the module docstring for the markers. Shared with
+    :mod:`sophia.data.tasks.multiplication`.
     """
     n_frames = int(rng.integers(T, T + T // 10 + 1))
     values = rng.uniform(low, 1.0, size=n_frames).astype(np.float32)
+    return hochreiter_marked(rng, T, values)
+
+
+def hochreiter_marked(rng, T, values):
+    """Mark two of `values` with the 1997 layout; return ``(input_tj, (X1, X2))``.
+
+    `values` (float32, one per frame, at least `T` of them) become column 0;
+    column 1 holds the markers (see the module docstring). Shared with
+    :mod:`sophia.data.tasks.xor`, which draws bits instead of reals.
+    """
+    n_frames = len(values)
     first = int(rng.integers(1, 10))
     candidates = [p for p in range(1, T // 2 - 1) if p != first]
     second = int(candidates[rng.integers(len(candidates))])
