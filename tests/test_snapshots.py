@@ -166,10 +166,12 @@ def test_ensemble_refuses_arrays_of_another_layout():
     bad = snapshot.Snapshot(3, (state.models[0], snapshot.ModelState(
         state.models[1].fingerprint, state.models[1].id_indices,
         {"sum_b": np.zeros(3, np.float32)})))
-    target = fake_ensemble()
+    target = fake_ensemble(steps=2)  # its state differs from the donor's
+    before = target.snapshot().models[0].arrays["sum_b"]
+    assert not np.array_equal(before, state.models[0].arrays["sum_b"])
     with pytest.raises(EnsembleError, match=r"sum_b float32 \[3\], expected sum_b float64 \[3\]"):
         target.restore(bad)
-    assert target.snapshot().models[0].arrays["sum_b"].any()  # model 0 not restored either
+    np.testing.assert_array_equal(target.snapshot().models[0].arrays["sum_b"], before)  # model 0 too
 
 
 # --- fetch and restore through the server -------------------------------------------
