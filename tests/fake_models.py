@@ -1,7 +1,8 @@
 """Deterministic stateful fake models for the serving tests.
 
-A :class:`FakeModel` follows the serving ``Model`` interface; its sessions keep
-a running sum per stream, so carried state, resets, ID indices and timestamps
+A :class:`FakeModel` follows the serving ``Model`` interface (with a
+``fingerprint`` of its settings); its sessions keep a running sum per stream
+(their ``state()``), so carried state, resets, ID indices and timestamps
 are all visible in the outputs:
 
     output[b][k] = factor * (k + 1) * sum over past frames and i of input[b][i]
@@ -14,6 +15,7 @@ are all visible in the outputs:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 import time
@@ -52,6 +54,17 @@ class FakeSession:
         """Those streams restart from zero."""
         self.sum_b[list(streams)] = 0.0
 
+    def state(self):
+        """``{"sum_b": float64 [B]}``, a copy."""
+        return {"sum_b": self.sum_b.copy()}
+
+    def set_state(self, arrays):
+        """Continue from :meth:`state`'s arrays; ValueError (nothing changed) otherwise."""
+        if set(arrays) != {"sum_b"} or np.shape(arrays["sum_b"]) != self.sum_b.shape \
+                or np.asarray(arrays["sum_b"]).dtype != np.float64:
+            raise ValueError(f"expected sum_b float64 {list(self.sum_b.shape)}")
+        self.sum_b = np.array(arrays["sum_b"], np.float64)
+
 
 class FakeModel:
     """A fake with the serving ``Model`` interface."""
@@ -63,6 +76,8 @@ class FakeModel:
         self.target_dim = target_dim
         self.num_ids = num_ids
         self.fail_step = fail_step
+        spec = repr((float(factor), input_dim, target_dim, num_ids)).encode()
+        self.fingerprint = hashlib.sha256(spec).digest()
 
     def new_session(self, id_indices):
         """A fresh session; raises ValueError for an ID index out of range."""

@@ -135,3 +135,86 @@ def test_the_server_log_at_info_holds_sophias_lines_only(short_dir, workspaces):
     assert any(" INFO sophia.serving.server: preloaded " in line for line in lines), stderr
     foreign = [line for line in lines if " sophia." not in line]
     assert not foreign, "\n".join(foreign)
+
+
+def test_fetch_and_restore_continue_bit_identically(server):
+    """Real models: the stored states, frame counters and first timestamps travel
+    in the blob, so a restored session's outputs equal the original's exactly."""
+    frames, stamps_tb = frames_tnbj(3), irregular_stamps(NUM_FRAMES, NUM_STREAMS, seed=6)
+    half = NUM_FRAMES // 2
+
+    def drive(client, ts):
+        outputs = []
+        for t in ts:
+            if t == 3:
+                client.reset([2])
+            outputs.append(client.step(frames[t], stamps_tb[t] if t % 3 else None))
+        return np.stack(outputs)
+
+    with SophiaClient(server.endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=30) as original:
+        drive(original, range(half))
+        blob = original.fetch_state()
+        expected = drive(original, range(half, NUM_FRAMES))
+    with SophiaClient(server.endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=30) as restored:
+        restored.restore_state(blob)
+        got = drive(restored, range(half, NUM_FRAMES))
+        with SophiaClient(server.endpoint, NAMES[::-1], NUM_STREAMS, ID_INDICES[::-1],
+                          timeout=30) as other:
+            with pytest.raises(ServerError, match="the state is from another model"):
+                other.restore_state(blob)
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(expected[-1]).max() > 0
+
+
+def test_sigterm_saves_and_a_restarted_server_resumes_bit_identically(short_dir, workspaces):
+    """``sophia.py --state_dir`` with the real loader: a session saved at SIGTERM and
+    resumed by id on the next server continues exactly as one that was never
+    interrupted (served by the first server, next to it)."""
+    import signal
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    endpoint, state_dir = f"ipc://{short_dir}/resume.sock", os.path.join(short_dir, "states")
+    frames, stamps_tb = frames_tnbj(4), irregular_stamps(NUM_FRAMES, NUM_STREAMS, seed=7)
+    half = NUM_FRAMES // 2
+
+    def serve():
+        process = subprocess.Popen([sys.executable, os.path.join(repo, "sophia.py"),
+                                    "--models_dir", os.path.join(short_dir, "models"),
+                                    "--endpoint", endpoint, "--state_dir", state_dir],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=dict(os.environ, PYTHONPATH=repo))
+        assert process.stdout.readline().startswith("sophia: serving on "), \
+            process.communicate(timeout=5)
+        return process
+
+    def stop(process):
+        process.send_signal(signal.SIGTERM)
+        try:
+            status = process.wait(timeout=20)
+        finally:
+            process.kill()
+            stderr = process.communicate(timeout=5)[1]
+        assert status == 0, stderr
+        return stderr
+
+    process = serve()
+    try:
+        with SophiaClient(endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=60) as reference:
+            expected = np.stack([reference.step(frames[t], stamps_tb[t])
+                                 for t in range(NUM_FRAMES)])
+        client = SophiaClient(endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=60)
+        for t in range(half):
+            client.step(frames[t], stamps_tb[t])
+        session_id = client.session_id()
+        client._abort()  # no end frame: the session stays open until the server stops
+    finally:
+        log = stop(process)
+    assert "saved the state of 1 of 1 sessions" in log, log
+    process = serve()
+    try:
+        with SophiaClient(endpoint, NAMES, NUM_STREAMS, ID_INDICES, timeout=60) as client:
+            client.resume(session_id)
+            got = np.stack([client.step(frames[t], stamps_tb[t]) for t in range(half, NUM_FRAMES)])
+    finally:
+        stop(process)
+    np.testing.assert_array_equal(got, expected[half:])

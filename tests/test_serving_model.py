@@ -178,3 +178,41 @@ def test_params_that_do_not_fit(tmp_path):
     np.savez(os.path.join(path, "params.npz"), **values)
     with pytest.raises(ModelLoadError, match="params.npz.*non-finite.*layer0.W_x"):
         load_model(path)
+
+
+def test_fingerprint_follows_the_values_not_the_path(workspaces, tmp_path):
+    from sophia.serving.model import fingerprint
+    from sophia.workspace import Workspace, load_ids, load_net
+    copy = shutil.copytree(workspaces["lstm_ids"], tmp_path / "copy")
+    prints = {}
+    for key, path in [("a", workspaces["lstm_ids"]), ("copy", copy), ("b", workspaces["gru_clock"])]:
+        net, run = load_net(path)
+        prints[key] = fingerprint(net, load_ids(Workspace(path, create=False), run.model))
+    assert len(prints["a"]) == 32 and prints["a"] == prints["copy"] != prints["b"]
+    values = net.get_values()
+    name = sorted(values)[0]
+    values[name] = values[name] + np.float32(1e-6)
+    net.set_values(values)
+    assert fingerprint(net, []) != prints["b"]
+
+
+def test_session_state_round_trip_and_refusal(models):
+    model = models["gru_clock"]
+    input_tbj, stamps_tb = inputs_tbi(2, seed=5), irregular_stamps(NUM_FRAMES, 2, seed=3)
+    original = model.new_session([0, 0])
+    stream(original, input_tbj[:6], stamps_tb[:6])
+    state = original.state()
+    assert set(state) == {f"state{n}_bi" for n in range(len(model.state_widths))} | {
+        "count_b", "first_time_b"}
+    restored = model.new_session([0, 0])
+    restored.set_state(state)
+    state["count_b"][:] = 99  # set_state copied: the session does not see this
+    np.testing.assert_array_equal(stream(restored, input_tbj[6:], stamps_tb[6:]),
+                                  stream(original, input_tbj[6:], stamps_tb[6:]))
+    before = restored.state()
+    with pytest.raises(ValueError, match=r"count_b int32 \[2\].*expected .*count_b int64 \[2\]"):
+        restored.set_state({**before, "count_b": before["count_b"].astype(np.int32)})
+    with pytest.raises(ValueError, match="expected"):
+        restored.set_state({"count_b": before["count_b"]})
+    for name, array in restored.state().items():
+        np.testing.assert_array_equal(array, before[name])

@@ -1,8 +1,9 @@
 /*
  * sophia_client: stream frames from a file through a Sophia server (libzmq).
  *
- * usage: sophia_client [-t TIMEOUT_MS] ENDPOINT INPUT_DIM IN_FILE OUT_FILE
- *                      WS_0 IDS_0 [WS_1 IDS_1 ...]
+ * usage: sophia_client [-t TIMEOUT_MS] [-r SESSION_ID] [-R STATE_IN] [-i ID_OUT]
+ *                      [-S STATE_OUT] [-k]
+ *                      ENDPOINT INPUT_DIM IN_FILE OUT_FILE WS_0 IDS_0 [WS_1 IDS_1 ...]
  *
  *   IDS_n     "idx_0;...;idx_{B-1}": each stream's ID index in workspace n
  *             (B, the number of streams, is the number of fields).
@@ -10,6 +11,15 @@
  *             [n][b][i] order; "-" reads stdin.
  *   OUT_FILE  the replies, N*B*target_dim float32 per step in [n][b][k]
  *             order; "-" writes stdout.
+ *
+ * State snapshots (docs/PROTOCOL.md, section 2.1), all optional:
+ *   -r SESSION_ID  after the handshake, resume the state the server saved under
+ *                  this id when it was stopped with --state_dir
+ *   -R STATE_IN    after the handshake (and -r), restore the state blob in this file
+ *   -i ID_OUT      write the session's id (32 hex digits, no newline) to this file
+ *   -S STATE_OUT   at end of input, fetch the state blob into this file
+ *   -k             at end of input, keep the session open (no end frame), so a
+ *                  server stopped with --state_dir saves it for -r
  *
  * It does the handshake, sends one request per frame, and at end of input (or
  * after an "error:" reply) sends the end frame, one NaN float, which gets no
@@ -108,21 +118,89 @@ static void receive(void *context, void *socket, zmq_msg_t *reply, long timeout_
     }
 }
 
+/* A whole file into a malloc'ed buffer. */
+static unsigned char *read_file(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        die(1, "cannot open", path);
+    size_t capacity = 1 << 16, got;
+    unsigned char *data = malloc(capacity);
+    *size = 0;
+    while (data && (got = fread(data + *size, 1, capacity - *size, f)) > 0) {
+        *size += got;
+        if (*size == capacity)
+            data = realloc(data, capacity *= 2);
+    }
+    if (!data)
+        die(1, "out of memory", NULL);
+    if (ferror(f) || fclose(f) != 0)
+        die(1, "cannot read", path);
+    return data;
+}
+
+static void write_file(const char *path, const void *data, size_t size)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, size, f) != size || fclose(f) != 0)
+        die(1, "cannot write", path);
+}
+
+/* An extension request: COMMAND, then ARG (may be empty); waits for the reply. */
+static void command(void *context, void *socket, const char *name, const void *arg,
+                    size_t size, zmq_msg_t *reply, long timeout_ms)
+{
+    if (zmq_send(socket, name, strlen(name), ZMQ_SNDMORE) < 0)
+        die(1, "send failed", zmq_strerror(zmq_errno()));
+    send_bytes(socket, arg, size);
+    receive(context, socket, reply, timeout_ms);
+}
+
+static void expect_ok(zmq_msg_t *reply, const char *what)
+{
+    if (zmq_msg_size(reply) != 2 || memcmp(zmq_msg_data(reply), "ok", 2))
+        die(1, "unexpected reply to", what);
+}
+
+static int usage(const char *program)
+{
+    fprintf(stderr, "usage: %s [-t TIMEOUT_MS] [-r SESSION_ID] [-R STATE_IN] [-i ID_OUT] "
+            "[-S STATE_OUT] [-k] ENDPOINT INPUT_DIM IN_FILE OUT_FILE "
+            "WS_0 IDS_0 [WS_1 IDS_1 ...]\n", program);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     long timeout_ms = DEFAULT_TIMEOUT_MS;
-    int arg = 1;
-    if (argc > 2 && strcmp(argv[1], "-t") == 0) {
-        timeout_ms = strtol(argv[2], NULL, 10);
-        arg = 3;
+    const char *resume_id = NULL, *state_in = NULL, *id_out = NULL, *state_out = NULL;
+    int keep = 0, arg = 1;
+    /* Options first; ENDPOINT never starts with '-', while an IDS_n may. */
+    while (arg < argc && argv[arg][0] == '-' && argv[arg][1] && !argv[arg][2]
+           && strchr("trRiSk", argv[arg][1])) {
+        char flag = argv[arg++][1];
+        if (flag == 'k') {
+            keep = 1;
+            continue;
+        }
+        if (arg >= argc)
+            return usage(argv[0]);
+        const char *value = argv[arg++];
+        if (flag == 't')
+            timeout_ms = strtol(value, NULL, 10);
+        else if (flag == 'r')
+            resume_id = value;
+        else if (flag == 'R')
+            state_in = value;
+        else if (flag == 'i')
+            id_out = value;
+        else
+            state_out = value;
     }
     int n_models = (argc - arg - 4) / 2;
     long input_dim = argc > arg + 1 ? strtol(argv[arg + 1], NULL, 10) : 0;
-    if (argc - arg < 6 || (argc - arg) % 2 || input_dim < 1 || timeout_ms < 1) {
-        fprintf(stderr, "usage: %s [-t TIMEOUT_MS] ENDPOINT INPUT_DIM IN_FILE OUT_FILE "
-                "WS_0 IDS_0 [WS_1 IDS_1 ...]\n", argv[0]);
-        return 1;
-    }
+    if (argc - arg < 6 || (argc - arg) % 2 || input_dim < 1 || timeout_ms < 1)
+        return usage(argv[0]);
     const char *endpoint = argv[arg], *in_path = argv[arg + 2], *out_path = argv[arg + 3];
     FILE *in = strcmp(in_path, "-") ? fopen(in_path, "rb") : stdin;
     FILE *out = strcmp(out_path, "-") ? fopen(out_path, "wb") : stdout;
@@ -149,6 +227,21 @@ int main(int argc, char **argv)
     receive(context, socket, &reply, timeout_ms);
     if (zmq_msg_size(&reply) != 5 || memcmp(zmq_msg_data(&reply), "ready", 5))
         die(1, "unexpected handshake reply", NULL);
+    if (resume_id) {
+        command(context, socket, "resume", resume_id, strlen(resume_id), &reply, timeout_ms);
+        expect_ok(&reply, "resume");
+    }
+    if (state_in) {
+        size_t size;
+        unsigned char *blob = read_file(state_in, &size);
+        command(context, socket, "restore_state", blob, size, &reply, timeout_ms);
+        expect_ok(&reply, "restore_state");
+        free(blob);
+    }
+    if (id_out) {
+        command(context, socket, "session_id", "", 0, &reply, timeout_ms);
+        write_file(id_out, zmq_msg_data(&reply), zmq_msg_size(&reply));
+    }
 
     size_t got, reply_size = 0, steps = 0;
     while ((got = fread(frame, 1, frame_size, in)) == frame_size) {
@@ -168,8 +261,17 @@ int main(int argc, char **argv)
                 ferror(in) ? "cannot read" : "input ends with a partial frame");
         status = 1;
     }
+    if (state_out && status == 0) {
+        command(context, socket, "fetch_state", "", 0, &reply, timeout_ms);
+        write_file(state_out, zmq_msg_data(&reply), zmq_msg_size(&reply));
+    }
     zmq_msg_close(&reply);
-    end_session(context, socket);
+    if (keep && status == 0) {  /* the session stays open on the server */
+        zmq_close(socket);
+        zmq_ctx_term(context);
+    } else {
+        end_session(context, socket);
+    }
     free(frame);
     free(handshake);
     if (fclose(out) != 0)

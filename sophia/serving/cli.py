@@ -7,7 +7,8 @@ Contents
 - :func:`configure_logging` — Sophia's lines at ``--log_level``, other libraries' at
   WARNING (all of them at DEBUG).
 - :func:`main` — parse options, build a :class:`~sophia.serving.server.Server`,
-  serve until SIGINT/SIGTERM.
+  serve until SIGINT/SIGTERM (with ``--state_dir``, saving every open session's
+  state on the way out).
 
 Example
 -------
@@ -15,6 +16,7 @@ Example
 
     python sophia.py --models_dir ~/models --preload lstm_a lstm_b
     python sophia.py --endpoint 5555 --models_dir ~/models   # tcp://127.0.0.1:5555
+    python sophia.py --models_dir ~/models --state_dir ~/sophia-states  # resumable
 """
 from __future__ import annotations
 
@@ -105,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--idle_timeout", type=_positive(float),
                         default=DEFAULT_IDLE_TIMEOUT,
                         help="seconds before an idle session expires (default: 600)")
+    parser.add_argument("--state_dir", metavar="DIR", help="on SIGTERM or SIGINT, save "
+                        "every open session's state here; clients of the next server "
+                        "started with it resume theirs by session id (default: none)")
     parser.add_argument("--log_level", default="INFO", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="Sophia's own log lines from this level; other libraries' "
@@ -150,7 +155,8 @@ def main(argv=None) -> int:
             server = Server(endpoint, load_model, args.models_dir,
                             preload=args.preload,
                             max_message_bytes=args.max_message_bytes,
-                            idle_timeout=args.idle_timeout)
+                            idle_timeout=args.idle_timeout,
+                            state_dir=args.state_dir)
         finally:
             os.umask(old_umask)
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 Contents
 --------
-- :class:`SophiaClient` — handshake, step (with optional timestamps), reset, close.
+- :class:`SophiaClient` — handshake, step (with optional timestamps), reset, close;
+  state snapshots: session_id, fetch_state, restore_state, resume.
 - :class:`SophiaError`, :class:`ServerError`, :class:`ServerTimeout`.
 
 Example
@@ -15,6 +16,8 @@ Example
 ...     frames_nbj = np.zeros((2, 2, 3), np.float32)   # models with input_dim 3
 ...     outputs_nbk = client.step(frames_nbj)
 ...     client.reset([1])
+...     blob = client.fetch_state()       # restore_state(blob) in another session
+...     session_id = client.session_id()  # resume(session_id) after a restart
 """
 from __future__ import annotations
 
@@ -125,6 +128,44 @@ class SophiaClient:
         reply = self._request([proto.CMD_RESET, proto.format_streams(streams)])
         if reply != proto.OK:
             raise SophiaError(f"unexpected reset reply {reply[:40]!r}")
+
+    def session_id(self) -> str:
+        """The session's id (32 hex digits): what :meth:`resume` takes after the
+        server was stopped with ``--state_dir`` and started again."""
+        return self._request([proto.CMD_SESSION_ID, b""]).decode("ascii")
+
+    def fetch_state(self) -> bytes:
+        """The state of every stream of every model, as an opaque versioned blob
+        (:mod:`sophia.serving.snapshot`); the session is unchanged."""
+        return self._request([proto.CMD_FETCH_STATE, b""])
+
+    def restore_state(self, blob: bytes) -> None:
+        """Continue every stream from ``blob`` (from :meth:`fetch_state` of a session
+        of the same workspaces, streams and ID indices).
+
+        Raises
+        ------
+        ServerError
+            If the blob is from other models, of another shape or version,
+            truncated or corrupt; the session is then unchanged.
+        """
+        reply = self._request([proto.CMD_RESTORE_STATE, bytes(blob)])
+        if reply != proto.OK:
+            raise SophiaError(f"unexpected restore_state reply {reply[:40]!r}")
+
+    def resume(self, session_id: str) -> None:
+        """Continue from the state the server saved under ``session_id`` when it
+        was last stopped (``--state_dir``); this session takes that id.
+
+        Raises
+        ------
+        ServerError
+            If the server has no state directory or no state under that id, or
+            the state does not fit this session; the session is then unchanged.
+        """
+        reply = self._request([proto.CMD_RESUME, str(session_id).encode("ascii", "replace")])
+        if reply != proto.OK:
+            raise SophiaError(f"unexpected resume reply {reply[:40]!r}")
 
     def close(self) -> None:
         """End the session (send the NaN end frame, no reply) and close the socket."""

@@ -5,12 +5,15 @@ Contents
 - :class:`EnsembleError` -- the models cannot serve together (the message says why).
 - :class:`Ensemble` -- N models with one client's B streams: it checks that the
   models agree on their widths, maps each model's row of ID indices into its
-  session, steps every model on its own input frames and stacks their outputs.
+  session, steps every model on its own input frames and stacks their outputs;
+  it takes a :class:`~sophia.serving.snapshot.Snapshot` of the streams' state and
+  restores one, checking that it fits.
 
 The models are anything with the serving ``Model`` interface
-(:class:`sophia.serving.model.Model`: ``input_dim``, ``target_dim``, ``num_ids``
-and ``new_session(id_indices)``, whose sessions have ``step(input_bj,
-timestamps_b)`` and ``reset(streams)``). The server owns the transport; this
+(:class:`sophia.serving.model.Model`: ``input_dim``, ``target_dim``, ``num_ids``,
+``fingerprint`` (32 bytes) and ``new_session(id_indices)``, whose sessions have
+``step(input_bj, timestamps_b)``, ``reset(streams)``, ``state() -> {name:
+ndarray}`` and ``set_state(arrays)``). The server owns the transport; this
 module owns the composition.
 
 Example
@@ -24,6 +27,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from sophia.serving.snapshot import ModelState, Snapshot
 
 
 class EnsembleError(ValueError):
@@ -46,6 +51,11 @@ class Ensemble:
     Attributes
     ----------
     num_models, num_streams, input_dim, target_dim : int
+    names : tuple of str
+    fingerprints : tuple of bytes
+        Each model's ``fingerprint``.
+    id_indices : tuple of tuple of int
+        The rows each model uses (zeros for a model without an ID embedding).
 
     Raises
     ------
@@ -65,6 +75,10 @@ class Ensemble:
                 raise EnsembleError(f"ID index {bad[0]} is outside [0, {model.num_ids}) for {name!r}")
         self.num_models, self.num_streams = len(models), len(id_indices[0])
         self.input_dim, self.target_dim = dims[0]
+        self.names = tuple(names)
+        self.fingerprints = tuple(bytes(m.fingerprint) for m in models)
+        self.id_indices = tuple(tuple(int(i) for i in row) if m.num_ids is not None
+                                else (0,) * len(row) for m, row in zip(models, id_indices))
         try:
             self.sessions = [m.new_session(list(row)) for m, row in zip(models, id_indices)]
         except ValueError as exc:
@@ -101,3 +115,47 @@ class Ensemble:
         """Those streams of every model restart from their initial state at their next frame."""
         for s in self.sessions:
             s.reset(streams)
+
+    def snapshot(self) -> Snapshot:
+        """The state of every stream of every model (copies; nothing changes)."""
+        return Snapshot(self.num_streams, tuple(
+            ModelState(fingerprint, ids, session.state()) for fingerprint, ids, session
+            in zip(self.fingerprints, self.id_indices, self.sessions)))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Continue every stream from ``snapshot`` (taken by :meth:`snapshot` of an
+        ensemble of the same models, streams and ID indices).
+
+        Raises
+        ------
+        EnsembleError
+            Naming what was expected, if the snapshot holds another number of
+            models or streams, a model's fingerprint differs (other models, or
+            another order), its ID indices differ, or its arrays are not the
+            names, dtypes and shapes of this session's state. Every check is
+            made before anything changes: on error the ensemble is unchanged.
+        """
+        if len(snapshot.models) != self.num_models or snapshot.num_streams != self.num_streams:
+            raise EnsembleError(f"the state is of {len(snapshot.models)} models x "
+                                f"{snapshot.num_streams} streams, this session has "
+                                f"{self.num_models} x {self.num_streams}")
+        for n, state in enumerate(snapshot.models):
+            name = f"model {n} ({self.names[n]!r})"
+            if state.fingerprint != self.fingerprints[n]:
+                raise EnsembleError(f"{name}: the state is from another model (fingerprint "
+                                    f"{state.fingerprint.hex()[:16]}..., expected "
+                                    f"{self.fingerprints[n].hex()[:16]}...)")
+            if tuple(state.id_indices) != self.id_indices[n]:
+                raise EnsembleError(f"{name}: the state's ID indices {list(state.id_indices)} "
+                                    f"differ from this session's {list(self.id_indices[n])}")
+            want = _layout(self.sessions[n].state())
+            if _layout(state.arrays) != want:
+                raise EnsembleError(f"{name}: state arrays {_layout(state.arrays)}, "
+                                    f"expected {want}")
+        for session, state in zip(self.sessions, snapshot.models):
+            session.set_state(state.arrays)
+
+
+def _layout(arrays) -> str:
+    return ", ".join(f"{name} {np.asarray(a).dtype} {list(np.shape(a))}"
+                     for name, a in sorted(arrays.items()))

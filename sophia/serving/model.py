@@ -6,7 +6,10 @@ Contents
   compile its one-frame ``f_infer``.
 - :class:`Model` — the compiled net, shared by every client of the server.
 - :class:`ModelSession` — one client's streams: stored states, frame counters and
-  first timestamps; :meth:`ModelSession.step` advances them by one frame.
+  first timestamps; :meth:`ModelSession.step` advances them by one frame,
+  :meth:`ModelSession.state` and :meth:`ModelSession.set_state` export and import
+  them (state snapshots, :mod:`sophia.serving.snapshot`).
+- :func:`fingerprint` — a digest of what a net computes (options, IDs, parameters).
 
 How N models serve one client together is :mod:`sophia.serving.ensemble`.
 
@@ -34,13 +37,15 @@ Example
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from sophia.graph.net import Net
-from sophia.options import OptionError
+from sophia.options import OptionError, to_dict
 from sophia.serving.paths import ModelLoadError
 from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options,
                               load_params, set_params)
@@ -88,6 +93,20 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
     return Model(net, ids, mode=mode)
 
 
+def fingerprint(net: Net, ids) -> bytes:
+    """SHA-256 of a net's model options, its ``ids.order`` and every parameter and
+    buffer (name, dtype, shape, little-endian bytes): equal for two copies of a
+    workspace, different as soon as one value differs. Returns 32 bytes."""
+    digest = hashlib.sha256(b"sophia-model-fingerprint-1\0")
+    digest.update(json.dumps(to_dict(net.options), sort_keys=True).encode("utf-8"))
+    digest.update(json.dumps(list(ids)).encode("utf-8"))
+    for name, value in sorted(net.get_values().items()):
+        value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+        digest.update(f"\0{name}\0{value.dtype.str}\0{value.shape}\0".encode("utf-8"))
+        digest.update(value.tobytes())
+    return digest.digest()
+
+
 class Model:
     """A net compiled for one-frame inference, shared by all sessions.
 
@@ -107,6 +126,9 @@ class Model:
     num_ids : int or None
         ``len(ids) + 1`` with an ID embedding (the last row is for IDs never
         seen in training), so valid indices are ``0 .. len(ids)``; None without.
+    fingerprint : bytes
+        :func:`fingerprint` of the net: a session's state can only be restored
+        into a session of a model with the same fingerprint.
     f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bk``
     """
 
@@ -116,6 +138,7 @@ class Model:
         self.input_dim, self.target_dim = o.input_dim, o.target_dim
         self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
         self.state_widths = net.state_widths()
+        self.fingerprint = fingerprint(net, ids)
         self.f_infer, v_states = net.compile_infer(window_size=1, mode=mode, unroll=True)
         self.f_infer.trust_input = True  # sessions pass exact float32/int32 buffers
         # The function reads and writes the states through these storage cells.
@@ -230,4 +253,41 @@ class ModelSession:
         self.count_b[streams] = 0
         self.first_time_b[streams] = np.nan
         self._first_unknown = True
+
+    def state(self) -> dict:
+        """Copies of everything the next frames depend on besides the inputs.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``state{n}_bi``: float32 [B][width of layer state n], the stored states;
+            ``count_b``: int64 [B], frames since the handshake or the stream's last
+            reset; ``first_time_b``: float64 [B], each stream's first timestamp
+            (NaN while unknown). The session is unchanged.
+        """
+        arrays = {f"state{n}_bi": np.array(v, DTYPE) for n, v in enumerate(self.states)}
+        arrays["count_b"] = self.count_b.copy()
+        arrays["first_time_b"] = self.first_time_b.copy()
+        return arrays
+
+    def set_state(self, arrays) -> None:
+        """Continue from ``arrays``, as :meth:`state` returned them (the same
+        names, shapes and dtypes); the arrays are copied.
+
+        Raises ValueError, naming what was expected, for anything else; the
+        session is then unchanged.
+        """
+        expected = self.state()
+        got = {name: (np.asarray(a).dtype, np.shape(a)) for name, a in arrays.items()}
+        want = {name: (a.dtype, a.shape) for name, a in expected.items()}
+        if got != want:
+            raise ValueError(f"state arrays {_layout(got)}, expected {_layout(want)}")
+        self.states = [np.array(arrays[f"state{n}_bi"], DTYPE) for n in range(len(self.states))]
+        self.count_b = np.array(arrays["count_b"], np.int64)
+        self.first_time_b = np.array(arrays["first_time_b"], np.float64)
+        self._first_unknown = True  # recomputed from first_time_b at the next timestamp
+
+
+def _layout(arrays) -> str:
+    return ", ".join(f"{name} {dtype} {list(shape)}" for name, (dtype, shape) in arrays.items())
 

@@ -3,6 +3,7 @@
 - :class:`ModelLoadError` — what a model loader raises for a bad workspace.
 - :func:`resolve_workspace` — map a handshake path into the models directory,
   refusing any path that leaves it.
+- :func:`state_file` -- where ``--state_dir`` keeps a session's state saved at shutdown.
 - :func:`refuse_live_ipc`, :func:`remove_socket_file` — an ipc endpoint's socket
   file: never take over one a live server answers on; remove ours at shutdown.
 """
@@ -51,6 +52,12 @@ def resolve_workspace(models_dir, workspace: str) -> Path:
     if not path.is_relative_to(root):
         raise ProtocolError(f"workspace {workspace!r} is outside the models directory")
     return path
+
+
+def state_file(state_dir, session_id: str) -> Path:
+    """``state_dir/<session_id>.state``; ``session_id`` must already be checked
+    (:func:`sophia.serving.protocol.parse_session_id`: hex digits, no path)."""
+    return Path(state_dir) / f"{session_id}.state"
 
 
 def refuse_live_ipc(endpoint: str) -> None:

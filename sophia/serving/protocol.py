@@ -9,8 +9,10 @@ on bytes. The protocol itself is described in ``docs/PROTOCOL.md``; in short:
   order, answered by N·B·target_dim float32 in [n][b][k] order;
 - end: a step whose first float is NaN; it gets no reply;
 - extensions are multipart messages whose first part names the command
-  (:data:`CMD_RESET`, :data:`CMD_STEP_T`), so no single-part base message can
-  be mistaken for one;
+  (:data:`CMD_RESET`, :data:`CMD_STEP_T`; the state snapshots'
+  :data:`CMD_SESSION_ID`, :data:`CMD_FETCH_STATE`, :data:`CMD_RESTORE_STATE`,
+  :data:`CMD_RESUME`), so no single-part base message can be mistaken for one;
+  a command without an argument carries an empty second part;
 - any bad request is answered by a text reply starting with :data:`ERROR`.
 
 Every parse function raises :class:`ProtocolError` (a ``ValueError``) with a
@@ -41,12 +43,18 @@ OK = b"ok"
 ERROR = b"error:"
 CMD_RESET = b"reset"
 CMD_STEP_T = b"step_t"
+CMD_SESSION_ID = b"session_id"        # , b""          -> the session's id
+CMD_FETCH_STATE = b"fetch_state"      # , b""          -> a state blob (snapshot.py)
+CMD_RESTORE_STATE = b"restore_state"  # , blob         -> OK
+CMD_RESUME = b"resume"                # , session id   -> OK (state saved at shutdown)
+SESSION_ID_CHARS = 32                 # lowercase hex digits
 
 FLOAT = np.dtype("<f4")
 END_FRAME = np.array([np.nan], dtype=FLOAT).tobytes()
 MAX_ERROR_CHARS = 500
 
 _INT = re.compile(r"-?[0-9]+")
+_SESSION_ID = re.compile(f"[0-9a-f]{{{SESSION_ID_CHARS}}}")
 
 
 class ProtocolError(ValueError):
@@ -249,6 +257,16 @@ def parse_streams(data: bytes, num_streams: int) -> list[int]:
     if bad:
         raise ProtocolError(f"stream {bad[0]} is outside [0, {num_streams})")
     return streams
+
+
+def parse_session_id(data: bytes) -> str:
+    """Decode the argument of :data:`CMD_RESUME`: exactly :data:`SESSION_ID_CHARS`
+    lowercase hex digits (so it is also a safe file name)."""
+    text = data.decode("ascii", "replace")
+    if not _SESSION_ID.fullmatch(text):
+        raise ProtocolError(f"session id must be {SESSION_ID_CHARS} lowercase hex digits, "
+                            f"got {text[:40]!r}")
+    return text
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:

@@ -15,6 +15,11 @@ models is the ensemble's. Models load
 on a single background thread, so a slow load never stalls other clients.
 The wire protocol is in :mod:`sophia.serving.protocol` and ``docs/PROTOCOL.md``.
 
+Every session has an id (random, 32 hex digits; the ``session_id`` command). With a
+``state_dir``, :meth:`Server.serve_forever` saves every open session's state there
+on its way out (``<id>.state``, the blob of :mod:`sophia.serving.snapshot`, written
+atomically), and a client of the next server resumes it by its id (``resume``).
+
 Example
 -------
 >>> import threading
@@ -28,6 +33,8 @@ Example
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,9 +42,12 @@ from pathlib import Path
 
 import zmq
 
+from sophia.atomic import atomic_write_bytes
 from sophia.serving import protocol as proto
+from sophia.serving import snapshot
 from sophia.serving.ensemble import Ensemble, EnsembleError
-from sophia.serving.paths import refuse_live_ipc, remove_socket_file, resolve_workspace
+from sophia.serving.paths import (refuse_live_ipc, remove_socket_file, resolve_workspace,
+                                  state_file)
 from sophia.serving.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -49,10 +59,11 @@ MAX_BATCH = 256                         # messages handled between housekeeping
 
 
 class _Session:
-    """One client's ensemble and when it was last heard from."""
+    """One client's ensemble, its id and when it was last heard from."""
 
     def __init__(self, ensemble: Ensemble):
         self.ensemble = ensemble
+        self.session_id = secrets.token_hex(proto.SESSION_ID_CHARS // 2)
         self.last_active = time.monotonic()
 
 
@@ -76,6 +87,10 @@ class Server:
         ZMQ_MAXMSGSIZE: libzmq drops larger messages and their connection.
     idle_timeout : float, optional
         Seconds without a message after which a session expires.
+    state_dir : str or Path, optional
+        Where :meth:`serve_forever` saves every open session's state when it
+        returns, and where ``resume`` finds them; created (mode 0700) if missing.
+        Without it, nothing is saved and ``resume`` is refused.
 
     Attributes
     ----------
@@ -90,9 +105,12 @@ class Server:
 
     def __init__(self, endpoint: str, loader, models_dir, *, preload=(),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT):
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, state_dir=None):
         if max_message_bytes < 1 or idle_timeout <= 0:
             raise ValueError("max_message_bytes and idle_timeout must be positive")
+        self._state_dir = None if state_dir is None else Path(state_dir)
+        if self._state_dir is not None:
+            os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
         self._loader = loader
         self._models_dir = Path(models_dir).resolve()
         self._max_message_bytes = int(max_message_bytes)
@@ -131,7 +149,12 @@ class Server:
         self._stop.set()
 
     def serve_forever(self) -> None:
-        """Serve until :meth:`stop`; closes the socket and context on the way out."""
+        """Serve until :meth:`stop`.
+
+        On the way out, with a ``state_dir``, every open session's state is saved
+        there (one failing session is logged and skipped), then the socket and
+        context are closed.
+        """
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         try:
@@ -141,7 +164,10 @@ class Server:
                 self._finish_loads()
                 self._expire_idle()
         finally:
-            self.close()
+            try:
+                self._save_states()
+            finally:
+                self.close()
 
     def close(self) -> None:
         """Close the socket and context and remove the ipc socket file (idempotent)."""
@@ -214,7 +240,7 @@ class Server:
             return None
         if len(body) == 1:
             return [self._step(session.ensemble, body[0])]
-        return self._on_command(session.ensemble, body)
+        return self._on_command(session, body)
 
     @staticmethod
     def _step(ensemble: Ensemble, payload: bytes, timestamps_b=None) -> bytes:
@@ -239,15 +265,78 @@ class Server:
         self._pending[rid] = (handshake, [self._model_future(p) for p in paths])
         return None  # 'ready' or an error is sent by _finish_loads
 
-    def _on_command(self, ensemble: Ensemble, body):
-        command = body[0]
+    def _on_command(self, session: _Session, body):
+        command, ensemble = body[0], session.ensemble
         if command == proto.CMD_RESET and len(body) == 2:
             ensemble.reset(proto.parse_streams(body[1], ensemble.num_streams))
             return [proto.OK]
         if command == proto.CMD_STEP_T and len(body) == 3:
             timestamps_b = proto.parse_timestamps(body[1], ensemble.num_streams)
             return [self._step(ensemble, body[2], timestamps_b)]
+        if command in (proto.CMD_SESSION_ID, proto.CMD_FETCH_STATE) and len(body) == 2:
+            if body[1]:
+                raise ProtocolError(f"{command.decode()} takes an empty second part, "
+                                    f"got {len(body[1])} bytes")
+            if command == proto.CMD_SESSION_ID:
+                return [session.session_id.encode("ascii")]
+            return [snapshot.encode(ensemble.snapshot())]
+        if command == proto.CMD_RESTORE_STATE and len(body) == 2:
+            self._restore(ensemble, body[1], "bad state blob")
+            return [proto.OK]
+        if command == proto.CMD_RESUME and len(body) == 2:
+            self._resume(session, proto.parse_session_id(body[1]))
+            return [proto.OK]
         raise ProtocolError(f"unknown command {command[:32]!r} with {len(body)} parts")
+
+    # --- state snapshots --------------------------------------------------------
+
+    @staticmethod
+    def _restore(ensemble: Ensemble, blob: bytes, what: str) -> None:
+        """Restore a blob into an ensemble, or raise ProtocolError leaving it unchanged."""
+        try:
+            ensemble.restore(snapshot.decode(blob))
+        except (ProtocolError, EnsembleError) as exc:
+            raise ProtocolError(f"{what}, session unchanged: {exc}") from None
+
+    def _resume(self, session: _Session, session_id: str) -> None:
+        """Restore the state saved under ``session_id``; the session takes that id
+        and the file is removed. Raises ProtocolError (session unchanged, file kept)."""
+        if self._state_dir is None:
+            raise ProtocolError("cannot resume: this server has no --state_dir, so no "
+                                "state was saved")
+        if any(s.session_id == session_id for s in self._sessions.values()):
+            raise ProtocolError(f"cannot resume {session_id}: an open session has that id")
+        path = state_file(self._state_dir, session_id)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise ProtocolError(f"cannot resume {session_id}: no state saved under that id "
+                                "in --state_dir (never saved, or resumed already)") from None
+        except OSError as exc:
+            raise ProtocolError(f"cannot resume {session_id}: {exc.strerror}") from None
+        self._restore(session.ensemble, blob, f"cannot resume {session_id}")
+        session.session_id = session_id
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not remove %s: %s", path, exc.strerror)
+        log.info("session %s resumed", session_id)
+
+    def _save_states(self) -> None:
+        """Save every open session's state into the state directory, if there is one."""
+        if self._state_dir is None or not self._sessions:
+            return
+        saved = 0
+        for rid, session in self._sessions.items():
+            try:
+                blob = snapshot.encode(session.ensemble.snapshot())
+                atomic_write_bytes(state_file(self._state_dir, session.session_id), blob)
+                saved += 1
+            except Exception as exc:  # a broken model or a full disk: save the others
+                log.error("session %s: state not saved: %s", session.session_id,
+                          proto.one_line(f"{type(exc).__name__}: {exc}"))
+        log.info("saved the state of %d of %d sessions in %s", saved, len(self._sessions),
+                 self._state_dir)
 
     # --- models and sessions --------------------------------------------------
 
@@ -309,9 +398,9 @@ class Server:
             ensemble = Ensemble(handshake.workspaces, models, handshake.id_indices)
         except EnsembleError as exc:
             raise ProtocolError(f"bad handshake, no session: {exc}") from None
-        self._sessions[rid] = _Session(ensemble)
-        log.info("client %s: session opened (%d workspaces, %d streams)", rid.hex(),
-                 len(models), handshake.num_streams)
+        session = self._sessions[rid] = _Session(ensemble)
+        log.info("client %s: session %s opened (%d workspaces, %d streams)", rid.hex(),
+                 session.session_id, len(models), handshake.num_streams)
 
     def _expire_idle(self) -> None:
         deadline = time.monotonic() - self._idle_timeout
