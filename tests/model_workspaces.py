@@ -60,7 +60,8 @@ def write_workspaces(root) -> dict:
 class OfflineModel:
     """A workspace's net, built separately, run over whole sequences at once."""
 
-    def __init__(self, path):
+    def __init__(self, path, engine=None):
+        self.engine = engine             # the engine to prefer (default: the fastest)
         with open(os.path.join(path, "options.json"), encoding="utf-8") as f:
             options = from_dict(ModelOptions, json.load(f)["model"])
         self.net = Net(options, dtype="float32")
@@ -73,7 +74,7 @@ class OfflineModel:
         num_frames, num_streams = time_tb.shape
         if num_frames not in self._compiled:
             self._compiled[num_frames] = self.net.compile_infer(
-                window_size=num_frames, mode=REFERENCE_MODE)
+                window_size=num_frames, mode=REFERENCE_MODE, engine=self.engine)
         f_infer, v_states = self._compiled[num_frames]
         self.net.reset_states(v_states, batch_size=num_streams)
         id_tb = np.tile(np.asarray(id_b, np.int32), (num_frames, 1))

@@ -124,6 +124,35 @@ def test_session_input_errors(models):
     assert session.count_b.tolist() == [0, 0]  # nothing advanced
 
 
+OPTION_SETS = {
+    "lstm": dict(unit_type="lstm"), "gru": dict(unit_type="gru"),
+    "lstm_peephole": dict(unit_type="lstm", peephole=True),
+    "lstm_layer_norm": dict(unit_type="lstm", layer_norm=True),
+    "gru_layer_norm": dict(unit_type="gru", layer_norm=True),
+    "lstm_weight_norm": dict(unit_type="lstm", weight_norm=True),
+    "gru_batch_norm": dict(unit_type="gru", batch_norm=True),
+    "lstm_clock": dict(unit_type="lstm", learn_clock_params=True),
+    "lstm_residual_ids": dict(unit_type="lstm", residual_gate=True, learn_id_embedding=True,
+                              id_embedding_dim=3, num_ids=len(IDS)),
+    "gru_zero_init_states": dict(unit_type="gru", learn_init_states=False),
+    "fc": dict(unit_type="fc"),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTION_SETS))
+def test_every_option_set_served_frame_by_frame_equals_the_scan_graph_offline(name, tmp_path):
+    """For every unit and option set: frame by frame through a session, with a reset,
+    the served outputs equal the scan engine's over the whole sequence."""
+    path = write_workspace(tmp_path / name, seed=3, **OPTION_SETS[name])
+    model = load_model(path, mode="FAST_COMPILE")      # the server's CVM computes the same graph
+    id_b, resets = [0, 3, 4], [(7, [1])]
+    input_tbj = inputs_tbi(len(id_b), seed=5)
+    got = stream(model.new_session(id_b), input_tbj, resets=resets)
+    reference = OfflineModel(path, engine="scan")
+    expected = reference.infer(input_tbj, counter_times(NUM_FRAMES, len(id_b), resets), id_b)
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
 @pytest.fixture
 def broken(workspaces, tmp_path):
     path = tmp_path / "ws"
