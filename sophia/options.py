@@ -28,9 +28,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-UNIT_TYPES = ("fc", "lstm", "gru")
+UNIT_TYPES = ("fc", "rnn", "lstm", "gru")
 ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "elu", "softplus")
-INIT_TYPES = ("uniform", "glorot")
+INIT_TYPES = ("uniform", "glorot", "sparse")
 LOSS_TYPES = ("l2", "l1", "huber")
 UPDATE_TYPES = ("sgd", "momentum", "nesterov")
 FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam")
@@ -52,7 +52,7 @@ class ModelOptions:
 
     input_dim: int = _opt(0, "input frame width; 0 = take it from the data")
     target_dim: int = _opt(0, "target frame width; 0 = take it from the data")
-    unit_type: str = _opt("lstm", "fc | lstm | gru")
+    unit_type: str = _opt("lstm", "fc | rnn (tanh) | lstm | gru")
     net_width: int = _opt(64, "units per hidden layer")
     net_depth: int = _opt(2, "number of hidden layers")
     fc_activation: str = _opt("tanh", "activation of hidden fc layers")
@@ -72,9 +72,11 @@ class ModelOptions:
     clock_period_hi: float = _opt(3.0, "log-period init range, high end")
     clock_r_on: float = _opt(0.05, "initial open ratio of the time gate")
     clock_leak: float = _opt(0.001, "leak alpha of the closed gate while training")
-    init_type: str = _opt("uniform", "uniform(+-init_scale) | glorot")
+    init_type: str = _opt("uniform", "uniform(+-init_scale) | glorot | sparse (Martens 2010)")
     init_scale: float = _opt(0.1, "half-width of the uniform initialisation")
-    orthogonal_recurrent: bool = _opt(True, "orthogonal init of square recurrent matrices")
+    sparse_connections: int = _opt(15, "init_type sparse: non-zero incoming weights per unit, from N(0, init_scale^2)")
+    orthogonal_recurrent: bool = _opt(True, "orthogonal init of square recurrent matrices (before init_type)")
+    recurrent_spectral_radius: float = _opt(0.0, "rescale square recurrent matrices to this spectral radius; 0 = off")
     forget_bias: float = _opt(1.0, "initial LSTM forget-gate bias")
     input_bias: float = _opt(0.0, "initial LSTM input-gate bias (< 0: cells start closed)")
 
@@ -85,11 +87,12 @@ class ModelOptions:
         _check_choice("init_type", self.init_type, INIT_TYPES)
         for name in ("input_dim", "target_dim", "num_ids"):
             _check_range(name, getattr(self, name), lo=0)
-        for name in ("net_width", "net_depth", "id_embedding_dim", "batch_norm_steps"):
+        for name in ("net_width", "net_depth", "id_embedding_dim", "batch_norm_steps", "sparse_connections"):
             _check_range(name, getattr(self, name), lo=1)
         _check_range("init_scale", self.init_scale, lo=0.0, lo_open=True)
         _check_range("clock_r_on", self.clock_r_on, lo=0.0, hi=1.0, lo_open=True)
         _check_range("clock_leak", self.clock_leak, lo=0.0)
+        _check_range("recurrent_spectral_radius", self.recurrent_spectral_radius, lo=0.0)
         _check_range("batch_norm_momentum", self.batch_norm_momentum, lo=0.0, hi=1.0)
         if self.clock_period_hi < self.clock_period_lo:
             raise OptionError("clock_period_hi must be >= clock_period_lo "
@@ -97,7 +100,7 @@ class ModelOptions:
         if self.layer_norm and self.batch_norm:
             raise OptionError("layer_norm and batch_norm are exclusive: choose one")
         if self.learn_clock_params and self.unit_type == "fc":
-            raise OptionError("learn_clock_params needs unit_type lstm or gru, not fc")
+            raise OptionError("learn_clock_params needs a recurrent unit_type (rnn, lstm or gru), not fc")
         if self.peephole and self.unit_type != "lstm":
             raise OptionError(f"peephole needs unit_type lstm, not {self.unit_type}")
         return self

@@ -11,7 +11,7 @@ from sophia.graph import engines
 from sophia.graph.engines import onednn
 from tests.graph_support import compile_cost, make_net, make_window
 
-UNITS = ("lstm", "gru")
+UNITS = ("rnn", "lstm", "gru")
 OPTION_SETS = {
     "plain": {},
     "peephole": dict(peephole=True),
@@ -37,7 +37,7 @@ def reset_heavy_time():
 
 CASES = [pytest.param(engine, unit, name, id=f"{engine}-{unit}-{name}")
          for engine in engines.ENGINES for unit in UNITS for name, options in OPTION_SETS.items()
-         if not (unit == "gru" and "peephole" in options)]
+         if not (unit != "lstm" and "peephole" in options)]
 
 
 @pytest.fixture(autouse=True)

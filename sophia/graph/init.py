@@ -3,6 +3,8 @@
 - :class:`Uniform`    — U(−scale, scale).
 - :class:`Glorot`     — U(±sqrt(6 / (fan_in + fan_out))) (Glorot & Bengio 2010).
 - :class:`Orthogonal` — a random orthogonal matrix (Saxe et al. 2014); square only.
+- :class:`Sparse`     — a few non-zero incoming weights per unit (Martens 2010).
+- :class:`SpectralRadius` — another initialiser's square matrix, rescaled to a spectral radius.
 - :class:`Constant`   — every element the same value.
 - :func:`stacked`     — one matrix of gate blocks side by side, each block from an init.
 - :func:`fixed_shared` — a parameter's shared variable, its shape static in every graph.
@@ -50,6 +52,37 @@ class Orthogonal:
         return q * np.sign(np.diag(r))
 
 
+class Sparse:
+    """Each unit (column) gets ``connections`` non-zero incoming weights from
+    N(0, scale²) at distinct random rows; the rest are zero ("sparse initialisation",
+    Martens 2010 §5, which Martens & Sutskever 2011 use for their RNNs). With fewer
+    rows than ``connections`` every weight is non-zero."""
+
+    def __init__(self, connections: int, scale: float):
+        self.connections, self.scale = connections, scale
+
+    def __call__(self, shape, rng: np.random.Generator) -> np.ndarray:
+        rows, cols = shape[0], int(np.prod(shape[1:]))
+        w = np.zeros((rows, cols))
+        k = min(self.connections, rows)
+        for col in range(cols):
+            w[rng.choice(rows, size=k, replace=False), col] = rng.normal(0.0, self.scale, size=k)
+        return w.reshape(shape)
+
+
+class SpectralRadius:
+    """``init``'s square matrix rescaled so that its largest |eigenvalue| is ``radius``
+    (a matrix of zeros stays zero)."""
+
+    def __init__(self, init, radius: float):
+        self.init, self.radius = init, radius
+
+    def __call__(self, shape, rng: np.random.Generator) -> np.ndarray:
+        w = self.init(shape, rng)
+        current = np.max(np.abs(np.linalg.eigvals(w)))
+        return w * (self.radius / current) if current > 0 else w
+
+
 class Constant:
     """Every element equal to ``value``."""
 
@@ -78,9 +111,16 @@ def fixed_shared(value: np.ndarray, name: str):
 
 def matrix_init(options, recurrent: bool, square: bool):
     """The initialiser ModelOptions ask for: orthogonal for square recurrent blocks
-    (when ``orthogonal_recurrent``), else uniform(±init_scale) or Glorot."""
+    (when ``orthogonal_recurrent``), else uniform(±init_scale), Glorot or sparse;
+    square recurrent blocks rescaled to ``recurrent_spectral_radius`` where it is > 0."""
     if recurrent and square and options.orthogonal_recurrent:
-        return Orthogonal()
-    if options.init_type == "glorot":
-        return Glorot()
-    return Uniform(options.init_scale)
+        init = Orthogonal()
+    elif options.init_type == "glorot":
+        init = Glorot()
+    elif options.init_type == "sparse":
+        init = Sparse(options.sparse_connections, options.init_scale)
+    else:
+        init = Uniform(options.init_scale)
+    if recurrent and square and options.recurrent_spectral_radius > 0:
+        init = SpectralRadius(init, options.recurrent_spectral_radius)
+    return init

@@ -14,7 +14,8 @@ The contract of a :class:`Layer`:
 A frame whose time signal is ≤ 0 starts a new sequence: the state entering that
 frame is replaced by the initial state (learned, or zeros).
 
-Gate layouts: LSTM ``[input, forget, output, candidate]``; GRU ``[reset, update, candidate]``.
+Gate layouts: LSTM ``[input, forget, output, candidate]``; GRU ``[reset, update, candidate]``;
+the plain RNN has one block.
 
 Example
 -------
@@ -307,4 +308,18 @@ class GRULayer(RecurrentLayer):
         return [(1.0 - z) * n + z * h_prev]
 
 
-UNIT_LAYERS = {"fc": FCLayer, "lstm": LSTMLayer, "gru": GRULayer}
+class RNNLayer(RecurrentLayer):
+    """The plain recurrent layer (Elman 1990): h = tanh(x W_x + h W_h + b), with
+    layer/batch norm on the x and h paths; the unit of Martens & Sutskever 2011."""
+
+    unit = "rnn"
+    n_gates = 1
+    state_names = ("h",)
+
+    def _step(self, frame, prev, training, stats):
+        (h_prev,) = prev
+        ha = self._apply_norm(self.norm_h, tt.dot(h_prev, self.s_W_h_ig), frame.get("bn_step"), training, stats)
+        return [tt.tanh(frame["xa"] + ha)]
+
+
+UNIT_LAYERS = {"fc": FCLayer, "rnn": RNNLayer, "lstm": LSTMLayer, "gru": GRULayer}
