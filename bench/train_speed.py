@@ -23,10 +23,17 @@ This prints figures; it is not a test. PyTorch is a benchmark-only extra: withou
 ``torch`` importable its columns are skipped with a note. bench/README.md explains
 the columns and how to install PyTorch's CPU build.
 
+``--option_sets`` measures the unit options instead: each set of
+:data:`OPTION_SETS` on the reference model (mode ``auto``), a cold and a warm
+process each, and prints their compile times, frames/s, the ratio to the plain
+model measured in the same run, the engines the training graph runs and each
+process's peak RSS.
+
 Example
 -------
     python bench/train_speed.py --quick --modes FAST_COMPILE
     .venv-bench/bin/python bench/train_speed.py --modes auto --steps 8 --repeats 3 --rounds 7
+    python bench/train_speed.py --option_sets --steps 4 --repeats 1
 """
 from __future__ import annotations
 
@@ -40,6 +47,19 @@ import tempfile
 import time
 
 ALL_MODES = ("auto", "FAST_COMPILE", "CVM", "FAST_RUN", "NUMBA", "JAX")
+OPTION_SETS = {          # ModelOptions overrides of the reference model, by name
+    "plain": {},
+    "peephole": dict(peephole=True),
+    "layer_norm": dict(layer_norm=True),
+    "weight_norm": dict(weight_norm=True),
+    "batch_norm": dict(batch_norm=True),
+    "learn_clock_params": dict(learn_clock_params=True),
+    "residual_gate": dict(residual_gate=True),
+    "learn_id_embedding": dict(learn_id_embedding=True, num_ids=16),
+    "layer_norm+peephole+clock": dict(layer_norm=True, peephole=True, learn_clock_params=True),
+    "gru": dict(unit_type="gru"),
+    "gru+layer_norm": dict(unit_type="gru", layer_norm=True),
+}
 MODEL = dict(input_dim=44, target_dim=1, width=256, depth=2, batch=64, window=128, step=64)
 
 
@@ -70,8 +90,9 @@ def _speed(call, steps, repeats):
     return frames / median, median
 
 
-def sophia_worker(mode, recurrence, steps, repeats):
-    """Compile and train the reference model in this process; returns a result dict."""
+def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
+    """Compile and train the reference model (with ``overrides`` of its ModelOptions) in
+    this process; returns a result dict with the training graph's engines and peak RSS."""
     import sophia  # noqa: F401  first, as train.py: it sets OpenBLAS's environment before numpy loads
     import numpy as np
     from sophia.graph.net import Net
@@ -82,8 +103,9 @@ def sophia_worker(mode, recurrence, steps, repeats):
 
     m = MODEL
     start = time.perf_counter()
-    net = Net(ModelOptions(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
-                           net_width=m["width"], net_depth=m["depth"]), dtype="float32")
+    options = dict(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
+                   net_width=m["width"], net_depth=m["depth"], **(overrides or {}))
+    net = Net(ModelOptions(**options), dtype="float32")
     options = TrainOptions(batch_size=m["batch"], window_size=m["window"], step_size=m["step"],
                            force_type="adam", compile_mode=mode)
     f_train_step, _, _ = net.compile_train_step(options, engine=None if recurrence == "auto" else recurrence)
@@ -101,8 +123,13 @@ def sophia_worker(mode, recurrence, steps, repeats):
     first = time.perf_counter()
     call(1)
     fps, per_call = _speed(call, steps, repeats)
+    import resource
+
+    from sophia.graph.engines import describe
+    engines = describe(net.choose_engines(mode, training=True, prefer=None if recurrence == "auto" else recurrence))
     return dict(graph_and_link_s=compiled - start, compile_s=max(first - start - per_call, 0.0),
-                frames_per_s=fps, first_loss=loss)
+                frames_per_s=fps, first_loss=loss, engines=engines,
+                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def torch_worker(steps, repeats, keep_memory=False):
@@ -242,10 +269,15 @@ def main(argv=None):
     parser.add_argument("--blas-ldflags", default=None,
                         help="PyTensor's blas__ldflags for the C backend, e.g. -lopenblas")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per worker process")
+    parser.add_argument("--option_sets", nargs="?", const=",".join(OPTION_SETS), default=None,
+                        metavar="SETS", help="measure unit option sets instead of modes "
+                        f"(comma-separated; default all: {','.join(OPTION_SETS)})")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     o = parser.parse_args(argv)
     if o.worker:
         return _worker_main(o.worker)
+    if o.option_sets:
+        return measure_option_sets(o)
     o.steps = o.steps or (3 if o.quick else 20)
     o.repeats = o.repeats or (1 if o.quick else 3)
     modes = (o.modes or ("auto" if o.quick else ",".join(ALL_MODES))).split(",")
@@ -295,6 +327,42 @@ def main(argv=None):
     return 0
 
 
+def measure_option_sets(o):
+    """The option-set table: for each set, a cold process (fresh caches) and a warm one
+    (the caches the cold one left), mode ``auto``; the ratio is to the plain set's warm
+    frames/s in the same run."""
+    steps, repeats = o.steps or 4, o.repeats or 1
+    names = o.option_sets.split(",")
+    unknown = [n for n in names if n not in OPTION_SETS]
+    if unknown:
+        raise SystemExit(f"unknown option sets {unknown}; choose from {', '.join(OPTION_SETS)}")
+    if "plain" not in names:
+        names.insert(0, "plain")
+    m = MODEL
+    print(f"reference model: {m['depth']}-layer LSTM width {m['width']} (unless the set says gru), "
+          f"input {m['input_dim']}, batch {m['batch']}, BPTT({m['window']}; {m['step']}), float32, Adam, auto")
+    print(f"{steps} calls x {repeats} repeats per process; {os.cpu_count()} CPUs; cpu: {_cpu_model()}")
+    print(f"\n{'option set':<27}{'cold s':>8}{'warm s':>8}{'warm f/s':>10}{'vs plain':>9}"
+          f"{'peak MiB':>10}   training engines")
+    plain = None
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix="sophia-bench-") as tmp:
+            env = {"PYTENSOR_FLAGS": _pytensor_flags(os.path.join(tmp, "pytensor"), o.blas_ldflags),
+                   "NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
+            args = ["sophia", "auto", "auto", str(steps), str(repeats), json.dumps(OPTION_SETS[name])]
+            cold = _run_worker(args, env, o.timeout)
+            warm = _run_worker(args, env, o.timeout) if "error" not in cold else cold
+        if "error" in warm:
+            print(f"{name:<27}failed: {warm['error']}", flush=True)
+            continue
+        plain = warm["frames_per_s"] if name == "plain" else plain
+        ratio = f"{warm['frames_per_s'] / plain:.2f}x" if plain else "-"
+        print(f"{name:<27}{cold['compile_s']:8.1f}{warm['compile_s']:8.1f}{warm['frames_per_s']:10,.0f}"
+              f"{ratio:>9}{max(cold['peak_rss_mib'], warm['peak_rss_mib']):10,.0f}   {warm['engines']}",
+              flush=True)
+    return 0
+
+
 def _importable(name):
     import importlib.util
     return importlib.util.find_spec(name) is not None
@@ -304,8 +372,9 @@ def _worker_main(args):
     if args[0] == "torch":
         result = torch_worker(int(args[1]), int(args[2]), keep_memory=args[3:] == ["kept"])
     else:
-        _, mode, recurrence, steps, repeats = args
-        result = sophia_worker(mode, recurrence, int(steps), int(repeats))
+        _, mode, recurrence, steps, repeats, *overrides = args
+        result = sophia_worker(mode, recurrence, int(steps), int(repeats),
+                               json.loads(overrides[0]) if overrides else None)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
