@@ -329,9 +329,10 @@ def main(argv=None):
 
 def measure_option_sets(o):
     """The option-set table: for each set, a cold process (fresh caches) and a warm one
-    (the caches the cold one left), mode ``auto``; the ratio is to the plain set's warm
+    (the caches the cold one left), in one mode (``--modes``, default ``auto``); the ratio is to the plain set's warm
     frames/s in the same run."""
     steps, repeats = o.steps or 4, o.repeats or 1
+    mode = o.modes or "auto"
     names = o.option_sets.split(",")
     unknown = [n for n in names if n not in OPTION_SETS]
     if unknown:
@@ -340,7 +341,7 @@ def measure_option_sets(o):
         names.insert(0, "plain")
     m = MODEL
     print(f"reference model: {m['depth']}-layer LSTM width {m['width']} (unless the set says gru), "
-          f"input {m['input_dim']}, batch {m['batch']}, BPTT({m['window']}; {m['step']}), float32, Adam, auto")
+          f"input {m['input_dim']}, batch {m['batch']}, BPTT({m['window']}; {m['step']}), float32, Adam, {mode}")
     print(f"{steps} calls x {repeats} repeats per process; {os.cpu_count()} CPUs; cpu: {_cpu_model()}")
     print(f"\n{'option set':<27}{'cold s':>8}{'warm s':>8}{'warm f/s':>10}{'vs plain':>9}"
           f"{'peak MiB':>10}   training engines")
@@ -349,7 +350,7 @@ def measure_option_sets(o):
         with tempfile.TemporaryDirectory(prefix="sophia-bench-") as tmp:
             env = {"PYTENSOR_FLAGS": _pytensor_flags(os.path.join(tmp, "pytensor"), o.blas_ldflags),
                    "NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
-            args = ["sophia", "auto", "auto", str(steps), str(repeats), json.dumps(OPTION_SETS[name])]
+            args = ["sophia", mode, "auto", str(steps), str(repeats), json.dumps(OPTION_SETS[name])]
             cold = _run_worker(args, env, o.timeout)
             warm = _run_worker(args, env, o.timeout) if "error" not in cold else cold
         if "error" in warm:
