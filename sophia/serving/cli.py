@@ -35,7 +35,8 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from sophia.serving.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, Server  # noqa: E402
+from sophia.serving.server import (DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BATCH_DELAY_US,  # noqa: E402
+                                   DEFAULT_MAX_MESSAGE_BYTES, Server)
 
 log = logging.getLogger("sophia.serve")
 
@@ -91,6 +92,13 @@ def _positive(kind):
     return convert
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The server's options (unknown options are an error)."""
     parser = argparse.ArgumentParser(prog="sophia", description="Serve trained "
@@ -107,6 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--idle_timeout", type=_positive(float),
                         default=DEFAULT_IDLE_TIMEOUT,
                         help="seconds before an idle session expires (default: 600)")
+    parser.add_argument("--max_batch_delay_us", type=_non_negative_int, default=DEFAULT_MAX_BATCH_DELAY_US,
+                        help="batch the steps of sessions that use the same models, waiting at most "
+                        f"this long for others to join (default: {DEFAULT_MAX_BATCH_DELAY_US}; 0: off)")
     parser.add_argument("--state_dir", metavar="DIR", help="on SIGTERM or SIGINT, save "
                         "every open session's state here; clients of the next server "
                         "started with it resume theirs by session id (default: none)")
@@ -156,7 +167,8 @@ def main(argv=None) -> int:
                             preload=args.preload,
                             max_message_bytes=args.max_message_bytes,
                             idle_timeout=args.idle_timeout,
-                            state_dir=args.state_dir)
+                            state_dir=args.state_dir,
+                            max_batch_delay_us=args.max_batch_delay_us)
         finally:
             os.umask(old_umask)
     except KeyboardInterrupt:

@@ -31,6 +31,46 @@ import numpy as np
 from sophia.serving.snapshot import ModelState, Snapshot
 
 
+def step_together(ensembles: Sequence["Ensemble"], frames: Sequence[np.ndarray],
+                  timestamps: Sequence[np.ndarray | None]) -> list:
+    """Advance several clients' ensembles of the same models by one frame, with one
+    call per model for all their streams (:meth:`Model.run_sessions`; a model without
+    it, or a single ensemble, steps each session on its own).
+
+    ``frames[e]`` is ensemble e's [N][B_e][J] and ``timestamps[e]`` its [B_e] or None.
+    Returns, per ensemble, its [N][B_e][K] as :meth:`Ensemble.step` would, or the
+    exception that stopped it (a broken model fails every ensemble of its call, and
+    only those; a failed ensemble's later models are not stepped). Side effect: the
+    streams advance.
+    """
+    outputs = [[None] * ensembles[0].num_models for _ in ensembles]
+    failed = [None] * len(ensembles)
+    for n, model in enumerate(ensembles[0].models):
+        live = [e for e in range(len(ensembles)) if failed[e] is None]
+        sessions = [ensembles[e].sessions[n] for e in live]
+        if len(live) > 1 and hasattr(model, "run_sessions"):
+            try:
+                prepared = [s.prepare(frames[e][n], timestamps[e]) for s, e in zip(sessions, live)]
+                for e, result in zip(live, model.run_sessions(sessions, prepared)):
+                    outputs[e][n] = result
+            except Exception as exc:      # the model's: every session of its call
+                for e in live:
+                    failed[e] = exc
+            continue
+        for s, e in zip(sessions, live):
+            try:
+                outputs[e][n] = s.step(frames[e][n], timestamps[e])
+            except Exception as exc:
+                failed[e] = exc
+    results = []
+    for ensemble, out, exc in zip(ensembles, outputs, failed):
+        try:
+            results.append(exc if exc is not None else ensemble._stacked(out))
+        except RuntimeError as shape_error:
+            results.append(shape_error)
+    return results
+
+
 class EnsembleError(ValueError):
     """The models cannot be served together to this client."""
 
@@ -104,8 +144,16 @@ class Ensemble:
         RuntimeError
             If a model returns an output of the wrong shape (a broken model).
         """
-        outputs_nbk = np.stack([np.asarray(s.step(frames_nbj[n], timestamps_b), dtype=np.float32)
-                                for n, s in enumerate(self.sessions)])
+        return self._stacked([s.step(frames_nbj[n], timestamps_b) for n, s in enumerate(self.sessions)])
+
+    @property
+    def models(self) -> tuple:
+        """The models, in order (shared with other clients' ensembles)."""
+        return tuple(s.model for s in self.sessions)
+
+    def _stacked(self, outputs) -> np.ndarray:
+        """The models' outputs [B][K] as one float32 [N][B][K]; RuntimeError if misshapen."""
+        outputs_nbk = np.stack([np.asarray(o, dtype=np.float32) for o in outputs])
         expected = (self.num_models, self.num_streams, self.target_dim)
         if outputs_nbk.shape != expected:
             raise RuntimeError(f"model output shape {outputs_nbk.shape} != {expected}")

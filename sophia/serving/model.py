@@ -179,6 +179,30 @@ class Model:
         return output_1bk
 
 
+    def run_sessions(self, sessions, frames) -> list:
+        """One ``f_infer`` call for several sessions of this model: their states and
+        prepared frames (:meth:`ModelSession.prepare`) gathered along the batch axis,
+        stepped together, and scattered back.
+
+        Returns each session's output [B_s][k] (views of one array). Side effect: every
+        session's states (copies of their rows: a compiled function may reuse a state's
+        buffer) and counters advance, as :meth:`ModelSession.step` does.
+        Each stream's arithmetic is its own (no operation mixes streams), so outputs
+        equal the sessions' own steps up to the last bits of the matrix products,
+        whose BLAS kernels may differ with the batch size (``tests/test_batching.py``).
+        """
+        sizes = np.cumsum([0] + [s.num_streams for s in sessions])
+        ports = [np.concatenate([f[n] for f in frames], axis=1) for n in range(3)]
+        states = [np.concatenate([s.states[n] for s in sessions]) for n in range(len(self.state_widths))]
+        output_1bk = self.run(states, *ports)
+        outputs = []
+        for s, lo, hi in zip(sessions, sizes[:-1], sizes[1:]):
+            s.states = [state[lo:hi].copy() for state in states]
+            s.count_b += 1
+            outputs.append(output_1bk[0, lo:hi])
+        return outputs
+
+
 class ModelSession:
     """One client's B streams of a :class:`Model`.
 
@@ -217,6 +241,17 @@ class ModelSession:
         ndarray of float32, shape [B][target_dim]
             A fresh array. Side effect: states and counters advance.
         """
+        output_1bk = self.model.run(self.states, *self.prepare(input_bj, timestamps_b))
+        self.count_b += 1
+        return output_1bk[0]
+
+    def prepare(self, input_bj, timestamps_b=None):
+        """The next frame's ports ``(input_1bj, time_1b, id_1b)`` (the session's buffers,
+        valid until its next frame), for :meth:`step` or :meth:`Model.run_sessions`.
+
+        Raises ValueError for a wrong shape. Side effect: a stream's first timestamp
+        is recorded at its first timestamped frame.
+        """
         input_bj = np.asarray(input_bj)
         if input_bj.shape != self._input_1bj.shape[1:]:
             raise ValueError(f"input shape {input_bj.shape}, expected {self._input_1bj.shape[1:]}")
@@ -225,9 +260,7 @@ class ModelSession:
             self._time_1b[0] = self.count_b
         else:
             self._time_1b[0] = self._times_since_first(timestamps_b)
-        output_1bk = self.model.run(self.states, self._input_1bj, self._time_1b, self._id_1b)
-        self.count_b += 1
-        return output_1bk[0]
+        return self._input_1bj, self._time_1b, self._id_1b
 
     def _times_since_first(self, timestamps_b) -> np.ndarray:
         if np.shape(timestamps_b) != self._stamps_b.shape:

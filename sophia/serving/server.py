@@ -45,6 +45,7 @@ import zmq
 from sophia.atomic import atomic_write_bytes
 from sophia.serving import protocol as proto
 from sophia.serving import snapshot
+from sophia.serving.batching import StepQueue
 from sophia.serving.ensemble import Ensemble, EnsembleError
 from sophia.serving.paths import (refuse_live_ipc, remove_socket_file, resolve_workspace,
                                   state_file)
@@ -56,6 +57,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # larger messages are dropped by libzmq
 DEFAULT_IDLE_TIMEOUT = 600.0            # seconds without a message before expiry
 POLL_INTERVAL = 0.05                    # seconds; bounds stop() and expiry latency
 MAX_BATCH = 256                         # messages handled between housekeeping
+DEFAULT_MAX_BATCH_DELAY_US = 500        # longest wait for more steps to batch with (0: off)
 
 
 class _Session:
@@ -87,6 +89,10 @@ class Server:
         ZMQ_MAXMSGSIZE: libzmq drops larger messages and their connection.
     idle_timeout : float, optional
         Seconds without a message after which a session expires.
+    max_batch_delay_us : int, optional
+        Batching across sessions (:mod:`sophia.serving.batching`): how long, in
+        microseconds, the first queued step may wait for other sessions' steps to
+        run with; 0 steps every request on its own, as it arrives.
     state_dir : str or Path, optional
         Where :meth:`serve_forever` saves every open session's state when it
         returns, and where ``resume`` finds them; created (mode 0700) if missing.
@@ -105,9 +111,14 @@ class Server:
 
     def __init__(self, endpoint: str, loader, models_dir, *, preload=(),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, state_dir=None):
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, state_dir=None,
+                 max_batch_delay_us: int = DEFAULT_MAX_BATCH_DELAY_US):
         if max_message_bytes < 1 or idle_timeout <= 0:
             raise ValueError("max_message_bytes and idle_timeout must be positive")
+        if max_batch_delay_us < 0:
+            raise ValueError(f"max_batch_delay_us must be >= 0, got {max_batch_delay_us}")
+        self._batch_delay = max_batch_delay_us / 1e6
+        self._steps = StepQueue() if max_batch_delay_us > 0 else None
         self._state_dir = None if state_dir is None else Path(state_dir)
         if self._state_dir is not None:
             os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
@@ -197,8 +208,33 @@ class Server:
             try:
                 parts = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                if not self._wait_for_steps():
+                    break
+                continue
             self._handle(parts)
+        if self._steps:
+            self._run_steps()
+
+    def _wait_for_steps(self) -> bool:
+        """With steps queued that other sessions could join, wait for a message until
+        the batch delay since the first one has passed; True if one arrived."""
+        steps = self._steps
+        if not steps or steps.complete({rid: s.ensemble for rid, s in self._sessions.items()}):
+            return False
+        while time.monotonic() - steps.started < self._batch_delay:
+            if self._socket.poll(0, zmq.POLLIN):
+                return True
+        return False
+
+    def _run_steps(self) -> None:
+        for rid, result in self._steps.run():
+            if isinstance(result, Exception):
+                self._sessions.pop(rid, None)
+                message = f"server error, session closed: {type(result).__name__}: {result}"
+                log.error("client %s: %s", rid.hex(), proto.one_line(message))
+                self._send(rid, [proto.format_error(message)])
+            else:
+                self._send(rid, [proto.format_frames(result)])
 
     def _handle(self, parts) -> None:
         if len(parts) < 3 or parts[1] != b"":
@@ -239,14 +275,17 @@ class Server:
             log.info("client %s: session ended", rid.hex())
             return None
         if len(body) == 1:
-            return [self._step(session.ensemble, body[0])]
-        return self._on_command(session, body)
+            return self._step(rid, session.ensemble, body[0])
+        return self._on_command(rid, session, body)
 
-    @staticmethod
-    def _step(ensemble: Ensemble, payload: bytes, timestamps_b=None) -> bytes:
+    def _step(self, rid: bytes, ensemble: Ensemble, payload: bytes, timestamps_b=None):
+        """The reply to a step request, or None when it is queued to run batched."""
         frames_nbj = proto.parse_frames(payload, ensemble.num_models, ensemble.num_streams,
                                         ensemble.input_dim)
-        return proto.format_frames(ensemble.step(frames_nbj, timestamps_b))
+        if self._steps is not None:
+            self._steps.add(rid, ensemble, frames_nbj, timestamps_b)
+            return None
+        return [proto.format_frames(ensemble.step(frames_nbj, timestamps_b))]
 
     def _on_no_session(self, rid: bytes, body):
         if len(body) != 1:
@@ -265,14 +304,14 @@ class Server:
         self._pending[rid] = (handshake, [self._model_future(p) for p in paths])
         return None  # 'ready' or an error is sent by _finish_loads
 
-    def _on_command(self, session: _Session, body):
+    def _on_command(self, rid: bytes, session: _Session, body):
         command, ensemble = body[0], session.ensemble
         if command == proto.CMD_RESET and len(body) == 2:
             ensemble.reset(proto.parse_streams(body[1], ensemble.num_streams))
             return [proto.OK]
         if command == proto.CMD_STEP_T and len(body) == 3:
             timestamps_b = proto.parse_timestamps(body[1], ensemble.num_streams)
-            return [self._step(ensemble, body[2], timestamps_b)]
+            return self._step(rid, ensemble, body[2], timestamps_b)
         if command in (proto.CMD_SESSION_ID, proto.CMD_FETCH_STATE) and len(body) == 2:
             if body[1]:
                 raise ProtocolError(f"{command.decode()} takes an empty second part, "
