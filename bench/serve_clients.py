@@ -1,0 +1,202 @@
+"""Many clients at once: aggregate frames/s and each client's latency, batching on and off.
+
+For each transport (ipc, tcp on 127.0.0.1) two real server processes (``sophia.py``,
+the same workspace: a 2-layer LSTM, width 256, input 44, output 1 by default) run
+side by side, one with batching across sessions (``--max_batch_delay_us``, default
+500) and one without (0). For each client count C, C clients with one stream each
+(B = 1, spread over worker processes, a few threads each) stream steps as fast as
+they can for ``--seconds``; the script prints the aggregate frames/s, the median of
+the clients' p50 and p99 round trips and the worst p99, and at the end the ratio of
+batched to unbatched aggregate frames/s per C.
+
+``--soak_minutes M`` instead runs ``--soak_clients`` clients against the batching
+server for M minutes and prints, per minute, the steps, errors and p99 across all
+clients, and the server's resident memory at the start and the end.
+
+Not a test: it prints figures (bench/README.md holds the last ones).
+
+Examples::
+
+    python bench/serve_clients.py --clients 1 16 64 --seconds 5
+    python bench/serve_clients.py --soak_minutes 10 --soak_clients 256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64], help="values of C")
+    p.add_argument("--transports", nargs="+", default=["ipc", "tcp"], choices=["ipc", "tcp"])
+    p.add_argument("--seconds", type=float, default=5.0, help="streaming time per case")
+    p.add_argument("--threads_per_process", type=int, default=8, help="client threads per worker")
+    p.add_argument("--max_batch_delay_us", type=int, default=500, help="of the batching server")
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--input_dim", type=int, default=44)
+    p.add_argument("--target_dim", type=int, default=1)
+    p.add_argument("--soak_minutes", type=float, default=0.0, help="run the soak instead")
+    p.add_argument("--soak_clients", type=int, default=256)
+    p.add_argument("--worker", nargs=4, metavar=("ENDPOINT", "THREADS", "SECONDS", "INPUT_DIM"),
+                   help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def worker(endpoint, threads, seconds, input_dim):
+    """Client threads streaming B = 1 steps for ``seconds``; prints one JSON line per
+    thread: its latencies (µs) in one-minute buckets and its errors."""
+    import numpy as np
+    import zmq
+
+    from sophia.serving import protocol as proto
+
+    context = zmq.Context()
+    frames = proto.format_frames(np.zeros((1, 1, input_dim), np.float32))
+    results, start = [], threading.Barrier(threads)
+
+    def client():
+        socket = context.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVTIMEO, 30_000)
+        socket.connect(endpoint)
+        buckets, errors = {}, 0
+        try:
+            socket.send(proto.format_handshake(["lstm0"], 1, [[0]]))
+            if socket.recv() != proto.READY:
+                raise RuntimeError("handshake refused")
+            start.wait()
+            begin = time.perf_counter()
+            while (now := time.perf_counter()) - begin < seconds:
+                socket.send(frames)
+                reply = socket.recv()
+                errors += proto.is_error(reply)
+                buckets.setdefault(int((now - begin) // 60), []).append((time.perf_counter() - now) * 1e6)
+            socket.send(proto.END_FRAME)
+        except Exception as exc:            # a timeout or a refused handshake: counted
+            errors += 1
+            buckets.setdefault("failure", []).append(str(exc))
+        finally:
+            socket.close()
+        results.append({"buckets": buckets, "errors": errors})
+
+    pool = [threading.Thread(target=client) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    context.term()
+    for result in results:
+        print(json.dumps(result), flush=True)
+
+
+def run_clients(endpoint, count, seconds, args):
+    """``count`` clients in worker processes; returns each client's result dict."""
+    procs, left = [], count
+    while left > 0:
+        threads = min(args.threads_per_process, left)
+        left -= threads
+        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", endpoint,
+                                       str(threads), str(seconds), str(args.input_dim)],
+                                      stdout=subprocess.PIPE, text=True, cwd=REPO))
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 600)
+        results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return results
+
+
+def rss_mib(pid) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        endpoint, threads, seconds, input_dim = args.worker
+        return worker(endpoint, int(threads), float(seconds), int(input_dim))
+    import numpy as np
+
+    from serve_latency import endpoint_for, start, write_workspaces
+
+    tmp = tempfile.mkdtemp(prefix="sph-bench-")     # keep TMPDIR short: ipc paths are limited
+    names = write_workspaces(tmp, 1, args)
+    servers, procs = {}, []
+    delays = [args.max_batch_delay_us] if args.soak_minutes else [args.max_batch_delay_us, 0]
+    try:
+        for transport in args.transports:
+            for delay in delays:
+                proc, endpoint = start([sys.executable, "sophia.py", "--log_level", "WARNING",
+                                        "--endpoint", endpoint_for(transport, tmp, f"s{delay}"),
+                                        "--models_dir", tmp, "--preload", *names,
+                                        "--max_batch_delay_us", str(delay)], "sophia:")
+                procs.append(proc)
+                servers[transport, delay] = (proc, endpoint)
+        print(f"# {args.depth}-layer LSTM width {args.width}, input {args.input_dim}, output "
+              f"{args.target_dim}; B = 1 per client; {os.cpu_count()} CPUs")
+        if args.soak_minutes:
+            return soak(servers, args, np)
+        print(f"{'tr':>3} {'C':>4} {'batching':>9} | {'frames/s':>9} | {'p50 µs':>7} {'p99 µs':>7} "
+              f"{'worst p99':>9} | {'errors':>6}")
+        totals = {}
+        for transport in args.transports:
+            for count in args.clients:
+                for delay in delays:
+                    results = run_clients(servers[transport, delay][1], count, args.seconds, args)
+                    times = [np.concatenate([b for k, b in r["buckets"].items() if k != "failure"])
+                             for r in results]
+                    frames = sum(len(t) for t in times) / args.seconds
+                    p50s = [np.percentile(t, 50) for t in times if len(t)]
+                    p99s = [np.percentile(t, 99) for t in times if len(t)]
+                    errors = sum(r["errors"] for r in results)
+                    totals[transport, count, delay] = frames
+                    label = f"{delay} µs" if delay else "off"
+                    print(f"{transport:>3} {count:>4} {label:>9} | {frames:>9,.0f} | {np.median(p50s):>7.0f} "
+                          f"{np.median(p99s):>7.0f} {max(p99s):>9.0f} | {errors:>6}", flush=True)
+        for transport in args.transports:
+            print(f"{transport}: batched / unbatched frames/s: " + ", ".join(
+                f"C={c} {totals[transport, c, args.max_batch_delay_us] / totals[transport, c, 0]:.2f}x"
+                for c in args.clients))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return 0
+
+
+def soak(servers, args, np):
+    """The soak run: errors, RSS at start and end and p99 per minute."""
+    transport = args.transports[0]
+    proc, endpoint = servers[transport, args.max_batch_delay_us]
+    rss_start = rss_mib(proc.pid)
+    results = run_clients(endpoint, args.soak_clients, args.soak_minutes * 60, args)
+    rss_end = rss_mib(proc.pid)
+    minutes = sorted({k for r in results for k in r["buckets"] if k != "failure"})
+    print(f"soak: {args.soak_clients} clients over {transport}, {args.soak_minutes:g} min, "
+          f"batching {args.max_batch_delay_us} µs")
+    for minute in minutes:
+        times = np.concatenate([r["buckets"][minute] for r in results if minute in r["buckets"]])
+        print(f"  minute {minute + 1}: {len(times):,} steps, p99 {np.percentile(times, 99):,.0f} µs")
+    errors = sum(r["errors"] for r in results)
+    print(f"  errors {errors}; server RSS {rss_start:,.0f} MiB at the start, {rss_end:,.0f} MiB at "
+          f"the end ({(rss_end / rss_start - 1) * 100:+.1f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
