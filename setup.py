@@ -25,6 +25,7 @@ setup(
             "sophia-train=sophia.training.cli:main",
             "sophia-serve=sophia.serving.cli:main",
             "sophia-data=sophia.data.cli:main",
+            "sophia-eval=sophia.evaluation.cli:main",
         ],
     },
 )

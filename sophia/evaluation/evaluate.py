@@ -1,0 +1,200 @@
+"""One evaluation: the model through the serving step, the baselines, the metrics, the files.
+
+- :data:`BASELINES` -- the registry of baselines ``--baselines`` chooses from.
+- :func:`open_split` -- a dataset split whose dims must be the model's.
+- :func:`evaluate` -- run everything; write ``.output`` files, ``report.json`` and
+  (optionally) the plot; return the report.
+- :func:`format_table` -- the report's overall metrics as a text table.
+
+What the report holds and how each number is defined: docs/EVALUATION.md.
+
+Example
+-------
+>>> report = evaluate("runs/co2", "data/co2", "test", out="/tmp/eval")   # doctest: +SKIP
+>>> print(format_table(report))                                         # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sophia.atomic import atomic_write_bytes
+from sophia.data.dataset import Dataset, DatasetError, infer_dims
+from sophia.evaluation import EvalError
+from sophia.evaluation import baselines as bl
+from sophia.evaluation.inference import id_indices, run_model
+from sophia.evaluation.metrics import POINT_METRICS, mase_scale, point_metrics
+from sophia.evaluation.plot import plot_predictions, require_matplotlib
+from sophia.serving.model import MODE, load_model
+from sophia.serving.paths import ModelLoadError
+from sophia.workspace import OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options
+
+BASELINES = ("mean", "persistence", "seasonal", "ar")
+REPORT = "report.json"
+PLOT = "predictions.png"
+FORMAT = "sophia-eval-1"
+
+
+def open_split(data_dir, split, model, workspace) -> Dataset:
+    """Open ``data_dir``'s ``split`` for ``model``; raise :class:`EvalError` naming
+    the list file or ``options.json`` field when it is missing or its dims differ."""
+    options_file = os.path.join(workspace, OPTIONS + ".json")
+    expected = (model.input_dim, model.target_dim)
+    # From the sizes alone, then (if that is ambiguous) with one of the model's dims given.
+    for given in ((0, 0), (0, expected[1]), (expected[0], 0)):
+        try:
+            dims = infer_dims(str(data_dir), *given)
+        except DatasetError:
+            continue
+        if dims != expected:
+            raise EvalError(f"{data_dir}: the data have input_dim {dims[0]}, target_dim {dims[1]}, "
+                            f"but {options_file} says input_dim {expected[0]}, "
+                            f"target_dim {expected[1]}")
+        break
+    try:
+        return Dataset.open(str(data_dir), split, *expected)
+    except DatasetError as error:
+        raise EvalError(str(error)) from None
+
+
+def _targets(dataset) -> list[np.ndarray]:
+    return [np.asarray(dataset.target(i), np.float64) for i in range(len(dataset))]
+
+
+def _baseline_predictions(chosen, targets, train_targets, dev_targets, mean_k, season, max_ar):
+    """``({name: [prediction_tk per sequence]}, {name: its fitted parameters})``."""
+    predictions, params = {}, {}
+    if "mean" in chosen:
+        predictions["mean"] = [bl.mean_forecast(t, mean_k) for t in targets]
+        params["mean"] = {"mean": mean_k.tolist()}
+    if "persistence" in chosen:
+        predictions["persistence"] = [bl.persistence(t, mean_k) for t in targets]
+        params["persistence"] = {"fallback": "train mean"}
+    if "seasonal" in chosen:
+        predictions["seasonal"] = [bl.seasonal_naive(t, season, mean_k) for t in targets]
+        params["seasonal"] = {"season": season, "fallback": "train mean"}
+    if "ar" in chosen:
+        order, coef_kq, dev_mse = bl.choose_ar_order(train_targets, dev_targets, max_ar, mean_k)
+        predictions["ar"] = [bl.ar_forecast(t, coef_kq, mean_k) for t in targets]
+        params["ar"] = {"order": order, "coefficients": coef_kq.tolist(), "dev_mse": dev_mse}
+    return predictions, params
+
+
+def _score(predictions, targets, scale, tolerance):
+    """Overall and per-sequence metrics of every method."""
+    overall, per_sequence = {}, [{} for _ in targets]
+    width = targets[0].shape[1] if targets else 0
+    all_targets = np.concatenate(targets) if targets else np.zeros((0, width))
+    for method, outputs in predictions.items():
+        stacked = np.concatenate(outputs) if outputs else np.zeros((0, width))
+        overall[method] = point_metrics(stacked, all_targets, scale, tolerance)
+        for n, (output_tk, target_tk) in enumerate(zip(outputs, targets)):
+            per_sequence[n][method] = point_metrics(output_tk, target_tk, scale, tolerance)
+    return overall, per_sequence
+
+
+def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, season: int = 1,
+             max_ar: int = 24, tolerance: float = 0.04, out=None, plot: bool = False,
+             streams: int = 8, mode: str = MODE) -> dict:
+    """Evaluate a workspace's model on a split, beside the chosen baselines.
+
+    Side effects, under ``out`` (when given): ``<path>.output`` for each sequence
+    (float32 little-endian [T][target_dim], the dataset's relative path),
+    ``report.json`` and, with ``plot``, ``predictions.png``; each file written
+    atomically. Returns the report (a JSON-ready dict; NaN as None).
+
+    Raises :class:`EvalError` naming the file or field for a missing or bad
+    workspace, a missing split, dims that differ from the model's, an unknown
+    baseline, bad numbers, or ``plot`` without matplotlib.
+    """
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise EvalError(f"--baselines: unknown {', '.join(unknown)} (choose from {', '.join(BASELINES)})")
+    for name, value, low in (("--season", season, 1), ("--max_ar", max_ar, 1), ("--streams", streams, 1)):
+        if value < low:
+            raise EvalError(f"{name} must be >= {low}, got {value}")
+    if not tolerance >= 0:
+        raise EvalError(f"--tolerance must be >= 0, got {tolerance}")
+    if plot:
+        require_matplotlib()
+    workspace = os.path.abspath(workspace)
+    try:
+        model = load_model(workspace, mode=mode)
+        ws = Workspace(workspace, create=False)
+        ids = load_ids(ws, load_model_options(ws))
+    except (ModelLoadError, WorkspaceError) as error:
+        raise EvalError(str(error)) from None
+    dataset = open_split(data_dir, split, model, workspace)
+    train_targets = _targets(open_split(data_dir, "train", model, workspace))
+    dev_targets = _targets(open_split(data_dir, "dev", model, workspace)) if "ar" in baselines else []
+    try:
+        outputs = run_model(model, dataset, ids, streams)
+    except DatasetError as error:
+        raise EvalError(str(error)) from None
+    targets = _targets(dataset)
+    mean_k = bl.train_mean(train_targets)
+    scale = mase_scale(train_targets, season)
+    baseline_predictions, params = _baseline_predictions(
+        baselines, targets, train_targets, dev_targets, mean_k, season, max_ar)
+    predictions = {"model": outputs, **baseline_predictions}
+    overall, per_sequence = _score(predictions, targets, scale, tolerance)
+    rows = id_indices(dataset, ids)
+    report = {
+        "format": FORMAT, "workspace": workspace, "data_dir": os.path.abspath(data_dir),
+        "split": split, "input_dim": model.input_dim, "target_dim": model.target_dim,
+        "season": season, "max_ar": max_ar, "tolerance": tolerance, "mase_scale": scale,
+        "methods": list(predictions), "metrics": list(POINT_METRICS), "baselines": params,
+        "overall": overall,
+        "sequences": [{"path": s.path, "seq_id": s.seq_id,
+                       "id_index": rows[n] if model.num_ids is not None else None,
+                       "length": s.length, "output": s.path + ".output",
+                       "metrics": per_sequence[n]} for n, s in enumerate(dataset.sequences)],
+    }
+    report = _json_ready(report)
+    if out is not None:
+        _write(Path(out), dataset, outputs, report)
+        if plot:
+            plot_predictions(Path(out) / PLOT, [s.path for s in dataset.sequences], targets,
+                             predictions)
+    return report
+
+
+def _write(out: Path, dataset, outputs, report) -> None:
+    for s, output_tk in zip(dataset.sequences, outputs):
+        atomic_write_bytes(out / (s.path + ".output"), np.asarray(output_tk, "<f4").tobytes())
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(out / REPORT, text.encode("utf-8"))
+
+
+def _json_ready(value):
+    """``value`` with non-finite floats as None and numpy scalars as Python's."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def format_table(report) -> str:
+    """The overall metrics of every method, one row each, as aligned text."""
+    header = ["method", "RMSE", "MAE", "MASE", "max|err|", f"wrong@{report['tolerance']:g}", "N"]
+    lines = [header]
+    for method in report["methods"]:
+        m = report["overall"][method]
+        lines.append([method] + [_cell(m[k]) for k in ("rmse", "mae", "mase", "max_abs_error")]
+                     + [str(m["num_wrong"]), str(m["count"])])
+    widths = [max(len(row[c]) for row in lines) for c in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                               for c, (cell, w) in enumerate(zip(row, widths))) for row in lines)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -1,0 +1,72 @@
+"""Point-forecast metrics over the non-NaN target values.
+
+- :func:`mase_scale` -- the in-sample seasonal-naive MAE of the training split.
+- :func:`point_metrics` -- RMSE, MAE, MASE, largest absolute error, count wrong
+  at a tolerance, over the target values that are not NaN.
+- :data:`POINT_METRICS` -- their names, in the order tables print them.
+
+Probabilistic metrics (CRPS, coverage of intervals, the log score) belong in a
+sibling function taking a predictive distribution; a report then carries them
+beside these under the same method names (docs/EVALUATION.md).
+
+Example
+-------
+>>> import numpy as np
+>>> m = point_metrics(np.array([[1.0], [2.0]]), np.array([[1.0], [4.0]]), scale=2.0, tolerance=0.5)
+>>> m["mae"], m["mase"], m["num_wrong"]
+(1.0, 0.5, 1)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sophia.evaluation.baselines import _last_known_index
+
+POINT_METRICS = ("rmse", "mae", "mase", "max_abs_error", "num_wrong", "count")
+
+
+def mase_scale(train_targets, season) -> float:
+    """The mean absolute error of seasonal naive, in sample, on the training split.
+
+    Over every non-NaN training target ``y[t, c]`` whose sequence has a non-NaN
+    target at or before frame ``t - season`` (the last such one, as
+    :func:`~sophia.evaluation.baselines.seasonal_naive` uses), pooled over
+    sequences and channels. NaN if there is no such pair.
+    """
+    total, count = 0.0, 0
+    for target_tk in train_targets:
+        target_tk = np.asarray(target_tk, np.float64)
+        if len(target_tk) <= season:
+            continue
+        source_tk = _last_known_index(target_tk)[:-season]
+        now_tk = target_tk[season:]
+        use = (source_tk >= 0) & ~np.isnan(now_tk)
+        channel_tk = np.broadcast_to(np.arange(target_tk.shape[1]), source_tk.shape)
+        total += float(np.sum(np.abs(now_tk[use] - target_tk[source_tk[use], channel_tk[use]])))
+        count += int(np.sum(use))
+    return total / count if count else float("nan")
+
+
+def point_metrics(prediction_tk, target_tk, scale, tolerance) -> dict:
+    """Metrics of ``prediction_tk`` against ``target_tk`` (both [T][k]).
+
+    Only values where the target is not NaN count. Returns a dict of
+    :data:`POINT_METRICS`: ``rmse``, ``mae``, ``mase`` (``mae / scale``),
+    ``max_abs_error``, ``num_wrong`` (values with ``|error| > tolerance``) and
+    ``count`` (values counted). With no values counted the float metrics are NaN.
+    """
+    target_tk = np.asarray(target_tk, np.float64)
+    seen = ~np.isnan(target_tk)
+    error_n = np.asarray(prediction_tk, np.float64)[seen] - target_tk[seen]
+    if error_n.size == 0:
+        nan = float("nan")
+        return dict(rmse=nan, mae=nan, mase=nan, max_abs_error=nan, num_wrong=0, count=0)
+    abs_n = np.abs(error_n)
+    mae = float(np.mean(abs_n))
+    return dict(rmse=float(np.sqrt(np.mean(error_n ** 2))), mae=mae,
+                mase=mae / scale if scale and math.isfinite(scale) else float("nan"),
+                max_abs_error=float(np.max(abs_n)),
+                num_wrong=int(np.sum(~(abs_n <= tolerance))),   # a NaN prediction is wrong
+                count=int(error_n.size))
