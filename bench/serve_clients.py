@@ -132,7 +132,7 @@ def main():
         return worker(endpoint, int(threads), float(seconds), int(input_dim))
     import numpy as np
 
-    from serve_latency import endpoint_for, start, write_workspaces
+    from serving_support import endpoint_for, start, write_workspaces
 
     tmp = tempfile.mkdtemp(prefix="sph-bench-")     # keep TMPDIR short: ipc paths are limited
     names = write_workspaces(tmp, 1, args)

@@ -28,7 +28,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-START_TIMEOUT = 300.0  # seconds for a server to load and compile its models
 
 
 def parse_args(argv=None):
@@ -56,16 +55,15 @@ if ARGS.blas_threads is not None:  # must precede numpy's import
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(ARGS.blas_threads)
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
-from sophia.graph.net import Net  # noqa: E402
-from sophia.options import ModelOptions, to_dict  # noqa: E402
+from serving_support import endpoint_for, start, write_workspaces  # noqa: E402
 from sophia.serving import protocol as proto  # noqa: E402
 from sophia.serving.client import SophiaClient  # noqa: E402
 from sophia.serving.model import load_model  # noqa: E402
-from sophia.workspace import Workspace  # noqa: E402
 
 
 def run_echo(endpoint, reply_sizes):
@@ -92,40 +90,6 @@ def run_echo(endpoint, reply_sizes):
     finally:
         router.close()
         context.term()
-
-
-def write_workspaces(root, count, args):
-    """``count`` workspaces with random parameters; returns their names."""
-    options = ModelOptions(input_dim=args.input_dim, target_dim=args.target_dim,
-                           net_width=args.width, net_depth=args.depth)
-    names = []
-    for n in range(count):
-        ws = Workspace(os.path.join(root, f"lstm{n}"))
-        ws.save_json("options", {"model": to_dict(options), "seed": n})
-        ws.save_arrays("params", Net(options, seed=n).get_values())
-        ws.write_ids_order(["s0"])
-        names.append(f"lstm{n}")
-    return names
-
-
-def start(command, prefix):
-    """Start a process and wait for its ``<prefix> serving on ENDPOINT`` line."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if ready:
-            line = proc.stdout.readline()
-            if line.startswith(f"{prefix} serving on "):
-                return proc, line.split()[-1]
-            if not line:
-                break
-    proc.kill()
-    raise RuntimeError(f"{command[:3]} did not start")
-
-
-def endpoint_for(transport, tmp, name):
-    return f"ipc://{tmp}/{name}.sock" if transport == "ipc" else "tcp://127.0.0.1:*"
 
 
 def time_round_trips(socket, message, steps, warmup):

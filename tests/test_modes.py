@@ -101,3 +101,22 @@ def test_auto_mode_trains_a_fused_net_like_fast_compile():
 def test_unknown_mode_is_a_clear_error():
     with pytest.raises(OptionError, match="compile_mode must be one of"):
         resolve("TURBO")
+
+
+def test_without_a_blas_the_c_backend_keeps_plain_products_and_does_not_warn(caplog):
+    """No BLAS to link: no Gemm (whose C code would warn and run a stand-in); the
+    graph still computes the same numbers."""
+    import logging
+
+    import pytensor
+    import pytensor.tensor as tt
+    from pytensor.tensor.blas import Gemm
+
+    x, w, b = tt.matrix("x"), tt.matrix("w"), tt.matrix("b")
+    with pytensor.config.change_flags(blas__ldflags=""), caplog.at_level(logging.WARNING):
+        f = pytensor.function([x, w, b], tt.dot(x, w) + 2 * b, mode=compile_mode("CVM"))
+        rng = np.random.default_rng(0)
+        args = [rng.standard_normal(s).astype(pytensor.config.floatX) for s in ((3, 4), (4, 5), (3, 5))]
+        np.testing.assert_allclose(f(*args), args[0] @ args[1] + 2 * args[2], rtol=1e-5)
+    assert not any(isinstance(node.op, Gemm) for node in f.maker.fgraph.toposort())
+    assert not [r for r in caplog.records if "BLAS" in r.getMessage()]

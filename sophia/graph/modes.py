@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 
+import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.link.basic import PerformLinker
 
@@ -59,7 +60,13 @@ def resolve(name: str, looped: bool = False) -> str:
 
 def compile_mode(name: str, looped: bool = False):
     """The PyTensor ``Mode`` for ``name`` (one of ``sophia.options.COMPILE_MODES``);
-    ``auto`` depends on whether the graph keeps a scan or unrolled recurrence."""
+    ``auto`` depends on whether the graph keeps a scan or unrolled recurrence.
+
+    Where PyTensor links no BLAS (``blas__ldflags`` empty, ``sophia/_blas.py``), the C
+    backend's graphs are compiled without the rewrite that fuses products into
+    ``Gemm``: its C code would then call a slower stand-in for BLAS (and warn), while
+    the plain products it leaves run numpy's own BLAS.
+    """
     concrete = resolve(name, looped)
     if name == "auto" and concrete == AUTO_FUSED:
         return _fused_auto_mode()
@@ -68,7 +75,15 @@ def compile_mode(name: str, looped: bool = False):
             raise OptionError("compile_mode 'JAX' needs the jax package: pip install -e '.[jax]' (or pip install jax)")
         _jax_reductions_keep_their_dtype()
         _jax_persistent_cache()
+    if concrete == "CVM" and not pytensor.config.blas__ldflags:
+        return _c_backend_without_gemm()
     return get_mode(concrete)
+
+
+@functools.cache
+def _c_backend_without_gemm() -> Mode:
+    """CVM without the ``Gemm`` fusion; one instance per process."""
+    return get_mode("CVM").excluding("gemm_optimizer")
 
 
 @functools.cache
