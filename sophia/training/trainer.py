@@ -580,11 +580,11 @@ class Trainer:
     def _finish(self, annealer: Annealer, decision: Decision) -> TrainResult:
         self.net.set_values(self.ws.load_arrays(PARAMS))
         sample = self._train_sample()
-        (dev_loss, _, dev_accuracy), train_loss = self.measure(self.dev_set), self.evaluate(sample)
+        dev_loss, train_loss = self.evaluate(self.dev_set), self.evaluate(sample)
         of = f" (on {len(sample):,} of {len(self.train_set):,} sequences)" if sample is not self.train_set else ""
         accuracy = ""
         if self.categorical:
-            accuracy = (f"; dev accuracy {dev_accuracy:.4g} "
+            accuracy = (f"; dev accuracy {self.measure(self.dev_set)[2]:.4g} "
                         f"(majority {self.baseline_accuracy:.4g})")
         self._log(f"{decision.reason}; best model ({self.ws.file(PARAMS, '.npz')}): "
                   f"train {train_loss:.4g}{of}  dev {dev_loss:.4g}  (baseline {self.baseline:.4g})"
