@@ -31,7 +31,11 @@ from typing import Any, Mapping
 UNIT_TYPES = ("fc", "rnn", "lstm", "gru")
 ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "elu", "softplus")
 INIT_TYPES = ("uniform", "glorot", "sparse")
-LOSS_TYPES = ("l2", "l1", "huber")
+LOSS_TYPES = ("l2", "l1", "huber", "xent", "bce")
+OUTPUT_ACTIVATIONS = ("identity", "softmax", "sigmoid")
+# The output activation each loss trains: xent a softmax over the k units, bce k sigmoids.
+OUTPUT_OF_LOSS = {"l2": "identity", "l1": "identity", "huber": "identity",
+                  "xent": "softmax", "bce": "sigmoid"}
 UPDATE_TYPES = ("sgd", "momentum", "nesterov")
 FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam")
 COMPILE_MODES = ("auto", "FAST_COMPILE", "FAST_RUN", "CVM", "NUMBA", "JAX")
@@ -79,12 +83,14 @@ class ModelOptions:
     recurrent_spectral_radius: float = _opt(0.0, "rescale square recurrent matrices to this spectral radius; 0 = off")
     forget_bias: float = _opt(1.0, "initial LSTM forget-gate bias")
     input_bias: float = _opt(0.0, "initial LSTM input-gate bias (< 0: cells start closed)")
+    output_activation: str = _opt("identity", "identity | softmax | sigmoid: what the outputs are (softmax: class probabilities); set by training from loss_type (xent: softmax, bce: sigmoid)")
 
     def validate(self) -> "ModelOptions":
         """Raise :class:`OptionError` naming the first inconsistent option."""
         _check_choice("unit_type", self.unit_type, UNIT_TYPES)
         _check_choice("fc_activation", self.fc_activation, ACTIVATIONS)
         _check_choice("init_type", self.init_type, INIT_TYPES)
+        _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         for name in ("input_dim", "target_dim", "num_ids"):
             _check_range(name, getattr(self, name), lo=0)
         for name in ("net_width", "net_depth", "id_embedding_dim", "batch_norm_steps", "sparse_connections"):
@@ -110,7 +116,7 @@ class ModelOptions:
 class TrainOptions:
     """How a net is trained: window sizes, loss, optimizer and annealing."""
 
-    loss_type: str = _opt("l2", "l2 | l1 | huber")
+    loss_type: str = _opt("l2", "l2 | l1 | huber | xent (softmax cross-entropy, one-hot targets) | bce (sigmoid binary cross-entropy, targets in {0, 1})")
     huber_delta: float = _opt(1.0, "where huber turns from quadratic to linear")
     batch_size: int = _opt(16, "streams trained in parallel")
     eval_batch_size: int = _opt(0, "streams evaluated in parallel (dev loss); 0 = batch_size")
@@ -171,6 +177,19 @@ class TrainOptions:
         if self.diverge_ratio != 0:
             _check_range("diverge_ratio", self.diverge_ratio, lo=1.0)
         return self
+
+
+def with_output_activation(model: ModelOptions, loss_type: str) -> ModelOptions:
+    """``model`` with the output activation that ``loss_type`` trains (:data:`OUTPUT_OF_LOSS`).
+
+    Raises :class:`OptionError` if ``model`` already names another non-identity
+    activation (a softmax model cannot be trained with l2, nor a sigmoid one with xent).
+    """
+    wanted = OUTPUT_OF_LOSS[loss_type]
+    if model.output_activation not in ("identity", wanted):
+        raise OptionError(f"output_activation {model.output_activation!r} does not fit loss_type "
+                          f"{loss_type!r} (which trains {wanted!r} outputs)")
+    return dataclasses.replace(model, output_activation=wanted)
 
 
 def option_names(cls) -> list[str]:

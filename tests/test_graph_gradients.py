@@ -55,3 +55,25 @@ def test_loss_gradients_match_finite_differences(loss_type):
     net = make_net(unit_type="fc")
     window = make_window(net, frames=4, batch=2)
     directional_check(net, compile_cost(net, window=4, step=4, loss_type=loss_type), window)
+
+
+def categorical_window(net, frames, batch, loss_type, seed=3):
+    """A window whose targets are one-hot frames (xent) or {0, 1} elements (bce), some NaN."""
+    rng = np.random.default_rng(seed)
+    x, time_tb, ids, _ = make_window(net, frames=frames, batch=batch)
+    k = net.options.target_dim
+    if loss_type == "xent":
+        target = np.eye(k)[rng.integers(0, k, (frames, batch))]
+        target[rng.random((frames, batch)) < 0.3] = np.nan           # whole frames without target
+    else:
+        target = (rng.random((frames, batch, k)) < 0.5).astype(float)
+        target[rng.random(target.shape) < 0.3] = np.nan               # single elements
+    return x, time_tb, ids, target.astype(net.dtype)
+
+
+@pytest.mark.parametrize("loss_type,activation", [("xent", "softmax"), ("bce", "sigmoid")])
+@pytest.mark.parametrize("unit_type", ["fc", "lstm"])
+def test_categorical_loss_gradients_match_finite_differences(loss_type, activation, unit_type):
+    net = make_net(unit_type=unit_type, target_dim=3, output_activation=activation)
+    window = categorical_window(net, frames=4, batch=3, loss_type=loss_type)
+    directional_check(net, compile_cost(net, window=4, step=3, loss_type=loss_type, batch=3), window)

@@ -21,6 +21,8 @@ What is here:
 - :func:`infer_dims` -- ``(input_dim, target_dim)`` from the file sizes.
 - :func:`id_order` -- the sequence IDs of a training split, numbered.
 - :func:`check_dataset` -- a full check of every split, reporting all problems.
+- :func:`check_targets` -- the targets fit a categorical loss (xent: one-hot or
+  all-NaN frames; bce: elements in {0, 1} or NaN).
 
 Example
 -------
@@ -334,6 +336,48 @@ def id_order(train_dataset: Dataset) -> list[str]:
     ``len(result)`` (the unseen slot).
     """
     return list(dict.fromkeys(s.seq_id for s in train_dataset.sequences))
+
+
+def check_targets(dataset: Dataset, loss_type: str) -> None:
+    """Raise :class:`DatasetError` if a target does not fit ``loss_type``.
+
+    ``xent`` needs each target frame one-hot (one 1, the rest 0) or all NaN (no
+    target); ``bce`` needs each element 0, 1 or NaN. Other losses take any
+    target. Reads every .target file of ``dataset`` in chunks; the message names
+    the first bad frame of each file.
+    """
+    if loss_type not in ("xent", "bce"):
+        return
+    problems, rows = [], max(1, _SCAN_FLOATS // dataset.target_dim)
+    for i, seq in enumerate(dataset.sequences):
+        target_tk = dataset.target(i)
+        for start in range(0, seq.length, rows):
+            problem = _target_problem(dataset.file(i, "target"), loss_type, start,
+                                      np.asarray(target_tk[start:start + rows]))
+            if problem:
+                problems.append(problem)
+                break
+    if problems:
+        raise DatasetError(problems)
+
+
+def _target_problem(file: str, loss_type: str, start: int, target_tk: np.ndarray) -> str | None:
+    """The first frame of a chunk (starting at frame ``start``) that ``loss_type`` cannot take."""
+    nan_tk = np.isnan(target_tk)
+    if loss_type == "xent":
+        one_hot_t = (np.sum(target_tk == 1, axis=1) == 1) & np.all((target_tk == 0) | (target_tk == 1), axis=1)
+        bad = np.flatnonzero(~(nan_tk.all(axis=1) | one_hot_t))
+        if bad.size:
+            return (f"{file}: target frame {start + bad[0]} is {target_tk[bad[0]].tolist()}, "
+                    "but loss_type xent needs a one-hot frame (one 1, the rest 0) or all NaN")
+        return None
+    bad_tk = ~(nan_tk | (target_tk == 0) | (target_tk == 1))
+    bad = np.flatnonzero(bad_tk.any(axis=1))
+    if bad.size:
+        k = np.flatnonzero(bad_tk[bad[0]])[0]
+        return (f"{file}: target frame {start + bad[0]}, dimension {k} is {target_tk[bad[0], k]}, "
+                "but loss_type bce needs targets 0, 1 or NaN")
+    return None
 
 
 def _time_problem(file: str, stamps: np.ndarray) -> str | None:

@@ -1,18 +1,23 @@
-"""The Net: input → [ID embedding] → net_depth unit layers → linear output.
+"""The Net: input → [ID embedding] → net_depth unit layers → linear output → output activation.
+
+The output activation (``ModelOptions.output_activation``) is identity for
+regression, a softmax over the k units (class probabilities) for ``xent`` and k
+sigmoids for ``bce``; the loss stage reads the logits before it, so
+``f_infer`` and the server return probabilities while the loss stays stable.
 
 Graph assembly goes in named stages — ports → forward → loss → grads → optimizer
 → compile — and each stage is a method, so tests can compile any prefix of it.
 
 Compiled functions (sizes that shape a graph are arguments, never options edits):
 
-``f_train_step(input_tbj, time_tb, id_tb, target_tbk, lr) -> (loss_sum, n_frames, grad_norm, max_error)``
+``f_train_step(input_tbj, time_tb, id_tb, target_tbk, lr) -> (loss_sum, n_frames, grad_norm, max_error[, n_correct, n_judged])``
     One BPTT(h; h') window: forward over h = ``window_size`` frames from the stored
     state, loss on the last h' = ``step_size`` frames (and the largest absolute error
     of a target element there, before the update), gradient through all h frames,
     parameter update. As a side effect it stores the state at frame h' − 1
     (the next window, shifted by h', starts there), updates the optimizer state and
     the batch-norm population statistics.
-``f_fwd_propagate(input_tbj, time_tb, id_tb, target_tbk) -> (loss_sum, n_frames, max_error)``
+``f_fwd_propagate(input_tbj, time_tb, id_tb, target_tbk) -> (loss_sum, n_frames, max_error[, n_correct, n_judged])``
     The same forward and loss without any update of parameters (evaluation,
     inference behaviour: population statistics, no clock leak), and the largest
     absolute error of a target element; stores the state at the window's last frame.
@@ -21,7 +26,10 @@ Compiled functions (sizes that shape a graph are arguments, never options edits)
     stores the state at its last frame. Works for any number of streams: the
     stored states take the batch size of the values put into them.
 
-The loss per target frame is ``loss_sum / n_frames``.
+The loss per target frame is ``loss_sum / n_frames``. For the categorical losses
+(xent, bce) both loss functions also return ``n_correct, n_judged`` (see
+:func:`~sophia.optim.losses.masked_hits`; accuracy = their ratio) and the max
+error is that of the probabilities.
 
 How each recurrent layer runs (scan, the fused Ops, oneDNN) is chosen once per
 graph by :func:`sophia.graph.engines.choose` (:meth:`Net.choose_engines`) and
@@ -51,9 +59,16 @@ from sophia.graph.init import Uniform, fixed_shared
 from sophia.graph import engines
 from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
 from sophia.graph.modes import compile_mode
-from sophia.optim.losses import masked_loss, masked_max_error
+from pytensor.tensor.special import softmax
+
+from sophia.optim.losses import CATEGORICAL, masked_hits, masked_loss, masked_max_error
 from sophia.optim.updates import Optimizer
-from sophia.options import ModelOptions, OptionError
+from sophia.options import OUTPUT_OF_LOSS, ModelOptions, OptionError
+
+
+OUTPUT_ACTIVATIONS = {"identity": lambda s_z_tbk: s_z_tbk,
+                      "softmax": lambda s_z_tbk: softmax(s_z_tbk, axis=-1),
+                      "sigmoid": tt.sigmoid}
 
 
 def _in_own_dtype(method):
@@ -82,11 +97,13 @@ class Ports:
 
 @dataclass
 class Forward:
-    """Forward stage: output [T][B][k], the states at the carry frame, buffer updates."""
+    """Forward stage: output [T][B][k] (after the output activation), the states at the
+    carry frame, buffer updates, and the logits [T][B][k] before the output activation."""
 
     s_output_tbk: object
     s_next_states: list
     updates: dict
+    s_logit_tbk: object = None
 
 
 class Net:
@@ -214,13 +231,34 @@ class Net:
             s_below, n = out.s_output_tbi, n + width
             next_states += out.s_next_states
             updates.update(out.updates)
-        return Forward(s_below, next_states, updates)
+        return Forward(OUTPUT_ACTIVATIONS[self.options.output_activation](s_below), next_states,
+                       updates, s_below)
 
     @_in_own_dtype
     def loss(self, forward: Forward, ports: Ports, step_size: int, loss_type: str, huber_delta=1.0):
-        """Loss stage: (s_loss_sum, s_n_frames) over the last ``step_size`` frames."""
-        return masked_loss(forward.s_output_tbk[-step_size:], ports.p_target_tbk[-step_size:],
-                           loss_type, huber_delta)
+        """Loss stage: (s_loss_sum, s_n_frames) over the last ``step_size`` frames.
+
+        xent and bce read the logits and need the output activation they train
+        (softmax, sigmoid); the regression losses read the outputs.
+        Raises OptionError for a loss that does not fit the output activation."""
+        self._check_loss(loss_type)
+        s_out = forward.s_logit_tbk if loss_type in CATEGORICAL else forward.s_output_tbk
+        return masked_loss(s_out[-step_size:], ports.p_target_tbk[-step_size:], loss_type, huber_delta)
+
+    @_in_own_dtype
+    def hits(self, forward: Forward, ports: Ports, step_size: int, loss_type: str) -> list:
+        """``[s_n_correct, s_n_judged]`` over the last ``step_size`` frames for xent and
+        bce (:func:`~sophia.optim.losses.masked_hits`); ``[]`` for the regression losses."""
+        if loss_type not in CATEGORICAL:
+            return []
+        return list(masked_hits(forward.s_logit_tbk[-step_size:], ports.p_target_tbk[-step_size:],
+                                loss_type))
+
+    def _check_loss(self, loss_type: str) -> None:
+        wanted = OUTPUT_OF_LOSS.get(loss_type, "identity")
+        if self.options.output_activation != wanted:
+            raise OptionError(f"loss_type {loss_type!r} trains {wanted!r} outputs, but this net's "
+                              f"output_activation is {self.options.output_activation!r}")
 
     @_in_own_dtype
     def grads(self, s_loss_sum, s_n_frames):
@@ -274,7 +312,8 @@ class Net:
         updates.update(fwd.updates)
         updates.update(zip(v_states, fwd.s_next_states))
         f_train_step = th.function(ports.inputs() + [p_lr],
-                                   [s_loss_sum, s_n_frames, optimizer.s_grad_norm, s_max_error],
+                                   [s_loss_sum, s_n_frames, optimizer.s_grad_norm, s_max_error]
+                                   + self.hits(fwd, ports, o.step_size, o.loss_type),
                                    updates=updates, mode=mode,
                                    on_unused_input="ignore", name="f_train_step")
         return f_train_step, v_states, optimizer
@@ -297,7 +336,8 @@ class Net:
                            choices=choices)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, window, o.loss_type, o.huber_delta)
         s_max_error = masked_max_error(fwd.s_output_tbk, ports.p_target_tbk)
-        f = th.function(ports.inputs(), [s_loss_sum, s_n_frames, s_max_error], updates=list(zip(v_states, fwd.s_next_states)),
+        f = th.function(ports.inputs(), [s_loss_sum, s_n_frames, s_max_error]
+                        + self.hits(fwd, ports, window, o.loss_type), updates=list(zip(v_states, fwd.s_next_states)),
                         mode=mode, on_unused_input="ignore",
                         name="f_fwd_propagate")
         return f, v_states

@@ -1,10 +1,22 @@
-"""Regression losses over windows with missing targets.
+"""Losses over windows with missing targets: regression (l2, l1, huber) and
+categorical (xent, bce).
 
 A NaN target element means "no target here": it contributes nothing to the loss
 or its gradient. Losses are summed over target elements and reported per *target
 frame* (a frame of one stream with at least one target element), so figures
 compare across batch sizes, windows and tasks that give a target only at the
 last frame.
+
+The categorical losses take the output layer's *logits* (before the output
+activation) and are computed in the stable forms:
+
+- ``xent``: softmax cross-entropy ``-Σ_k t_k · log_softmax(z)_k`` per target frame
+  against a one-hot target frame; an all-NaN frame has no target.
+- ``bce``: binary cross-entropy of independent sigmoids, ``softplus(z) − t·z`` per
+  target element in {0, 1} (= ``−t log σ(z) − (1−t) log(1−σ(z))``); NaN elements
+  are masked as in the regression losses.
+
+:func:`masked_hits` counts what they get right (argmax for xent, σ(z) > 0.5 for bce).
 
 Example
 -------
@@ -18,6 +30,7 @@ Example
 from __future__ import annotations
 
 import pytensor.tensor as tt
+from pytensor.tensor.special import log_softmax
 
 
 def _l2(s_err, delta):
@@ -34,6 +47,7 @@ def _huber(s_err, delta):
 
 
 LOSSES = {"l2": _l2, "l1": _l1, "huber": _huber}
+CATEGORICAL = ("xent", "bce")
 
 
 def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float = 1.0):
@@ -41,19 +55,61 @@ def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float =
 
     Parameters
     ----------
-    s_output_tbk, s_target_tbk : tensors [T][B][k]
-    loss_type : 'l2' (squared error), 'l1' (absolute error) or 'huber'
+    s_output_tbk, s_target_tbk : tensors [T][B][k]; for xent and bce, ``s_output_tbk``
+        are the logits (the output activation is part of the loss)
+    loss_type : 'l2' (squared error), 'l1' (absolute error), 'huber', 'xent' or 'bce'
 
     Returns
     -------
     (s_loss_sum, s_n_frames): scalars; the loss per target frame is their ratio.
     """
-    if loss_type not in LOSSES:
-        raise ValueError(f"loss_type must be one of {', '.join(LOSSES)}; got {loss_type!r}")
+    if loss_type not in LOSSES and loss_type not in CATEGORICAL:
+        raise ValueError(f"loss_type must be one of {', '.join((*LOSSES, *CATEGORICAL))}; "
+                         f"got {loss_type!r}")
+    if loss_type == "xent":
+        return _xent(s_output_tbk, s_target_tbk)
+    if loss_type == "bce":
+        return _bce(s_output_tbk, s_target_tbk)
     s_valid, s_err = _masked_error(s_output_tbk, s_target_tbk)
     s_elementwise = tt.switch(s_valid, LOSSES[loss_type](s_err, huber_delta), 0.0)
     s_n_frames = tt.sum(tt.any(s_valid, axis=-1)).astype(s_output_tbk.dtype)
     return tt.sum(s_elementwise), s_n_frames
+
+
+def _xent(s_logit_tbk, s_target_tbk):
+    s_valid_tb = tt.any(~tt.isnan(s_target_tbk), axis=-1)
+    s_target = tt.switch(tt.isnan(s_target_tbk), 0.0, s_target_tbk)
+    s_loss_tb = -tt.sum(s_target * log_softmax(s_logit_tbk, axis=-1), axis=-1)
+    s_n_frames = tt.sum(s_valid_tb).astype(s_logit_tbk.dtype)
+    return tt.sum(tt.switch(s_valid_tb, s_loss_tb, 0.0)), s_n_frames
+
+
+def _bce(s_logit_tbk, s_target_tbk):
+    s_valid = ~tt.isnan(s_target_tbk)
+    s_target = tt.switch(s_valid, s_target_tbk, 0.0)
+    s_elementwise = tt.switch(s_valid, tt.softplus(s_logit_tbk) - s_target * s_logit_tbk, 0.0)
+    s_n_frames = tt.sum(tt.any(s_valid, axis=-1)).astype(s_logit_tbk.dtype)
+    return tt.sum(s_elementwise), s_n_frames
+
+
+def masked_hits(s_logit_tbk, s_target_tbk, loss_type: str):
+    """``(s_n_correct, s_n_judged)`` of a categorical loss, in the logits' dtype.
+
+    xent: target frames (not all NaN) whose argmax output is the target's class;
+    bce: target elements (not NaN) where ``σ(z) > 0.5`` equals ``t = 1``.
+    Accuracy is their ratio.
+    """
+    dtype = s_logit_tbk.dtype
+    if loss_type == "xent":
+        s_valid_tb = tt.any(~tt.isnan(s_target_tbk), axis=-1)
+        s_target = tt.switch(tt.isnan(s_target_tbk), -1.0, s_target_tbk)
+        s_right_tb = tt.eq(tt.argmax(s_logit_tbk, axis=-1), tt.argmax(s_target, axis=-1))
+        return tt.sum(s_valid_tb & s_right_tb).astype(dtype), tt.sum(s_valid_tb).astype(dtype)
+    if loss_type == "bce":
+        s_valid = ~tt.isnan(s_target_tbk)
+        s_right = tt.eq(s_logit_tbk > 0, tt.switch(s_valid, s_target_tbk, 0.0) > 0.5)
+        return tt.sum(s_valid & s_right).astype(dtype), tt.sum(s_valid).astype(dtype)
+    raise ValueError(f"accuracy needs loss_type xent or bce; got {loss_type!r}")
 
 
 def masked_max_error(s_output_tbk, s_target_tbk):

@@ -6,7 +6,9 @@ A record is the dict the trainer appends to ``metrics.jsonl`` each epoch::
      "baseline": 0.3, "lr": 1e-3, "decision": "new best", "frames": 123456,
      "seconds": 12.3}
 
-Every key is optional; a missing or null value is left out of the line and
+Runs with a categorical loss (xent, bce) add ``train_accuracy``, ``dev_accuracy``
+and ``baseline_accuracy`` (always predicting the most frequent class); their
+``baseline`` is the entropy of the training targets' class prior. Every key is optional; a missing or null value is left out of the line and
 the plot. Matplotlib is optional: :func:`plot_learning_curve` imports it
 lazily (Agg canvas, no pyplot, no global backend change) and returns False
 without it.
@@ -38,6 +40,12 @@ def format_epoch_line(record: Mapping[str, Any]) -> str:
             parts.append(f"{label} {_num(record[key])}")
     if record.get("baseline") is not None:
         parts.append(f"(baseline {_num(record['baseline'])})")
+    accuracies = [f"{label} {_num(record[key])}" for key, label in
+                  (("train_accuracy", "train"), ("dev_accuracy", "dev")) if key in record]
+    if accuracies:
+        majority = record.get("baseline_accuracy")
+        parts.append("accuracy " + " ".join(accuracies)
+                     + (f" (majority {_num(majority)})" if majority is not None else ""))
     if record.get("dev_max_error") is not None:
         parts.append(f"max |error| {_num(record['dev_max_error'])}")
     if record.get("train_streak"):

@@ -53,10 +53,12 @@ import numpy as np
 from sophia.graph.engines import describe
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
-from sophia.options import ModelOptions, OptionError, TrainOptions, to_dict
+from sophia.optim.losses import CATEGORICAL
+from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict,
+                            with_output_activation)
 from sophia.training import checkpoint
 from sophia.training.annealer import Annealer, Decision
-from sophia.data.dataset import Dataset, id_order
+from sophia.data.dataset import Dataset, check_targets, id_order
 from sophia.training.iterator import BPTTIterator
 from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
@@ -87,15 +89,23 @@ class TrainResult:
     stop_reason: str
 
 
-def open_data(data_dir: str, model: ModelOptions, ids: list[str] | None = None):
-    """Open train and dev; fill in dims and ``num_ids``.
+def open_data(data_dir: str, model: ModelOptions, ids: list[str] | None = None,
+              loss_type: str = "l2"):
+    """Open train and dev; fill in dims, ``num_ids`` and the output activation
+    ``loss_type`` trains (:func:`~sophia.options.with_output_activation`).
 
     ``ids`` (a loaded model's ``ids.order``) replaces ``id_order(train)``.
     Returns ``(train, dev, model_options, ids)``; raises DatasetError for bad
-    data, OptionError for a ``num_ids`` that contradicts the data.
+    data (for xent and bce, targets that do not fit the loss, naming the file
+    and frame: :func:`~sophia.data.dataset.check_targets`), OptionError for a
+    ``num_ids`` that contradicts the data or an output activation that
+    contradicts ``loss_type``.
     """
     train = Dataset.open(data_dir, "train", model.input_dim, model.target_dim)
     dev = Dataset.open(data_dir, "dev", train.input_dim, train.target_dim)
+    for split in (train, dev):
+        check_targets(split, loss_type)
+    model = with_output_activation(model, loss_type)
     ids = id_order(train) if ids is None else ids
     num_ids = model.num_ids
     if model.learn_id_embedding:
@@ -145,11 +155,54 @@ def mean_baseline(dataset: Dataset, loss_type: str, huber_delta: float = 1.0) ->
     return total / frames if frames else math.nan
 
 
+def categorical_baseline(train: Dataset, dev: Dataset, loss_type: str) -> tuple[float, float]:
+    """``(entropy, majority accuracy)`` of the trivial predictor of a categorical loss.
+
+    xent: the entropy (nats) of the class prior of ``train``'s target frames, and the
+    accuracy on ``dev`` of always predicting ``train``'s most frequent class. bce: the
+    per-label Bernoulli entropies of ``train`` summed, and the per-element accuracy on
+    ``dev`` of predicting each label's more frequent value. NaN without targets.
+    """
+    k = train.target_dim
+    ones_k, valid_k = np.zeros(k), np.zeros(k)
+    for chunk_tk in _target_chunks(train):
+        ones_k += np.nansum(chunk_tk, axis=0)
+        valid_k += (~np.isnan(chunk_tk)).sum(axis=0)
+    right = judged = 0
+    if loss_type == "xent":               # a target frame is one-hot or all NaN
+        prior_k = ones_k / max(ones_k.sum(), 1.0)
+        entropy = -float(np.sum(_plogp(prior_k))) if ones_k.any() else math.nan
+        major = int(np.argmax(ones_k))
+        for chunk_tk in _target_chunks(dev):
+            rows = ~np.isnan(chunk_tk).all(axis=1)
+            right += int((np.argmax(chunk_tk[rows], axis=1) == major).sum())
+            judged += int(rows.sum())
+    else:
+        q_k = ones_k / np.maximum(valid_k, 1.0)
+        entropy = -float(np.sum((_plogp(q_k) + _plogp(1.0 - q_k))[valid_k > 0])) if valid_k.any() else math.nan
+        major_k = (q_k >= 0.5).astype(np.float64)
+        for chunk_tk in _target_chunks(dev):
+            valid_tk = ~np.isnan(chunk_tk)
+            right += int(((chunk_tk == major_k) & valid_tk).sum())
+            judged += int(valid_tk.sum())
+    return entropy, (right / judged if judged else math.nan)
+
+
+def _plogp(p):
+    """``p log p`` elementwise, 0 at p = 0."""
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+
+
 def _target_chunks(dataset: Dataset):
     for i, seq in enumerate(dataset.sequences):
         target_tk = dataset.target(i)
         for start in range(0, seq.length, _CHUNK):
             yield np.asarray(target_tk[start:start + _CHUNK], dtype=np.float64)
+
+
+def _ratio(right: float, judged: float) -> float:
+    """``right / judged``, NaN when nothing was judged."""
+    return right / judged if judged else math.nan
 
 
 class Progress:
@@ -240,6 +293,10 @@ class Trainer:
         self = cls.__new__(cls)
         self._prepare(train_options, run.seed, data_dir or run.data_dir, out, progress)
         self._open(run.model, ws.read_ids_order())
+        if self.model_options.output_activation != run.model.output_activation:
+            raise OptionError(f"--resume cannot change loss_type from {run.train.loss_type!r} to "
+                              f"{train_options.loss_type!r}: the saved model has "
+                              f"{run.model.output_activation!r} outputs")
         if self.model_options != run.model:
             raise WorkspaceError(f"{self.data_dir} no longer fits {ws.file('options', '.json')}: "
                                  f"input_dim/target_dim/num_ids {self.model_options.input_dim}/"
@@ -263,7 +320,8 @@ class Trainer:
 
     def _open(self, model_options: ModelOptions, ids: list[str] | None) -> None:
         """Open the data and build the net (its parameters freshly initialised)."""
-        self.train_set, self.dev_set, self.model_options, self.ids = open_data(self.data_dir, model_options, ids)
+        self.train_set, self.dev_set, self.model_options, self.ids = open_data(
+            self.data_dir, model_options, ids, self.train_options.loss_type)
         check_batch_norm(self.model_options, self.train_options, self.train_set)
         self.id_index = {seq_id: n for n, seq_id in enumerate(self.ids)}
         self.net = Net(self.model_options, seed=self.seed)
@@ -291,7 +349,12 @@ class Trainer:
         windows = BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
                                o.step_size, repeat=True, seed=self.seed,
                                synchronized=self.model_options.batch_norm)
-        self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
+        self.baseline_accuracy = None
+        if self.categorical:
+            self.baseline, self.baseline_accuracy = categorical_baseline(self.train_set, self.dev_set,
+                                                                          o.loss_type)
+        else:
+            self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer.from_options(o)
         if self._checkpoint is None:
             self._windows, self.train_streak = iter(windows), 0
@@ -334,18 +397,28 @@ class Trainer:
         """Loss per target frame of the current parameters over one pass of ``dataset``."""
         return self.measure(dataset)[0]
 
-    def measure(self, dataset: Dataset) -> tuple[float, float]:
-        """``(loss per target frame, largest absolute error of a target element)`` of the
-        current parameters over one pass of ``dataset`` (NaN, NaN without targets)."""
+    @property
+    def categorical(self) -> bool:
+        """Whether the loss is xent or bce (outputs are probabilities, accuracy is reported)."""
+        return self.train_options.loss_type in CATEGORICAL
+
+    def measure(self, dataset: Dataset) -> tuple[float, float, float]:
+        """``(loss per target frame, largest absolute error of a target element, accuracy)``
+        of the current parameters over one pass of ``dataset`` (NaN, NaN, NaN without
+        targets; the accuracy is NaN for the regression losses)."""
         o = self.train_options
         self.net.reset_states(self.v_eval_states)
-        total, frames, max_error = 0.0, 0.0, 0.0
+        total, frames, max_error, hits = 0.0, 0.0, 0.0, np.zeros(2)
         for w in BPTTIterator(dataset, self.id_index, self._eval_batch(), o.window_size, o.window_size,
                               repeat=False, seed=self.seed):
-            loss_sum, n_frames, window_max = self.f_fwd(w.input_tbj, w.time_tb, w.id_tb, w.target_tbk)
+            loss_sum, n_frames, window_max, *counts = self.f_fwd(w.input_tbj, w.time_tb, w.id_tb,
+                                                                 w.target_tbk)
             total, frames = total + float(loss_sum), frames + float(n_frames)
             max_error = max(max_error, float(window_max)) if math.isfinite(window_max) else math.inf
-        return (total / frames, max_error) if frames else (math.nan, math.nan)
+            hits += np.asarray(counts, dtype=np.float64) if counts else 0.0
+        if not frames:
+            return math.nan, math.nan, math.nan
+        return total / frames, max_error, _ratio(*hits)
 
     def _eval_batch(self) -> int:
         return self.train_options.eval_batch_size or self.train_options.batch_size
@@ -353,11 +426,11 @@ class Trainer:
     def _start_epochs(self, annealer: Annealer) -> None:
         """Evaluate the initial model (epoch 0) and make its dev loss the one to beat."""
         start = time.monotonic()
-        loss, max_error = self.measure(self.dev_set)
+        loss, max_error, accuracy = self.measure(self.dev_set)
         annealer.start_from(loss)
         self.epoch_offset = max((r.get("epoch") or 0 for r in self.ws.read_metrics()), default=0)
         self._record({"epoch": self.epoch_offset, "dev_loss": loss, "dev_max_error": max_error,
-                      "baseline": self.baseline,
+                      "baseline": self.baseline, **self._accuracies(dev=accuracy),
                       "lr": annealer.lr, "decision": "initial model",
                       "eval_seconds": time.monotonic() - start})
         self._save_checkpoint(annealer)
@@ -401,10 +474,11 @@ class Trainer:
 
     def _epoch(self, annealer: Annealer) -> Decision:
         lr, epoch = annealer.lr, self.epoch_offset + annealer.epochs + 1
-        train_loss, frames, seconds, finite = self._train_frames(lr, f"epoch {epoch}")
+        train_loss, frames, seconds, finite, train_accuracy = self._train_frames(lr, f"epoch {epoch}")
         start = time.monotonic()
         live = self._use_average()
-        dev_loss, dev_max_error = self.measure(self.dev_set) if finite else (math.inf, math.inf)
+        dev_loss, dev_max_error, dev_accuracy = (self.measure(self.dev_set) if finite
+                                                 else (math.inf, math.inf, math.nan))
         prefix = ""
         if not math.isfinite(dev_loss):
             annealer.exhaust_patience()
@@ -416,11 +490,21 @@ class Trainer:
             self.net.set_values(live)          # training goes on from the live weights
         self._record({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
                       "dev_max_error": dev_max_error, "train_streak": streak,
-                      "baseline": self.baseline, "lr": lr, "decision": prefix + decision.reason,
+                      "baseline": self.baseline, **self._accuracies(train_accuracy, dev_accuracy),
+                      "lr": lr, "decision": prefix + decision.reason,
                       "frames": frames, "seconds": seconds,
                       "eval_seconds": time.monotonic() - start})
         self._save_checkpoint(annealer, decision.reason if decision.stop else "")
         return decision
+
+    def _accuracies(self, train=None, dev=None) -> dict:
+        """The accuracy fields of an epoch record: ``train_accuracy`` (over the epoch's
+        training windows, live weights), ``dev_accuracy`` and ``baseline_accuracy`` (of
+        always predicting the most frequent class); none for the regression losses."""
+        if not self.categorical:
+            return {}
+        fields = {"dev_accuracy": dev, "baseline_accuracy": self.baseline_accuracy}
+        return {"train_accuracy": train, **fields} if train is not None else fields
 
     def _use_average(self) -> dict | None:
         """With ``ema_decay``, put the running average of the weights into the net
@@ -435,22 +519,25 @@ class Trainer:
     def _train_frames(self, lr: float, label: str):
         """Train ``frames_per_epoch`` new frames.
 
-        Returns ``(train loss per target frame, frames, seconds, finite)``; stops
-        early, with ``finite`` False and an infinite loss, at the first non-finite
-        loss or gradient norm. The loss is NaN if no frame had a target.
+        Returns ``(train loss per target frame, frames, seconds, finite, accuracy)``;
+        stops early, with ``finite`` False and an infinite loss, at the first
+        non-finite loss or gradient norm. The loss is NaN if no frame had a target;
+        the accuracy (of the categorical losses, counted before each update) is NaN
+        then and for the regression losses.
         """
-        total, target_frames, frames = 0.0, 0.0, 0
+        total, target_frames, frames, hits = 0.0, 0.0, 0, np.zeros(2)
         lr_value = np.asarray(lr, dtype=self.net.dtype)
         bar = Progress(self.progress, label, self.train_options.frames_per_epoch)
         start = time.monotonic()
         try:
             while frames < self.train_options.frames_per_epoch:
                 w = next(self._windows)
-                loss_sum, n_frames, grad_norm, max_error = self.f_train_step(
+                loss_sum, n_frames, grad_norm, max_error, *counts = self.f_train_step(
                     w.input_tbj, w.time_tb, w.id_tb, w.target_tbk, lr_value)
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                    return math.inf, frames, time.monotonic() - start, False
+                    return math.inf, frames, time.monotonic() - start, False, math.nan
                 total, target_frames = total + float(loss_sum), target_frames + float(n_frames)
+                hits += np.asarray(counts, dtype=np.float64) if counts else 0.0
                 frames += w.new_frames
                 bar.update(frames)
                 if self._streak_reached(n_frames, max_error):
@@ -458,7 +545,7 @@ class Trainer:
         finally:
             bar.close()
         loss = total / target_frames if target_frames else math.nan
-        return loss, frames, time.monotonic() - start, True
+        return loss, frames, time.monotonic() - start, True, _ratio(*hits)
 
     def _streak_reached(self, n_frames: float, max_error: float) -> bool:
         """Count a step's target frames into ``train_streak`` (target frames in a row with
@@ -495,8 +582,13 @@ class Trainer:
         sample = self._train_sample()
         dev_loss, train_loss = self.evaluate(self.dev_set), self.evaluate(sample)
         of = f" (on {len(sample):,} of {len(self.train_set):,} sequences)" if sample is not self.train_set else ""
+        accuracy = ""
+        if self.categorical:
+            accuracy = (f"; dev accuracy {self.measure(self.dev_set)[2]:.4g} "
+                        f"(majority {self.baseline_accuracy:.4g})")
         self._log(f"{decision.reason}; best model ({self.ws.file(PARAMS, '.npz')}): "
-                  f"train {train_loss:.4g}{of}  dev {dev_loss:.4g}  (baseline {self.baseline:.4g})")
+                  f"train {train_loss:.4g}{of}  dev {dev_loss:.4g}  (baseline {self.baseline:.4g})"
+                  + accuracy)
         return TrainResult(os.fspath(self.ws.path), annealer.epochs, dev_loss, train_loss,
                            self.baseline, decision.reason)
 
