@@ -104,10 +104,47 @@ def test_cg_stops_on_relative_progress():
     a = np.diag(np.linspace(1.0, 1e4, 400))
     b = np.ones(400)
     result = conjugate_gradient(lambda v: a @ v, b, np.zeros(400), max_iters=250, epsilon=5e-4)
-    i, phis = result.iterations, result.phis
-    assert i < 250
-    k = max(10, int(0.1 * i))
-    assert phis[i] < 0 and (phis[i] - phis[i - k]) / phis[i] < k * 5e-4
+    phis = result.phis
+
+    def progress_stalled(i):
+        k = max(10, int(0.1 * i))
+        return i > k and phis[i] < 0 and (phis[i] - phis[i - k]) / phis[i] < k * 5e-4
+
+    assert result.iterations < 250
+    assert [i for i in range(1, result.iterations + 1) if progress_stalled(i)] == [result.iterations]
+
+
+class _Quadratic:
+    """HFFunctions of f(θ) = ½ θᵀAθ − bᵀθ on one shared vector: G = A exactly."""
+
+    def __init__(self, a, b, v_theta):
+        self.a, self.b, self.v_theta = a, b, v_theta
+
+    def f_cost(self, *batch):
+        theta = self.v_theta.get_value()
+        return 0.5 * theta @ self.a @ theta - self.b @ theta
+
+    def f_grad(self, *batch):
+        return self.f_cost(), self.a @ self.v_theta.get_value() - self.b
+
+    def f_gv(self, v_j, structural, *batch):
+        return self.a @ v_j
+
+
+def test_step_on_an_exact_quadratic_has_rho_one_and_seeds_cg_with_the_decayed_direction(monkeypatch):
+    import sophia.optim.hessian_free as hf_module
+    a, b = _spd(seed=5)
+    v_theta = th.shared(np.zeros(20))
+    hf = HessianFree([v_theta], _Quadratic(a, b, v_theta), HFSettings(max_cg_iters=3, init_damping=1.0))
+    first = hf.step((), ())
+    assert first.rho == pytest.approx(1.0) and first.next_damping == pytest.approx(2 / 3)
+    assert first.alpha == 1.0 and first.loss_after < first.loss_before
+    seeds, real_cg = [], hf_module.conjugate_gradient
+    np.testing.assert_allclose(hf.direction_j, real_cg(lambda v: a @ v + v, b, np.zeros(20), 3).x)  # the last CG iterate
+    monkeypatch.setattr(hf_module, "conjugate_gradient", lambda apply_a, b, x0, *args: seeds.append(x0) or real_cg(apply_a, b, x0, *args))
+    direction_j = hf.direction_j.copy()
+    hf.step((), ())
+    np.testing.assert_allclose(seeds[0], 0.95 * direction_j)
 
 
 def test_backtrack_returns_the_best_kept_iterate_not_the_last():
