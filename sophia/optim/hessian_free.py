@@ -62,7 +62,7 @@ from sophia.optim.losses import masked_loss
 class HFSettings:
     """The constants of HF; defaults are the papers' values (sources in each comment)."""
 
-    max_cg_iters: int = 250                # Martens 2010 §4.6: CG runs at most 250 iterations
+    max_cg_iters: int = 250                # Martens 2010 §4.4: CG is capped at 250 iterations
     init_damping: float = 1.0              # λ₀; the papers tune it per problem (HF-RNN demo: 0.01·outputs on a summed loss)
     structural_damping: float = 0.03       # μ; the HF-RNN code's damping ratio [1, .03] (M&S 2011 §3.2 tunes μ)
     curvature_batch_fraction: float = 0.2  # curvature batch / gradient batch; M&S 2011 use a smaller curvature batch (≈1/5 assumed)
@@ -368,7 +368,7 @@ class HessianFree:
                                 s.cg_decay * self.direction_j, s.max_cg_iters, s.cg_epsilon, s.backtrack_base)
         self.direction_j = cg.x                 # the next run starts from the last iterate, not the chosen one
         chosen, p_j, f_p = backtrack(cg.iterates, objective)
-        q = grad_j @ p_j + 0.5 * p_j @ gv(p_j, 0.0)     # the undamped quadratic model
+        q = grad_j @ p_j + 0.5 * p_j @ gv(p_j, 0.0)     # the undamped model (HF-RNN divides by the damped one)
         rho = (f_p - f0) / q if q < 0 else float("-inf")
         alpha, f_alpha = armijo_line_search(lambda a: objective(a * p_j), f0, grad_j @ p_j, f1=f_p,
                                             c=s.armijo_c, factor=s.line_search_factor,
