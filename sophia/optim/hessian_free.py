@@ -1,0 +1,397 @@
+"""Hessian-free optimisation (Martens 2010; Martens & Sutskever 2011) of a Net's window loss.
+
+What is in it:
+
+- :class:`HFSettings` — the method's constants, the papers' values as defaults.
+- :func:`build_net_graph` → :class:`HFGraph` — the net's window graph on the scan
+  engine (the fused and oneDNN engines have no second-order derivatives), with the
+  hidden layers' outputs kept for structural damping.
+- :func:`output_hessian_times` — H_L·r for the loss w.r.t. the outputs (``l2``; and
+  :func:`softmax_hessian_times` for a softmax over logits, for a future ``xent``).
+- :func:`compile_functions` → :class:`HFFunctions` — ``f_cost``, ``f_grad`` and the
+  Gauss–Newton–vector product ``f_gv(v_j, p_structural, *window)``
+  = Jᵀ H_L J v + p_structural · J_hᵀ J_h v / n_frames, built as an L-op of H_L times
+  an R-op, never forming a matrix.
+- :func:`conjugate_gradient` (relative-progress stop, iterates kept at ceil(base^j)),
+  :func:`backtrack`, :func:`armijo_line_search`, :func:`levenberg_marquardt` —
+  pure numpy, tested on their own.
+- :class:`HessianFree` — the driver: ``step(batch_for_gradient, batch_for_curvature)``
+  updates the parameters (shared variables) in place and returns a :class:`StepReport`.
+
+The objective is Sophia's loss per target frame, ``masked_loss`` sum / n_frames over
+the window's last ``step_size`` frames, from zero initial states (HF evaluates the
+same parameters on a batch many times, so no state is carried between windows).
+
+Structural damping (Martens & Sutskever 2011 §3.2) penalises μ·λ·D(h) with
+D = ½ Σ_{t,b,i} (h(θ+δ) − h(θ))² / n_frames over every hidden layer's output h and
+every frame of the window: the squared distance (H_D = I), not the paper's
+cross-entropy form for sigmoid units, because Sophia's units are tanh-like
+(LSTM/GRU outputs). Dividing by n_frames scales it like the loss, as the released
+HF-RNN code, which sums both over the batch, does.
+
+Example
+-------
+>>> import numpy as np
+>>> from sophia.options import ModelOptions
+>>> from sophia.graph.net import Net
+>>> net = Net(ModelOptions(input_dim=2, target_dim=1, net_width=3, net_depth=1), dtype="float64")
+>>> graph = build_net_graph(net, step_size=4)
+>>> hf = HessianFree(graph.params, compile_functions(graph, mode="FAST_COMPILE"),
+...                  HFSettings(max_cg_iters=20))
+>>> rng = np.random.default_rng(0)
+>>> batch = (rng.standard_normal((4, 5, 2)), np.tile(np.arange(4.0)[:, None], (1, 5)),
+...          np.zeros((4, 5), "int32"), rng.standard_normal((4, 5, 1)))
+>>> report = hf.step(batch, curvature_slice(batch, 0.4))
+>>> report.loss_after <= report.loss_before
+True
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytensor as th
+import pytensor.tensor as tt
+from pytensor.gradient import pullback, pushforward
+
+from sophia.optim.losses import masked_loss
+
+
+@dataclass(frozen=True)
+class HFSettings:
+    """The constants of HF; defaults are the papers' values (sources in each comment)."""
+
+    max_cg_iters: int = 250                # Martens 2010 §4.4: CG is capped at 250 iterations
+    init_damping: float = 1.0              # λ₀; the papers tune it per problem (HF-RNN demo: 0.01·outputs on a summed loss)
+    structural_damping: float = 0.03       # μ; the HF-RNN code's damping ratio [1, .03] (M&S 2011 §3.2 tunes μ)
+    curvature_batch_fraction: float = 0.2  # curvature batch / gradient batch; M&S 2011 use a smaller curvature batch (≈1/5 assumed)
+    cg_decay: float = 0.95                 # Martens 2010 §4.5: CG starts from 0.95 × the previous solution
+    lm_shrink: float = 2.0 / 3.0           # Martens 2010 §4.1: λ ← 2/3 λ when ρ > 3/4
+    lm_grow: float = 3.0 / 2.0             # Martens 2010 §4.1: λ ← 3/2 λ when ρ < 1/4
+    rho_low: float = 0.25                  # Martens 2010 §4.1: below this the model over-promised
+    rho_high: float = 0.75                 # Martens 2010 §4.1: above this the model is trusted more
+    line_search_factor: float = 0.8        # Martens 2010 (hf code): α ← 0.8 α from α = 1
+    armijo_c: float = 1e-2                 # Martens 2010 (hf code): f(θ+αp) ≤ f(θ) + c α gᵀp
+    cg_epsilon: float = 5e-4               # Martens 2010 §4.4: relative-progress tolerance ε
+    backtrack_base: float = 1.3            # Martens 2010 §4.6: keep CG iterates at ceil(1.3^j)
+    line_search_max_steps: int = 60        # give up (α = 0, step rejected) after this many shrinks
+
+
+# -- graph ------------------------------------------------------------------------
+@dataclass
+class HFGraph:
+    """The symbolic pieces HF needs for one window.
+
+    params : shared parameters (the flat vector is their concatenation, in order)
+    inputs : the window's ports (``input_tbj, time_tb, id_tb, target_tbk``)
+    s_output_tbk, s_target_tbk : outputs and targets of the loss frames
+    s_hidden : hidden layers' outputs over the whole window, each [T][B][i]
+    loss_type : 'l2' (the only loss with a Gauss–Newton matrix here so far)
+    """
+
+    params: list
+    inputs: list
+    s_output_tbk: object
+    s_target_tbk: object
+    s_hidden: list
+    loss_type: str = "l2"
+
+
+def build_net_graph(net, step_size: int, loss_type: str = "l2", window_size=None) -> HFGraph:
+    """:class:`HFGraph` of ``net`` on the scan engine, loss on the last ``step_size``
+    frames, from zero states; the layers are built one by one as ``Net.forward`` does,
+    so their outputs (the hidden states) are at hand."""
+    if loss_type != "l2":
+        raise ValueError(f"Hessian-free supports loss_type 'l2' so far; got {loss_type!r}")
+    with th.config.change_flags(floatX=net.dtype):
+        ports = net.ports(window_size)
+        choices = net.choose_engines("auto", training=True, prefer="scan")
+        if any(c.engine != "scan" for c in choices):
+            raise ValueError("Hessian-free needs the scan engine for every layer; got "
+                             + ", ".join(c.engine for c in choices))
+        s_batch = ports.p_input_tbj.shape[1]
+        s_zero_states = [tt.zeros((s_batch, w), dtype=net.dtype) for w in net.state_widths()]
+        s_emb_tbe = None
+        if net.v_id_embedding_ne is not None:
+            s_id_tb = ports.p_id_tb
+            s_emb_tbe = net.v_id_embedding_ne[s_id_tb.flatten()].reshape((s_id_tb.shape[0], s_id_tb.shape[1], -1))
+        s_below, s_hidden, n = ports.p_input_tbj, [], 0
+        for layer in net.layers + [net.output_layer]:
+            width = len(layer.state_widths)
+            s_in = s_below if s_emb_tbe is None else tt.concatenate([s_below, s_emb_tbe], axis=2)
+            out = layer.build(s_in, ports.p_time_tb, s_zero_states[n:n + width], carry_frame=0,
+                              training=True, engine="scan", unroll=False, s_skip_tbi=s_below)
+            s_below, n = out.s_output_tbi, n + width
+            s_hidden.append(s_below)
+        return HFGraph(list(net.v_params.values()), ports.inputs(), s_below[-step_size:],
+                       ports.p_target_tbk[-step_size:], s_hidden[:-1], loss_type)
+
+
+def output_hessian_times(s_output_tbk, s_target_tbk, s_r_tbk, loss_type="l2"):
+    """H_L · r, H_L the Hessian of the loss per target frame w.r.t. the outputs.
+
+    For ``l2`` (``masked_loss``: Σ (y − t)² over non-NaN targets, / n_frames) H_L is
+    2 / n_frames on the target elements and 0 elsewhere.
+    """
+    if loss_type != "l2":
+        raise ValueError(f"no output Hessian for loss_type {loss_type!r}")
+    _, s_n_frames = masked_loss(s_output_tbk, s_target_tbk, "l2")
+    s_valid = ~tt.isnan(s_target_tbk)
+    return tt.switch(s_valid, 2.0 * s_r_tbk, 0.0) / tt.maximum(s_n_frames, 1.0)
+
+
+def softmax_hessian_times(s_prob_tbk, s_r_tbk):
+    """(diag(p) − p pᵀ) r per frame: the Hessian of cross-entropy on softmax logits
+    w.r.t. the logits, as a function of the probabilities ``p`` (a future ``xent``
+    divides by its n_frames and masks as ``l2`` does)."""
+    return s_prob_tbk * s_r_tbk - s_prob_tbk * tt.sum(s_prob_tbk * s_r_tbk, axis=-1, keepdims=True)
+
+
+# -- compiled functions -------------------------------------------------------------
+@dataclass
+class HFFunctions:
+    """``f_cost(*window) -> cost``, ``f_grad(*window) -> (cost, grad_j)``,
+    ``f_gv(v_j, p_structural, *window) -> Gv_j`` (all flat over the parameters)."""
+
+    f_cost: object
+    f_grad: object
+    f_gv: object
+
+
+def _unflatten(s_flat_j, params):
+    parts, offset = [], 0
+    for p in params:
+        shape = p.get_value(borrow=True).shape
+        size = int(np.prod(shape))
+        parts.append(tt.reshape(s_flat_j[offset:offset + size], shape))
+        offset += size
+    return parts
+
+
+def _flatten(tensors):
+    return tt.concatenate([tt.flatten(x) for x in tensors])
+
+
+def gauss_newton_product(graph: HFGraph, p_v_j, p_structural):
+    """Symbolic flat G v + p_structural · J_hᵀ J_h v / n_frames (see the module docstring)."""
+    s_v = _unflatten(p_v_j, graph.params)
+    s_jv = pushforward(graph.s_output_tbk, graph.params, s_v, disconnected_outputs="ignore")
+    s_hjv = output_hessian_times(graph.s_output_tbk, graph.s_target_tbk, s_jv, graph.loss_type)
+    s_gv = pullback(graph.s_output_tbk, graph.params, s_hjv, disconnected_inputs="ignore")
+    if graph.s_hidden:
+        _, s_n_frames = masked_loss(graph.s_output_tbk, graph.s_target_tbk, "l2")
+        s_scale = p_structural / tt.maximum(s_n_frames, 1.0)
+        for s_h in graph.s_hidden:
+            s_jhv = pushforward(s_h, graph.params, s_v, disconnected_outputs="ignore")
+            s_term = pullback(s_h, graph.params, s_scale * s_jhv, disconnected_inputs="ignore")
+            s_gv = [a + b for a, b in zip(s_gv, s_term)]
+    return _flatten(s_gv)
+
+
+def compile_functions(graph: HFGraph, mode=None) -> HFFunctions:
+    """Compile :class:`HFFunctions` for ``graph`` (``mode``: a PyTensor compile mode)."""
+    dtype = graph.params[0].dtype
+    with th.config.change_flags(floatX=dtype):
+        s_loss_sum, s_n_frames = masked_loss(graph.s_output_tbk, graph.s_target_tbk, graph.loss_type)
+        s_cost = s_loss_sum / tt.maximum(s_n_frames, 1.0)
+        s_grad_j = _flatten(tt.grad(s_cost, graph.params, disconnected_inputs="ignore"))
+        p_v_j = tt.vector("p_v_j", dtype=dtype)
+        p_structural = tt.scalar("p_structural", dtype=dtype)
+        s_gv_j = gauss_newton_product(graph, p_v_j, p_structural)
+        kw = dict(mode=mode, on_unused_input="ignore")
+        return HFFunctions(th.function(graph.inputs, s_cost, name="f_hf_cost", **kw),
+                           th.function(graph.inputs, [s_cost, s_grad_j], name="f_hf_grad", **kw),
+                           th.function([p_v_j, p_structural] + graph.inputs, s_gv_j, name="f_hf_gv", **kw))
+
+
+# -- the numerical pieces -------------------------------------------------------------
+@dataclass
+class CGResult:
+    """``x``: the last iterate; ``iterates``: [(i, x_i)] kept at ceil(base^j) and the last;
+    ``phis``: φ(x_i) for i = 0..iterations; ``iterations``: CG iterations run."""
+
+    x: np.ndarray
+    iterates: list
+    phis: list
+    iterations: int
+
+
+def conjugate_gradient(apply_a, b, x0, max_iters, epsilon=5e-4, backtrack_base=1.3,
+                       precond_diag=None) -> CGResult:
+    """Minimise φ(x) = ½ xᵀA x − bᵀx by (preconditioned) CG from ``x0``, A = ``apply_a``
+    (symmetric positive definite), ``precond_diag`` an optional diagonal M ≈ A.
+
+    Stops at ``max_iters`` or on Martens 2010's relative progress: φ_i < 0 and
+    (φ_i − φ_{i−k}) / φ_i < k ε with k = max(10, 0.1 i).
+    """
+    x = np.array(x0, dtype=float, copy=True)
+    ax = apply_a(x)
+    r = b - ax
+    y = r / precond_diag if precond_diag is not None else r
+    d, ry = y.copy(), r @ y
+    phis = [0.5 * x @ ax - b @ x]
+    keep = {math.ceil(backtrack_base ** j) for j in range(200) if backtrack_base ** j <= max_iters + 1}
+    iterates, i = [], 0
+    while i < max_iters:
+        ad = apply_a(d)
+        curvature = d @ ad
+        if not curvature > 0 or ry == 0:         # converged exactly, or A is not positive there
+            break
+        step = ry / curvature
+        x, ax, r = x + step * d, ax + step * ad, r - step * ad
+        i += 1
+        phis.append(0.5 * x @ ax - b @ x)
+        if i in keep:
+            iterates.append((i, x.copy()))
+        k = max(10, int(0.1 * i))
+        if i > k and phis[i] < 0 and (phis[i] - phis[i - k]) / phis[i] < k * epsilon:
+            break
+        y = r / precond_diag if precond_diag is not None else r
+        ry_new = r @ y
+        d, ry = y + (ry_new / ry) * d, ry_new
+    if not iterates or iterates[-1][0] != i:
+        iterates.append((i, x.copy()))
+    return CGResult(x, iterates, phis, i)
+
+
+def backtrack(iterates, objective):
+    """``(i, x_i, f_i)`` of the kept iterate with the smallest ``objective(x)``.
+
+    Martens 2010 §4.6 walks back from the last iterate and stops at the first
+    increase; this evaluates every kept iterate (≈ log₁.₃ of the iterations) and
+    takes the best, which is never worse.
+    """
+    best = None
+    for i, x in iterates:
+        f = objective(x)
+        if best is None or f < best[2]:
+            best = (i, x, f)
+    return best
+
+
+def armijo_line_search(objective, f0, slope, f1=None, c=1e-2, factor=0.8, max_steps=60):
+    """``(alpha, f_alpha)``: the largest α = factorⁿ (n < max_steps) with
+    objective(α) ≤ f0 + c α slope; ``(0.0, f0)`` when none or when ``slope`` ≥ 0 (not
+    a descent direction). ``f1`` is objective(1) if already known."""
+    if not slope < 0:
+        return 0.0, f0
+    alpha = 1.0
+    for n in range(max_steps):
+        f = f1 if (n == 0 and f1 is not None) else objective(alpha)
+        if f <= f0 + c * alpha * slope:
+            return alpha, f
+        alpha *= factor
+    return 0.0, f0
+
+
+def levenberg_marquardt(damping, rho, settings: HFSettings):
+    """The next λ: × lm_shrink when ρ > rho_high, × lm_grow when ρ < rho_low or NaN."""
+    if not rho >= settings.rho_low:
+        return damping * settings.lm_grow
+    if rho > settings.rho_high:
+        return damping * settings.lm_shrink
+    return damping
+
+
+def curvature_slice(batch, fraction):
+    """The first ceil(fraction · B) streams of a window ``(input_tbj, time_tb, id_tb, target_tbk)``."""
+    rows = max(1, math.ceil(fraction * batch[0].shape[1]))
+    return tuple(a[:, :rows] for a in batch)
+
+
+# -- the driver -----------------------------------------------------------------------
+@dataclass
+class StepReport:
+    """What one :meth:`HessianFree.step` did (losses on the gradient batch)."""
+
+    loss_before: float
+    loss_after: float
+    rho: float
+    damping: float               # λ used by this step's CG
+    next_damping: float          # λ after the Levenberg–Marquardt rule
+    cg_iterations: int
+    backtrack_iteration: int     # the CG iteration whose iterate was chosen
+    alpha: float                 # line-search step; 0 means the step was rejected
+    accepted: bool = field(init=False)
+
+    def __post_init__(self):
+        self.accepted = self.alpha > 0
+
+
+class HessianFree:
+    """Hessian-free steps on shared ``params`` with compiled :class:`HFFunctions`.
+
+    State (saved by :meth:`state_dict`): the damping λ and the last CG solution,
+    which seeds the next CG run (× ``cg_decay``).
+    """
+
+    def __init__(self, params, functions: HFFunctions, settings: HFSettings = HFSettings()):
+        self.params, self.functions, self.settings = list(params), functions, settings
+        self._shapes = [p.get_value(borrow=True).shape for p in self.params]
+        size = int(sum(np.prod(s) for s in self._shapes))
+        self.damping = float(settings.init_damping)
+        self.direction_j = np.zeros(size)
+
+    # -- flat parameter vector
+    def get_flat(self) -> np.ndarray:
+        return np.concatenate([p.get_value(borrow=True).ravel() for p in self.params])
+
+    def set_flat(self, theta_j) -> None:
+        """As a side effect, sets every parameter's shared value from ``theta_j``."""
+        offset = 0
+        for p, shape in zip(self.params, self._shapes):
+            size = int(np.prod(shape))
+            p.set_value(np.asarray(theta_j[offset:offset + size], p.dtype).reshape(shape))
+            offset += size
+
+    def step(self, batch_for_gradient, batch_for_curvature) -> StepReport:
+        """One HF step; as a side effect it updates the parameters, λ and the CG direction.
+
+        Gradient, backtracking, ρ and line search use ``batch_for_gradient``; the
+        curvature products use ``batch_for_curvature`` (see :func:`curvature_slice`).
+        """
+        s, fn = self.settings, self.functions
+        theta_j = self.get_flat()
+        f0, grad_j = fn.f_grad(*batch_for_gradient)
+        f0, grad_j = float(f0), np.asarray(grad_j, float)
+        lam = self.damping
+
+        def gv(v_j, structural):
+            return np.asarray(fn.f_gv(v_j.astype(theta_j.dtype), structural, *batch_for_curvature), float)
+
+        def objective(delta_j):
+            self.set_flat(theta_j + delta_j)
+            return float(fn.f_cost(*batch_for_gradient))
+
+        cg = conjugate_gradient(lambda v: gv(v, s.structural_damping * lam) + lam * v, -grad_j,
+                                s.cg_decay * self.direction_j, s.max_cg_iters, s.cg_epsilon, s.backtrack_base)
+        self.direction_j = cg.x                 # the next run starts from the last iterate, not the chosen one
+        chosen, p_j, f_p = backtrack(cg.iterates, objective)
+        q = grad_j @ p_j + 0.5 * p_j @ gv(p_j, 0.0)     # the undamped model (HF-RNN divides by the damped one)
+        rho = (f_p - f0) / q if q < 0 else float("-inf")
+        alpha, f_alpha = armijo_line_search(lambda a: objective(a * p_j), f0, grad_j @ p_j, f1=f_p,
+                                            c=s.armijo_c, factor=s.line_search_factor,
+                                            max_steps=s.line_search_max_steps)
+        self.set_flat(theta_j + alpha * p_j)
+        self.damping = levenberg_marquardt(lam, rho, s)
+        return StepReport(f0, f_alpha, float(rho), lam, self.damping, cg.iterations, chosen, alpha)
+
+    # -- state
+    def state_dict(self) -> dict:
+        """Copies of the HF state as arrays (for ``.npz``): ``hf.damping``, ``hf.direction_j``."""
+        return {"hf.damping": np.array(self.damping), "hf.direction_j": self.direction_j.copy()}
+
+    def load_state(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output; raises ValueError if the direction does not fit."""
+        direction_j = np.asarray(state["hf.direction_j"], float)
+        if direction_j.shape != self.direction_j.shape:
+            raise ValueError(f"hf.direction_j has shape {direction_j.shape}, expected {self.direction_j.shape}")
+        self.damping, self.direction_j = float(state["hf.damping"]), direction_j.copy()
+
+    def rollback_reset(self) -> None:
+        """After an annealing rollback (parameters restored to an earlier point): λ back to
+        ``init_damping`` and the CG seed direction to zero, since both described the
+        curvature around parameters that are gone."""
+        self.damping = float(self.settings.init_damping)
+        self.direction_j = np.zeros_like(self.direction_j)
