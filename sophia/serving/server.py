@@ -58,6 +58,7 @@ DEFAULT_IDLE_TIMEOUT = 600.0            # seconds without a message before expir
 POLL_INTERVAL = 0.05                    # seconds; bounds stop() and expiry latency
 MAX_BATCH = 256                         # messages handled between housekeeping
 DEFAULT_MAX_BATCH_DELAY_US = 500        # longest wait for more steps to batch with (0: off)
+BATCH_POLL_SLEEP = 20e-6                # seconds between polls while a batch waits
 
 
 class _Session:
@@ -224,6 +225,7 @@ class Server:
         while time.monotonic() - steps.started < self._batch_delay:
             if self._socket.poll(0, zmq.POLLIN):
                 return True
+            time.sleep(BATCH_POLL_SLEEP)    # a spinning wait would take the core a client needs
         return False
 
     def _run_steps(self) -> None:
