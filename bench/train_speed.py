@@ -103,8 +103,8 @@ def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
 
     m = MODEL
     start = time.perf_counter()
-    options = dict(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
-                   net_width=m["width"], net_depth=m["depth"], **(overrides or {}))
+    options = {**dict(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
+                      net_width=m["width"], net_depth=m["depth"]), **(overrides or {})}
     net = Net(ModelOptions(**options), dtype="float32")
     options = TrainOptions(batch_size=m["batch"], window_size=m["window"], step_size=m["step"],
                            force_type="adam", compile_mode=mode)

@@ -10,7 +10,7 @@ What the report holds and how each number is defined: docs/EVALUATION.md.
 
 Example
 -------
->>> report = evaluate("runs/co2", "data/co2", "test", out="/tmp/eval")   # doctest: +SKIP
+>>> report = evaluate("runs/co2", "data/co2", "test", out="runs/co2/eval/test")   # doctest: +SKIP
 >>> print(format_table(report))                                         # doctest: +SKIP
 """
 from __future__ import annotations
