@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=30, help="untimed round trips first")
     p.add_argument("--stream_seconds", type=float, default=1.0,
                    help="how long the client streams as fast as it can, per case")
+    p.add_argument("--max_batch_delay_us", type=int, default=None,
+                   help="the server's batching delay (default: the server's own)")
     p.add_argument("--blas_threads", type=int, default=None,
                    help="set OPENBLAS/OMP_NUM_THREADS for this process and the server")
     p.add_argument("--echo", metavar="ENDPOINT", help=argparse.SUPPRESS)  # internal
@@ -173,7 +175,10 @@ def main():
         for transport in args.transports:
             server, server_ep = start([sys.executable, "sophia.py", "--log_level", "WARNING",
                                        "--endpoint", endpoint_for(transport, tmp, "server"),
-                                       "--models_dir", tmp, "--preload", *names], "sophia:")
+                                       "--models_dir", tmp, "--preload", *names,
+                                       *([] if args.max_batch_delay_us is None else
+                                         ["--max_batch_delay_us", str(args.max_batch_delay_us)])],
+                                      "sophia:")
             procs.append(server)
             blas = [] if args.blas_threads is None else ["--blas_threads", str(args.blas_threads)]
             echo, echo_ep = start([sys.executable, os.path.abspath(__file__), *blas, "--echo",
