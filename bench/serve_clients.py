@@ -186,12 +186,12 @@ def soak(servers, args, np):
     rss_start = rss_mib(proc.pid)
     results = run_clients(endpoint, args.soak_clients, args.soak_minutes * 60, args)
     rss_end = rss_mib(proc.pid)
-    minutes = sorted({k for r in results for k in r["buckets"] if k != "failure"})
+    minutes = sorted({k for r in results for k in r["buckets"] if k != "failure"}, key=int)  # JSON keys
     print(f"soak: {args.soak_clients} clients over {transport}, {args.soak_minutes:g} min, "
           f"batching {args.max_batch_delay_us} µs")
     for minute in minutes:
         times = np.concatenate([r["buckets"][minute] for r in results if minute in r["buckets"]])
-        print(f"  minute {minute + 1}: {len(times):,} steps, p99 {np.percentile(times, 99):,.0f} µs")
+        print(f"  minute {int(minute) + 1}: {len(times):,} steps, p99 {np.percentile(times, 99):,.0f} µs")
     errors = sum(r["errors"] for r in results)
     print(f"  errors {errors}; server RSS {rss_start:,.0f} MiB at the start, {rss_end:,.0f} MiB at "
           f"the end ({(rss_end / rss_start - 1) * 100:+.1f} %)")
