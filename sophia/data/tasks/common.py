@@ -3,6 +3,8 @@
 - :func:`last_frame_target` — a target that is NaN except at the last frame.
 - :func:`one_hot` — rows of an identity matrix.
 - :func:`sequence_path` — the relative path of a sequence (``train/000123``).
+- :func:`add_length_argument`, :func:`check_length` — the ``--T`` flag of the tasks
+  whose sequences last T to T + T//10 frames.
 
 Example
 -------
@@ -38,3 +40,15 @@ def one_hot(indices, width):
 def sequence_path(split, index):
     """Return the relative path of a split's `index`-th sequence, e.g. ``train/000123``."""
     return f"{split}/{index:06d}"
+
+
+def add_length_argument(parser, minimum: int) -> None:
+    """Add ``--T``, the minimal sequence length (default 100), to an argparse ``parser``."""
+    parser.add_argument("--T", type=int, default=100,
+                        help=f"minimal sequence length (at least {minimum}); default 100")
+
+
+def check_length(T: int, minimum: int) -> None:
+    """Raise ValueError if ``T`` is below ``minimum``."""
+    if T < minimum:
+        raise ValueError(f"--T must be at least {minimum}, got {T}")

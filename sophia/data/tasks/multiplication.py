@@ -22,15 +22,14 @@ True
 from __future__ import annotations
 
 from .adding import MIN_T, hochreiter_pairs
-from .common import last_frame_target
+from .common import add_length_argument, check_length, last_frame_target
 
 SUMMARY = "multiplication problem (Hochreiter & Schmidhuber 1997 Exp. 5)"
 
 
 def add_arguments(parser):
     """Add this task's options to an argparse `parser`."""
-    parser.add_argument("--T", type=int, default=100,
-                        help="minimal sequence length (at least 11); default 100")
+    add_length_argument(parser, MIN_T["hochreiter"])
 
 
 def generate(rng, n, T=100):
@@ -41,8 +40,7 @@ def generate(rng, n, T=100):
     ValueError
         If `T` is below 11, at once.
     """
-    if T < MIN_T["hochreiter"]:
-        raise ValueError(f"--T must be at least {MIN_T['hochreiter']}, got {T}")
+    check_length(T, MIN_T["hochreiter"])
     return _sequences(rng, n, T)
 
 
