@@ -372,7 +372,8 @@ class HessianFree:
         lam = self.damping
 
         def gv(v_j, structural):
-            return np.asarray(fn.f_gv(v_j.astype(theta_j.dtype), structural, *batch_for_curvature), float)
+            return np.asarray(fn.f_gv(v_j.astype(theta_j.dtype), np.asarray(structural, theta_j.dtype),
+                                      *batch_for_curvature), float)     # in the net's dtype (float32 too)
 
         def objective(delta_j):
             self.set_flat(theta_j + delta_j)
