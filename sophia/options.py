@@ -36,8 +36,14 @@ OUTPUT_ACTIVATIONS = ("identity", "softmax", "sigmoid")
 # The output activation each loss trains: xent a softmax over the k units, bce k sigmoids.
 OUTPUT_OF_LOSS = {"l2": "identity", "l1": "identity", "huber": "identity",
                   "xent": "softmax", "bce": "sigmoid"}
-UPDATE_TYPES = ("sgd", "momentum", "nesterov")
+UPDATE_TYPES = ("sgd", "momentum", "nesterov", "hessian_free")
 FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam")
+# Options the hessian_free update does not read (the first-order optimizer's, and the
+# training streak, which HF steps do not count): a non-default value would be ignored.
+HF_UNUSED = ("force_type", "rms_decay", "adadelta_decay", "adam_beta1", "adam_beta2",
+                    "force_epsilon", "update_mu", "grad_norm_clip", "ema_decay",
+                    "target_train_streak")
+HF_LOSS_TYPES = ("l2",)              # the losses whose output Hessian hessian_free builds
 COMPILE_MODES = ("auto", "FAST_COMPILE", "FAST_RUN", "CVM", "NUMBA", "JAX")
 
 
@@ -122,7 +128,7 @@ class TrainOptions:
     eval_batch_size: int = _opt(0, "streams evaluated in parallel (dev loss); 0 = batch_size")
     window_size: int = _opt(64, "h: frames of each BPTT window")
     step_size: int = _opt(32, "h': new frames per window (loss covers these)")
-    update_type: str = _opt("sgd", "sgd | momentum | nesterov")
+    update_type: str = _opt("sgd", "sgd | momentum | nesterov (first-order, with force_type) | hessian_free (Martens 2010; the hf_* options; loss l2, step_size = window_size)")
     update_mu: float = _opt(0.9, "momentum coefficient")
     force_type: str = _opt("adam", "vanilla | adadelta | rmsprop | adam")
     rms_decay: float = _opt(0.9, "rmsprop decay of the squared-gradient average")
@@ -145,6 +151,21 @@ class TrainOptions:
     target_dev_max_error: float = _opt(0.0, "stop once every dev target is within this of the output, and keep that model; 0 = never")
     target_train_streak: int = _opt(0, "stop once this many training target frames in a row were right, and keep that model; 0 = never")
     streak_tolerance: float = _opt(0.04, "|error| up to which a training target frame counts as right")
+    # hessian_free (sophia/optim/hessian_free.py: HFSettings takes its defaults from here)
+    hf_max_cg_iters: int = _opt(250, "HF: most CG iterations per step (Martens 2010 §4.4)")
+    hf_init_damping: float = _opt(1.0, "HF: initial damping lambda, also after a rollback (the papers tune it per problem)")
+    hf_structural_damping: float = _opt(0.03, "HF: structural damping mu, times lambda, on the hidden states (HF-RNN code's ratio; Martens & Sutskever 2011 §3.2)")
+    hf_curvature_batch_fraction: float = _opt(0.2, "HF: share of a window's streams the curvature products use (Martens & Sutskever 2011 use a smaller curvature batch; 1/5 assumed)")
+    hf_cg_decay: float = _opt(0.95, "HF: CG starts from this times the previous solution (Martens 2010 §4.5)")
+    hf_lm_shrink: float = _opt(2.0 / 3.0, "HF: lambda factor when rho > hf_rho_high (Martens 2010 §4.1)")
+    hf_lm_grow: float = _opt(1.5, "HF: lambda factor when rho < hf_rho_low (Martens 2010 §4.1)")
+    hf_rho_low: float = _opt(0.25, "HF: below this reduction ratio the model over-promised (Martens 2010 §4.1)")
+    hf_rho_high: float = _opt(0.75, "HF: above this reduction ratio the model is trusted more (Martens 2010 §4.1)")
+    hf_line_search_factor: float = _opt(0.8, "HF: line-search step factor, from alpha = 1 (Martens's hf code)")
+    hf_armijo_c: float = _opt(0.01, "HF: sufficient-decrease constant c of the line search (Martens's hf code)")
+    hf_cg_epsilon: float = _opt(5e-4, "HF: CG's relative-progress tolerance epsilon (Martens 2010 §4.4)")
+    hf_backtrack_base: float = _opt(1.3, "HF: CG iterates kept for backtracking at ceil(base^j) (Martens 2010 §4.6)")
+    hf_line_search_max_steps: int = _opt(60, "HF: line-search shrinks before the step is rejected (Sophia's choice)")
     unroll_scan: bool = _opt(False, "unrolled graph instead of scan (same results)")
     compile_mode: str = _opt("auto", "auto | FAST_COMPILE | FAST_RUN | CVM | NUMBA | JAX")
 
@@ -176,7 +197,45 @@ class TrainOptions:
         _check_range("streak_tolerance", self.streak_tolerance, lo=0.0)
         if self.diverge_ratio != 0:
             _check_range("diverge_ratio", self.diverge_ratio, lo=1.0)
+        self._validate_hessian_free()
         return self
+
+    def _validate_hessian_free(self) -> None:
+        """The ``hf_*`` ranges, and the options that do not go with the update type."""
+        for name in ("hf_max_cg_iters", "hf_line_search_max_steps"):
+            _check_range(name, getattr(self, name), lo=1)
+        _check_range("hf_init_damping", self.hf_init_damping, lo=0.0, lo_open=True)
+        _check_range("hf_lm_shrink", self.hf_lm_shrink, lo=0.0, hi=1.0, lo_open=True)
+        _check_range("hf_curvature_batch_fraction", self.hf_curvature_batch_fraction, lo=0.0, hi=1.0, lo_open=True)
+        for name in ("hf_structural_damping", "hf_cg_epsilon"):
+            _check_range(name, getattr(self, name), lo=0.0)
+        for name in ("hf_cg_decay", "hf_rho_low", "hf_rho_high"):
+            _check_range(name, getattr(self, name), lo=0.0, hi=1.0)
+        _check_range("hf_lm_grow", self.hf_lm_grow, lo=1.0)
+        _check_range("hf_line_search_factor", self.hf_line_search_factor, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _check_range("hf_armijo_c", self.hf_armijo_c, lo=0.0, hi=1.0, hi_open=True)
+        _check_range("hf_backtrack_base", self.hf_backtrack_base, lo=1.0, lo_open=True)
+        if self.hf_rho_low > self.hf_rho_high:
+            raise OptionError(f"hf_rho_low ({self.hf_rho_low}) must be <= hf_rho_high ({self.hf_rho_high})")
+        hf_names = [f.name for f in fields(self) if f.name.startswith("hf_")]
+        if self.update_type != "hessian_free":
+            changed = _non_defaults(self, hf_names)
+            if changed:
+                raise OptionError(f"{', '.join(changed)} only apply to update_type 'hessian_free', "
+                                  f"not {self.update_type!r}: remove them or set update_type")
+            return
+        changed = _non_defaults(self, HF_UNUSED)
+        if changed:
+            raise OptionError(f"update_type 'hessian_free' does not use {', '.join(changed)}: "
+                              "leave them at their defaults (HF's own settings are the hf_* options)")
+        if self.loss_type not in HF_LOSS_TYPES:
+            raise OptionError(f"update_type 'hessian_free' supports loss_type "
+                              f"{' | '.join(HF_LOSS_TYPES)}, not {self.loss_type!r}")
+        if self.step_size != self.window_size:
+            raise OptionError(f"update_type 'hessian_free' needs step_size = window_size (got "
+                              f"{self.step_size} and {self.window_size}): HF starts every window "
+                              "from zero states, so no state is carried between windows and the "
+                              "loss covers the whole window; make it hold whole sequences")
 
 
 def with_output_activation(model: ModelOptions, loss_type: str) -> ModelOptions:
@@ -298,6 +357,12 @@ def _to_bool(value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
         return False
     raise ValueError(value)
+
+
+def _non_defaults(options, names) -> list[str]:
+    """Those of ``names`` whose value in ``options`` differs from the field's default."""
+    defaults = {f.name: f.default for f in fields(options)}
+    return [name for name in names if getattr(options, name) != defaults[name]]
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -186,3 +186,32 @@ def test_bad_sizes_are_refused(tmp_path):
         BPTTIterator(ds, {}, batch_size=1, window_size=2, step_size=3)
     with pytest.raises(ValueError):
         BPTTIterator(ds, {}, batch_size=0, window_size=2, step_size=2)
+
+
+@pytest.mark.parametrize("batch_size, h", [(3, 13), (2, 8), (1, 15)])
+def test_whole_sequences_never_straddle_two_windows(tmp_path, batch_size, h):
+    """Every sequence lies within one window (13 does not fit 8: it runs on), and a
+    finite pass still has every frame once."""
+    ds = make_dataset(tmp_path, LENGTHS)
+    ws = windows(ds, batch_size=batch_size, window_size=h, step_size=h, repeat=False,
+                 whole_sequences=True)
+    assert frame_counts(new_rows(ws, h)[0]) == all_frames(LENGTHS)
+    for n, w in enumerate(ws):
+        for b in range(batch_size):
+            code, frame = w.input_tbj[:, b, 0], w.input_tbj[:, b, 1]
+            if code[0] > 0 and frame[0] > 0:              # a continuation: only of the long one
+                assert LENGTHS[int(code[0]) - 1] > h and frame[0] % h == 0
+            starts = np.flatnonzero((code > 0) & (frame == 0))
+            for t in starts:
+                length = LENGTHS[int(code[t]) - 1]
+                assert length > h or t + length <= h, (n, b, t)   # it ends in this window
+    # without the option the same pass does straddle
+    plain = windows(ds, batch_size=batch_size, window_size=h, step_size=h, repeat=False)
+    assert any(w.input_tbj[0, b, 1] > 0 and LENGTHS[int(w.input_tbj[0, b, 0]) - 1] <= h
+               for w in plain for b in range(batch_size) if w.input_tbj[0, b, 0] > 0)
+
+
+def test_whole_sequences_need_step_equal_window(tmp_path):
+    ds = make_dataset(tmp_path, [2])
+    with pytest.raises(ValueError, match="whole_sequences needs step_size == window_size"):
+        BPTTIterator(ds, {}, batch_size=1, window_size=4, step_size=2, whole_sequences=True)

@@ -113,3 +113,36 @@ def test_resume_errors_name_what_differs_and_the_alternative(data_dir, tmp_path,
     assert main(["--resume", str(ws)]) == 1
     err = capsys.readouterr().err
     assert "has no resumable state" in err and f"--load_from {ws}" in err
+
+
+# Hessian-free: whole sequences in a window, no patience, so it rolls back too (the
+# reset of lambda and the CG direction takes part); HF's state is in the checkpoint.
+RUN_HF = dict(unit_type="rnn", init_type="sparse", orthogonal_recurrent="false", net_width=6,
+              net_depth=1, batch_size=4, window_size=13, step_size=13,
+              update_type="hessian_free", compile_mode="FAST_COMPILE", frames_per_epoch=600,
+              max_epochs=8, max_retry=0, lr_lower_bound=0, hf_max_cg_iters=20,
+              hf_init_damping=0.1)
+HF_FIELDS = LOSS_FIELDS[:-1] + ("hf_steps", "hf_rho", "hf_damping", "hf_cg_iterations", "decision")
+
+
+@pytest.mark.slow     # 4 processes compile HF graphs (~100 s on 2 cores); tests/test_hf_training.py has a fast stop-and-resume
+def test_a_killed_hessian_free_run_resumed_ends_as_the_run_left_alone(data_dir, tmp_path):
+    alone, killed = str(tmp_path / "alone"), str(tmp_path / "killed")
+    finish(train_py("--data_dir", data_dir, "--save_to", alone, *sets(**RUN_HF)))
+    rng = random.Random(5)
+    kill_after_epoch_lines(train_py("--data_dir", data_dir, "--save_to", killed, *sets(**RUN_HF)),
+                           lines=2, delay=rng.uniform(0.0, 0.5))
+    kill_after_epoch_lines(train_py("--resume", killed), lines=2, delay=rng.uniform(0.0, 0.5))
+    assert "resumed" in finish(train_py("--resume", killed))
+    records = [[r.get(k) for k in HF_FIELDS] for r in Workspace(alone, create=False).read_metrics()]
+    got = [[r.get(k) for k in HF_FIELDS] for r in Workspace(killed, create=False).read_metrics()]
+    assert any("rollback" in r[-1] for r in records)
+    assert [r[0] for r in got] == list(range(RUN_HF["max_epochs"] + 1))
+    for want, have in zip(records, got):
+        assert want[0] == have[0] and want[-1] == have[-1]
+        np.testing.assert_allclose(np.array(have[1:-1], float), np.array(want[1:-1], float),
+                                   rtol=0, atol=1e-6, err_msg=f"epoch {want[0]}")
+    want_params = Workspace(alone, create=False).load_arrays("params")
+    have_params = Workspace(killed, create=False).load_arrays("params")
+    for name in want_params:
+        np.testing.assert_allclose(have_params[name], want_params[name], rtol=0, atol=1e-6, err_msg=name)

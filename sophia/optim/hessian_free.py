@@ -2,7 +2,8 @@
 
 What is in it:
 
-- :class:`HFSettings` — the method's constants, the papers' values as defaults.
+- :class:`HFSettings` — the method's constants, the papers' values as defaults (those of
+  the ``hf_*`` training options; :meth:`HFSettings.from_options`).
 - :func:`build_net_graph` → :class:`HFGraph` — the net's window graph on the scan
   engine (the fused and oneDNN engines have no second-order derivatives), with the
   hidden layers' outputs kept for structural damping.
@@ -48,7 +49,7 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pytensor as th
@@ -56,26 +57,39 @@ import pytensor.tensor as tt
 from pytensor.gradient import pullback, pushforward
 
 from sophia.optim.losses import masked_loss
+from sophia.options import TrainOptions
+
+
+def _default(name: str):
+    """The default of the training option ``hf_<name>``: :mod:`sophia.options` is the one
+    source of these constants (and says where each value comes from)."""
+    return TrainOptions.__dataclass_fields__[f"hf_{name}"].default
 
 
 @dataclass(frozen=True)
 class HFSettings:
-    """The constants of HF; defaults are the papers' values (sources in each comment)."""
+    """The constants of HF; the defaults (the papers' values, sources in the ``hf_*``
+    options' help) are those of the training options ``hf_<name>``."""
 
-    max_cg_iters: int = 250                # Martens 2010 §4.4: CG is capped at 250 iterations
-    init_damping: float = 1.0              # λ₀; the papers tune it per problem (HF-RNN demo: 0.01·outputs on a summed loss)
-    structural_damping: float = 0.03       # μ; the HF-RNN code's damping ratio [1, .03] (M&S 2011 §3.2 tunes μ)
-    curvature_batch_fraction: float = 0.2  # curvature batch / gradient batch; M&S 2011 use a smaller curvature batch (≈1/5 assumed)
-    cg_decay: float = 0.95                 # Martens 2010 §4.5: CG starts from 0.95 × the previous solution
-    lm_shrink: float = 2.0 / 3.0           # Martens 2010 §4.1: λ ← 2/3 λ when ρ > 3/4
-    lm_grow: float = 3.0 / 2.0             # Martens 2010 §4.1: λ ← 3/2 λ when ρ < 1/4
-    rho_low: float = 0.25                  # Martens 2010 §4.1: below this the model over-promised
-    rho_high: float = 0.75                 # Martens 2010 §4.1: above this the model is trusted more
-    line_search_factor: float = 0.8        # Martens 2010 (hf code): α ← 0.8 α from α = 1
-    armijo_c: float = 1e-2                 # Martens 2010 (hf code): f(θ+αp) ≤ f(θ) + c α gᵀp
-    cg_epsilon: float = 5e-4               # Martens 2010 §4.4: relative-progress tolerance ε
-    backtrack_base: float = 1.3            # Martens 2010 §4.6: keep CG iterates at ceil(1.3^j)
-    line_search_max_steps: int = 60        # give up (α = 0, step rejected) after this many shrinks
+    max_cg_iters: int = _default("max_cg_iters")                  # Martens 2010 §4.4
+    init_damping: float = _default("init_damping")                # λ₀, tuned per problem
+    structural_damping: float = _default("structural_damping")    # μ, M&S 2011 §3.2
+    curvature_batch_fraction: float = _default("curvature_batch_fraction")
+    cg_decay: float = _default("cg_decay")                        # Martens 2010 §4.5
+    lm_shrink: float = _default("lm_shrink")                      # Martens 2010 §4.1
+    lm_grow: float = _default("lm_grow")                          # Martens 2010 §4.1
+    rho_low: float = _default("rho_low")                          # Martens 2010 §4.1
+    rho_high: float = _default("rho_high")                        # Martens 2010 §4.1
+    line_search_factor: float = _default("line_search_factor")    # Martens's hf code
+    armijo_c: float = _default("armijo_c")                        # Martens's hf code
+    cg_epsilon: float = _default("cg_epsilon")                    # Martens 2010 §4.4
+    backtrack_base: float = _default("backtrack_base")            # Martens 2010 §4.6
+    line_search_max_steps: int = _default("line_search_max_steps")  # then α = 0, step rejected
+
+    @classmethod
+    def from_options(cls, train_options: TrainOptions) -> "HFSettings":
+        """The settings of a run: each field from the training option ``hf_<field>``."""
+        return cls(**{f.name: getattr(train_options, f"hf_{f.name}") for f in fields(cls)})
 
 
 # -- graph ------------------------------------------------------------------------
@@ -358,7 +372,8 @@ class HessianFree:
         lam = self.damping
 
         def gv(v_j, structural):
-            return np.asarray(fn.f_gv(v_j.astype(theta_j.dtype), structural, *batch_for_curvature), float)
+            return np.asarray(fn.f_gv(v_j.astype(theta_j.dtype), np.asarray(structural, theta_j.dtype),
+                                      *batch_for_curvature), float)     # in the net's dtype (float32 too)
 
         def objective(delta_j):
             self.set_flat(theta_j + delta_j)

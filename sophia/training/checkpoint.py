@@ -10,6 +10,8 @@ completed epoch and goes on exactly as if it had never stopped
 ``state.<n>``       the stored states the training windows carry, [B][width]
 ``optim.<n>``       the optimizer's state variables (moments, step counts, average)
 ``iter.<name>``     the iterator's shuffled order and window buffers
+``hf.<name>``       ``update_type = "hessian_free"`` only: the HF driver's state as
+                    ``HessianFree.state_dict()`` names it (λ, the last CG solution)
 ``meta.json``       UTF-8 JSON: the annealer's state, the iterator's position and
                     random state, the training streak, the epoch numbering, the
                     number of metrics records, and the stop reason of a finished run
@@ -36,6 +38,7 @@ from sophia.workspace import RESUME, Workspace, WorkspaceError
 
 VERSION = 1
 _META = "meta.json"
+_HF = "hf."
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Checkpoint:
     optimizer: list[np.ndarray]
     iterator_arrays: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+    hf: dict[str, np.ndarray] = field(default_factory=dict)   # keys keep their "hf." prefix
 
     def save(self, ws: Workspace) -> None:
         """Write ``snapshots/resume.npz`` atomically (replacing the previous one)."""
@@ -54,6 +58,9 @@ class Checkpoint:
         arrays.update({f"state.{n}": v for n, v in enumerate(self.states)})
         arrays.update({f"optim.{n}": v for n, v in enumerate(self.optimizer)})
         arrays.update({f"iter.{k}": v for k, v in self.iterator_arrays.items()})
+        if any(not k.startswith(_HF) for k in self.hf):
+            raise ValueError(f"HF state names must start with {_HF!r}: {sorted(self.hf)}")
+        arrays.update(self.hf)
         text = json.dumps({"version": VERSION, **self.meta}, allow_nan=False)
         arrays[_META] = np.frombuffer(text.encode("utf-8"), np.uint8)
         ws.save_arrays(RESUME, arrays)
@@ -83,7 +90,7 @@ def load(ws: Workspace) -> Checkpoint:
              for prefix in ("net.", "state.", "optim.", "iter.")}
     try:
         return Checkpoint(parts["net."], _numbered(parts["state."]), _numbered(parts["optim."]),
-                          parts["iter."], meta)
+                          parts["iter."], meta, {k: v for k, v in arrays.items() if k.startswith(_HF)})
     except KeyError as error:
         raise WorkspaceError(f"{path}: a numbered array is missing: {error}") from error
 

@@ -19,7 +19,9 @@ What is here:
 - :class:`BPTTIterator` -- iterate over it for windows, endlessly
   (``repeat=True``, training) or once over every frame (``repeat=False``,
   evaluation, with ``step_size == window_size``); ``synchronized=True`` starts
-  B sequences together, as recurrent batch normalization needs.
+  B sequences together, as recurrent batch normalization needs;
+  ``whole_sequences=True`` lets no sequence straddle two windows, as Hessian-free
+  steps (which start each window from zero states) need.
 - :class:`WindowStream` -- what ``iter()`` gives: the pass's position, whose
   :meth:`~WindowStream.state` (JSON-ready values and arrays, the shuffling's
   random state included) :meth:`BPTTIterator.restore` continues exactly.
@@ -85,6 +87,12 @@ class BPTTIterator:
         target NaN, their id and a time signal that keeps counting up (no
         reset) by the sequence's mean frame interval. A last, smaller group
         pads its missing streams entirely (time -1).
+    whole_sequences : bool
+        With ``step_size == window_size``: a sequence that does not fit the rest
+        of its stream's window starts that stream's next window instead, and the
+        rest is padded (input 0, target NaN, time -1), so a window holds whole
+        sequences only; one longer than the window still runs on into the next.
+        Not with ``synchronized``.
     seed : int
         Seed of the shuffling; each ``iter()`` starts over from it.
 
@@ -94,10 +102,12 @@ class BPTTIterator:
 
     def __init__(self, dataset: Dataset, id_index: dict[str, int], batch_size: int,
                  window_size: int, step_size: int, *, repeat: bool = True,
-                 synchronized: bool = False, seed: int = 0):
+                 synchronized: bool = False, whole_sequences: bool = False, seed: int = 0):
         if batch_size < 1 or window_size < 1 or not 1 <= step_size <= window_size:
             raise ValueError(f"need batch_size >= 1 and 1 <= step_size <= window_size "
                              f"(got {batch_size}, {step_size}, {window_size})")
+        if whole_sequences and (synchronized or step_size != window_size):
+            raise ValueError("whole_sequences needs step_size == window_size and no synchronized groups")
         self._order = np.array([i for i, s in enumerate(dataset.sequences) if s.length],
                                dtype=np.int64)
         if not self._order.size:
@@ -105,6 +115,7 @@ class BPTTIterator:
         self.dataset, self.id_index = dataset, id_index
         self.batch_size, self.window_size, self.step_size = batch_size, window_size, step_size
         self.repeat, self.synchronized, self.seed = repeat, synchronized, seed
+        self.whole_sequences = whole_sequences
 
     def __iter__(self) -> "WindowStream":
         return WindowStream(self)
@@ -219,7 +230,7 @@ class WindowStream:
         return sum(self._fill_stream(b, h - hp, h) for b in range(self.it.batch_size))
 
     def _fill_stream(self, b: int, r: int, stop: int) -> int:
-        st, new = self.streams[b], 0
+        st, new, first = self.streams[b], 0, r
         while r < stop:
             if st.pos >= st.run:
                 seq = self.queue.next()
@@ -228,6 +239,9 @@ class WindowStream:
                     self._pad(b, r, stop)
                     break
                 st = self.streams[b] = self._start(seq)
+            if self.it.whole_sequences and st.pos == 0 and r > first and st.run > stop - r:
+                self._pad(b, r, stop)                  # it starts the next window
+                break
             n = min(stop - r, st.run - st.pos)
             new += self._write(b, st, r, n)
             r += n

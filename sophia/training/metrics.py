@@ -6,6 +6,8 @@ A record is the dict the trainer appends to ``metrics.jsonl`` each epoch::
      "baseline": 0.3, "lr": 1e-3, "decision": "new best", "frames": 123456,
      "seconds": 12.3}
 
+Hessian-free runs add ``hf_steps``, ``hf_rejected``, ``hf_rho`` (mean ρ),
+``hf_damping`` (λ after the epoch) and ``hf_cg_iterations`` (mean per step).
 Runs with a categorical loss (xent, bce) add ``train_accuracy``, ``dev_accuracy``
 and ``baseline_accuracy`` (always predicting the most frequent class); their
 ``baseline`` is the entropy of the training targets' class prior. Every key is optional; a missing or null value is left out of the line and
@@ -52,6 +54,10 @@ def format_epoch_line(record: Mapping[str, Any]) -> str:
         parts.append(f"streak {record['train_streak']}")
     if record.get("lr") is not None:
         parts.append(f"lr {_num(record['lr'])}")
+    if record.get("hf_steps") is not None:
+        parts.append(f"HF {record['hf_steps']} steps ({record.get('hf_rejected', 0)} rejected) "
+                     f"rho {_num(record.get('hf_rho'))} lambda {_num(record.get('hf_damping'))} "
+                     f"CG {_num(record.get('hf_cg_iterations'))}/step")
     frames, seconds = record.get("frames"), record.get("seconds")
     if frames is not None and seconds:
         parts.append(f"{frames / seconds / 1000:.1f}k frames/s")

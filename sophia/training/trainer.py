@@ -18,6 +18,20 @@ compiles ``f_train_step`` and ``f_fwd_propagate`` and runs epochs:
    the best model (``params.npz``), save the pivot, or roll back to the pivot
    with a smaller learning rate and a reset optimizer; stop when it says so.
 
+With ``update_type = "hessian_free"`` step 1 runs Hessian-free steps instead
+(:mod:`sophia.training.hf_training`; the graph on the scan engine, the fused and
+oneDNN engines having no R-op): one per window of the iterator, which reads
+windows of whole sequences (``step_size == window_size`` and ``whole_sequences``:
+HF starts each window from zero states, so nothing is carried); the gradient
+comes from all streams, the curvature from the first ``hf_curvature_batch_fraction``
+of them, and the epoch record adds the steps' mean ρ, the final λ and the mean CG
+iterations. HF has no learning rate, so a rollback
+reloads the pivot and resets HF (:meth:`HessianFree.rollback_reset`: λ back to
+``hf_init_damping``, the CG seed direction to zero), and the annealer's learning
+rate only counts rollbacks: it still starts at ``lr_init_val`` and shrinks by
+``lr_decay_rate`` at each, so the run stops at the first rollback that takes it
+below ``lr_lower_bound``.
+
 A non-finite loss (NaN or inf in training or evaluation) ends the epoch and
 forces a rollback. Before epoch 1 the initial model is saved as best and
 pivot, and its dev loss (epoch 0) seeds the annealer, so every later "best"
@@ -56,7 +70,7 @@ from sophia.graph.net import Net
 from sophia.optim.losses import CATEGORICAL
 from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict,
                             with_output_activation)
-from sophia.training import checkpoint
+from sophia.training import checkpoint, hf_training
 from sophia.training.annealer import Annealer, Decision
 from sophia.data.dataset import Dataset, check_targets, id_order
 from sophia.training.iterator import BPTTIterator
@@ -126,6 +140,9 @@ def check_batch_norm(model: ModelOptions, train_options: TrainOptions, dataset: 
     """
     if not model.batch_norm:
         return
+    if train_options.update_type == "hessian_free":
+        raise OptionError("batch_norm cannot train with update_type 'hessian_free': HF steps do "
+                          "not update the population statistics")
     if dataset.has_time:
         raise OptionError(f"batch_norm needs frame-indexed sequences, but {dataset.root} has "
                           ".time files; train without batch_norm (layer_norm works with them)")
@@ -316,7 +333,7 @@ class Trainer:
     def _prepare(self, train_options, seed, data_dir, out, progress) -> None:
         self.train_options, self.seed, self.data_dir = train_options.validate(), seed, data_dir
         self.out, self.progress = out or sys.stdout, progress or sys.stderr
-        self._checkpoint = None
+        self._checkpoint, self.hf = None, None
 
     def _open(self, model_options: ModelOptions, ids: list[str] | None) -> None:
         """Open the data and build the net (its parameters freshly initialised)."""
@@ -348,7 +365,8 @@ class Trainer:
         o = self.train_options
         windows = BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
                                o.step_size, repeat=True, seed=self.seed,
-                               synchronized=self.model_options.batch_norm)
+                               synchronized=self.model_options.batch_norm,
+                               whole_sequences=o.update_type == "hessian_free")
         self.baseline_accuracy = None
         if self.categorical:
             self.baseline, self.baseline_accuracy = categorical_baseline(self.train_set, self.dev_set,
@@ -367,29 +385,42 @@ class Trainer:
         return self._finish(annealer, decision)
 
     def print_summary(self) -> None:
-        """Print the options, seed, data sizes, number of IDs and of weights."""
+        """Print the options (the ``hf_*`` ones only for a Hessian-free run), seed, data
+        sizes, number of IDs and of weights."""
         t, d = self.train_set, self.dev_set
         lines = [f"Sophia training: {self.data_dir} -> {self.ws.path}",
                  f"  data: {len(t)} train / {len(d)} dev sequences ({t.num_frames} / {d.num_frames} "
                  f"frames), input_dim {t.input_dim}, target_dim {t.target_dim}, {len(self.ids)} IDs",
                  f"  seed {self.seed}, {self.net.num_weights():,} weights"]
+        hf = self.train_options.update_type == "hessian_free"
         for title, options in (("model", self.model_options), ("train", self.train_options)):
-            text = " ".join(f"{k}={v}" for k, v in to_dict(options).items())
+            text = " ".join(f"{k}={v}" for k, v in to_dict(options).items()
+                            if hf or not k.startswith("hf_"))     # HF's settings only where they apply
             lines += textwrap.wrap(text, 96, initial_indent=f"  {title}: ", subsequent_indent="    ")
         self._log("\n".join(lines))
 
     def compile(self) -> None:
-        """Compile ``f_train_step``, ``f_reset`` and ``f_fwd_propagate``; print the times."""
+        """Compile ``f_train_step`` (or, for ``hessian_free``, the HF driver ``hf``),
+        ``f_reset`` and ``f_fwd_propagate``; print the times and engines."""
         o, mode = self.train_options, self.train_options.compile_mode
         start = time.monotonic()
-        self.f_train_step, self.v_states, self.optimizer = self.net.compile_train_step(o)
-        self.f_reset = self.optimizer.compile_reset(compile_mode(mode))
+        if o.update_type == "hessian_free":
+            self.hf = hf_training.compile_hf(self.net, o)
+            self.f_reset, self.v_states, self.optimizer = self.hf.rollback_reset, [], None
+            trained = "HF functions"
+        else:
+            self.f_train_step, self.v_states, self.optimizer = self.net.compile_train_step(o)
+            self.f_reset = self.optimizer.compile_reset(compile_mode(mode))
+            trained = "f_train_step"
         middle = time.monotonic()
         eval_options = dataclasses.replace(o, step_size=o.window_size, batch_size=self._eval_batch())
         self.f_fwd, self.v_eval_states = self.net.compile_fwd_propagate(eval_options)
-        self._log(f"compiled ({mode}): f_train_step {middle - start:.1f} s, "
+        self._log(f"compiled ({mode}): {trained} {middle - start:.1f} s, "
                   f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
         for graph, training in (("training", True), ("evaluation", False)):
+            if training and self.hf is not None:
+                self._log(f"  training engines: {hf_training.ENGINE_NOTE}")
+                continue
             choices = self.net.choose_engines(mode, training=training, unroll=o.unroll_scan)
             self._log(f"  {graph} engines: {describe(choices)}")
 
@@ -440,14 +471,19 @@ class Trainer:
         position, arrays = self._windows.state()
         checkpoint.Checkpoint(
             net=self.net.get_values(), states=[v.get_value() for v in self.v_states],
-            optimizer=[v.get_value() for v in self.optimizer.v_state], iterator_arrays=arrays,
+            optimizer=[v.get_value() for v in self._optimizer_state()], iterator_arrays=arrays,
             meta={"annealer": annealer.state_dict(), "iterator": position,
                   "train_streak": self.train_streak, "epoch_offset": self.epoch_offset,
-                  "metrics_records": self._records, "finished": finished}).save(self.ws)
+                  "metrics_records": self._records, "finished": finished},
+            hf=self.hf.state_dict() if self.hf is not None else {}).save(self.ws)
+
+    def _optimizer_state(self) -> list:
+        """The first-order optimizer's state variables (none for ``hessian_free``)."""
+        return [] if self.optimizer is None else self.optimizer.v_state
 
     def _restore(self, saved: checkpoint.Checkpoint, windows: BPTTIterator, annealer: Annealer) -> None:
         """Continue from ``saved``: the iterator, annealer, stored states, optimizer
-        state and metrics log as they were (the parameters were set by :meth:`resume`).
+        (or HF) state and metrics log as they were (the parameters were set by :meth:`resume`).
         Raises WorkspaceError if the checkpoint does not fit this run."""
         path = self.ws.file(RESUME, ".npz")
         meta = saved.meta
@@ -456,11 +492,13 @@ class Trainer:
             annealer.load_state(meta["annealer"])
             self.train_streak, self.epoch_offset = int(meta["train_streak"]), int(meta["epoch_offset"])
             records = int(meta["metrics_records"])
+            if self.hf is not None:
+                self.hf.load_state(saved.hf)
         except (KeyError, TypeError, ValueError) as error:
             raise WorkspaceError(f"{path}: the saved training state does not fit this run: "
                                  f"{type(error).__name__}: {error}") from error
         for kind, variables, values in (("stored states", self.v_states, saved.states),
-                                        ("optimizer state", self.optimizer.v_state, saved.optimizer)):
+                                        ("optimizer state", self._optimizer_state(), saved.optimizer)):
             shapes = [v.get_value(borrow=True).shape for v in variables]
             if [np.shape(x) for x in values] != shapes:
                 raise WorkspaceError(f"{path}: the {kind} do not fit this run's net and options")
@@ -474,7 +512,12 @@ class Trainer:
 
     def _epoch(self, annealer: Annealer) -> Decision:
         lr, epoch = annealer.lr, self.epoch_offset + annealer.epochs + 1
-        train_loss, frames, seconds, finite, train_accuracy = self._train_frames(lr, f"epoch {epoch}")
+        if self.hf is None:
+            train_loss, frames, seconds, finite, train_accuracy = self._train_frames(lr, f"epoch {epoch}")
+            hf_fields = {}
+        else:
+            train_loss, frames, seconds, finite, hf_fields = self._hf_frames(f"epoch {epoch}")
+            train_accuracy = math.nan           # HF trains l2 only: no accuracy
         start = time.monotonic()
         live = self._use_average()
         dev_loss, dev_max_error, dev_accuracy = (self.measure(self.dev_set) if finite
@@ -491,7 +534,7 @@ class Trainer:
         self._record({"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
                       "dev_max_error": dev_max_error, "train_streak": streak,
                       "baseline": self.baseline, **self._accuracies(train_accuracy, dev_accuracy),
-                      "lr": lr, "decision": prefix + decision.reason,
+                      "lr": lr, **hf_fields, "decision": prefix + decision.reason,
                       "frames": frames, "seconds": seconds,
                       "eval_seconds": time.monotonic() - start})
         self._save_checkpoint(annealer, decision.reason if decision.stop else "")
@@ -547,6 +590,21 @@ class Trainer:
         loss = total / target_frames if target_frames else math.nan
         return loss, frames, time.monotonic() - start, True, _ratio(*hits)
 
+    def _hf_frames(self, label: str):
+        """HF steps over ``frames_per_epoch`` new frames (:func:`hf_training.train_frames`).
+
+        Returns ``(train loss per target frame, frames, seconds, finite, HF record fields)``.
+        """
+        o = self.train_options
+        bar = Progress(self.progress, label, o.frames_per_epoch)
+        start = time.monotonic()
+        try:
+            epoch = hf_training.train_frames(self.hf, self._windows, o.frames_per_epoch,
+                                             o.hf_curvature_batch_fraction, bar.update)
+        finally:
+            bar.close()
+        return epoch.loss, epoch.frames, time.monotonic() - start, epoch.finite, epoch.fields
+
     def _streak_reached(self, n_frames: float, max_error: float) -> bool:
         """Count a step's target frames into ``train_streak`` (target frames in a row with
         every element within ``streak_tolerance``; a step with a wrong one restarts it
@@ -558,7 +616,9 @@ class Trainer:
         return 0 < o.target_train_streak <= self.train_streak
 
     def _obey(self, decision: Decision) -> None:
-        """Save best / pivot, or roll back to the pivot (the optimizer and stored states reset)."""
+        """Save best / pivot, or roll back to the pivot (the optimizer and stored states
+        reset; for ``hessian_free``, λ and the CG direction: ``f_reset`` is
+        :meth:`HessianFree.rollback_reset`)."""
         if decision.rollback:
             self.train_streak = 0              # the streak belongs to the model rolled away from
             self.net.set_values(self.ws.load_arrays(PIVOT))
