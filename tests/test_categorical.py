@@ -11,7 +11,8 @@ from sophia.data.writer import DatasetWriter
 from sophia.options import ModelOptions, OptionError, TrainOptions, with_output_activation
 from sophia.serving.model import load_model
 from sophia.training.metrics import format_epoch_line
-from sophia.training.trainer import Trainer, categorical_baseline
+from sophia.training.baselines import categorical_baseline
+from sophia.training.trainer import Trainer
 from sophia.workspace import Workspace, load_model_options, load_net
 
 PRIOR = np.array([0.6, 0.25, 0.15])

@@ -26,7 +26,8 @@ from sophia.data.dataset import Dataset
 from sophia.training import checkpoint
 from sophia.workspace import PARAMS, load_net, load_run_options
 from sophia.training import trainer as trainer_module
-from sophia.training.trainer import Trainer, mean_baseline
+from sophia.training.baselines import mean_baseline
+from sophia.training.trainer import Trainer
 from sophia.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
