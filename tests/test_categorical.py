@@ -157,3 +157,14 @@ def test_output_activation_follows_the_loss_and_old_workspaces_mean_identity(tra
     del saved["model"]["output_activation"]                     # a workspace from before 0.2.0
     ws.save_json("options", saved)
     assert load_model_options(ws).output_activation == "identity"
+
+
+def test_sophia_data_check_with_a_loss_type_names_the_bad_target_frame(tmp_path, capsys):
+    from sophia.data.cli import main
+    loss_type, target, frame = BAD["xent not one-hot"]
+    root = bad_data(tmp_path / "data", np.array(target, float), loss_type)
+    assert main(["check", root, "--input_dim", "2", "--target_dim", "3"]) == 0
+    capsys.readouterr()
+    assert main(["check", root, "--input_dim", "2", "--target_dim", "3", "--loss_type", "xent"]) == 1
+    err = capsys.readouterr().err
+    assert f"{root}/bad.target" in err and f"target frame {frame}" in err, err

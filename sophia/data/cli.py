@@ -5,7 +5,7 @@ writes the dataset of a task (see :mod:`sophia.data.make`; ``sophia-data make
 TASK --help`` lists the task's own options). Bad options or a non-empty DIR
 exit with status 2.
 
-``sophia-data check DIR [--input_dim N] [--target_dim N]`` checks every split
+``sophia-data check DIR [--input_dim N] [--target_dim N] [--loss_type L]`` checks every split
 of the dataset in DIR (see :mod:`sophia.data.dataset`) and prints a
 summary, or every problem found and exits with status 1.
 
@@ -25,7 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sophia.data.dataset import DatasetError, check_dataset
+from sophia.data.dataset import Dataset, DatasetError, check_dataset, check_targets
+from sophia.options import LOSS_TYPES
 from sophia.data.make import DEFAULT_COUNTS, make_dataset
 from sophia.data.tasks import TASKS, real
 from sophia.data.writer import SPLITS
@@ -78,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("directory", help="dataset directory (holds train.list, dev.list)")
     check.add_argument("--input_dim", type=_dim, default=0, help="input width; 0 = infer")
     check.add_argument("--target_dim", type=_dim, default=0, help="target width; 0 = infer")
+    check.add_argument("--loss_type", choices=LOSS_TYPES, default=None,
+                       help="also check that every target fits this loss (xent: one-hot or "
+                            "all-NaN frames; bce: 0, 1 or NaN elements)")
     return parser
 
 
@@ -93,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         return _make(args, parser)
     try:
         summary = check_dataset(args.directory, args.input_dim, args.target_dim)
+        if args.loss_type:
+            for split in summary.sequences:
+                check_targets(Dataset.open(args.directory, split, summary.input_dim, summary.target_dim),
+                              args.loss_type)
     except DatasetError as e:
         print(f"{args.directory}: {len(e.problems)} problem(s):", file=sys.stderr)
         print(e, file=sys.stderr)
