@@ -10,8 +10,10 @@ the clients' p50 and p99 round trips and the worst p99, and at the end the ratio
 batched to unbatched aggregate frames/s per C.
 
 ``--soak_minutes M`` instead runs ``--soak_clients`` clients against the batching
-server for M minutes and prints, per minute, the steps, errors and p99 across all
-clients, and the server's resident memory at the start and the end.
+server for M minutes and prints, per minute, the steps and p99 across all clients,
+the errors, and the server's resident memory before the clients, after their first
+minute (the growth is measured from there: every session is open and warm) and at
+the end.
 
 Not a test: it prints figures (bench/README.md holds the last ones).
 
@@ -180,12 +182,18 @@ def main():
 
 
 def soak(servers, args, np):
-    """The soak run: errors, RSS at start and end and p99 per minute."""
+    """The soak run: errors, p99 per minute, and the server's RSS before the clients,
+    after their first minute (every session open and warm) and at the end."""
     transport = args.transports[0]
     proc, endpoint = servers[transport, args.max_batch_delay_us]
-    rss_start = rss_mib(proc.pid)
-    results = run_clients(endpoint, args.soak_clients, args.soak_minutes * 60, args)
-    rss_end = rss_mib(proc.pid)
+    rss = {"before": rss_mib(proc.pid)}
+    timer = threading.Timer(60.0, lambda: rss.setdefault("minute 1", rss_mib(proc.pid)))
+    timer.start()
+    try:
+        results = run_clients(endpoint, args.soak_clients, args.soak_minutes * 60, args)
+    finally:
+        timer.cancel()
+    rss["end"] = rss_mib(proc.pid)
     minutes = sorted({k for r in results for k in r["buckets"] if k != "failure"}, key=int)  # JSON keys
     print(f"soak: {args.soak_clients} clients over {transport}, {args.soak_minutes:g} min, "
           f"batching {args.max_batch_delay_us} µs")
@@ -193,8 +201,11 @@ def soak(servers, args, np):
         times = np.concatenate([r["buckets"][minute] for r in results if minute in r["buckets"]])
         print(f"  minute {int(minute) + 1}: {len(times):,} steps, p99 {np.percentile(times, 99):,.0f} µs")
     errors = sum(r["errors"] for r in results)
-    print(f"  errors {errors}; server RSS {rss_start:,.0f} MiB at the start, {rss_end:,.0f} MiB at "
-          f"the end ({(rss_end / rss_start - 1) * 100:+.1f} %)")
+    base = rss.get("minute 1", rss["before"])
+    print(f"  errors {errors}; server RSS {rss['before']:,.0f} MiB before the clients, "
+          + (f"{rss['minute 1']:,.0f} MiB after their first minute, " if "minute 1" in rss else "")
+          + f"{rss['end']:,.0f} MiB at the end ({(rss['end'] / base - 1) * 100:+.1f} % since "
+          + ("the first minute)" if "minute 1" in rss else "the start)"))
     return 0
 
 
