@@ -43,9 +43,19 @@ def c_client(tmp_path_factory):
     return build_c_client(str(tmp_path_factory.mktemp("c_client")))
 
 
-@pytest.fixture
-def short_dir():
-    """A short directory under /tmp (ipc socket paths are limited to ~107 bytes)."""
+def _short_dir():
     path = tempfile.mkdtemp(prefix="sph-", dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_dir():
+    """A short directory under /tmp (ipc socket paths are limited to ~107 bytes)."""
+    yield from _short_dir()
+
+
+@pytest.fixture(scope="module")
+def short_module_dir():
+    """The same, shared by a module's tests (for module-scoped servers and workspaces)."""
+    yield from _short_dir()

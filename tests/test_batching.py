@@ -7,8 +7,6 @@ stream (a gemm instead of a gemv), which round differently in the last bits; no
 operation mixes streams.
 """
 import os
-import shutil
-import tempfile
 import threading
 
 import numpy as np
@@ -28,10 +26,8 @@ FRAMES = 12
 
 
 @pytest.fixture(scope="module")
-def short_dir():
-    path = tempfile.mkdtemp(prefix="sph-", dir="/tmp")  # ipc paths are short
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def short_dir(short_module_dir):
+    return short_module_dir
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 a rollback, a real run on a tiny adding problem, and --resume of one."""
 import dataclasses
 import io
-import math
 from dataclasses import fields
 
 import numpy as np
@@ -17,6 +16,7 @@ from sophia.training.cli import main
 from sophia.training.iterator import Window
 from sophia.training.trainer import Trainer, check_batch_norm
 from sophia.workspace import PARAMS, Workspace, load_run_options
+from train_support import sets
 
 HF = dict(update_type="hessian_free", window_size=8, step_size=8)
 # A tiny tanh RNN on adding sequences of 12 or 13 frames: whole sequences fit a window.
@@ -25,9 +25,6 @@ RUN = dict(unit_type="rnn", init_type="sparse", orthogonal_recurrent=False, net_
            compile_mode="FAST_COMPILE", frames_per_epoch=300, max_epochs=3, max_retry=0,
            hf_max_cg_iters=40, hf_init_damping=0.1)
 
-
-def sets(**options):
-    return [arg for name, value in options.items() for arg in ("--set", f"{name}={value}")]
 
 
 @pytest.fixture(scope="module")

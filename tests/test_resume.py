@@ -3,16 +3,14 @@ ends exactly as the same run left alone (metrics.jsonl and params.npz)."""
 import random
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sophia.data.make import make_dataset
 from sophia.workspace import Workspace
+from train_support import sets, train_py
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Small and fast, with a high learning rate and little patience, so the run rolls
 # back (the pivot, the optimizer reset and the learning rate all take part).
 RUN = dict(net_width=8, net_depth=1, batch_size=4, window_size=8, step_size=4,
@@ -22,13 +20,6 @@ LOSS_FIELDS = ("epoch", "train_loss", "dev_loss", "dev_max_error", "train_streak
                "lr", "decision")
 
 
-def train_py(*argv):
-    return subprocess.Popen([sys.executable, "train.py", *argv], cwd=REPO_ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def sets(**options):
-    return [arg for name, value in options.items() for arg in ("--set", f"{name}={value}")]
 
 
 @pytest.fixture(scope="module")

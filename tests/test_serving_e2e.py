@@ -9,9 +9,7 @@ through the C client (base protocol). The server preloads the models once for
 the module.
 """
 import os
-import shutil
 import subprocess
-import tempfile
 
 import numpy as np
 import pytest
@@ -30,10 +28,8 @@ NUM_FRAMES = 14
 
 
 @pytest.fixture(scope="module")
-def short_dir():
-    path = tempfile.mkdtemp(prefix="sph-", dir="/tmp")  # ipc paths are short
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def short_dir(short_module_dir):
+    return short_module_dir
 
 
 @pytest.fixture(scope="module")

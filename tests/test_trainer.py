@@ -11,8 +11,6 @@ import types
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,20 +27,13 @@ from sophia.training import trainer as trainer_module
 from sophia.training.baselines import mean_baseline
 from sophia.training.trainer import Trainer
 from sophia.workspace import Workspace
+from train_support import sets, train_py
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(net_width=4, net_depth=1, batch_size=4, window_size=8, step_size=4,
             compile_mode="FAST_COMPILE", lr_init_val=0.01)
 
 
-def sets(**options):
-    """``--set name=value`` arguments for ``options``."""
-    return [arg for name, value in options.items() for arg in ("--set", f"{name}={value}")]
-
-
-def train_py(*argv, **popen):
-    return subprocess.Popen([sys.executable, "train.py", *argv], cwd=REPO_ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
 @pytest.fixture(scope="module")
