@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="sophia-rnn",
-    version="0.2.0",
+    version="0.3.0",
     description="Real-time recurrent networks for regression on long, noisy streams, "
                 "trained with BPTT(h; h') and served over ZeroMQ.",
     packages=find_packages(include=["sophia", "sophia.*"]),

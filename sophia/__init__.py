@@ -17,7 +17,7 @@ suffixes) is documented in ``docs/NAMING.md``.
 """
 from sophia._blas import configure_pytensor_blas, quiet_openblas_threads
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 PYTENSOR_BLAS_LDFLAGS = configure_pytensor_blas()   # what it set ("-lopenblas", ""); None: left alone
 OPENBLAS_THREADS_QUIET = quiet_openblas_threads()   # False where numpy was imported first
