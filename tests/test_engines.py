@@ -19,6 +19,8 @@ OPTION_SETS = {
     "weight_norm": dict(weight_norm=True),
     "batch_norm": dict(batch_norm=True),
     "clock": dict(learn_clock_params=True),
+    "layer_norm_clock": dict(layer_norm=True, learn_clock_params=True),
+    "peephole_layer_norm_clock": dict(peephole=True, layer_norm=True, learn_clock_params=True, weight_norm=True),
     "residual_ids_deep": dict(net_depth=2, residual_gate=True, learn_id_embedding=True, id_embedding_dim=2),
     "zero_init_states": dict(learn_init_states=False),
 }

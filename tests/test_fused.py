@@ -61,14 +61,24 @@ def test_fused_train_step_equals_scan_train_step():
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("unit", ["lstm", "gru"])
+def test_batch_norm_keeps_the_scan_path(unit):
+    net = make_net(unit_type=unit, batch_norm=True)
+    assert all(fused.supports(layer, training=True, unroll=False) == "batch_norm" for layer in net.layers)
+    assert not fused_ops(compile_cost(net, window=4, step=2, with_grads=False, engine="fused"))
+
+
 @pytest.mark.parametrize("options", [
     dict(unit_type="lstm", peephole=True), dict(unit_type="lstm", layer_norm=True),
-    dict(unit_type="gru", batch_norm=True), dict(unit_type="gru", learn_clock_params=True),
+    dict(unit_type="gru", layer_norm=True), dict(unit_type="gru", learn_clock_params=True),
 ])
-def test_unsupported_options_keep_the_scan_path(options):
+def test_unit_options_run_on_the_options_ops(options):
     net = make_net(**options)
-    assert all(fused.supports(layer, training=True, unroll=False) for layer in net.layers)
-    assert not fused_ops(compile_cost(net, window=4, step=2, with_grads=False, engine="fused"))
+    assert all(fused.supports(layer, training=True, unroll=False) == "" for layer in net.layers)
+    f = compile_cost(net, window=4, step=2, engine="fused")
+    names = {type(node.op).__name__ for node in f.maker.fgraph.toposort()}
+    unit = options["unit_type"].upper()
+    assert {f"{unit}OptionsRecurrence", f"{unit}OptionsRecurrenceGrad"} <= names
 
 
 def test_unrolled_graphs_are_not_fused():

@@ -13,37 +13,46 @@ from sophia.graph.engines import kernels, native
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 
 BATCH, WIDTH = 3, 5
-GATES = {"lstm_cell": 4, "lstm_cell_grad": 4, "gru_cell": 3, "gru_cell_grad": 3}
-# per array: its width in units of WIDTH (0 = a vector of the gates' width)
+GATES = {"lstm_cell": 4, "lstm_cell_grad": 4, "gru_cell": 3, "gru_cell_grad": 3,
+         "lstm_options_cell": 4, "lstm_options_cell_grad": 4, "gru_options_cell": 3, "gru_options_cell_grad": 3}
+# per array: [B][i] (1), [B][g] ("g"), [g] (0), [i] ("i"), [3i] ("3i") or [B] ("b")
 SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
           "lstm_cell_grad": (1, 1, 1, 1, "g", 1, 1, "g", 0),
           "gru_cell": ("g", "g", 0, 1, "g", 1, 1),
-          "gru_cell_grad": (1, 1, "g", 1, 1, "g", "g", 0)}
+          "gru_cell_grad": (1, 1, "g", 1, 1, "g", "g", 0),
+          "lstm_options_cell": ("g", "g", 0, 1, 1, "3i", 0, 0, "i", "i", 1, "g", "b", 1, "b", 1, 1, 1, 1),
+          "lstm_options_cell_grad": (1, 1, 1, 1, "g", 1, 1, 1, 1, "g", "b", 1, "b", "3i", 0, "i", "i", 1,
+                                     "g", "g", 1, 0, "3i", 0, "i", "i"),
+          "gru_options_cell": ("g", "g", 0, 1, 0, 0, 1, "g", "b", "g", 1, 1, 1),
+          "gru_options_cell_grad": (1, 1, "g", 1, 1, 1, "g", "b", 0, 1, "g", "g", 1, 0, 0, 0)}
+# the option kernels run with every option their unit has
+FLAGS = {"lstm_options_cell": kernels.PEEPHOLE | kernels.LAYER_NORM | kernels.CLOCK,
+         "gru_options_cell": kernels.LAYER_NORM | kernels.CLOCK}
+FLAGS.update({f"{name}_grad": flags for name, flags in FLAGS.items()})
 
 
 def kernel_arrays(name, dtype, seed=0):
-    """Random inputs for kernel ``name``: gate activations in (0, 1) where the kernel
-    reads activations, the bias-gradient accumulator in float64."""
+    """Random inputs for kernel ``name``: values in (0, 1) (gate activations where the
+    kernel reads activations), the gradient accumulators in float64."""
     rng = np.random.default_rng(seed)
     g = GATES[name] * WIDTH
-    arrays = []
-    for k, width in enumerate(SHAPES[name]):
-        shape = (g,) if width == 0 else (BATCH, g if width == "g" else WIDTH)
-        accumulator = name.endswith("_grad") and k == len(SHAPES[name]) - 1
-        arrays.append(rng.uniform(0.05, 0.95, shape).astype(np.float64 if accumulator else dtype))
-    return arrays
+    sizes = {1: (BATCH, WIDTH), "g": (BATCH, g), 0: (g,), "i": (WIDTH,), "3i": (3 * WIDTH,), "b": (BATCH,)}
+    return [rng.uniform(0.05, 0.95, sizes[width]).astype(np.float64 if accumulator else dtype)
+            for width, accumulator in zip(SHAPES[name], native._ARRAYS[name], strict=True)]
 
 
 def run_native(name, dtype, arrays):
     """Call the native kernel on copies of ``arrays``; returns the copies (written in place)."""
     out = [a.copy() for a in arrays]
-    native.kernel(name, dtype)(*[a.ctypes.data for a in out], BATCH, WIDTH, float(np.dtype(dtype).type(1)))
+    flags = (FLAGS[name],) if name in FLAGS else ()
+    native.kernel(name, dtype)(*[a.ctypes.data for a in out], BATCH, WIDTH, float(np.dtype(dtype).type(1)), *flags)
     return out
 
 
 def run_numba(name, dtype, arrays):
     out = [a.copy() for a in arrays]
-    getattr(kernels, name)(*out, np.dtype(dtype).type(1))
+    flags = (FLAGS[name],) if name in FLAGS else ()
+    getattr(kernels, name)(*out, np.dtype(dtype).type(1), *flags)
     return out
 
 

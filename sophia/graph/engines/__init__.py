@@ -8,8 +8,10 @@ they compile:
 =========  ===================================================================
 ``scan``   the reference: the layer's step function under ``scan`` (or unrolled);
            every option (:mod:`~sophia.graph.engines.scan`)
-``fused``  one Op per window and one for its gradient, native cell kernels
-           (:mod:`~sophia.graph.engines.fused`)
+``fused``  one Op per window and one for its gradient, native cell kernels;
+           LSTM and GRU with every option but batch norm
+           (:mod:`~sophia.graph.engines.fused`; peepholes, layer norm and the
+           clock gate: :mod:`~sophia.graph.engines.fused_options`)
 ``onednn`` an LSTM training window on oneDNN's RNN primitive, small windows on
            the fused Ops' code (:mod:`~sophia.graph.engines.onednn_lstm`)
 =========  ===================================================================
@@ -27,7 +29,7 @@ Example
 >>> from sophia.graph.net import Net                           # doctest: +SKIP
 >>> net = Net(ModelOptions(input_dim=3, target_dim=1, peephole=True))  # doctest: +SKIP
 >>> describe(net.choose_engines("auto", training=True))        # doctest: +SKIP
-'layer 0: scan (peephole); layer 1: scan (peephole)'
+'layer 0: fused (peephole); layer 1: fused (peephole)'
 """
 from __future__ import annotations
 

@@ -21,9 +21,10 @@ the scan path's (``layers.py``):
   the gradient of that entering state goes to the initial state;
 - the Op returns every frame's states; the layer stores those at ``carry_frame``.
 
-:func:`supports` says which layers it runs: LSTM or GRU layers without
-layer/batch norm, peepholes or the clock gate, not unrolled. Weight norm, residual
-gates, ID embeddings and non-learned initial states are supported. Which engine a
+:func:`supports` says which layers it runs: LSTM or GRU layers without batch norm,
+not unrolled. Weight norm, residual gates, ID embeddings and non-learned initial
+states run here; peepholes, layer norm and the clock gate run on the Ops of
+:mod:`~sophia.graph.engines.fused_options`, which :func:`recurrence` hands them to. Which engine a
 layer gets is :func:`sophia.graph.engines.choose`'s decision.
 
 Example
@@ -46,22 +47,25 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from scipy.special import expit
 
-from sophia.graph.engines import kernels, native
+from sophia.graph.engines import fused_options, kernels, native
+from sophia.graph.engines.window import Frames, contiguous, entering, entering_address, route_reset, weight_grad
 
 NAME = "fused"
 
 
 def supports(layer, *, training: bool, unroll: bool) -> str:
-    """'' where the fused Ops run ``layer``, else the option that keeps it on scan: an
-    LSTM or GRU layer with no norm inside the step, no peephole and no clock gate."""
+    """'' where the fused Ops run ``layer``, else what keeps it on scan: an LSTM or GRU
+    layer without batch norm, not unrolled; peepholes, layer norm and the clock gate
+    need the native kernels (Numba)."""
     o = layer.options
     if layer.unit not in _OPS:
         return f"unit {layer.unit}"
-    for option in ("peephole", "layer_norm", "batch_norm", "learn_clock_params"):
-        if getattr(o, option):
-            return option
+    if o.batch_norm:
+        return "batch_norm"
     if unroll:
         return "unroll_scan"
+    if fused_options.runs(layer) and not kernels.AVAILABLE:
+        return "numba unavailable"
     return ""
 
 
@@ -69,78 +73,16 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
                unroll: bool = False):
     """``(s_h_tbi, s_next_states, updates)`` as the scan engine returns them: the input
     product ``x W_x`` (normalised where the layer says so) as one graph matmul, then
-    the recurrence and bias of the window as one Op."""
-    stats = []
-    s_step_tb = layer._step_index(s_time_tb)
-    s_xw_tbg = layer._project_weights(s_below_tbj, layer.s_W_x_jg, layer.norm_x, s_step_tb, training, stats)
+    the recurrence and bias of the window as one Op (with the unit options:
+    :mod:`~sophia.graph.engines.fused_options`)."""
+    if fused_options.runs(layer):
+        return fused_options.recurrence(layer, s_below_tbj, s_time_tb, s_prev_states,
+                                        carry_frame=carry_frame, training=training)
+    s_xw_tbg = layer._project_weights(s_below_tbj, layer.s_W_x_jg, layer.norm_x, None, training, [])
     n = len(layer.state_names)
     states_tbi = _OPS[layer.unit]()(s_xw_tbg, s_time_tb, layer.s_W_h_ig, layer.v_b_g, *layer.initial,
                                     *s_prev_states)[:n]
-    updates = layer._population_updates(stats, s_step_tb[:, 0]) if stats else {}
-    return states_tbi[0], [s[carry_frame] for s in states_tbi], updates
-
-
-# -- numpy helpers ---------------------------------------------------------------------
-def _entering(stored_bi, seq_tbi, init_i, reset_tb, t):
-    """The state [B][i] entering frame ``t``: the previous frame's state (the stored
-    state for frame 0), replaced by the initial state in the streams that reset there."""
-    prev = stored_bi if t == 0 else seq_tbi[t - 1]
-    if reset_tb[t].any():
-        prev = prev.copy()
-        prev[reset_tb[t]] = init_i
-    return prev
-
-
-def _weight_grad(stored_bi, seq_tbi, init_i, reset_tb, d_tbg):
-    """Σ_t h_in[t]ᵀ d[t] [i][g] for the entering states h_in, without building them:
-    two matmuls over the stored and the shifted states, then the reset frames' rows
-    corrected to the initial state."""
-    steps, batch, i = seq_tbi.shape
-    dW = np.dot(stored_bi.T, d_tbg[0])
-    if steps > 1:
-        dW += np.dot(seq_tbi[:-1].reshape((steps - 1) * batch, i).T, d_tbg[1:].reshape((steps - 1) * batch, -1))
-    t_idx, b_idx = np.nonzero(reset_tb)
-    if t_idx.size:
-        used = np.where((t_idx == 0)[:, None], stored_bi[b_idx], seq_tbi[t_idx - 1, b_idx])
-        dW += np.dot((init_i - used).T, d_tbg[t_idx, b_idx])
-    return dW
-
-
-def _route_reset(d_entering_bi, d_init_i, reset_b):
-    """Send the gradient of a reset frame's entering state to the initial state."""
-    if reset_b.any():
-        d_init_i += d_entering_bi[reset_b].sum(axis=0)
-        d_entering_bi[reset_b] = 0
-
-
-class _Frames:
-    """The addresses of an array's frames for the native kernels: ``frames[t]`` is
-    the address of ``array[t]``; with ``array`` None, of ``zeros_bi`` at every frame
-    (an output gradient not given). The arrays must stay alive while they are used."""
-
-    __slots__ = ("base", "step")
-
-    def __init__(self, array, zeros_bi=None):
-        if array is None:
-            self.base, self.step = zeros_bi.ctypes.data, 0
-        else:
-            self.base, self.step = array.ctypes.data, array.strides[0]
-
-    def __getitem__(self, t):
-        return self.base + t * self.step
-
-
-def _entering_address(entering_bi, addr_stored, seq: _Frames, reset_tb, t):
-    """The address of the state :func:`_entering` returned for frame ``t``: its own
-    copy at a reset, else the previous frame's state (the stored one, ``addr_stored``,
-    at frame 0)."""
-    if reset_tb[t].any():
-        return entering_bi.ctypes.data
-    return seq[t - 1] if t else addr_stored
-
-
-def _arrays(inputs, dtype):
-    return [np.ascontiguousarray(x, dtype=dtype) for x in inputs]
+    return states_tbi[0], [s[carry_frame] for s in states_tbi], {}
 
 
 def _sigmoid_slope(s, out):
@@ -213,7 +155,7 @@ class _RecurrenceGrad(Op):
 
     def _unpack(self, inputs, dtype):
         n = self.n_states
-        time_tb, rest = inputs[0], _arrays(inputs[1:], dtype)
+        time_tb, rest = inputs[0], contiguous(inputs[1:], dtype)
         W, inits, stored = rest[0], rest[2:2 + n], rest[2 + n:2 + 2 * n]
         forward = rest[2 + 2 * n:2 + 3 * n + self.n_saved]
         d_given = iter(rest[2 + 3 * n + self.n_saved:])
@@ -235,7 +177,7 @@ class LSTMRecurrence(_Recurrence):
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
-        xw, W, bias, h0, c0, h_prev, c_prev = _arrays(inputs[:1] + inputs[2:], dtype)
+        xw, W, bias, h0, c0, h_prev, c_prev = contiguous(inputs[:1] + inputs[2:], dtype)
         outputs = lstm_window(xw, np.asarray(inputs[1]) <= 0, W, bias, h0, c0, h_prev, c_prev)
         for storage, value in zip(output_storage, outputs):
             storage[0] = value
@@ -253,7 +195,7 @@ def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
     one = act.dtype.type(1)
     cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
     if cell is not None:
-        addr_act, addr_xw, addr_c, addr_h = map(_Frames, (act, xw, c_seq, h_seq))
+        addr_act, addr_xw, addr_c, addr_h = map(Frames, (act, xw, c_seq, h_seq))
         addr_bias, addr_c_prev = bias.ctypes.data, c_prev.ctypes.data
     for t in range(steps):
         if reset[t].any():
@@ -308,17 +250,17 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
     one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
     cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
     if cell_grad is not None:
-        addr_act, addr_c, addr_d = map(_Frames, (act, c_seq, d_pre))
+        addr_act, addr_c, addr_d = map(Frames, (act, c_seq, d_pre))
         addr_dh, addr_dc, addr_db, addr_c_bi = (x.ctypes.data for x in (dh, dc, db, c_bi))
-        addr_dh_out, addr_dc_out = _Frames(dh_out, zero_bi), _Frames(dc_out, zero_bi)
+        addr_dh_out, addr_dc_out = Frames(dh_out, zero_bi), Frames(dc_out, zero_bi)
     for t in reversed(range(steps)):
-        c_in = _entering(c_bi, c_seq, c0, reset, t)
+        c_in = entering(c_bi, c_seq, c0, reset, t)
         if cell_grad is not None:
             cell_grad(addr_dh, addr_dc, addr_dh_out[t], addr_dc_out[t], addr_act[t], addr_c[t],
-                      _entering_address(c_in, addr_c_bi, addr_c, reset, t), addr_d[t], addr_db, batch, i, one)
+                      entering_address(c_in, addr_c_bi, addr_c, reset, t), addr_d[t], addr_db, batch, i, one)
             np.dot(d_pre[t], W_T, out=dh)
-            _route_reset(dh, dh0, reset[t])
-            _route_reset(dc, dc0, reset[t])
+            route_reset(dh, dh0, reset[t])
+            route_reset(dc, dc0, reset[t])
             continue
         if dh_out is not None:
             dh += dh_out[t]
@@ -346,9 +288,9 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
         dc *= s_f                                                   # into the entering c
         db += d.sum(axis=0)
         np.dot(d, W_T, out=dh)                                      # into the entering h
-        _route_reset(dh, dh0, reset[t])
-        _route_reset(dc, dc0, reset[t])
-    dW = _weight_grad(h_bi, h_seq, h0, reset, d_pre)
+        route_reset(dh, dh0, reset[t])
+        route_reset(dc, dc0, reset[t])
+    dW = weight_grad(h_bi, h_seq, h0, reset, d_pre)
     return d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc
 
 
@@ -366,7 +308,7 @@ class GRURecurrence(_Recurrence):
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
-        xw, W, bias, h0, h_prev = _arrays(inputs[:1] + inputs[2:], dtype)
+        xw, W, bias, h0, h_prev = contiguous(inputs[:1] + inputs[2:], dtype)
         reset = np.asarray(inputs[1]) <= 0
         steps, batch, gates = xw.shape
         i = gates // 3
@@ -375,7 +317,7 @@ class GRURecurrence(_Recurrence):
         one = act.dtype.type(1)
         cell = native.kernel("gru_cell", dtype) if kernels.AVAILABLE else None
         if cell is not None:
-            addr_xw, addr_act, addr_hn, addr_h = map(_Frames, (xw, act, hn_seq, h_seq))
+            addr_xw, addr_act, addr_hn, addr_h = map(Frames, (xw, act, hn_seq, h_seq))
             addr_ha, addr_bias, addr_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
         for t in range(steps):
             if reset[t].any():
@@ -423,16 +365,16 @@ class GRURecurrenceGrad(_RecurrenceGrad):
         one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
         cell_grad = native.kernel("gru_cell_grad", dtype) if kernels.AVAILABLE else None
         if cell_grad is not None:
-            addr_act, addr_h, addr_hn, addr_d, addr_d_ha = map(_Frames, (act, h_seq, hn_seq, d_pre, d_ha))
+            addr_act, addr_h, addr_hn, addr_d, addr_d_ha = map(Frames, (act, h_seq, hn_seq, d_pre, d_ha))
             addr_dh, addr_db, addr_h_bi = (x.ctypes.data for x in (dh, db, h_bi))
-            addr_dh_out = _Frames(dh_out, zero_bi)
+            addr_dh_out = Frames(dh_out, zero_bi)
         for t in reversed(range(steps)):
-            h_in = _entering(h_bi, h_seq, h0, reset, t)
+            h_in = entering(h_bi, h_seq, h0, reset, t)
             if cell_grad is not None:
-                cell_grad(addr_dh, addr_dh_out[t], addr_act[t], _entering_address(h_in, addr_h_bi, addr_h, reset, t),
+                cell_grad(addr_dh, addr_dh_out[t], addr_act[t], entering_address(h_in, addr_h_bi, addr_h, reset, t),
                           addr_hn[t], addr_d[t], addr_d_ha[t], addr_db, batch, i, one)
                 dh += np.dot(d_ha[t], W_T, out=back)
-                _route_reset(dh, dh0, reset[t])
+                route_reset(dh, dh0, reset[t])
                 continue
             if dh_out is not None:
                 dh += dh_out[t]
@@ -454,8 +396,8 @@ class GRURecurrenceGrad(_RecurrenceGrad):
             db += d.sum(axis=0)
             dh *= s_z                                                   # direct path z h_prev
             dh += np.dot(dr, W_T, out=back)
-            _route_reset(dh, dh0, reset[t])
-        dW = _weight_grad(h_bi, h_seq, h0, reset, d_ha)
+            route_reset(dh, dh0, reset[t])
+        dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
         for storage, value in zip(output_storage, (d_pre, dW, db.astype(dtype), dh0, dh)):
             storage[0] = value
 

@@ -171,3 +171,250 @@ if AVAILABLE:
                 dhb[j] *= s_z[j]
             for k in range(3 * i):
                 db[k] += db_[k]
+
+
+# -- the unit options: peepholes, layer norm, the clock gate -----------------------------
+# The kernels below run every option the fused Ops support, chosen per call by the bits
+# of ``flags``; the tests on the flags sit outside the loops over units, so LLVM still
+# vectorises each loop. Row statistics (layer norm) are summed in float64.
+PEEPHOLE, LAYER_NORM, CLOCK = 1, 2, 4
+EPSILON = 1e-5                      # as sophia.graph.norms.EPSILON
+
+if AVAILABLE:
+    def _like(x, one):
+        """``x`` in ``one``'s dtype (specialised per dtype below)."""
+
+    @overload(_like, jit_options=_JIT)
+    def _like_impl(x, one):
+        if getattr(one, "bitwidth", 64) == 32:
+            return lambda x, one: np.float32(x)
+        return lambda x, one: np.float64(x)
+
+    @numba.njit(inline="always", **_JIT)
+    def _normalise_row(x, n, gamma, beta, one):
+        """Layer norm of the row ``x`` in place: n = (x − mean) / sd, x = γ n + β; returns 1 / sd."""
+        width = x.shape[0]
+        total = 0.0
+        for k in range(width):
+            total += x[k]
+        mean = _like(total / width, one)
+        total = 0.0
+        for k in range(width):
+            total += (x[k] - mean) * (x[k] - mean)
+        r = _like(1.0 / np.sqrt(total / width + EPSILON), one)
+        for k in range(width):
+            n[k] = (x[k] - mean) * r
+        for k in range(width):
+            x[k] = gamma[k] * n[k] + beta[k]
+        return r
+
+    @numba.njit(inline="always", **_JIT)
+    def _normalise_row_grad(dy, n, r, gamma, d_gamma, dx, one):
+        """Backward of :func:`_normalise_row`: from dy, the gradient of its output, add
+        dy · n into d_gamma (float64) and write the gradient of its input into dx."""
+        width = dy.shape[0]
+        s1, s2 = 0.0, 0.0
+        for k in range(width):
+            gd = gamma[k] * dy[k]
+            s1 += gd
+            s2 += gd * n[k]
+            d_gamma[k] += dy[k] * n[k]
+        m1, m2 = _like(s1 / width, one), _like(s2 / width, one)
+        for k in range(width):
+            dx[k] = r * (gamma[k] * dy[k] - m1 - n[k] * m2)
+
+    @numba.njit(inline="always", **_JIT)
+    def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
+                          n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, one, flags):
+        """One LSTM frame with the options of ``flags``. a = h_prev W_h [B][4i] becomes
+        the activated gates; n_h [B][4i], rstd_h [B] are the normalised product and its
+        1/sd (layer norm), n_c [B][i], rstd_c [B] the normalised cell; c_new, h_new [B][i]
+        the states before the clock gate's blend with k [B][i], c, h after it (with no
+        clock, c_new and h_new may be c and h). peep [3i]: the input, forget, output
+        peepholes; gamma_h, beta_h [4i], gamma_c, beta_c [i]: the norms' gains and biases."""
+        batch, i = c.shape
+        peephole, norm, clock = flags & PEEPHOLE, flags & LAYER_NORM, flags & CLOCK
+        for b in range(batch):
+            ab, xb, hp, cp = a[b], xa[b], h_prev[b], c_prev[b]
+            cn, hn, cb, hb = c_new[b], h_new[b], c[b], h[b]
+            if norm:
+                rstd_h[b] = _normalise_row(ab, n_h[b], gamma_h, beta_h, one)
+            for q in range(4 * i):
+                ab[q] += xb[q] + bias[q]
+            s_i, s_f, s_o, s_g = ab[:i], ab[i:2 * i], ab[2 * i:3 * i], ab[3 * i:]
+            if peephole:
+                for j in range(i):
+                    s_i[j] += cp[j] * peep[j]
+                    s_f[j] += cp[j] * peep[i + j]
+            for j in range(i):
+                s_i[j] = _sigmoid(s_i[j])
+            for j in range(i):
+                s_f[j] = _sigmoid(s_f[j])
+            for j in range(i):
+                s_g[j] = _tanh(s_g[j])
+            for j in range(i):
+                cn[j] = s_f[j] * cp[j] + s_i[j] * s_g[j]
+            if peephole:
+                for j in range(i):
+                    s_o[j] += cn[j] * peep[2 * i + j]
+            for j in range(i):
+                s_o[j] = _sigmoid(s_o[j])
+            if norm:
+                ncb = n_c[b]
+                for j in range(i):
+                    hn[j] = cn[j]
+                rstd_c[b] = _normalise_row(hn, ncb, gamma_c, beta_c, one)
+                for j in range(i):
+                    hn[j] = s_o[j] * _tanh(hn[j])
+            else:
+                for j in range(i):
+                    hn[j] = s_o[j] * _tanh(cn[j])
+            if clock:
+                kb = k[b]
+                for j in range(i):
+                    cb[j] = kb[j] * cn[j] + (one - kb[j]) * cp[j]
+                for j in range(i):
+                    hb[j] = kb[j] * hn[j] + (one - kb[j]) * hp[j]
+
+    @numba.njit(inline="always", **_JIT)
+    def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
+                               n_c, rstd_c, peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk,
+                               db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, one, flags):
+        """Backward of :func:`lstm_options_cell` for one frame. From dh + dh_out and
+        dc + dc_out (the gradients of the frame's h and c): d [B][4i] = the gradient of
+        the pre-activations (= of xa; summed into db), d_ha [B][4i] = of h_prev W_h (d
+        itself without layer norm), dk [B][i] = of the clock's openness; the parameters'
+        gradients are summed into the float64 d_peep [3i], d_gamma_h [4i], d_gamma_c and
+        d_beta_c [i]. dc becomes the gradient of the entering c; dh that of the entering
+        h by the clock's direct path (zero without a clock): the caller adds d_ha W_hᵀ."""
+        batch, i = dh.shape
+        peephole, norm, clock = flags & PEEPHOLE, flags & LAYER_NORM, flags & CLOCK
+        for b in range(batch):
+            ab, db_, cn, hn, hib, cib = a[b], d[b], c_new[b], h_new[b], h_in[b], c_in[b]
+            dhb, dcb, dhob, dcob = dh[b], dc[b], dh_out[b], dc_out[b]
+            s_i, s_f, s_o, s_g = ab[:i], ab[i:2 * i], ab[2 * i:3 * i], ab[3 * i:]
+            d_i, d_f, d_o, d_g = db_[:i], db_[i:2 * i], db_[2 * i:3 * i], db_[3 * i:]
+            # d_i holds the gradient of c_new until the last loop; d_g that of the cell norm's output
+            if clock:
+                kb, dkb = k[b], dk[b]
+                for j in range(i):
+                    gh, gc, kj = dhb[j] + dhob[j], dcb[j] + dcob[j], kb[j]
+                    dkb[j] = gh * (hn[j] - hib[j]) + gc * (cn[j] - cib[j])
+                    dhb[j], dcb[j] = (one - kj) * gh, (one - kj) * gc
+                    d_o[j], d_i[j] = kj * gh, kj * gc
+            else:
+                for j in range(i):
+                    d_o[j], d_i[j] = dhb[j] + dhob[j], dcb[j] + dcob[j]
+                    dhb[j], dcb[j] = 0, 0
+            if norm:
+                ncb = n_c[b]
+                for j in range(i):              # d o, and the gradient of the norm's output y
+                    so = s_o[j]
+                    ty = _tanh(gamma_c[j] * ncb[j] + beta_c[j])
+                    gh = d_o[j]
+                    d_o[j] = gh * ty * so * (one - so)
+                    d_g[j] = gh * so * (one - ty * ty)
+                    d_beta_c[j] += d_g[j]
+                _normalise_row_grad(d_g, ncb, rstd_c[b], gamma_c, d_gamma_c, d_g, one)
+                for j in range(i):
+                    d_i[j] += d_g[j]
+            else:
+                for j in range(i):
+                    so, tc, gh = s_o[j], _tanh(cn[j]), d_o[j]
+                    d_o[j] = gh * tc * so * (one - so)
+                    d_i[j] += gh * so * (one - tc * tc)
+            if peephole:
+                for j in range(i):
+                    d_i[j] += d_o[j] * peep[2 * i + j]
+                    d_peep[2 * i + j] += d_o[j] * cn[j]
+            for j in range(i):                  # d i, d f, d g; then d c into the entering c
+                si, sf, sg, gc = s_i[j], s_f[j], s_g[j], d_i[j]
+                d_f[j] = gc * cib[j] * sf * (one - sf)
+                d_g[j] = gc * si * (one - sg * sg)
+                d_i[j] = gc * sg * si * (one - si)
+                dcb[j] += gc * sf
+            if peephole:
+                for j in range(i):
+                    dcb[j] += d_i[j] * peep[j] + d_f[j] * peep[i + j]
+                    d_peep[j] += d_i[j] * cib[j]
+                    d_peep[i + j] += d_f[j] * cib[j]
+            for q in range(4 * i):
+                db[q] += db_[q]
+            if norm:
+                _normalise_row_grad(db_, n_h[b], rstd_h[b], gamma_h, d_gamma_h, d_ha[b], one)
+
+    @numba.njit(inline="always", **_JIT)
+    def gru_options_cell(ha, xa, bias, h_prev, gamma_h, beta_h, k, n_h, rstd_h, a, hn, h_new, h, one, flags):
+        """One GRU frame with the options of ``flags`` (layer norm on h_prev W_h, the
+        clock gate): ha = h_prev W_h [B][3i] (normalised in place, n_h [B][3i] and
+        rstd_h [B] kept), a the activated gates, hn the candidate's recurrent product,
+        h_new the state before the clock's blend with k [B][i], h after it (with no
+        clock, h_new may be h)."""
+        batch, i = h.shape
+        norm, clock = flags & LAYER_NORM, flags & CLOCK
+        for b in range(batch):
+            hab = ha[b]
+            if norm:
+                rstd_h[b] = _normalise_row(hab, n_h[b], gamma_h, beta_h, one)
+            xb, ab, hpb, hnb, hb = xa[b], a[b], h_prev[b], hn[b], h_new[b]
+            s_rz, x_rz, h_rz = ab[:2 * i], xb[:2 * i], hab[:2 * i]
+            s_r, s_z, s_n, x_n, h_n = ab[:i], ab[i:2 * i], ab[2 * i:], xb[2 * i:], hab[2 * i:]
+            for q in range(2 * i):
+                s_rz[q] = _sigmoid(x_rz[q] + bias[q] + h_rz[q])
+            for j in range(i):
+                hnb[j] = h_n[j]
+            for j in range(i):
+                s_n[j] = _tanh(x_n[j] + bias[2 * i + j] + s_r[j] * hnb[j])
+            for j in range(i):
+                hb[j] = s_n[j] + s_z[j] * (hpb[j] - s_n[j])
+            if clock:
+                kb, ob = k[b], h[b]
+                for j in range(i):
+                    ob[j] = kb[j] * hb[j] + (one - kb[j]) * hpb[j]
+
+    @numba.njit(inline="always", **_JIT)
+    def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,
+                              db, d_gamma_h, d_beta_h, one, flags):
+        """Backward of :func:`gru_options_cell` for one frame: from dh + dh_out, d [B][3i]
+        = the gradient of xa (summed into db), d_ha [B][3i] = of h_prev W_h before the
+        norm, dk [B][i] = of the clock's openness; d_gamma_h, d_beta_h [3i] summed in
+        float64. dh becomes the gradient of the entering h by the direct paths (the
+        caller adds d_ha W_hᵀ)."""
+        batch, i = dh.shape
+        norm, clock = flags & LAYER_NORM, flags & CLOCK
+        for b in range(batch):
+            ab, db_, drb, hib, hnb, hwb, dhb, dhob = a[b], d[b], d_ha[b], h_in[b], hn[b], h_new[b], dh[b], dh_out[b]
+            s_r, s_z, s_n = ab[:i], ab[i:2 * i], ab[2 * i:]
+            d_r, d_z, d_n = db_[:i], db_[i:2 * i], db_[2 * i:]
+            dr_r, dr_z, dr_n = drb[:i], drb[i:2 * i], drb[2 * i:]
+            if clock:
+                kb, dkb = k[b], dk[b]
+                for j in range(i):
+                    g, kj = dhb[j] + dhob[j], kb[j]
+                    dkb[j] = g * (hwb[j] - hib[j])
+                    dhb[j] = kj * g                     # the gradient of h_new, for now
+                    dr_r[j] = (one - kj) * g            # the direct path, for now
+            else:
+                for j in range(i):
+                    dhb[j] += dhob[j]
+                    dr_r[j] = 0
+            for j in range(i):                  # d n = dh (1 - z) (1 - n²)
+                d_n[j] = dhb[j] * (one - s_z[j]) * (one - s_n[j] * s_n[j])
+            for j in range(i):                  # d z = dh (h_prev - n) σ'(z)
+                d_z[j] = dhb[j] * (hib[j] - s_n[j]) * s_z[j] * (one - s_z[j])
+            for j in range(i):                  # dh: z dh + the clock's direct path
+                dhb[j] = dhb[j] * s_z[j] + dr_r[j]
+            for j in range(i):                  # d r = d n · hn σ'(r)
+                d_r[j] = d_n[j] * hnb[j] * s_r[j] * (one - s_r[j])
+            for j in range(i):
+                dr_r[j] = d_r[j]
+            for j in range(i):
+                dr_z[j] = d_z[j]
+            for j in range(i):
+                dr_n[j] = d_n[j] * s_r[j]
+            for q in range(3 * i):
+                db[q] += db_[q]
+            if norm:
+                for q in range(3 * i):
+                    d_beta_h[q] += drb[q]
+                _normalise_row_grad(drb, n_h[b], rstd_h[b], gamma_h, d_gamma_h, drb, one)

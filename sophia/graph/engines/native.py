@@ -10,7 +10,8 @@ code with llvmlite's JIT linker alone, in milliseconds.
 
 :func:`kernel` ``(name, dtype)`` returns a ``ctypes`` function. Its arguments are
 the addresses of the kernel's arrays, in the order of ``kernels.<name>``, then
-``batch``, ``i`` (the layer width) and ``one`` (1 in ``dtype``). Every array must be
+``batch``, ``i`` (the layer width), ``one`` (1 in ``dtype``) and, for the
+``*_options_*`` kernels, the option bits. Every array must be
 C-contiguous with the shape ``kernels.<name>`` documents; ``db`` is float64, the
 others are ``dtype``. Nothing checks the addresses: passing a wrong one corrupts
 memory, so only ``fused.py`` calls these.
@@ -58,7 +59,13 @@ _ARRAYS = {
     "lstm_cell_grad": (False,) * 8 + (True,),
     "gru_cell": (False,) * 7,
     "gru_cell_grad": (False,) * 7 + (True,),
+    "lstm_options_cell": (False,) * 19,
+    "lstm_options_cell_grad": (False,) * 21 + (True,) * 5,
+    "gru_options_cell": (False,) * 13,
+    "gru_options_cell_grad": (False,) * 13 + (True,) * 3,
 }
+# The kernels that take the option bits (``kernels.PEEPHOLE`` | ...) after ``one``.
+_FLAGGED = frozenset(name for name in _ARRAYS if "_options_" in name)
 
 
 @functools.cache
@@ -67,8 +74,10 @@ def kernel(name: str, dtype) -> ctypes._CFuncPtr:
     float64): loaded from the cache, or compiled, cached and loaded. Compiles (seconds,
     the first time in a process) and writes the cache file as side effects."""
     dtype = np.dtype(dtype)
+    scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    flags = (ctypes.c_ssize_t,) if name in _FLAGGED else ()
     prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(_ARRAYS[name]), ctypes.c_ssize_t,
-                                 ctypes.c_ssize_t, ctypes.c_float if dtype == np.float32 else ctypes.c_double)
+                                 ctypes.c_ssize_t, scalar, *flags)
     symbol = f"sophia_{name}_{dtype.name}"
     path = os.path.join(cache_dir(), f"{symbol}-{_fingerprint(name, dtype)}.o")
     code = _read(path)
@@ -108,7 +117,8 @@ def _compile(name: str, dtype: np.dtype):
 
     scalar = types.float32 if dtype == np.float32 else types.float64
     pointers = [types.CPointer(types.float64 if accumulator else scalar) for accumulator in _ARRAYS[name]]
-    signature = types.void(*pointers, types.intp, types.intp, scalar)
+    flags = (types.intp,) if name in _FLAGGED else ()
+    signature = types.void(*pointers, types.intp, types.intp, scalar, *flags)
     return cfunc(signature, fastmath=True, error_model="numpy", nogil=True)(_WRAPPERS[name](carray))
 
 
@@ -154,8 +164,70 @@ def _wrap_gru_cell_grad(carray):
     return gru_cell_grad
 
 
+def _wrap_lstm_options_cell(carray):
+    cell = kernels.lstm_options_cell
+
+    def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
+                          n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, batch, i, one, flags):
+        g, bi = 4 * i, (batch, i)
+        cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
+             carray(c_prev, bi), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(beta_h, (g,)),
+             carray(gamma_c, (i,)), carray(beta_c, (i,)), carray(k, bi), carray(n_h, (batch, g)),
+             carray(rstd_h, (batch,)), carray(n_c, bi), carray(rstd_c, (batch,)), carray(c_new, bi),
+             carray(h_new, bi), carray(c, bi), carray(h, bi), one, flags)
+    return lstm_options_cell
+
+
+def _wrap_lstm_options_cell_grad(carray):
+    cell_grad = kernels.lstm_options_cell_grad
+
+    def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
+                               n_c, rstd_c, peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk,
+                               db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, batch, i, one, flags):
+        g, bi = 4 * i, (batch, i)
+        cell_grad(carray(dh, bi), carray(dc, bi), carray(dh_out, bi), carray(dc_out, bi),
+                  carray(a, (batch, g)), carray(c_new, bi), carray(h_new, bi), carray(h_in, bi),
+                  carray(c_in, bi), carray(n_h, (batch, g)), carray(rstd_h, (batch,)), carray(n_c, bi),
+                  carray(rstd_c, (batch,)), carray(peep, (3 * i,)), carray(gamma_h, (g,)),
+                  carray(gamma_c, (i,)), carray(beta_c, (i,)), carray(k, bi), carray(d, (batch, g)),
+                  carray(d_ha, (batch, g)), carray(dk, bi), carray(db, (g,)), carray(d_peep, (3 * i,)),
+                  carray(d_gamma_h, (g,)), carray(d_gamma_c, (i,)), carray(d_beta_c, (i,)), one, flags)
+    return lstm_options_cell_grad
+
+
+def _wrap_gru_options_cell(carray):
+    cell = kernels.gru_options_cell
+
+    def gru_options_cell(ha, xa, bias, h_prev, gamma_h, beta_h, k, n_h, rstd_h, a, hn, h_new, h,
+                         batch, i, one, flags):
+        g, bi = 3 * i, (batch, i)
+        cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
+             carray(gamma_h, (g,)), carray(beta_h, (g,)), carray(k, bi), carray(n_h, (batch, g)),
+             carray(rstd_h, (batch,)), carray(a, (batch, g)), carray(hn, bi), carray(h_new, bi),
+             carray(h, bi), one, flags)
+    return gru_options_cell
+
+
+def _wrap_gru_options_cell_grad(carray):
+    cell_grad = kernels.gru_options_cell_grad
+
+    def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,
+                              db, d_gamma_h, d_beta_h, batch, i, one, flags):
+        g, bi = 3 * i, (batch, i)
+        cell_grad(carray(dh, bi), carray(dh_out, bi), carray(a, (batch, g)), carray(h_in, bi),
+                  carray(hn, bi), carray(h_new, bi), carray(n_h, (batch, g)), carray(rstd_h, (batch,)),
+                  carray(gamma_h, (g,)), carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)),
+                  carray(dk, bi), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
+                  one, flags)
+    return gru_options_cell_grad
+
+
 _WRAPPERS = {"lstm_cell": _wrap_lstm_cell, "lstm_cell_grad": _wrap_lstm_cell_grad,
-             "gru_cell": _wrap_gru_cell, "gru_cell_grad": _wrap_gru_cell_grad}
+             "gru_cell": _wrap_gru_cell, "gru_cell_grad": _wrap_gru_cell_grad,
+             "lstm_options_cell": _wrap_lstm_options_cell,
+             "lstm_options_cell_grad": _wrap_lstm_options_cell_grad,
+             "gru_options_cell": _wrap_gru_options_cell,
+             "gru_options_cell_grad": _wrap_gru_options_cell_grad}
 
 
 def _emit_object(compiled, symbol: str) -> bytes:

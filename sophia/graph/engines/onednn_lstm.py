@@ -41,7 +41,8 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 import sophia
-from sophia.graph.engines import fused, onednn
+from sophia.graph.engines import fused, fused_options, onednn
+from sophia.graph.engines.window import route_reset
 
 NAME = "onednn"
 _ORDER = [0, 1, 3, 2]     # Sophia's gate blocks ↔ oneDNN's (its own inverse)
@@ -49,11 +50,15 @@ _ORDER = [0, 1, 3, 2]     # Sophia's gate blocks ↔ oneDNN's (its own inverse)
 
 def supports(layer, *, training: bool, unroll: bool) -> str:
     """'' where oneDNN runs ``layer``'s window, else why not: a training graph of an
-    LSTM layer the fused Ops run, without a norm on its input product, in float32,
-    with oneDNN loaded."""
+    LSTM layer the fused Ops run, without the unit options oneDNN's cell lacks
+    (peepholes, layer norm, the clock gate) or a norm on its input product, in
+    float32, with oneDNN loaded."""
     reason = fused.supports(layer, training=training, unroll=unroll)
     if reason:
         return reason
+    options = [option for option in fused_options.OPTIONS if getattr(layer.options, option)]
+    if options:
+        return ", ".join(options)
     if not training:
         return "inference"
     if layer.unit != "lstm":
@@ -270,7 +275,7 @@ class OneDNNLSTMGrad(Op):
                        ws[offsets[k]:offsets[k + 1]])
             p.backward(forward, d_h_tbi[start:end], np.ascontiguousarray(d_h), np.ascontiguousarray(d_c),
                        d_x[start:end], d_h_in, d_c_in, d_W_x, d_W_h, d_b)
-            fused._route_reset(d_h_in, d_h0, reset[start])
-            fused._route_reset(d_c_in, d_c0, reset[start])
+            route_reset(d_h_in, d_h0, reset[start])
+            route_reset(d_c_in, d_c0, reset[start])
             d_h, d_c = d_h_in, d_c_in
         return d_x, _from_onednn(d_W_x), _from_onednn(d_W_h), _from_onednn(d_b), d_h0, d_c0, d_h, d_c

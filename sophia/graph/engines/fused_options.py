@@ -1,0 +1,402 @@
+"""Fused recurrences for the unit options: peepholes, layer norm and the clock gate.
+
+The plain LSTM and GRU windows run on :mod:`~sophia.graph.engines.fused`'s Ops.
+A layer with peepholes (LSTM), layer norm or Phased-LSTM clock gates runs here:
+the same structure — the input product ``x W_x`` (layer-normalised where the layer
+says so) as one graph matmul over all frames, then one Op for the window's
+recurrence and one for its gradient, looping over the frames with one BLAS matmul
+and one cell kernel per frame (``kernels.lstm_options_cell`` and friends, which
+take the options as bits) — with what the scan step adds:
+
+- **peepholes**: the input and forget gates see the entering cell, the output gate
+  the new one;
+- **layer norm** on the recurrent product ``h W_h`` (gain and bias over all gates)
+  and, for LSTM, on the cell before its ``tanh``: every frame's normalised values
+  and 1/sd are saved for the gradient;
+- **the clock gate**: its openness k [T][B][i] depends on time alone, so the graph
+  computes it for the whole window (:meth:`sophia.graph.clock.TimeGate.openness`,
+  with the leak in training graphs only) and hands it to the Op, which blends each
+  frame's new states with the entering ones, ``k s + (1 − k) s_prev``, and returns
+  the gradient of k, through which the graph differentiates the clock's parameters.
+
+Resets, initial states, the stored states and the carry frame work as in
+:mod:`~sophia.graph.engines.fused`, and ``tests/test_engines.py`` checks every
+option set against the scan graph. Recurrent batch norm, whose per-frame batch
+statistics and per-step population statistics the kernels do not compute, stays
+on scan.
+
+Example
+-------
+>>> import numpy as np, pytensor as th, pytensor.tensor as tt
+>>> xw, time, W, b, h0, h, k = tt.tensor3(), tt.matrix(), tt.matrix(), tt.vector(), tt.vector(), tt.matrix(), tt.tensor3()
+>>> s_h_tbi = GRUOptionsRecurrence(layer_norm=False, clock=True)(xw, time, W, b, h0, h, k)[0]
+>>> f = th.function([xw, time, W, b, h0, h, k], s_h_tbi)
+>>> f(np.ones((5, 2, 6)), np.ones((5, 2)), np.zeros((2, 6)), np.zeros(6), np.zeros(2),
+...   np.zeros((2, 2)), np.zeros((5, 2, 2))).max()     # a shut gate keeps the stored state
+0.0
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytensor.tensor as tt
+from pytensor.gradient import DisconnectedType, disconnected_type
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+
+from sophia.graph.engines import kernels, native
+from sophia.graph.engines.window import Frames, contiguous, entering, route_reset, weight_grad
+
+OPTIONS = ("peephole", "layer_norm", "learn_clock_params")     # the options this module runs
+
+
+def runs(layer) -> bool:
+    """Whether ``layer`` has an option that needs these Ops rather than the plain ones."""
+    return any(getattr(layer.options, option) for option in OPTIONS)
+
+
+def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int, training: bool):
+    """``(s_h_tbi, s_next_states, {})`` as the scan engine returns them, for an LSTM or
+    GRU layer with peepholes, layer norm or clock gates (no batch norm)."""
+    s_xw_tbg = layer._project_weights(s_below_tbj, layer.s_W_x_jg, layer.norm_x, None, training, [])
+    o = layer.options
+    extras = []
+    if layer.unit == "lstm" and o.peephole:
+        extras.append(layer.v_peep)
+    if o.layer_norm:
+        extras += [layer.norm_h.v_gamma_g, layer.norm_h.v_beta_g]
+        if layer.unit == "lstm":
+            extras += [layer.norm_c.v_gamma_g, layer.norm_c.v_beta_g]
+    if layer.gate is not None:
+        extras.append(layer.gate.openness(s_time_tb, training))
+    if layer.unit == "lstm":
+        op = LSTMOptionsRecurrence(peephole=bool(o.peephole), layer_norm=bool(o.layer_norm), clock=layer.gate is not None)
+    else:
+        op = GRUOptionsRecurrence(layer_norm=bool(o.layer_norm), clock=layer.gate is not None)
+    n = len(layer.state_names)
+    states_tbi = op(s_xw_tbg, s_time_tb, layer.s_W_h_ig, layer.v_b_g, *layer.initial, *s_prev_states, *extras)[:n]
+    return states_tbi[0], [s[carry_frame] for s in states_tbi], {}
+
+
+def _flags(peephole=False, layer_norm=False, clock=False) -> int:
+    return (kernels.PEEPHOLE * peephole) | (kernels.LAYER_NORM * layer_norm) | (kernels.CLOCK * clock)
+
+
+class _OptionsRecurrence(Op):
+    """Shared make_node/infer_shape/pullback of the forward Ops.
+
+    Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, *initial_i, *stored_bi, *extras`` (the
+    options' parameters, then the clock's openness k_tbi); outputs: each state
+    [T][B][i], then the saved arrays the gradient Op reads (those of an option that
+    is off are [T][B][0]).
+    """
+
+    n_states = 1
+    saved = ()           # (name, width in units of i, or "1" for one value per row, option)
+
+    def _extra_ndims(self):
+        raise NotImplementedError
+
+    def _width(self, spec, i, option_on):
+        if not option_on:
+            return 0
+        return 1 if spec == "1" else spec * i
+
+    def make_node(self, *inputs):
+        inputs = [tt.as_tensor_variable(x) for x in inputs]
+        dtype = inputs[0].dtype
+        ndims = [3, 2, 2, 1] + [1] * self.n_states + [2] * self.n_states + self._extra_ndims()
+        if [x.ndim for x in inputs] != ndims:
+            raise TypeError(f"{type(self).__name__} expects inputs of ndim {ndims}")
+        inputs = inputs[:2] + [tt.cast(x, dtype) for x in inputs[2:]]
+        outputs = [tt.tensor3(dtype=dtype) for _ in range(self.n_states + len(self.saved))]
+        return Apply(self, inputs, outputs)
+
+    def infer_shape(self, fgraph, node, shapes):
+        (t, b, _), i = shapes[0], shapes[2][0]
+        return [(t, b, i)] * self.n_states + [
+            (t, b, self._width(spec, i, getattr(self, option)) if option else spec * i)
+            for _, spec, option in self.saved]
+
+    def connection_pattern(self, node):
+        outputs = self.n_states + len(self.saved)
+        return [[True] * outputs, [False] * outputs] + [[True] * outputs] * (len(node.inputs) - 2)
+
+    def pullback(self, inputs, outputs, output_grads):
+        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[self.n_states:]):
+            raise NotImplementedError(f"{type(self).__name__}: its saved arrays have no gradient")
+        given = tuple(not isinstance(g.type, DisconnectedType) for g in output_grads[:self.n_states])
+        d_states = [g for g, ok in zip(output_grads, given) if ok]
+        grads = self.grad_op(given)(*inputs[1:], *outputs, *d_states)
+        return [grads[0], disconnected_type()] + list(grads[1:])
+
+    def _saved_arrays(self, steps, batch, i, dtype):
+        return [np.empty((steps, batch, self._width(spec, i, getattr(self, option)) if option else spec * i), dtype)
+                for _, spec, option in self.saved]
+
+
+class _OptionsRecurrenceGrad(Op):
+    """Shared parts of the gradient Ops. Inputs: the forward Op's inputs but ``xw``,
+    its outputs, then the gradients of its states that are given; outputs: the
+    gradients of ``xw``, of every input after ``time`` but the clock's k, then of k."""
+
+    forward = _OptionsRecurrence
+
+    def make_node(self, *inputs):
+        inputs = [tt.as_tensor_variable(x) for x in inputs]
+        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
+        act = inputs[n_in + self.forward.n_states]
+        outputs = [act.type()] + [x.type() for x in inputs[1:n_in]]
+        return Apply(self, inputs, outputs)
+
+    def infer_shape(self, fgraph, node, shapes):
+        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
+        xw = shapes[n_in + self.forward.n_states]          # act has the shape of xw
+        return [xw] + list(shapes[1:n_in])
+
+    def _unpack(self, inputs, dtype):
+        """(reset_tb, inputs after time as arrays, forward outputs, d_states or None)."""
+        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
+        reset, rest = np.asarray(inputs[0]) <= 0, contiguous(inputs[1:], dtype)
+        n_out = self.forward.n_states + len(self.forward.saved)
+        params, outputs, given = rest[:n_in - 1], rest[n_in - 1:n_in - 1 + n_out], iter(rest[n_in - 1 + n_out:])
+        d_states = [next(given) if ok else None for ok in self.given]
+        return reset, params, outputs, d_states
+
+
+class LSTMOptionsRecurrence(_OptionsRecurrence):
+    """LSTM over a window with peepholes, layer norm and/or the clock gate.
+
+    Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
+    [3i] (peephole), ``gamma_h, beta_h`` [4i] and ``gamma_c, beta_c`` [i] (layer
+    norm), ``k_tbi`` (clock). Outputs: ``h_tbi, c_tbi``, then the saved arrays.
+    """
+
+    __props__ = ("peephole", "layer_norm", "clock")
+    n_states = 2
+    saved = (("act", 4, None), ("c_new", 1, "clock"), ("h_new", 1, "clock"), ("n_h", 4, "layer_norm"),
+             ("rstd_h", "1", "layer_norm"), ("n_c", 1, "layer_norm"), ("rstd_c", "1", "layer_norm"))
+
+    def __init__(self, peephole=False, layer_norm=False, clock=False):
+        self.peephole, self.layer_norm, self.clock = bool(peephole), bool(layer_norm), bool(clock)
+
+    def _extra_ndims(self):
+        return [1] * self.peephole + [1] * 4 * self.layer_norm + [3] * self.clock
+
+    def grad_op(self, given):
+        return LSTMOptionsRecurrenceGrad(self.peephole, self.layer_norm, self.clock, given)
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        arrays = contiguous(inputs[:1] + inputs[2:], dtype)
+        (xw, W, bias, h0, c0, h_prev, c_prev), extras = arrays[:7], iter(arrays[7:])
+        reset = np.asarray(inputs[1]) <= 0
+        steps, batch, gates = xw.shape
+        i = gates // 4
+        dummy = np.zeros(1, dtype)
+        peep = next(extras) if self.peephole else dummy
+        gamma_h, beta_h, gamma_c, beta_c = [next(extras) for _ in range(4)] if self.layer_norm else [dummy] * 4
+        k = next(extras) if self.clock else None
+        h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
+        saved = self._saved_arrays(steps, batch, i, dtype)
+        act, c_new, h_new, n_h, rstd_h, n_c, rstd_c = saved
+        frames = {name: Frames(x) if x.size else Frames(None, dummy)
+                  for name, x in zip(("k", "c_new", "h_new", "n_h", "rstd_h", "n_c", "rstd_c"),
+                                     (k, c_new, h_new, n_h, rstd_h, n_c, rstd_c)) if x is not None}
+        addr_k = frames.get("k", Frames(None, dummy))
+        addr_act, addr_xw, addr_h, addr_c = map(Frames, (act, xw, h_seq, c_seq))
+        if not self.clock:                        # the new states are the frame's states
+            frames["c_new"], frames["h_new"] = addr_c, addr_h
+        cell, one = native.kernel("lstm_options_cell", dtype), act.dtype.type(1)
+        flags = _flags(self.peephole, self.layer_norm, self.clock)
+        fixed = [x.ctypes.data for x in (bias,)]
+        params = [x.ctypes.data for x in (peep, gamma_h, beta_h, gamma_c, beta_c)]
+        for t in range(steps):
+            if reset[t].any():
+                h_prev, c_prev = h_prev.copy(), c_prev.copy()
+                h_prev[reset[t]], c_prev[reset[t]] = h0, c0
+            np.dot(h_prev, W, out=act[t])
+            cell(addr_act[t], addr_xw[t], *fixed, h_prev.ctypes.data, c_prev.ctypes.data, *params, addr_k[t],
+                 frames["n_h"][t], frames["rstd_h"][t], frames["n_c"][t], frames["rstd_c"][t],
+                 frames["c_new"][t], frames["h_new"][t], addr_c[t], addr_h[t], batch, i, one, flags)
+            h_prev, c_prev = h_seq[t], c_seq[t]
+        for storage, value in zip(output_storage, [h_seq, c_seq, *saved]):
+            storage[0] = value
+
+
+class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
+    """Backpropagation through time of :class:`LSTMOptionsRecurrence`."""
+
+    __props__ = ("peephole", "layer_norm", "clock", "given")
+    forward = LSTMOptionsRecurrence
+
+    def __init__(self, peephole, layer_norm, clock, given):
+        self.peephole, self.layer_norm, self.clock = bool(peephole), bool(layer_norm), bool(clock)
+        self.given = tuple(bool(g) for g in given)
+
+    def _extra_ndims(self):
+        return LSTMOptionsRecurrence._extra_ndims(self)
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        reset, params, outputs, (dh_out, dc_out) = self._unpack(inputs, dtype)
+        (W, _, h0, c0, h_bi, c_bi), extras = params[:6], iter(params[6:])
+        h_seq, c_seq, act, c_new, h_new, n_h, rstd_h, n_c, rstd_c = outputs
+        steps, batch, gates = act.shape
+        i = gates // 4
+        dummy, zero_bi = np.zeros(1, dtype), np.zeros((batch, i), dtype)
+        peep = next(extras) if self.peephole else dummy
+        gamma_h, _, gamma_c, beta_c = [next(extras) for _ in range(4)] if self.layer_norm else [dummy] * 4
+        k = next(extras) if self.clock else None
+        d_pre = np.empty_like(act)
+        d_ha = np.empty_like(act) if self.layer_norm else d_pre
+        d_k = np.empty((steps, batch, i), dtype) if self.clock else None
+        dh, dc, back = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype), np.empty((batch, i), dtype)
+        dh0, dc0 = np.zeros(i, dtype), np.zeros(i, dtype)
+        db, d_peep = np.zeros(gates, np.float64), np.zeros(3 * i if self.peephole else 1, np.float64)
+        d_gamma_h = np.zeros(gates if self.layer_norm else 1, np.float64)
+        d_gamma_c, d_beta_c = (np.zeros(i if self.layer_norm else 1, np.float64) for _ in range(2))
+
+        def frames(x, default=dummy):
+            return Frames(x) if x is not None and x.size else Frames(None, default)
+        addr = {name: frames(x) for name, x in dict(act=act, n_h=n_h, rstd_h=rstd_h, n_c=n_c, rstd_c=rstd_c,
+                                                    k=k, d=d_pre, d_ha=d_ha, dk=d_k, h_new=h_new).items()}
+        addr["c_new"] = frames(c_new) if self.clock else Frames(c_seq)
+        addr_dh_out, addr_dc_out = Frames(dh_out, zero_bi), Frames(dc_out, zero_bi)
+        fixed = [x.ctypes.data for x in (peep, gamma_h, gamma_c, beta_c)]
+        sums = [x.ctypes.data for x in (db, d_peep, d_gamma_h, d_gamma_c, d_beta_c)]
+        cell_grad, one = native.kernel("lstm_options_cell_grad", dtype), act.dtype.type(1)
+        flags = _flags(self.peephole, self.layer_norm, self.clock)
+        W_T = np.ascontiguousarray(W.T)
+        for t in reversed(range(steps)):
+            h_in = entering(h_bi, h_seq, h0, reset, t)
+            c_in = entering(c_bi, c_seq, c0, reset, t)
+            cell_grad(dh.ctypes.data, dc.ctypes.data, addr_dh_out[t], addr_dc_out[t], addr["act"][t],
+                      addr["c_new"][t], addr["h_new"][t], h_in.ctypes.data, c_in.ctypes.data,
+                      addr["n_h"][t], addr["rstd_h"][t], addr["n_c"][t], addr["rstd_c"][t], *fixed,
+                      addr["k"][t], addr["d"][t], addr["d_ha"][t], addr["dk"][t], *sums, batch, i, one, flags)
+            dh += np.dot(d_ha[t], W_T, out=back)
+            route_reset(dh, dh0, reset[t])
+            route_reset(dc, dc0, reset[t])
+        dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
+        grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
+        if self.peephole:
+            grads.append(d_peep.astype(dtype))
+        if self.layer_norm:
+            grads += [x.astype(dtype) for x in (d_gamma_h, db, d_gamma_c, d_beta_c)]
+        if self.clock:
+            grads.append(d_k)
+        for storage, value in zip(output_storage, grads):
+            storage[0] = value
+
+
+class GRUOptionsRecurrence(_OptionsRecurrence):
+    """GRU over a window with layer norm and/or the clock gate.
+
+    Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h, beta_h``
+    [3i] (layer norm), ``k_tbi`` (clock). Outputs: ``h_tbi``, then the saved arrays.
+    """
+
+    __props__ = ("layer_norm", "clock")
+    n_states = 1
+    saved = (("act", 3, None), ("hn", 1, None), ("h_new", 1, "clock"), ("n_h", 3, "layer_norm"),
+             ("rstd_h", "1", "layer_norm"))
+
+    def __init__(self, layer_norm=False, clock=False):
+        self.layer_norm, self.clock = bool(layer_norm), bool(clock)
+
+    def _extra_ndims(self):
+        return [1] * 2 * self.layer_norm + [3] * self.clock
+
+    def grad_op(self, given):
+        return GRUOptionsRecurrenceGrad(self.layer_norm, self.clock, given)
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        arrays = contiguous(inputs[:1] + inputs[2:], dtype)
+        (xw, W, bias, h0, h_prev), extras = arrays[:5], iter(arrays[5:])
+        reset = np.asarray(inputs[1]) <= 0
+        steps, batch, gates = xw.shape
+        i = gates // 3
+        dummy = np.zeros(1, dtype)
+        gamma_h, beta_h = [next(extras) for _ in range(2)] if self.layer_norm else [dummy] * 2
+        k = next(extras) if self.clock else None
+        h_seq = np.empty((steps, batch, i), dtype)
+        saved = self._saved_arrays(steps, batch, i, dtype)
+        act, hn, h_new, n_h, rstd_h = saved
+        ha = np.empty((batch, gates), dtype)
+
+        def frames(x):
+            return Frames(x) if x is not None and x.size else Frames(None, dummy)
+        addr_xw, addr_act, addr_hn, addr_h = map(Frames, (xw, act, hn, h_seq))
+        addr_k, addr_n_h, addr_rstd_h = frames(k), frames(n_h), frames(rstd_h)
+        addr_h_new = frames(h_new) if self.clock else addr_h
+        cell, one = native.kernel("gru_options_cell", dtype), act.dtype.type(1)
+        flags = _flags(layer_norm=self.layer_norm, clock=self.clock)
+        for t in range(steps):
+            if reset[t].any():
+                h_prev = h_prev.copy()
+                h_prev[reset[t]] = h0
+            np.dot(h_prev, W, out=ha)
+            cell(ha.ctypes.data, addr_xw[t], bias.ctypes.data, h_prev.ctypes.data, gamma_h.ctypes.data,
+                 beta_h.ctypes.data, addr_k[t], addr_n_h[t], addr_rstd_h[t], addr_act[t], addr_hn[t],
+                 addr_h_new[t], addr_h[t], batch, i, one, flags)
+            h_prev = h_seq[t]
+        for storage, value in zip(output_storage, [h_seq, *saved]):
+            storage[0] = value
+
+
+class GRUOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
+    """Backpropagation through time of :class:`GRUOptionsRecurrence`."""
+
+    __props__ = ("layer_norm", "clock", "given")
+    forward = GRUOptionsRecurrence
+
+    def __init__(self, layer_norm, clock, given):
+        self.layer_norm, self.clock = bool(layer_norm), bool(clock)
+        self.given = tuple(bool(g) for g in given)
+
+    def _extra_ndims(self):
+        return GRUOptionsRecurrence._extra_ndims(self)
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        reset, params, outputs, (dh_out,) = self._unpack(inputs, dtype)
+        (W, _, h0, h_bi), extras = params[:4], iter(params[4:])
+        h_seq, act, hn, h_new, n_h, rstd_h = outputs
+        steps, batch, gates = act.shape
+        i = gates // 3
+        dummy, zero_bi = np.zeros(1, dtype), np.zeros((batch, i), dtype)
+        gamma_h = next(extras) if self.layer_norm else dummy
+        if self.layer_norm:
+            next(extras)                                   # beta_h: not needed for the gradient
+        k = next(extras) if self.clock else None
+        d_pre, d_ha = np.empty_like(act), np.empty_like(act)
+        d_k = np.empty((steps, batch, i), dtype) if self.clock else None
+        dh, dh0, back = np.zeros((batch, i), dtype), np.zeros(i, dtype), np.empty((batch, i), dtype)
+        db = np.zeros(gates, np.float64)
+        d_gamma_h, d_beta_h = (np.zeros(gates if self.layer_norm else 1, np.float64) for _ in range(2))
+
+        def frames(x):
+            return Frames(x) if x is not None and x.size else Frames(None, dummy)
+        addr_act, addr_hn, addr_d, addr_d_ha = map(Frames, (act, hn, d_pre, d_ha))
+        addr_h_new, addr_n_h, addr_rstd_h, addr_k, addr_dk = map(frames, (h_new, n_h, rstd_h, k, d_k))
+        addr_dh_out = Frames(dh_out, zero_bi)
+        sums = [x.ctypes.data for x in (db, d_gamma_h, d_beta_h)]
+        cell_grad, one = native.kernel("gru_options_cell_grad", dtype), act.dtype.type(1)
+        flags = _flags(layer_norm=self.layer_norm, clock=self.clock)
+        W_T = np.ascontiguousarray(W.T)
+        for t in reversed(range(steps)):
+            h_in = entering(h_bi, h_seq, h0, reset, t)
+            cell_grad(dh.ctypes.data, addr_dh_out[t], addr_act[t], h_in.ctypes.data, addr_hn[t], addr_h_new[t],
+                      addr_n_h[t], addr_rstd_h[t], gamma_h.ctypes.data, addr_k[t], addr_d[t], addr_d_ha[t],
+                      addr_dk[t], *sums, batch, i, one, flags)
+            dh += np.dot(d_ha[t], W_T, out=back)
+            route_reset(dh, dh0, reset[t])
+        dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
+        grads = [d_pre, dW, db.astype(dtype), dh0, dh]
+        if self.layer_norm:
+            grads += [d_gamma_h.astype(dtype), d_beta_h.astype(dtype)]
+        if self.clock:
+            grads.append(d_k)
+        for storage, value in zip(output_storage, grads):
+            storage[0] = value
