@@ -14,8 +14,9 @@ pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not inst
 
 BATCH, WIDTH = 3, 5
 GATES = {"lstm_cell": 4, "lstm_cell_grad": 4, "gru_cell": 3, "gru_cell_grad": 3,
-         "lstm_options_cell": 4, "lstm_options_cell_grad": 4, "gru_options_cell": 3, "gru_options_cell_grad": 3}
-# per array: [B][i] (1), [B][g] ("g"), [g] (0), [i] ("i"), [3i] ("3i") or [B] ("b")
+         "lstm_options_cell": 4, "lstm_options_cell_grad": 4, "gru_options_cell": 3, "gru_options_cell_grad": 3,
+         "layer_norm_rows": 1, "layer_norm_rows_grad": 1, "clock_openness": 1, "clock_openness_grad": 1}
+# per array: [B][i] (1), [B][g] ("g"), [g] (0), [i] ("i"), [3i] ("3i"), [B] ("b") or one value ("1")
 SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
           "lstm_cell_grad": (1, 1, 1, 1, "g", 1, 1, "g", 0),
           "gru_cell": ("g", "g", 0, 1, "g", 1, 1),
@@ -24,7 +25,11 @@ SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
           "lstm_options_cell_grad": (1, 1, 1, 1, "g", 1, 1, 1, 1, "g", "b", 1, "b", "3i", 0, "i", "i", 1,
                                      "g", "g", 1, 0, "3i", 0, "i", "i"),
           "gru_options_cell": ("g", "g", 0, 1, 0, 0, 1, "g", "b", "g", 1, 1, 1),
-          "gru_options_cell_grad": (1, 1, "g", 1, 1, 1, "g", "b", 0, 1, "g", "g", 1, 0, 0, 0)}
+          "gru_options_cell_grad": (1, 1, "g", 1, 1, 1, "g", "b", 0, 1, "g", "g", 1, 0, 0, 0),
+          "layer_norm_rows": (1, "i", "i", 1, "b", 1),
+          "layer_norm_rows_grad": (1, 1, "b", "i", 1, "i", "i"),
+          "clock_openness": ("b", "i", "i", "i", "1", 1),
+          "clock_openness_grad": ("b", "i", "i", "i", "1", 1, "i", "i", "i")}
 # the option kernels run with every option their unit has
 FLAGS = {"lstm_options_cell": kernels.PEEPHOLE | kernels.LAYER_NORM | kernels.CLOCK,
          "gru_options_cell": kernels.LAYER_NORM | kernels.CLOCK}
@@ -36,7 +41,8 @@ def kernel_arrays(name, dtype, seed=0):
     kernel reads activations), the gradient accumulators in float64."""
     rng = np.random.default_rng(seed)
     g = GATES[name] * WIDTH
-    sizes = {1: (BATCH, WIDTH), "g": (BATCH, g), 0: (g,), "i": (WIDTH,), "3i": (3 * WIDTH,), "b": (BATCH,)}
+    sizes = {1: (BATCH, WIDTH), "g": (BATCH, g), 0: (g,), "i": (WIDTH,), "3i": (3 * WIDTH,), "b": (BATCH,),
+             "1": (1,)}
     return [rng.uniform(0.05, 0.95, sizes[width]).astype(np.float64 if accumulator else dtype)
             for width, accumulator in zip(SHAPES[name], native._ARRAYS[name], strict=True)]
 

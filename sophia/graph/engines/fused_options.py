@@ -2,8 +2,9 @@
 
 The plain LSTM and GRU windows run on :mod:`~sophia.graph.engines.fused`'s Ops.
 A layer with peepholes (LSTM), layer norm or Phased-LSTM clock gates runs here:
-the same structure — the input product ``x W_x`` (layer-normalised where the layer
-says so) as one graph matmul over all frames, then one Op for the window's
+the same structure — the input product ``x W_x`` as one graph matmul over all
+frames (layer-normalised by the Op of :mod:`~sophia.graph.engines.fused_norm`
+where the layer says so), then one Op for the window's
 recurrence and one for its gradient, looping over the frames with one BLAS matmul
 and one cell kernel per frame (``kernels.lstm_options_cell`` and friends, which
 take the options as bits) — with what the scan step adds:
@@ -13,9 +14,10 @@ take the options as bits) — with what the scan step adds:
 - **layer norm** on the recurrent product ``h W_h`` (gain and bias over all gates)
   and, for LSTM, on the cell before its ``tanh``: every frame's normalised values
   and 1/sd are saved for the gradient;
-- **the clock gate**: its openness k [T][B][i] depends on time alone, so the graph
-  computes it for the whole window (:meth:`sophia.graph.clock.TimeGate.openness`,
-  with the leak in training graphs only) and hands it to the Op, which blends each
+- **the clock gate**: its openness k [T][B][i] depends on time alone, so it is
+  computed for the whole window (:mod:`~sophia.graph.engines.fused_clock`'s Op, the
+  function of :meth:`sophia.graph.clock.TimeGate.openness`, with the leak in training
+  graphs only) and handed to the Op, which blends each
   frame's new states with the entering ones, ``k s + (1 − k) s_prev``, and returns
   the gradient of k, through which the graph differentiates the clock's parameters.
 
@@ -44,6 +46,8 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 from sophia.graph.engines import kernels, native
+from sophia.graph.engines.fused_clock import openness
+from sophia.graph.engines.fused_norm import layer_norm
 from sophia.graph.engines.window import Frames, contiguous, entering, route_reset, weight_grad
 
 OPTIONS = ("peephole", "layer_norm", "learn_clock_params")     # the options this module runs
@@ -57,7 +61,9 @@ def runs(layer) -> bool:
 def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int, training: bool):
     """``(s_h_tbi, s_next_states, {})`` as the scan engine returns them, for an LSTM or
     GRU layer with peepholes, layer norm or clock gates (no batch norm)."""
-    s_xw_tbg = layer._project_weights(s_below_tbj, layer.s_W_x_jg, layer.norm_x, None, training, [])
+    s_xw_tbg = layer._project_weights(s_below_tbj, layer.s_W_x_jg, None, None, training, [])
+    if layer.norm_x is not None:                  # a LayerNorm: batch norm keeps the scan
+        s_xw_tbg = layer_norm(s_xw_tbg, layer.norm_x.v_gamma_g, layer.norm_x.v_beta_g)
     o = layer.options
     extras = []
     if layer.unit == "lstm" and o.peephole:
@@ -67,7 +73,7 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
         if layer.unit == "lstm":
             extras += [layer.norm_c.v_gamma_g, layer.norm_c.v_beta_g]
     if layer.gate is not None:
-        extras.append(layer.gate.openness(s_time_tb, training))
+        extras.append(openness(layer.gate, s_time_tb, training))
     if layer.unit == "lstm":
         op = LSTMOptionsRecurrence(peephole=bool(o.peephole), layer_norm=bool(o.layer_norm), clock=layer.gate is not None)
     else:

@@ -418,3 +418,74 @@ if AVAILABLE:
                 for q in range(3 * i):
                     d_beta_h[q] += drb[q]
                 _normalise_row_grad(drb, n_h[b], rstd_h[b], gamma_h, d_gamma_h, drb, one)
+
+    @numba.njit(inline="always", **_JIT)
+    def layer_norm_rows(x, gamma, beta, n, rstd, y, one):
+        """Layer norm of every row of x [R][g]: y = γ n + β with n = (x − mean) / sd
+        [R][g] and rstd = 1 / sd [R] kept for the gradient; gamma, beta [g]."""
+        for r in range(x.shape[0]):
+            yr, xr = y[r], x[r]
+            for k in range(xr.shape[0]):
+                yr[k] = xr[k]
+            rstd[r] = _normalise_row(yr, n[r], gamma, beta, one)
+
+    @numba.njit(inline="always", **_JIT)
+    def layer_norm_rows_grad(dy, n, rstd, gamma, dx, d_gamma, d_beta, one):
+        """Backward of :func:`layer_norm_rows`: dx [R][g] from dy [R][g]; the gradients
+        of γ and β [g] summed into the float64 d_gamma and d_beta."""
+        for r in range(dy.shape[0]):
+            dyr = dy[r]
+            for k in range(dyr.shape[0]):
+                d_beta[k] += dyr[k]
+            _normalise_row_grad(dyr, n[r], rstd[r], gamma, d_gamma, dx[r], one)
+
+    @numba.njit(inline="always", **_JIT)
+    def clock_openness(time, tau_raw, shift, r_raw, leak, k, one):
+        """The Phased-LSTM gate's openness k [R][i] at the times [R] (the rows of a
+        window's [T][B]) from its raw period, shift and open ratio [i], as
+        :meth:`sophia.graph.clock.TimeGate.openness` computes it; leak [1] is α (0 at
+        inference)."""
+        rows, i = k.shape
+        two, alpha = one + one, leak[0]
+        for r in range(rows):
+            kr, t = k[r], time[r]
+            for j in range(i):
+                tau = abs(tau_raw[j]) + _like(1e-3, one)
+                ratio = min(max(abs(r_raw[j]), _like(1e-3, one)), one)
+                cycles = (t - shift[j]) / tau
+                phase = cycles - np.floor(cycles)
+                opening = two * phase / ratio
+                if phase < ratio / two:
+                    kr[j] = opening
+                elif phase < ratio:
+                    kr[j] = two - opening
+                else:
+                    kr[j] = alpha * phase
+
+    @numba.njit(inline="always", **_JIT)
+    def clock_openness_grad(time, tau_raw, shift, r_raw, leak, dk, d_tau, d_shift, d_r, one):
+        """Backward of :func:`clock_openness`: from dk [R][i], the gradients of the raw
+        period, shift and open ratio [i] summed into the float64 d_tau, d_shift, d_r
+        (the phase's floor has no gradient; abs and the clip of the ratio pass it as
+        PyTensor's do)."""
+        rows, i = dk.shape
+        two, alpha = one + one, leak[0]
+        for r in range(rows):
+            dkr, t = dk[r], time[r]
+            for j in range(i):
+                tau = abs(tau_raw[j]) + _like(1e-3, one)
+                raw = abs(r_raw[j])
+                ratio = min(max(raw, _like(1e-3, one)), one)
+                cycles = (t - shift[j]) / tau
+                phase = cycles - np.floor(cycles)
+                if phase < ratio / two:
+                    d_phase, d_ratio = two / ratio, -two * phase / (ratio * ratio)
+                elif phase < ratio:
+                    d_phase, d_ratio = -two / ratio, two * phase / (ratio * ratio)
+                else:
+                    d_phase, d_ratio = alpha, _like(0.0, one)
+                g = dkr[j] * d_phase
+                d_shift[j] -= g / tau
+                d_tau[j] -= g * cycles / tau * np.sign(tau_raw[j])
+                if _like(1e-3, one) <= raw <= one:
+                    d_r[j] += dkr[j] * d_ratio * np.sign(r_raw[j])

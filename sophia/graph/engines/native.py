@@ -10,11 +10,12 @@ code with llvmlite's JIT linker alone, in milliseconds.
 
 :func:`kernel` ``(name, dtype)`` returns a ``ctypes`` function. Its arguments are
 the addresses of the kernel's arrays, in the order of ``kernels.<name>``, then
-``batch``, ``i`` (the layer width), ``one`` (1 in ``dtype``) and, for the
-``*_options_*`` kernels, the option bits. Every array must be
-C-contiguous with the shape ``kernels.<name>`` documents; ``db`` is float64, the
-others are ``dtype``. Nothing checks the addresses: passing a wrong one corrupts
-memory, so only ``fused.py`` calls these.
+``batch``, ``i`` (the layer width; for ``layer_norm_rows*`` and ``clock_openness*``,
+the rows and their width), ``one`` (1 in ``dtype``) and, for the ``*_options_*`` kernels, the option
+bits. Every array must be C-contiguous with the shape ``kernels.<name>`` documents;
+the gradient accumulators (``db``, ``d_gamma`` …) are float64, the others are
+``dtype``. Nothing checks the addresses: passing a wrong one corrupts memory, so
+only the fused Ops (``fused.py``, ``fused_options.py``) call these.
 
 The cache lives in ``<compiledir>/sophia_kernels`` (PyTensor's compiledir, like the
 JAX cache in ``sophia/graph/modes.py``), one file per kernel and dtype, named by a
@@ -63,6 +64,10 @@ _ARRAYS = {
     "lstm_options_cell_grad": (False,) * 21 + (True,) * 5,
     "gru_options_cell": (False,) * 13,
     "gru_options_cell_grad": (False,) * 13 + (True,) * 3,
+    "layer_norm_rows": (False,) * 6,
+    "layer_norm_rows_grad": (False,) * 5 + (True,) * 2,
+    "clock_openness": (False,) * 6,
+    "clock_openness_grad": (False,) * 6 + (True,) * 3,
 }
 # The kernels that take the option bits (``kernels.PEEPHOLE`` | ...) after ``one``.
 _FLAGGED = frozenset(name for name in _ARRAYS if "_options_" in name)
@@ -222,12 +227,55 @@ def _wrap_gru_options_cell_grad(carray):
     return gru_options_cell_grad
 
 
+def _wrap_layer_norm_rows(carray):
+    rows = kernels.layer_norm_rows
+
+    def layer_norm_rows(x, gamma, beta, n, rstd, y, batch, i, one):
+        shape = (batch, i)
+        rows(carray(x, shape), carray(gamma, (i,)), carray(beta, (i,)), carray(n, shape),
+             carray(rstd, (batch,)), carray(y, shape), one)
+    return layer_norm_rows
+
+
+def _wrap_layer_norm_rows_grad(carray):
+    rows_grad = kernels.layer_norm_rows_grad
+
+    def layer_norm_rows_grad(dy, n, rstd, gamma, dx, d_gamma, d_beta, batch, i, one):
+        shape = (batch, i)
+        rows_grad(carray(dy, shape), carray(n, shape), carray(rstd, (batch,)), carray(gamma, (i,)),
+                  carray(dx, shape), carray(d_gamma, (i,)), carray(d_beta, (i,)), one)
+    return layer_norm_rows_grad
+
+
+def _wrap_clock_openness(carray):
+    openness = kernels.clock_openness
+
+    def clock_openness(time, tau_raw, shift, r_raw, leak, k, batch, i, one):
+        openness(carray(time, (batch,)), carray(tau_raw, (i,)), carray(shift, (i,)), carray(r_raw, (i,)),
+                 carray(leak, (1,)), carray(k, (batch, i)), one)
+    return clock_openness
+
+
+def _wrap_clock_openness_grad(carray):
+    openness_grad = kernels.clock_openness_grad
+
+    def clock_openness_grad(time, tau_raw, shift, r_raw, leak, dk, d_tau, d_shift, d_r, batch, i, one):
+        openness_grad(carray(time, (batch,)), carray(tau_raw, (i,)), carray(shift, (i,)), carray(r_raw, (i,)),
+                      carray(leak, (1,)), carray(dk, (batch, i)), carray(d_tau, (i,)), carray(d_shift, (i,)),
+                      carray(d_r, (i,)), one)
+    return clock_openness_grad
+
+
 _WRAPPERS = {"lstm_cell": _wrap_lstm_cell, "lstm_cell_grad": _wrap_lstm_cell_grad,
              "gru_cell": _wrap_gru_cell, "gru_cell_grad": _wrap_gru_cell_grad,
              "lstm_options_cell": _wrap_lstm_options_cell,
              "lstm_options_cell_grad": _wrap_lstm_options_cell_grad,
              "gru_options_cell": _wrap_gru_options_cell,
-             "gru_options_cell_grad": _wrap_gru_options_cell_grad}
+             "gru_options_cell_grad": _wrap_gru_options_cell_grad,
+             "layer_norm_rows": _wrap_layer_norm_rows,
+             "layer_norm_rows_grad": _wrap_layer_norm_rows_grad,
+             "clock_openness": _wrap_clock_openness,
+             "clock_openness_grad": _wrap_clock_openness_grad}
 
 
 def _emit_object(compiled, symbol: str) -> bytes:

@@ -1,0 +1,102 @@
+"""Layer norm over the last axis as one Op, for the graphs around the fused recurrences.
+
+A layer-normalised LSTM or GRU layer normalises its input product ``x W_x``
+[T][B][g] outside the recurrence. As graph code (:class:`sophia.graph.norms.LayerNorm`)
+that is a dozen elementwise passes over T·B·g values forward and more backward,
+which the thin graphs of the fused engine run one by one (``compile_mode = "auto"``
+keeps their rewrites to a minimum, :mod:`sophia.graph.modes`). Here it is one kernel
+pass each way (``kernels.layer_norm_rows`` and its gradient, native code through
+:mod:`~sophia.graph.engines.native`), with the same function:
+y = γ (x − mean) / sqrt(var + ε) + β per row, ε = :data:`sophia.graph.norms.EPSILON`.
+``tests/test_engines.py`` checks it inside every layer-normalised fused layer,
+``tests/test_fused_norm.py`` on its own.
+
+Example
+-------
+>>> import numpy as np, pytensor as th, pytensor.tensor as tt
+>>> x, gamma, beta = tt.tensor3(), tt.vector(), tt.vector()
+>>> f = th.function([x, gamma, beta], layer_norm(x, gamma, beta))
+>>> y = f(np.arange(12.0).reshape(1, 3, 4), np.ones(4), np.zeros(4))
+>>> bool(np.allclose(y.mean(axis=-1), 0) and np.allclose(y.std(axis=-1), 1, atol=1e-4))
+True
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytensor.tensor as tt
+from pytensor.gradient import DisconnectedType
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+
+from sophia.graph.engines import native
+from sophia.graph.engines.window import contiguous
+
+
+def layer_norm(s_x, v_gamma_g, v_beta_g):
+    """``s_x`` [..][g] layer-normalised over its last axis with gain and bias [g]."""
+    return LayerNormRows()(s_x, v_gamma_g, v_beta_g)[0]
+
+
+class LayerNormRows(Op):
+    """``(x, gamma_g, beta_g)`` → ``(y, n, rstd)``: y = γ n + β, the normalised rows n
+    (x's shape) and 1 / sd per row (x's shape without its last axis), kept for the
+    gradient. Requires the native kernels (Numba)."""
+
+    __props__ = ()
+
+    def make_node(self, x, gamma, beta):
+        x = tt.as_tensor_variable(x)
+        gamma, beta = (tt.cast(tt.as_tensor_variable(v), x.dtype) for v in (gamma, beta))
+        if x.ndim < 1 or gamma.ndim != 1 or beta.ndim != 1:
+            raise TypeError("LayerNormRows expects x [..][g] and gamma, beta [g]")
+        rstd = tt.tensor(dtype=x.dtype, shape=(None,) * (x.ndim - 1))
+        return Apply(self, [x, gamma, beta], [x.type(), x.type(), rstd])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0], shapes[0], shapes[0][:-1]]
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        x, gamma, beta = contiguous(inputs, dtype)
+        width = x.shape[-1]
+        rows = x.size // width if width else 0
+        y, n, rstd = np.empty_like(x), np.empty_like(x), np.empty(x.shape[:-1], dtype)
+        if rows:
+            native.kernel("layer_norm_rows", dtype)(
+                x.ctypes.data, gamma.ctypes.data, beta.ctypes.data, n.ctypes.data, rstd.ctypes.data,
+                y.ctypes.data, rows, width, x.dtype.type(1))
+        for storage, value in zip(output_storage, (y, n, rstd)):
+            storage[0] = value
+
+    def pullback(self, inputs, outputs, output_grads):
+        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[1:]):
+            raise NotImplementedError("LayerNormRows: its saved arrays have no gradient")
+        return LayerNormRowsGrad()(output_grads[0], outputs[1], outputs[2], inputs[1])
+
+
+class LayerNormRowsGrad(Op):
+    """``(dy, n, rstd, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the backward of
+    :class:`LayerNormRows` from the gradient of its y."""
+
+    __props__ = ()
+
+    def make_node(self, dy, n, rstd, gamma):
+        inputs = [tt.as_tensor_variable(v) for v in (dy, n, rstd, gamma)]
+        return Apply(self, inputs, [inputs[0].type(), inputs[3].type(), inputs[3].type()])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0], shapes[3], shapes[3]]
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        dy, n, rstd, gamma = contiguous(inputs, dtype)
+        width = dy.shape[-1]
+        rows = dy.size // width if width else 0
+        dx = np.empty_like(dy)
+        d_gamma, d_beta = np.zeros(width, np.float64), np.zeros(width, np.float64)
+        if rows:
+            native.kernel("layer_norm_rows_grad", dtype)(
+                dy.ctypes.data, n.ctypes.data, rstd.ctypes.data, gamma.ctypes.data, dx.ctypes.data,
+                d_gamma.ctypes.data, d_beta.ctypes.data, rows, width, dy.dtype.type(1))
+        for storage, value in zip(output_storage, (dx, d_gamma.astype(dtype), d_beta.astype(dtype))):
+            storage[0] = value
