@@ -77,7 +77,7 @@ def test_jax_streams_frame_by_frame_like_fast_compile():
     (dict(unit_type="lstm"), False, AUTO_FUSED),          # fused recurrence: thin graph around it
     (dict(unit_type="fc"), True, AUTO_FUSED),             # no recurrence at all
     (dict(unit_type="lstm"), True, AUTO_LOOPED),          # unrolled loop
-    (dict(unit_type="gru", layer_norm=True), False, AUTO_LOOPED),   # scan stays
+    (dict(unit_type="gru", batch_norm=True), False, AUTO_LOOPED),   # batch norm: scan stays
 ])
 def test_auto_mode_follows_the_graph(options, unroll, expected):
     net = make_net(**options)
