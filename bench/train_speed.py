@@ -27,7 +27,9 @@ the columns and how to install PyTorch's CPU build.
 :data:`OPTION_SETS` on the reference model (mode ``auto``), a cold and a warm
 process each, and prints their compile times, frames/s, the ratio to the plain
 model measured in the same run, the engines the training graph runs and each
-process's peak RSS.
+process's peak RSS. With ``torch`` importable, the ``layer_norm`` row is followed by
+the layer-norm LSTM a PyTorch user writes (a Python loop over ``Linear`` +
+``LayerNorm`` per frame, :func:`torch_layer_norm_worker`) and Sophia's ratio to it.
 
 Example
 -------
@@ -179,6 +181,68 @@ def torch_worker(steps, repeats, keep_memory=False):
     fps, per_call = _speed(call, steps, repeats)
     return dict(compile_s=max(first - start - per_call, 0.0), frames_per_s=fps,
                 threads=torch.get_num_threads(), version=torch.__version__)
+
+
+def torch_layer_norm_worker(steps, repeats):
+    """The layer-norm LSTM a PyTorch user writes (``nn.LSTM`` has no layer norm): per
+    layer a ``Linear`` for the input and one for the recurrent product, each followed
+    by a ``LayerNorm``, and a ``LayerNorm`` of the cell, stepped by a Python loop over
+    the frames; Adam and BPTT(128; 64) as :func:`torch_worker`, same malloc setting as
+    Sophia (the cell norms are Sophia's ``layer_norm`` paths, sophia/graph/norms.py)."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from sophia.training.memory import keep_freed_memory
+    keep_freed_memory()
+    m = MODEL
+    torch.manual_seed(0)
+
+    class LayerNormLSTM(nn.Module):
+        def __init__(self, n_in, n_hidden):
+            super().__init__()
+            self.x_gates, self.h_gates = nn.Linear(n_in, 4 * n_hidden), nn.Linear(n_hidden, 4 * n_hidden, bias=False)
+            self.x_norm, self.h_norm = nn.LayerNorm(4 * n_hidden), nn.LayerNorm(4 * n_hidden)
+            self.c_norm = nn.LayerNorm(n_hidden)
+
+        def forward(self, x_tbj, state):
+            h, c = state
+            s_x_tbg = self.x_norm(self.x_gates(x_tbj))        # the input product for all frames at once
+            outputs = []
+            for x_bg in s_x_tbg:
+                i, f, g, o = (x_bg + self.h_norm(self.h_gates(h))).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(self.c_norm(c))
+                outputs.append(h)
+            return torch.stack(outputs), (h, c)
+
+    layers = nn.ModuleList([LayerNormLSTM(m["input_dim"] if n == 0 else m["width"], m["width"])
+                            for n in range(m["depth"])])
+    linear = nn.Linear(m["width"], m["target_dim"])
+    optimizer = torch.optim.Adam(list(layers.parameters()) + list(linear.parameters()), lr=1e-4)
+    windows = [tuple(torch.from_numpy(a) for a in w) for w in _windows(np.random.default_rng(0), 4)]
+    zeros = torch.zeros(m["batch"], m["width"])
+    stored = [[(zeros, zeros)] * m["depth"]]
+
+    def call(n):
+        x, _, y = windows[n % len(windows)]
+        below, carried = x, []
+        for layer, state in zip(layers, stored[0]):
+            head, carry = layer(below[:m["step"]], state)        # the state after frame h' - 1 is stored
+            tail, _ = layer(below[m["step"]:], carry)
+            below = torch.cat([head, tail])
+            carried.append(carry)
+        out = linear(below[m["window"] - m["step"]:])
+        loss = nn.functional.mse_loss(out, y[m["window"] - m["step"]:], reduction="sum") / m["step"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        stored[0] = [tuple(s.detach() for s in carry) for carry in carried]
+        return loss
+
+    call(0)
+    fps, _ = _speed(call, steps, repeats)
+    return dict(frames_per_s=fps, threads=torch.get_num_threads(), version=torch.__version__)
 
 
 # -- the parent: one fresh process per measurement ---------------------------------
@@ -361,6 +425,12 @@ def measure_option_sets(o):
         print(f"{name:<27}{cold['compile_s']:8.1f}{warm['compile_s']:8.1f}{warm['frames_per_s']:10,.0f}"
               f"{ratio:>9}{max(cold['peak_rss_mib'], warm['peak_rss_mib']):10,.0f}   {warm['engines']}",
               flush=True)
+        if name == "layer_norm" and _importable("torch"):
+            torch_ln = _run_worker(["torch_layer_norm", str(steps), str(repeats)], {}, o.timeout)
+            print(f"{'  PyTorch LayerNorm-LSTM loop':<43}"
+                  + (f"{torch_ln['frames_per_s']:10,.0f}   layer_norm / loop = "
+                     f"{warm['frames_per_s'] / torch_ln['frames_per_s']:.2f}x"
+                     if "error" not in torch_ln else f"failed: {torch_ln['error']}"), flush=True)
     return 0
 
 
@@ -370,7 +440,9 @@ def _importable(name):
 
 
 def _worker_main(args):
-    if args[0] == "torch":
+    if args[0] == "torch_layer_norm":
+        result = torch_layer_norm_worker(int(args[1]), int(args[2]))
+    elif args[0] == "torch":
         result = torch_worker(int(args[1]), int(args[2]), keep_memory=args[3:] == ["kept"])
     else:
         _, mode, recurrence, steps, repeats, *overrides = args
