@@ -73,7 +73,8 @@ from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict,
 from sophia.training import checkpoint, hf_training
 from sophia.training.annealer import Annealer, Decision
 from sophia.data.dataset import Dataset, check_targets, id_order
-from sophia.training.baselines import categorical_baseline, mean_baseline
+from sophia.training.baselines import (categorical_baseline, gaussian_baseline, mean_baseline,
+                                       quantile_baseline)
 from sophia.training.iterator import BPTTIterator
 from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
@@ -278,6 +279,10 @@ class Trainer:
         if self.categorical:
             self.baseline, self.baseline_accuracy = categorical_baseline(self.train_set, self.dev_set,
                                                                           o.loss_type)
+        elif o.loss_type == "gaussian":
+            self.baseline = gaussian_baseline(self.train_set, self.dev_set)
+        elif o.loss_type == "quantile":
+            self.baseline = quantile_baseline(self.train_set, self.dev_set, self.model_options.quantiles)
         else:
             self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer.from_options(o)
