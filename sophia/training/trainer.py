@@ -67,6 +67,7 @@ import numpy as np
 from sophia.graph.engines import describe
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
+from sophia.graph.output_layout import num_channels
 from sophia.optim.losses import CATEGORICAL
 from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict,
                             with_output_activation)
@@ -185,6 +186,12 @@ class Trainer:
             init_values, ids = load_params(source), source.read_ids_order()
         self._open(model_options, ids)
         if init_values is not None:
+            if num_channels(model_options) != num_channels(self.model_options):
+                raise OptionError(f"--load_from {init_from}: its model has "
+                                  f"{model_options.output_activation!r} outputs, but loss_type "
+                                  f"{train_options.loss_type!r} trains "
+                                  f"{self.model_options.output_activation!r} outputs (another "
+                                  "output layer): train a new model")
             set_params(source, self.net, init_values)
         self.ws = Workspace(save_to)
         same = init_from is not None and Path(init_from).resolve() == self.ws.path.resolve()
