@@ -168,26 +168,25 @@ def test_layout_widths_names_and_point_channel():
                             output_activation="quantile", quantiles=(0.05, 0.3, 0.6, 0.95))).output_width == 12
 
 
-def test_quantiles_never_cross_even_with_adversarial_weights():
-    options = ModelOptions(input_dim=3, target_dim=2, net_width=6, net_depth=1, unit_type="rnn",
-                           output_activation="quantile", quantiles=(0.05, 0.2, 0.5, 0.8, 0.95))
-    net = Net(options, dtype="float32")
+def test_served_quantiles_never_cross_even_with_adversarial_weights(tmp_path):
+    """Huge weights, and an output bias that pushes the second level far below the first,
+    served frame by frame through the serving step."""
+    path = write_workspace(tmp_path / "adversarial", seed=5, unit_type="rnn", net_depth=1,
+                           output_activation="quantile", quantiles=[0.05, 0.2, 0.5, 0.8, 0.95])
     rng = np.random.default_rng(0)
-    values = net.get_values()
-    # huge weights, and output biases that push every later level far below the first
-    values = {n: (rng.normal(scale=40.0, size=v.shape)).astype("float32") for n, v in values.items()}
+    ws = Workspace(path, create=False)
+    values = {n: rng.normal(scale=40.0, size=v.shape).astype("float32")
+              for n, v in ws.load_arrays("params").items()}
     bias = [n for n in values if n.startswith("output") and values[n].ndim == 1][0]
-    values[bias][:2] = 1e4
-    values[bias][2:] = -1e4
-    net.set_values(values)
-    f_infer, v_states = net.compile_infer(window_size=30, mode="FAST_COMPILE")
-    net.reset_states(v_states, batch_size=4)
-    out = f_infer(rng.normal(scale=50.0, size=(30, 4, 3)).astype("float32"),
-                  np.tile(np.arange(30, dtype="float32")[:, None], (1, 4)), np.zeros((30, 4), "int32"))
-    q_tbck = out.reshape(30, 4, 5, 2)
+    values[bias][TARGET_DIM:2 * TARGET_DIM] = -1e4     # the second level's raw value
+    ws.save_arrays("params", values)
+    session = load_model(path, mode="FAST_COMPILE").new_session([0, 0, 0, 0])
+    q_tbck = np.stack([session.step(rng.normal(scale=50.0, size=(4, INPUT_DIM)).astype("float32"))
+                       for _ in range(30)]).reshape(30, 4, 5, TARGET_DIM)
     assert np.all(np.isfinite(q_tbck))
     assert np.all(np.diff(q_tbck, axis=2) >= 0)
     assert np.any(np.diff(q_tbck, axis=2) == 0)         # saturated softplus: equal, never crossed
+    assert np.any(np.diff(q_tbck, axis=2) > 100)        # and the increments are live
 
 
 # -- serving ----------------------------------------------------------------------
