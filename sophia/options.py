@@ -31,11 +31,14 @@ from typing import Any, Mapping
 UNIT_TYPES = ("fc", "rnn", "lstm", "gru")
 ACTIVATIONS = ("identity", "tanh", "sigmoid", "relu", "elu", "softplus")
 INIT_TYPES = ("uniform", "glorot", "sparse")
-LOSS_TYPES = ("l2", "l1", "huber", "xent", "bce")
-OUTPUT_ACTIVATIONS = ("identity", "softmax", "sigmoid")
-# The output activation each loss trains: xent a softmax over the k units, bce k sigmoids.
+LOSS_TYPES = ("l2", "l1", "huber", "xent", "bce", "gaussian", "quantile")
+OUTPUT_ACTIVATIONS = ("identity", "softmax", "sigmoid", "gaussian", "quantile")
+# The output activation each loss trains: xent a softmax over the k units, bce k sigmoids,
+# gaussian a mean and a log-variance per target element, quantile one value per level
+# (the output layout: sophia/graph/output_layout.py).
 OUTPUT_OF_LOSS = {"l2": "identity", "l1": "identity", "huber": "identity",
-                  "xent": "softmax", "bce": "sigmoid"}
+                  "xent": "softmax", "bce": "sigmoid", "gaussian": "gaussian", "quantile": "quantile"}
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 UPDATE_TYPES = ("sgd", "momentum", "nesterov", "hessian_free")
 FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam")
 # Options the hessian_free update does not read (the first-order optimizer's, and the
@@ -89,7 +92,8 @@ class ModelOptions:
     recurrent_spectral_radius: float = _opt(0.0, "rescale square recurrent matrices to this spectral radius; 0 = off")
     forget_bias: float = _opt(1.0, "initial LSTM forget-gate bias")
     input_bias: float = _opt(0.0, "initial LSTM input-gate bias (< 0: cells start closed)")
-    output_activation: str = _opt("identity", "identity | softmax | sigmoid: what the outputs are (softmax: class probabilities); set by training from loss_type (xent: softmax, bce: sigmoid)")
+    output_activation: str = _opt("identity", "identity | softmax | sigmoid | gaussian | quantile: what the outputs are (softmax: class probabilities; gaussian: mean and log-variance; quantile: one value per level of quantiles); set by training from loss_type")
+    quantiles: tuple[float, ...] = _opt(DEFAULT_QUANTILES, "loss_type quantile: the levels predicted, sorted, each in (0, 1); comma-separated on --set")
 
     def validate(self) -> "ModelOptions":
         """Raise :class:`OptionError` naming the first inconsistent option."""
@@ -97,6 +101,7 @@ class ModelOptions:
         _check_choice("fc_activation", self.fc_activation, ACTIVATIONS)
         _check_choice("init_type", self.init_type, INIT_TYPES)
         _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        _check_quantiles(self.quantiles)
         for name in ("input_dim", "target_dim", "num_ids"):
             _check_range(name, getattr(self, name), lo=0)
         for name in ("net_width", "net_depth", "id_embedding_dim", "batch_norm_steps", "sparse_connections"):
@@ -122,7 +127,7 @@ class ModelOptions:
 class TrainOptions:
     """How a net is trained: window sizes, loss, optimizer and annealing."""
 
-    loss_type: str = _opt("l2", "l2 | l1 | huber | xent (softmax cross-entropy, one-hot targets) | bce (sigmoid binary cross-entropy, targets in {0, 1})")
+    loss_type: str = _opt("l2", "l2 | l1 | huber | xent (softmax cross-entropy, one-hot targets) | bce (sigmoid binary cross-entropy, targets in {0, 1}) | gaussian (negative log-likelihood of a mean and variance) | quantile (pinball loss at the levels of quantiles)")
     huber_delta: float = _opt(1.0, "where huber turns from quadratic to linear")
     batch_size: int = _opt(16, "streams trained in parallel")
     eval_batch_size: int = _opt(0, "streams evaluated in parallel (dev loss); 0 = batch_size")
@@ -242,12 +247,16 @@ def with_output_activation(model: ModelOptions, loss_type: str) -> ModelOptions:
     """``model`` with the output activation that ``loss_type`` trains (:data:`OUTPUT_OF_LOSS`).
 
     Raises :class:`OptionError` if ``model`` already names another non-identity
-    activation (a softmax model cannot be trained with l2, nor a sigmoid one with xent).
+    activation (a softmax model cannot be trained with l2, nor a sigmoid one with xent),
+    or sets ``quantiles`` for a loss other than quantile.
     """
     wanted = OUTPUT_OF_LOSS[loss_type]
     if model.output_activation not in ("identity", wanted):
         raise OptionError(f"output_activation {model.output_activation!r} does not fit loss_type "
                           f"{loss_type!r} (which trains {wanted!r} outputs)")
+    if wanted != "quantile" and tuple(model.quantiles) != DEFAULT_QUANTILES:
+        raise OptionError(f"quantiles only apply to loss_type 'quantile', not {loss_type!r}: "
+                          "remove it or set loss_type = \"quantile\"")
     return dataclasses.replace(model, output_activation=wanted)
 
 
@@ -282,11 +291,14 @@ def parse_value(cls, name: str, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
+        if kind == "tuple[float, ...]":
+            return _to_floats(value)
     except (TypeError, ValueError):
         pass
     else:
         raise OptionError(f"option {name!r} has unsupported type {kind}")
-    raise OptionError(f"option {name!r} expects a {kind}, got {value!r}")
+    expected = "list of numbers (comma-separated on --set)" if kind.startswith("tuple") else kind
+    raise OptionError(f"option {name!r} expects a {expected}, got {value!r}")
 
 
 def apply_overrides(options, overrides: Mapping[str, Any]):
@@ -357,6 +369,36 @@ def _to_bool(value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
         return False
     raise ValueError(value)
+
+
+def _to_floats(value: Any) -> tuple[float, ...]:
+    """A tuple of finite floats from a list/tuple (TOML, JSON) or a comma-separated string."""
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(value)
+    result = []
+    for item in value:
+        if isinstance(item, bool):
+            raise ValueError(item)
+        number = float(item)
+        if not math.isfinite(number):
+            raise ValueError(item)
+        result.append(number)
+    return tuple(result)
+
+
+def _check_quantiles(levels) -> None:
+    """Quantile levels: non-empty, each strictly inside (0, 1), strictly increasing."""
+    levels = tuple(levels)
+    if not levels:
+        raise OptionError("option 'quantiles' must list at least one level in (0, 1); got none")
+    outside = [q for q in levels if not 0.0 < q < 1.0]
+    if outside:
+        raise OptionError(f"option 'quantiles' must hold levels strictly inside (0, 1); got {outside[0]!r}")
+    if any(b <= a for a, b in zip(levels, levels[1:])):
+        raise OptionError(f"option 'quantiles' must be sorted and distinct (strictly increasing); "
+                          f"got {list(levels)}")
 
 
 def _non_defaults(options, names) -> list[str]:

@@ -73,7 +73,8 @@ class FakeModel:
                  num_ids=None, fail_step=False):
         self.factor = factor
         self.input_dim = input_dim
-        self.target_dim = target_dim
+        self.target_dim = self.output_dim = target_dim
+        self.layout = "identity"
         self.num_ids = num_ids
         self.fail_step = fail_step
         spec = repr((float(factor), input_dim, target_dim, num_ids)).encode()

@@ -29,6 +29,9 @@ from sophia.evaluation import baselines as bl
 from sophia.evaluation.inference import id_indices, run_model
 from sophia.evaluation.metrics import POINT_METRICS, mase_scale, point_metrics
 from sophia.evaluation.plot import plot_predictions, require_matplotlib
+from sophia.evaluation.probabilistic import (PROBABILISTIC_METRICS, central_interval, interval_bounds,
+                                             probabilistic_metrics)
+from sophia.graph.output_layout import channel_names, channels_tck, point_channel
 from sophia.serving.model import MODE, load_model
 from sophia.serving.paths import ModelLoadError
 from sophia.workspace import OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options
@@ -97,13 +100,24 @@ def _score(predictions, targets, scale, tolerance):
     return overall, per_sequence
 
 
+def _score_distribution(outputs, targets, options, overall, per_sequence) -> None:
+    """Add the model's probabilistic metrics to its overall and per-sequence entries."""
+    width = targets[0].shape[1] if targets else options.target_dim
+    stacked = np.concatenate(outputs) if outputs else np.zeros((0, len(channel_names(options)) * width))
+    all_targets = np.concatenate(targets) if targets else np.zeros((0, width))
+    overall["model"].update(probabilistic_metrics(stacked, all_targets, options))
+    for n, (output_tK, target_tk) in enumerate(zip(outputs, targets)):
+        per_sequence[n]["model"].update(probabilistic_metrics(output_tK, target_tk, options))
+
+
 def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, season: int = 1,
              max_ar: int = 24, tolerance: float = 0.04, out=None, plot: bool = False,
              streams: int = 8, mode: str = MODE) -> dict:
     """Evaluate a workspace's model on a split, beside the chosen baselines.
 
     Side effects, under ``out`` (when given): ``<path>.output`` for each sequence
-    (float32 little-endian [T][target_dim], the dataset's relative path),
+    (float32 little-endian [T][output_dim], every channel of a probabilistic model,
+    channel-major; the dataset's relative path),
     ``report.json`` and, with ``plot``, ``predictions.png``; each file written
     atomically. Returns the report (a JSON-ready dict; NaN as None).
 
@@ -136,18 +150,29 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
     except DatasetError as error:
         raise EvalError(str(error)) from None
     targets = _targets(dataset)
+    options = model.net.options
+    probabilistic = options.output_activation in PROBABILISTIC_METRICS
+    point_outputs = ([channels_tck(o, model.channels)[:, point_channel(options)] for o in outputs]
+                     if probabilistic else outputs)
     mean_k = bl.train_mean(train_targets)
     scale = mase_scale(train_targets, season)
     baseline_predictions, params = _baseline_predictions(
         baselines, targets, train_targets, dev_targets, mean_k, season, max_ar)
-    predictions = {"model": outputs, **baseline_predictions}
+    predictions = {"model": point_outputs, **baseline_predictions}
     overall, per_sequence = _score(predictions, targets, scale, tolerance)
+    metric_names = list(POINT_METRICS)
+    if probabilistic:
+        metric_names += PROBABILISTIC_METRICS[options.output_activation]
+        _score_distribution(outputs, targets, options, overall, per_sequence)
     rows = id_indices(dataset, ids)
     report = {
         "format": FORMAT, "workspace": workspace, "data_dir": os.path.abspath(data_dir),
         "split": split, "input_dim": model.input_dim, "target_dim": model.target_dim,
+        "output_activation": options.output_activation, "output_dim": model.output_dim,
+        "channels": channel_names(options),
+        "interval": dict(zip(("lower", "upper"), central_interval(options))) if probabilistic else None,
         "season": season, "max_ar": max_ar, "tolerance": tolerance, "mase_scale": scale,
-        "methods": list(predictions), "metrics": list(POINT_METRICS), "baselines": params,
+        "methods": list(predictions), "metrics": metric_names, "baselines": params,
         "overall": overall,
         "sequences": [{"path": s.path, "seq_id": s.seq_id,
                        "id_index": rows[n] if model.num_ids is not None else None,
@@ -158,8 +183,9 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
     if out is not None:
         _write(Path(out), dataset, outputs, report)
         if plot:
+            bands = [interval_bounds(o, options) for o in outputs] if probabilistic else None
             plot_predictions(Path(out) / PLOT, [s.path for s in dataset.sequences], targets,
-                             predictions)
+                             predictions, bands=bands)
     return report
 
 
@@ -184,13 +210,19 @@ def _json_ready(value):
 
 
 def format_table(report) -> str:
-    """The overall metrics of every method, one row each, as aligned text."""
-    header = ["method", "RMSE", "MAE", "MASE", "max|err|", f"wrong@{report['tolerance']:g}", "N"]
+    """The overall metrics of every method, one row each, as aligned text (a
+    probabilistic model's NLL or pinball loss and coverage in extra columns)."""
+    extra = [k for k in report["metrics"] if k not in POINT_METRICS]
+    interval = report.get("interval") or {}
+    names = {"nll": "NLL", "pinball": "pinball",
+             "coverage": f"cover[{interval.get('lower', 0.1):g},{interval.get('upper', 0.9):g}]"}
+    header = (["method", "RMSE", "MAE", "MASE", "max|err|", f"wrong@{report['tolerance']:g}", "N"]
+              + [names.get(k, k) for k in extra])
     lines = [header]
     for method in report["methods"]:
         m = report["overall"][method]
         lines.append([method] + [_cell(m[k]) for k in ("rmse", "mae", "mase", "max_abs_error")]
-                     + [str(m["num_wrong"]), str(m["count"])])
+                     + [str(m["num_wrong"]), str(m["count"])] + [_cell(m.get(k)) for k in extra])
     widths = [max(len(row[c]) for row in lines) for c in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
                                for c, (cell, w) in enumerate(zip(row, widths))) for row in lines)

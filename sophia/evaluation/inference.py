@@ -18,7 +18,7 @@ Example
 -------
 >>> model = load_model("models/lstm_a")                               # doctest: +SKIP
 >>> outputs = run_model(model, Dataset.open("data/toy", "test"), ids, streams=8)  # doctest: +SKIP
->>> outputs[0].shape == (dataset.sequences[0].length, model.target_dim)  # doctest: +SKIP
+>>> outputs[0].shape == (dataset.sequences[0].length, model.output_dim)  # doctest: +SKIP
 True
 """
 from __future__ import annotations
@@ -49,7 +49,9 @@ def run_model(model, dataset, ids, streams: int = 8) -> list[np.ndarray]:
     Returns
     -------
     list of ndarray of float32
-        Output [T][target_dim] of each sequence, in the dataset's order.
+        Output [T][output_dim] of each sequence, in the dataset's order
+        (``output_dim = target_dim × channels``, channel-major: every channel of a
+        probabilistic model, as the server replies).
 
     Raises
     ------
@@ -59,7 +61,7 @@ def run_model(model, dataset, ids, streams: int = 8) -> list[np.ndarray]:
     if streams < 1:
         raise ValueError(f"streams must be >= 1, got {streams}")
     rows = id_indices(dataset, ids)
-    outputs = [np.zeros((s.length, model.target_dim), np.float32) for s in dataset.sequences]
+    outputs = [np.zeros((s.length, model.output_dim), np.float32) for s in dataset.sequences]
     order = sorted((i for i, s in enumerate(dataset.sequences) if s.length),
                    key=lambda i: -dataset.sequences[i].length)
     for start in range(0, len(order), streams):

@@ -5,9 +5,8 @@
   at a tolerance, over the target values that are not NaN.
 - :data:`POINT_METRICS` -- their names, in the order tables print them.
 
-Probabilistic metrics (CRPS, coverage of intervals, the log score) belong in a
-sibling function taking a predictive distribution; a report then carries them
-beside these under the same method names (docs/EVALUATION.md).
+A probabilistic model is scored here on its point forecast; its log score or
+pinball loss and interval coverage are :mod:`sophia.evaluation.probabilistic`'s.
 
 Example
 -------

@@ -2,7 +2,8 @@
 
 - :func:`require_matplotlib` -- raise :class:`~sophia.evaluation.EvalError` naming
   the extra to install when matplotlib is missing.
-- :func:`plot_predictions` -- one panel per sequence, the first target channel.
+- :func:`plot_predictions` -- one panel per sequence, the first target element, with
+  the model's interval as a shaded band where it has one.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ def require_matplotlib() -> None:
         raise EvalError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
 
 
-def plot_predictions(path, names, targets, predictions, count: int = 3) -> int:
-    """Draw target channel 0 and each method's prediction for the first ``count`` sequences.
+def plot_predictions(path, names, targets, predictions, count: int = 3, bands=None) -> int:
+    """Draw target element 0 and each method's prediction for the first ``count`` sequences.
 
     Parameters
     ----------
@@ -32,6 +33,8 @@ def plot_predictions(path, names, targets, predictions, count: int = 3) -> int:
     targets : list of ndarray [T][k]
     predictions : dict of str to list of ndarray [T][k]
         Each method's predictions, sequence by sequence (``"model"`` first).
+    bands : list of (ndarray [T][k], ndarray [T][k]), optional
+        The model's interval (lower, upper) per sequence, drawn shaded.
 
     Returns the number of panels drawn. Raises :class:`EvalError` without matplotlib.
     """
@@ -44,6 +47,10 @@ def plot_predictions(path, names, targets, predictions, count: int = 3) -> int:
     canvas = FigureCanvasAgg(fig)
     for n in range(panels):
         ax = fig.add_subplot(max(panels, 1), 1, n + 1)
+        if bands is not None:
+            lower_tk, upper_tk = bands[n]
+            ax.fill_between(range(len(lower_tk)), lower_tk[:, 0], upper_tk[:, 0], color="C0",
+                            alpha=0.2, linewidth=0, label="model interval")
         ax.plot(targets[n][:, 0], "k.", markersize=3, label="target")
         for method, outputs in predictions.items():
             ax.plot(outputs[n][:, 0], linewidth=1.2 if method == "model" else 0.8,

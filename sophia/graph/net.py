@@ -4,6 +4,9 @@ The output activation (``ModelOptions.output_activation``) is identity for
 regression, a softmax over the k units (class probabilities) for ``xent`` and k
 sigmoids for ``bce``; the loss stage reads the logits before it, so
 ``f_infer`` and the server return probabilities while the loss stays stable.
+A probabilistic model (``gaussian``, ``quantile``) has C output channels per target
+element, channel-major (:mod:`sophia.graph.output_layout`): its output layer is
+``target_dim × C`` wide, and the loss reads the activated outputs.
 
 Graph assembly goes in named stages — ports → forward → loss → grads → optimizer
 → compile — and each stage is a method, so tests can compile any prefix of it.
@@ -22,14 +25,16 @@ Compiled functions (sizes that shape a graph are arguments, never options edits)
     inference behaviour: population statistics, no clock leak), and the largest
     absolute error of a target element; stores the state at the window's last frame.
 ``f_infer(input_tbj, time_tb, id_tb) -> output_tbk``
-    Outputs for a window of any fixed length (one frame for real-time serving);
+    Outputs for a window of any fixed length (one frame for real-time serving),
+    ``target_dim × C`` wide for a probabilistic model (every channel);
     stores the state at its last frame. Works for any number of streams: the
     stored states take the batch size of the values put into them.
 
 The loss per target frame is ``loss_sum / n_frames``. For the categorical losses
 (xent, bce) both loss functions also return ``n_correct, n_judged`` (see
 :func:`~sophia.optim.losses.masked_hits`; accuracy = their ratio) and the max
-error is that of the probabilities.
+error is that of the probabilities; for gaussian and quantile it is that of the
+point forecast (:meth:`Net.point`: the mean, the median quantile).
 
 How each recurrent layer runs (scan, the fused Ops, oneDNN) is chosen once per
 graph by :func:`sophia.graph.engines.choose` (:meth:`Net.choose_engines`) and
@@ -56,7 +61,7 @@ import pytensor as th
 import pytensor.tensor as tt
 
 from sophia.graph.init import Uniform, fixed_shared
-from sophia.graph import engines
+from sophia.graph import engines, output_layout
 from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
 from sophia.graph.modes import compile_mode
 from pytensor.tensor.special import softmax
@@ -132,7 +137,8 @@ class Net:
             self.layers.append(UNIT_LAYERS[options.unit_type](
                 f"layer{depth}", below + emb, options.net_width, options, rng, dtype, residual))
             below = options.net_width
-        self.output_layer = FCLayer("output", below + emb, options.target_dim, options, rng, dtype,
+        self.output_width = options.target_dim * output_layout.num_channels(options)
+        self.output_layer = FCLayer("output", below + emb, self.output_width, options, rng, dtype,
                                     activation="identity", normalize=False)
         self.v_id_embedding_ne = None
         if emb:
@@ -231,8 +237,21 @@ class Net:
             s_below, n = out.s_output_tbi, n + width
             next_states += out.s_next_states
             updates.update(out.updates)
-        return Forward(OUTPUT_ACTIVATIONS[self.options.output_activation](s_below), next_states,
-                       updates, s_below)
+        return Forward(self._activate(s_below), next_states, updates, s_below)
+
+    def _activate(self, s_z_tbK):
+        """The output activation: a registered one, or a probabilistic layout's."""
+        if self.options.output_activation in output_layout.PROBABILISTIC:
+            return output_layout.activate(s_z_tbK, self.options)
+        return OUTPUT_ACTIVATIONS[self.options.output_activation](s_z_tbK)
+
+    def point(self, s_output_tbK):
+        """The point forecast [T][B][k] of an output: the output itself, or a probabilistic
+        layout's mean / median channel (:func:`~sophia.graph.output_layout.point_channel`)."""
+        if self.options.output_activation not in output_layout.PROBABILISTIC:
+            return s_output_tbK
+        return output_layout.channel(s_output_tbK, self.options,
+                                     output_layout.point_channel(self.options))
 
     @_in_own_dtype
     def loss(self, forward: Forward, ports: Ports, step_size: int, loss_type: str, huber_delta=1.0):
@@ -243,7 +262,8 @@ class Net:
         Raises OptionError for a loss that does not fit the output activation."""
         self._check_loss(loss_type)
         s_out = forward.s_logit_tbk if loss_type in CATEGORICAL else forward.s_output_tbk
-        return masked_loss(s_out[-step_size:], ports.p_target_tbk[-step_size:], loss_type, huber_delta)
+        return masked_loss(s_out[-step_size:], ports.p_target_tbk[-step_size:], loss_type, huber_delta,
+                           self.options.quantiles)
 
     @_in_own_dtype
     def hits(self, forward: Forward, ports: Ports, step_size: int, loss_type: str) -> list:
@@ -304,7 +324,8 @@ class Net:
         fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan,
                            choices=choices)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, o.step_size, o.loss_type, o.huber_delta)
-        s_max_error = masked_max_error(fwd.s_output_tbk[-o.step_size:], ports.p_target_tbk[-o.step_size:])
+        s_max_error = masked_max_error(self.point(fwd.s_output_tbk)[-o.step_size:],
+                                       ports.p_target_tbk[-o.step_size:])
         p_lr = tt.scalar("p_lr", dtype=self.dtype)
         optimizer = Optimizer.from_options(list(self.v_params.values()),
                                            self.grads(s_loss_sum, s_n_frames), p_lr, o)
@@ -335,7 +356,7 @@ class Net:
         fwd = self.forward(ports, v_states, carry_frame=window - 1, training=False, unroll=o.unroll_scan,
                            choices=choices)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, window, o.loss_type, o.huber_delta)
-        s_max_error = masked_max_error(fwd.s_output_tbk, ports.p_target_tbk)
+        s_max_error = masked_max_error(self.point(fwd.s_output_tbk), ports.p_target_tbk)
         f = th.function(ports.inputs(), [s_loss_sum, s_n_frames, s_max_error]
                         + self.hits(fwd, ports, window, o.loss_type), updates=list(zip(v_states, fwd.s_next_states)),
                         mode=mode, on_unused_input="ignore",

@@ -1,5 +1,5 @@
-"""Losses over windows with missing targets: regression (l2, l1, huber) and
-categorical (xent, bce).
+"""Losses over windows with missing targets: regression (l2, l1, huber),
+categorical (xent, bce) and probabilistic (gaussian, quantile).
 
 A NaN target element means "no target here": it contributes nothing to the loss
 or its gradient. Losses are summed over target elements and reported per *target
@@ -16,6 +16,17 @@ activation) and are computed in the stable forms:
   target element in {0, 1} (= ``−t log σ(z) − (1−t) log(1−σ(z))``); NaN elements
   are masked as in the regression losses.
 
+The probabilistic losses take the channel-major outputs of
+:mod:`sophia.graph.output_layout` ([T][B][C·k]) and a target [T][B][k]:
+
+- ``gaussian``: the negative log-likelihood of a normal distribution with mean μ
+  and log-variance s, ``½ (log 2π + s + (t − μ)² e^(−s))`` per target element (the
+  ``½ log 2π`` constant included, so the figure is the true NLL in nats); using s,
+  not σ, keeps it free of divisions and logs of small numbers.
+- ``quantile``: the pinball loss ``max(τ u, (τ − 1) u)``, u = t − q_τ, averaged over
+  the Q levels τ and summed over target elements (so with the one level 0.5 it is
+  half the absolute error).
+
 :func:`masked_hits` counts what they get right (argmax for xent, σ(z) > 0.5 for bce).
 
 Example
@@ -28,6 +39,8 @@ Example
 (4.0, 1.0)
 """
 from __future__ import annotations
+
+import math
 
 import pytensor.tensor as tt
 from pytensor.tensor.special import log_softmax
@@ -48,24 +61,34 @@ def _huber(s_err, delta):
 
 LOSSES = {"l2": _l2, "l1": _l1, "huber": _huber}
 CATEGORICAL = ("xent", "bce")
+PROBABILISTIC = ("gaussian", "quantile")
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float = 1.0):
+def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float = 1.0,
+                quantiles=()):
     """Summed loss over the target elements that are not NaN, and the number of target frames.
 
     Parameters
     ----------
     s_output_tbk, s_target_tbk : tensors [T][B][k]; for xent and bce, ``s_output_tbk``
-        are the logits (the output activation is part of the loss)
-    loss_type : 'l2' (squared error), 'l1' (absolute error), 'huber', 'xent' or 'bce'
+        are the logits (the output activation is part of the loss); for gaussian
+        and quantile, ``s_output_tbk`` is [T][B][C·k], channel-major
+    loss_type : 'l2' (squared error), 'l1' (absolute error), 'huber', 'xent', 'bce',
+        'gaussian' or 'quantile'
+    quantiles : the levels of the quantile channels, ascending (loss_type quantile)
 
     Returns
     -------
     (s_loss_sum, s_n_frames): scalars; the loss per target frame is their ratio.
     """
-    if loss_type not in LOSSES and loss_type not in CATEGORICAL:
-        raise ValueError(f"loss_type must be one of {', '.join((*LOSSES, *CATEGORICAL))}; "
+    if loss_type not in LOSSES and loss_type not in CATEGORICAL + PROBABILISTIC:
+        raise ValueError(f"loss_type must be one of {', '.join((*LOSSES, *CATEGORICAL, *PROBABILISTIC))}; "
                          f"got {loss_type!r}")
+    if loss_type == "gaussian":
+        return _gaussian(s_output_tbk, s_target_tbk)
+    if loss_type == "quantile":
+        return _pinball(s_output_tbk, s_target_tbk, quantiles)
     if loss_type == "xent":
         return _xent(s_output_tbk, s_target_tbk)
     if loss_type == "bce":
@@ -90,6 +113,28 @@ def _bce(s_logit_tbk, s_target_tbk):
     s_elementwise = tt.switch(s_valid, tt.softplus(s_logit_tbk) - s_target * s_logit_tbk, 0.0)
     s_n_frames = tt.sum(tt.any(s_valid, axis=-1)).astype(s_logit_tbk.dtype)
     return tt.sum(s_elementwise), s_n_frames
+
+
+def _gaussian(s_output_tbK, s_target_tbk):
+    k = s_target_tbk.shape[-1]
+    s_valid, s_err = _masked_error(s_output_tbK[:, :, :k], s_target_tbk)
+    s_logvar = tt.switch(s_valid, s_output_tbK[:, :, k:2 * k], 0.0)
+    s_nll = HALF_LOG_2PI + 0.5 * (s_logvar + tt.sqr(s_err) * tt.exp(-s_logvar))
+    s_n_frames = tt.sum(tt.any(s_valid, axis=-1)).astype(s_output_tbK.dtype)
+    return tt.sum(tt.switch(s_valid, s_nll, 0.0)), s_n_frames
+
+
+def _pinball(s_output_tbK, s_target_tbk, quantiles):
+    if not len(quantiles):
+        raise ValueError("loss_type quantile needs the quantile levels")
+    k = s_target_tbk.shape[-1]
+    s_total = 0.0
+    for c, tau in enumerate(quantiles):
+        s_valid, s_err = _masked_error(s_output_tbK[:, :, c * k:(c + 1) * k], s_target_tbk)
+        s_total = s_total + tt.maximum(-tau * s_err, (1.0 - tau) * s_err)  # u = −err
+    s_loss = tt.switch(s_valid, s_total, 0.0) / len(quantiles)
+    s_n_frames = tt.sum(tt.any(s_valid, axis=-1)).astype(s_output_tbK.dtype)
+    return tt.sum(s_loss), s_n_frames
 
 
 def masked_hits(s_logit_tbk, s_target_tbk, loss_type: str):

@@ -102,7 +102,8 @@ class SophiaClient:
 
         Returns
         -------
-        ndarray of float32, shape [N][B][target_dim]
+        ndarray of float32, shape [N][B][target_dim × channels] (channel-major; one
+        channel for a point model, docs/PROTOCOL.md)
         """
         frames_nbj = np.asarray(frames_nbj, dtype=np.float32)
         if frames_nbj.ndim != 3 or frames_nbj.shape[:2] != (self.num_models,

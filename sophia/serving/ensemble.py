@@ -10,7 +10,8 @@ Contents
   restores one, checking that it fits.
 
 The models are anything with the serving ``Model`` interface
-(:class:`sophia.serving.model.Model`: ``input_dim``, ``target_dim``, ``num_ids``,
+(:class:`sophia.serving.model.Model`: ``input_dim``, ``target_dim``, ``output_dim``
+(``target_dim`` × channels), ``layout``, ``num_ids``,
 ``fingerprint`` (32 bytes) and ``new_session(id_indices)``, whose sessions have
 ``step(input_bj, timestamps_b)``, ``reset(streams)``, ``state() -> {name:
 ndarray}`` and ``set_state(arrays)``). The server owns the transport; this
@@ -91,6 +92,8 @@ class Ensemble:
     Attributes
     ----------
     num_models, num_streams, input_dim, target_dim : int
+    output_dim : int
+        Values per stream in a reply: ``target_dim`` × the models' channels.
     names : tuple of str
     fingerprints : tuple of bytes
         Each model's ``fingerprint``.
@@ -100,7 +103,7 @@ class Ensemble:
     Raises
     ------
     EnsembleError
-        If the models differ in (input_dim, target_dim), or an ID index is outside
+        If the models differ in (input_dim, target_dim) or output layout, or an ID index is outside
         a model's ``[0, num_ids)``.
     """
 
@@ -109,12 +112,17 @@ class Ensemble:
         if len(set(dims)) > 1:
             listing = ", ".join(f"{name!r}: {d}" for name, d in zip(names, dims))
             raise EnsembleError(f"the workspaces differ in (input_dim, target_dim): {listing}")
+        layouts = [m.layout for m in models]
+        if len(set(layouts)) > 1:
+            listing = ", ".join(f"{name!r}: {lay}" for name, lay in zip(names, layouts))
+            raise EnsembleError(f"the workspaces differ in output layout: {listing}")
         for name, model, row in zip(names, models, id_indices):
             bad = [i for i in row if model.num_ids is not None and not 0 <= i < model.num_ids]
             if bad:
                 raise EnsembleError(f"ID index {bad[0]} is outside [0, {model.num_ids}) for {name!r}")
         self.num_models, self.num_streams = len(models), len(id_indices[0])
         self.input_dim, self.target_dim = dims[0]
+        self.output_dim = models[0].output_dim
         self.names = tuple(names)
         self.fingerprints = tuple(bytes(m.fingerprint) for m in models)
         self.id_indices = tuple(tuple(int(i) for i in row) if m.num_ids is not None
@@ -154,7 +162,7 @@ class Ensemble:
     def _stacked(self, outputs) -> np.ndarray:
         """The models' outputs [B][K] as one float32 [N][B][K]; RuntimeError if misshapen."""
         outputs_nbk = np.stack([np.asarray(o, dtype=np.float32) for o in outputs])
-        expected = (self.num_models, self.num_streams, self.target_dim)
+        expected = (self.num_models, self.num_streams, self.output_dim)
         if outputs_nbk.shape != expected:
             raise RuntimeError(f"model output shape {outputs_nbk.shape} != {expected}")
         return outputs_nbk

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sophia.graph import output_layout
 from sophia.graph.net import Net
 from sophia.options import OptionError, to_dict
 from sophia.serving.paths import ModelLoadError
@@ -123,19 +124,31 @@ class Model:
     Attributes
     ----------
     input_dim, target_dim : int
+    channels : int
+        Values per target element (:func:`~sophia.graph.output_layout.num_channels`:
+        1, or 2 for gaussian, Q for quantile).
+    output_dim : int
+        ``target_dim × channels``: the width of an output frame, channel-major.
+    layout : str
+        The output activation and, for quantiles, the levels: models whose layouts
+        differ do not form one ensemble.
     num_ids : int or None
         ``len(ids) + 1`` with an ID embedding (the last row is for IDs never
         seen in training), so valid indices are ``0 .. len(ids)``; None without.
     fingerprint : bytes
         :func:`fingerprint` of the net: a session's state can only be restored
         into a session of a model with the same fingerprint.
-    f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bk``
+    f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bK`` (K = output_dim)
     """
 
     def __init__(self, net: Net, ids, mode: str = MODE):
         o = net.options
         self.net = net
         self.input_dim, self.target_dim = o.input_dim, o.target_dim
+        self.channels = output_layout.num_channels(o)
+        self.output_dim = o.target_dim * self.channels
+        self.layout = ",".join([o.output_activation] + (output_layout.channel_names(o)
+                                                        if self.channels > 1 else []))
         self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
         self.state_widths = net.state_widths()
         self.fingerprint = fingerprint(net, ids)
@@ -238,8 +251,8 @@ class ModelSession:
 
         Returns
         -------
-        ndarray of float32, shape [B][target_dim]
-            A fresh array. Side effect: states and counters advance.
+        ndarray of float32, shape [B][output_dim]
+            A fresh array (``output_dim = target_dim × channels``, channel-major). Side effect: states and counters advance.
         """
         output_1bk = self.model.run(self.states, *self.prepare(input_bj, timestamps_b))
         self.count_b += 1

@@ -6,7 +6,8 @@ on bytes. The protocol itself is described in ``docs/PROTOCOL.md``; in short:
 - handshake (one text part): ``ws_0;…;ws_{N-1};B`` then N lines of B ID
   indices, answered by :data:`READY`;
 - step (one binary part): N·B·input_dim little-endian float32 in [n][b][i]
-  order, answered by N·B·target_dim float32 in [n][b][k] order;
+  order, answered by N·B·K float32 in [n][b][k] order (K = target_dim × the
+  models' output channels: 1, or 2 for gaussian, Q for quantile models);
 - end: a step whose first float is NaN; it gets no reply;
 - extensions are multipart messages whose first part names the command
   (:data:`CMD_RESET`, :data:`CMD_STEP_T`; the state snapshots'
@@ -165,7 +166,8 @@ def format_handshake(workspaces, num_streams: int, id_indices) -> bytes:
 
 
 def frame_nbytes(num_models: int, num_streams: int, dim: int) -> int:
-    """Size in bytes of one step request (dim = input_dim) or reply (target_dim)."""
+    """Size in bytes of one step request (dim = input_dim) or reply (dim = output_dim,
+    target_dim × channels)."""
     return num_models * num_streams * dim * FLOAT.itemsize
 
 
@@ -224,7 +226,7 @@ def format_frames(array: np.ndarray) -> bytes:
 
 
 def parse_outputs(payload: bytes, num_models: int, num_streams: int) -> np.ndarray:
-    """Decode a step reply into ``outputs_nbk``, inferring target_dim.
+    """Decode a step reply into ``outputs_nbk``, inferring its width K (target_dim × channels).
 
     Raises
     ------

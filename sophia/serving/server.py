@@ -430,7 +430,7 @@ class Server:
             models.append(future.result())
         # Before any stream state is allocated: a step must fit in one message.
         num_bytes = max(proto.frame_nbytes(len(models), handshake.num_streams, d)
-                        for m in models for d in (m.input_dim, m.target_dim))
+                        for m in models for d in (m.input_dim, m.output_dim))
         if num_bytes > self._max_message_bytes:
             raise ProtocolError(f"bad handshake, no session: a step would be "
                                 f"{num_bytes} bytes, over the server's limit of "

@@ -4,8 +4,12 @@
   (``l2``, ``l1``, ``huber``: the same definitions as :mod:`sophia.optim.losses`).
 - :func:`categorical_baseline` -- the class prior's entropy and the majority
   accuracy (``xent``, ``bce``).
+- :func:`gaussian_baseline` -- the NLL of one normal distribution per target
+  element, fitted to the training targets (``gaussian``).
+- :func:`quantile_baseline` -- the pinball loss of the training targets' empirical
+  quantiles (``quantile``).
 
-Both stream through a split's memory-mapped targets in chunks: memory does not
+They stream through a split's memory-mapped targets in chunks: memory does not
 grow with the data.
 
 Example
@@ -26,6 +30,7 @@ from sophia.data.dataset import Dataset
 _NP_LOSSES = {"l2": lambda e, d: e * e, "l1": lambda e, d: np.abs(e),
               "huber": lambda e, d: np.where(np.abs(e) <= d, 0.5 * e * e, d * (np.abs(e) - 0.5 * d))}
 _CHUNK = 1 << 16                     # frames read at a time
+_QUANTILE_SAMPLE = 1 << 20           # training values per element the empirical quantiles read at most
 
 
 def mean_baseline(dataset: Dataset, loss_type: str, huber_delta: float = 1.0) -> float:
@@ -81,6 +86,62 @@ def categorical_baseline(train: Dataset, dev: Dataset, loss_type: str) -> tuple[
             right += int(((chunk_tk == major_k) & valid_tk).sum())
             judged += int(valid_tk.sum())
     return entropy, (right / judged if judged else math.nan)
+
+
+def gaussian_baseline(train: Dataset, dev: Dataset) -> float:
+    """NLL per target frame on ``dev`` of N(mean_k, var_k) fitted to ``train``'s targets.
+
+    Per target element: the mean and (maximum-likelihood) variance of its non-NaN
+    training values, the variance floored at 1e-12; the NLL as in
+    :mod:`sophia.optim.losses` (``½ log 2π`` included). NaN without targets.
+    """
+    k = train.target_dim
+    sums, squares, counts = np.zeros(k), np.zeros(k), np.zeros(k)
+    for chunk_tk in _target_chunks(train):
+        valid = ~np.isnan(chunk_tk)
+        values = np.where(valid, chunk_tk, 0.0)
+        sums += values.sum(axis=0)
+        squares += (values * values).sum(axis=0)
+        counts += valid.sum(axis=0)
+    mean_k = sums / np.maximum(counts, 1)
+    var_k = np.maximum(squares / np.maximum(counts, 1) - mean_k ** 2, 1e-12)
+    total, frames = 0.0, 0
+    for chunk_tk in _target_chunks(dev):
+        valid = ~np.isnan(chunk_tk)
+        err = np.where(valid, chunk_tk - mean_k, 0.0)
+        nll = 0.5 * (math.log(2 * math.pi) + np.log(var_k) + err * err / var_k)
+        total += float(np.where(valid, nll, 0.0).sum())
+        frames += int(valid.any(axis=1).sum())
+    return total / frames if frames and counts.all() else math.nan
+
+
+def quantile_baseline(train: Dataset, dev: Dataset, quantiles) -> float:
+    """Pinball loss per target frame on ``dev`` of ``train``'s empirical quantiles.
+
+    Per target element, ``np.quantile`` of its non-NaN training values (an even
+    sample of at most 2^20 of them) at each level; the loss as in
+    :mod:`sophia.optim.losses` (averaged over levels, summed over elements).
+    NaN without targets.
+    """
+    k, levels = train.target_dim, np.asarray(quantiles, np.float64)
+    step = max(1, -(-train.num_frames // _QUANTILE_SAMPLE))
+    values = [[] for _ in range(k)]
+    for chunk_tk in _target_chunks(train):
+        for e in range(k):
+            column = chunk_tk[::step, e]
+            values[e].append(column[~np.isnan(column)])
+    values = [np.concatenate(v) if v else np.zeros(0) for v in values]
+    if any(v.size == 0 for v in values):
+        return math.nan
+    q_ck = np.stack([np.quantile(v, levels) for v in values], axis=1)
+    total, frames = 0.0, 0
+    for chunk_tk in _target_chunks(dev):
+        valid = ~np.isnan(chunk_tk)
+        u_tck = np.where(valid, chunk_tk, 0.0)[:, None, :] - q_ck[None]
+        loss_tck = np.maximum(levels[:, None] * u_tck, (levels[:, None] - 1.0) * u_tck)
+        total += float(np.where(valid, loss_tck.mean(axis=1), 0.0).sum())
+        frames += int(valid.any(axis=1).sum())
+    return total / frames if frames else math.nan
 
 
 def _plogp(p):

@@ -10,7 +10,9 @@ Hessian-free runs add ``hf_steps``, ``hf_rejected``, ``hf_rho`` (mean ρ),
 ``hf_damping`` (λ after the epoch) and ``hf_cg_iterations`` (mean per step).
 Runs with a categorical loss (xent, bce) add ``train_accuracy``, ``dev_accuracy``
 and ``baseline_accuracy`` (always predicting the most frequent class); their
-``baseline`` is the entropy of the training targets' class prior. Every key is optional; a missing or null value is left out of the line and
+``baseline`` is the entropy of the training targets' class prior. A gaussian run's
+``baseline`` is the NLL of one normal distribution fitted to the training targets, a
+quantile run's the pinball loss of their empirical quantiles. Every key is optional; a missing or null value is left out of the line and
 the plot. Matplotlib is optional: :func:`plot_learning_curve` imports it
 lazily (Agg canvas, no pyplot, no global backend change) and returns False
 without it.

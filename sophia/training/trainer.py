@@ -67,13 +67,15 @@ import numpy as np
 from sophia.graph.engines import describe
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
+from sophia.graph.output_layout import num_channels
 from sophia.optim.losses import CATEGORICAL
 from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict,
                             with_output_activation)
 from sophia.training import checkpoint, hf_training
 from sophia.training.annealer import Annealer, Decision
 from sophia.data.dataset import Dataset, check_targets, id_order
-from sophia.training.baselines import categorical_baseline, mean_baseline
+from sophia.training.baselines import (categorical_baseline, gaussian_baseline, mean_baseline,
+                                       quantile_baseline)
 from sophia.training.iterator import BPTTIterator
 from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
@@ -184,6 +186,12 @@ class Trainer:
             init_values, ids = load_params(source), source.read_ids_order()
         self._open(model_options, ids)
         if init_values is not None:
+            if num_channels(model_options) != num_channels(self.model_options):
+                raise OptionError(f"--load_from {init_from}: its model has "
+                                  f"{model_options.output_activation!r} outputs, but loss_type "
+                                  f"{train_options.loss_type!r} trains "
+                                  f"{self.model_options.output_activation!r} outputs (another "
+                                  "output layer): train a new model")
             set_params(source, self.net, init_values)
         self.ws = Workspace(save_to)
         same = init_from is not None and Path(init_from).resolve() == self.ws.path.resolve()
@@ -278,6 +286,10 @@ class Trainer:
         if self.categorical:
             self.baseline, self.baseline_accuracy = categorical_baseline(self.train_set, self.dev_set,
                                                                           o.loss_type)
+        elif o.loss_type == "gaussian":
+            self.baseline = gaussian_baseline(self.train_set, self.dev_set)
+        elif o.loss_type == "quantile":
+            self.baseline = quantile_baseline(self.train_set, self.dev_set, self.model_options.quantiles)
         else:
             self.baseline = mean_baseline(self.dev_set, o.loss_type, o.huber_delta)
         annealer = Annealer.from_options(o)
