@@ -37,7 +37,10 @@ def clip_by_global_norm(grads, max_norm: float):
 
     Returns ``(clipped_grads, s_norm)`` where ``s_norm`` is the norm before clipping.
     """
-    s_norm = tt.sqrt(sum(tt.sum(tt.sqr(g)) for g in grads))
+    # one sum over the stacked squares, not a chain of adds: the rewrites would fuse that into
+    # one Elemwise of as many inputs as parameters, which NumPy's ufuncs (the Python linker's
+    # perform) cannot take beyond 32
+    s_norm = tt.sqrt(tt.sum(tt.stack([tt.sum(tt.sqr(g)) for g in grads])))
     if max_norm <= 0:
         return list(grads), s_norm
     scale = tt.minimum(1.0, max_norm / (s_norm + 1e-12))
