@@ -309,6 +309,7 @@ def test_a_regularised_run_stopped_and_resumed_ends_as_the_run_left_alone(regula
     want = [[r.get(k) for k in fields] for r in Workspace(regularised_run, create=False).read_metrics()]
     have = [[r.get(k) for k in fields] for r in Workspace(ws, create=False).read_metrics()]
     assert len(have) == len(want) == RUN["max_epochs"] + 1
+    assert min(r[2] for r in want[1:]) < 0.1 * want[0][2]       # it learns with all three on
     np.testing.assert_allclose(np.array(have, float), np.array(want, float), rtol=0, atol=1e-6)
     a, b = (Workspace(w, create=False).load_arrays("params") for w in (regularised_run, ws))
     for name in a:
