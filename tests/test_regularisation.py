@@ -213,7 +213,7 @@ def test_f_train_step_draws_anew_every_step_and_the_evaluation_graphs_never():
 
     evaluated, inferred = [], []
     for options in (o, dataclasses.replace(o, **REGULARISED)):
-        f_fwd, v_eval = net.compile_fwd_propagate(dataclasses.replace(o, step_size=o.window_size))
+        f_fwd, v_eval = net.compile_fwd_propagate(dataclasses.replace(options, step_size=o.window_size))
         f_infer, v_infer = net.compile_infer(window_size=5, mode=MODE)
         for _ in range(2):
             net.reset_states(v_eval)
