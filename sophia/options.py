@@ -41,11 +41,12 @@ OUTPUT_OF_LOSS = {"l2": "identity", "l1": "identity", "huber": "identity",
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 UPDATE_TYPES = ("sgd", "momentum", "nesterov", "hessian_free")
 FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam")
-# Options the hessian_free update does not read (the first-order optimizer's, and the
-# training streak, which HF steps do not count): a non-default value would be ignored.
+# Options the hessian_free update does not read (the first-order optimizer's, the
+# regularisation of its training graph, and the training streak, which HF steps do
+# not count): a non-default value would be ignored.
 HF_UNUSED = ("force_type", "rms_decay", "adadelta_decay", "adam_beta1", "adam_beta2",
                     "force_epsilon", "update_mu", "grad_norm_clip", "ema_decay",
-                    "target_train_streak")
+                    "dropout", "weight_decay", "input_noise", "target_train_streak")
 HF_LOSS_TYPES = ("l2",)              # the losses whose output Hessian hessian_free builds
 COMPILE_MODES = ("auto", "FAST_COMPILE", "FAST_RUN", "CVM", "NUMBA", "JAX")
 
@@ -143,6 +144,9 @@ class TrainOptions:
     force_epsilon: float = _opt(1e-6, "denominator guard of adadelta/rmsprop/adam")
     grad_norm_clip: float = _opt(0.0, "clip the gradient's global norm to this; 0 = off")
     ema_decay: float = _opt(0.0, "evaluate and save a bias-corrected running average of the weights (training goes on from the live ones); 0 = off")
+    dropout: float = _opt(0.0, "training only: drop each element of every hidden layer's output (the input of the layer above and of the output layer; not the recurrent path, not the input frames) with this probability, the rest scaled by 1/(1-dropout); 0 = off")
+    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW, Loshchilov & Hutter 2019): each step also p <- p - lr*weight_decay*p for the weight matrices and the ID embedding (not biases, norm or weight-norm gains, peepholes, clock, residual gates, initial states); 0 = off")
+    input_noise: float = _opt(0.0, "training only: std of Gaussian noise added to every input frame element; 0 = off")
     frames_per_epoch: int = _opt(100_000, "training frames between dev evaluations")
     lr_init_val: float = _opt(1e-3, "initial learning rate")
     lr_lower_bound: float = _opt(1e-5, "stop when the learning rate falls below this")
@@ -198,12 +202,23 @@ class TrainOptions:
             _check_range(name, getattr(self, name), lo=0.0)
         _check_range("max_epochs", self.max_epochs, lo=0)
         _check_range("ema_decay", self.ema_decay, lo=0.0, hi=1.0, hi_open=True)
+        self._validate_regularisation()
         _check_range("target_train_streak", self.target_train_streak, lo=0)
         _check_range("streak_tolerance", self.streak_tolerance, lo=0.0)
         if self.diverge_ratio != 0:
             _check_range("diverge_ratio", self.diverge_ratio, lo=1.0)
         self._validate_hessian_free()
         return self
+
+    def _validate_regularisation(self) -> None:
+        """The ranges of ``dropout``, ``weight_decay`` and ``input_noise``."""
+        _check_range("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True)
+        _check_range("weight_decay", self.weight_decay, lo=0.0)
+        _check_range("input_noise", self.input_noise, lo=0.0)
+        if self.lr_init_val * self.weight_decay >= 1.0:
+            raise OptionError(f"lr_init_val * weight_decay must be < 1 (each step scales the "
+                              f"weights by 1 - lr * weight_decay); got {self.lr_init_val} * "
+                              f"{self.weight_decay}")
 
     def _validate_hessian_free(self) -> None:
         """The ``hf_*`` ranges, and the options that do not go with the update type."""

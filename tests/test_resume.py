@@ -12,10 +12,12 @@ from sophia.workspace import Workspace
 from train_support import sets, train_py
 
 # Small and fast, with a high learning rate and little patience, so the run rolls
-# back (the pivot, the optimizer reset and the learning rate all take part).
+# back (the pivot, the optimizer reset and the learning rate all take part); with
+# dropout and input noise, whose generator's state the checkpoint must carry too.
 RUN = dict(net_width=8, net_depth=1, batch_size=4, window_size=8, step_size=4,
            compile_mode="FAST_COMPILE", frames_per_epoch=2000, max_epochs=9, max_retry=1,
-           lr_init_val=0.05, lr_lower_bound=0, ema_decay=0.5)
+           lr_init_val=0.05, lr_lower_bound=0, ema_decay=0.5, dropout=0.1, input_noise=0.05,
+           weight_decay=0.01)
 LOSS_FIELDS = ("epoch", "train_loss", "dev_loss", "dev_max_error", "train_streak", "baseline",
                "lr", "decision")
 

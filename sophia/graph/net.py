@@ -19,7 +19,8 @@ Compiled functions (sizes that shape a graph are arguments, never options edits)
     of a target element there, before the update), gradient through all h frames,
     parameter update. As a side effect it stores the state at frame h' − 1
     (the next window, shifted by h', starts there), updates the optimizer state and
-    the batch-norm population statistics.
+    the batch-norm population statistics, and with ``dropout`` or ``input_noise``
+    moves the noise generator on (:mod:`sophia.graph.noise`).
 ``f_fwd_propagate(input_tbj, time_tb, id_tb, target_tbk) -> (loss_sum, n_frames, max_error[, n_correct, n_judged])``
     The same forward and loss without any update of parameters (evaluation,
     inference behaviour: population statistics, no clock leak), and the largest
@@ -39,6 +40,15 @@ point forecast (:meth:`Net.point`: the mean, the median quantile).
 How each recurrent layer runs (scan, the fused Ops, oneDNN) is chosen once per
 graph by :func:`sophia.graph.engines.choose` (:meth:`Net.choose_engines`) and
 passed to the layers; every compile function takes an ``engine`` to prefer.
+
+Regularisation noise lives in the training graph only (:meth:`Net.forward`'s
+``noise``): Gaussian ``input_noise`` on the input frames, and ``dropout`` on every
+hidden layer's output [T][B][i] as it enters the layer above or the output layer.
+Both act on whole sequences between layers, outside every recurrence, so each
+engine receives its layer's input as it would any other; the recurrent path
+(h → h inside the recurrence), the ID embedding and the input frames are never
+dropped. ``f_fwd_propagate`` and ``f_infer`` draw nothing (inverted dropout needs no
+rescaling there), so they do not depend on these options.
 
 Example
 -------
@@ -64,6 +74,7 @@ from sophia.graph.init import Uniform, fixed_shared
 from sophia.graph import engines, output_layout
 from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
 from sophia.graph.modes import compile_mode
+from sophia.graph.noise import Noise, shared_generator
 from pytensor.tensor.special import softmax
 
 from sophia.optim.losses import CATEGORICAL, masked_hits, masked_loss, masked_max_error
@@ -215,11 +226,17 @@ class Net:
 
     @_in_own_dtype
     def forward(self, ports: Ports, s_prev_states, *, carry_frame, training, unroll=False,
-                choices=None) -> Forward:
+                choices=None, noise=None, dropout=0.0, input_noise=0.0) -> Forward:
         """Forward stage over one window from ``s_prev_states`` (flat list over layers).
 
         ``choices`` holds each hidden layer's :class:`~sophia.graph.engines.Choice`
-        (default: :meth:`choose_engines` for the ``auto`` mode)."""
+        (default: :meth:`choose_engines` for the ``auto`` mode). ``noise`` (a
+        :class:`~sophia.graph.noise.Noise`; training graphs only) draws N(0,
+        ``input_noise``²) noise on the input frames and drops each hidden layer's
+        output at rate ``dropout``; its generator update joins ``updates``.
+        Raises ValueError for a ``dropout`` or ``input_noise`` without ``noise``."""
+        if (dropout or input_noise) and noise is None:
+            raise ValueError("dropout and input_noise need a Noise to draw from (training graphs only)")
         if choices is None:
             choices = self.choose_engines("auto", training=training, unroll=unroll)
         engine_of = dict(zip(self.layers, (c.engine for c in choices)))
@@ -228,6 +245,8 @@ class Net:
             s_id_tb = ports.p_id_tb
             s_emb_tbe = self.v_id_embedding_ne[s_id_tb.flatten()].reshape((s_id_tb.shape[0], s_id_tb.shape[1], -1))
         s_below, updates, next_states, n = ports.p_input_tbj, {}, [], 0
+        if input_noise:
+            s_below = noise.gaussian(s_below, input_noise)
         for layer in self.layers + [self.output_layer]:
             width = len(layer.state_widths)
             s_in = s_below if s_emb_tbe is None else tt.concatenate([s_below, s_emb_tbe], axis=2)
@@ -235,8 +254,12 @@ class Net:
                               training=training, engine=engine_of.get(layer, "scan"), unroll=unroll,
                               s_skip_tbi=s_below)
             s_below, n = out.s_output_tbi, n + width
+            if dropout and layer is not self.output_layer:
+                s_below = noise.dropout(s_below, dropout)
             next_states += out.s_next_states
             updates.update(out.updates)
+        if noise is not None:
+            updates.update(noise.updates)
         return Forward(self._activate(s_below), next_states, updates, s_below)
 
     def _activate(self, s_z_tbK):
@@ -306,7 +329,7 @@ class Net:
         return compile_mode(mode_name, looped), choices
 
     @_in_own_dtype
-    def compile_train_step(self, train_options, mode=None, engine=None):
+    def compile_train_step(self, train_options, mode=None, engine=None, v_rng=None):
         """Compile ``f_train_step`` for ``train_options``' batch, window and step sizes.
 
         Its ports have that window and batch size in their types (static shapes, which
@@ -314,15 +337,21 @@ class Net:
 
         Returns ``(f_train_step, v_states, optimizer)``; ``optimizer.compile_reset()``
         gives the function that resets all optimizer state. ``engine`` is the engine
-        to prefer (:func:`sophia.graph.engines.choose`).
+        to prefer (:func:`sophia.graph.engines.choose`). ``v_rng`` is the shared
+        generator that ``dropout`` and ``input_noise`` draw from
+        (:func:`sophia.graph.noise.shared_generator`; default: a new one of seed 0);
+        the caller keeps it to save and restore its state.
         """
         o = train_options
         mode, choices = self.compile_plan(mode or o.compile_mode, training=True, unroll=o.unroll_scan,
                                           prefer=engine)
         ports = self.ports(o.window_size, o.batch_size)
         v_states = self.new_states(o.batch_size, "train")
+        noise = None
+        if o.dropout or o.input_noise:
+            noise = Noise(shared_generator(0) if v_rng is None else v_rng)
         fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan,
-                           choices=choices)
+                           choices=choices, noise=noise, dropout=o.dropout, input_noise=o.input_noise)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, o.step_size, o.loss_type, o.huber_delta)
         s_max_error = masked_max_error(self.point(fwd.s_output_tbk)[-o.step_size:],
                                        ports.p_target_tbk[-o.step_size:])

@@ -3,8 +3,10 @@
 A force turns gradients into directions: ``vanilla`` (the gradient), ``rmsprop``,
 ``adadelta`` or ``adam``. An update rule moves the parameters along them, scaled
 by the learning rate: ``sgd``, ``momentum`` or ``nesterov``. Any force combines
-with any update. Gradient-norm clipping is a separate step before the force. Optionally the
-optimizer also keeps an exponential moving average of the parameters
+with any update. Gradient-norm clipping is a separate step before the force. Decoupled
+weight decay (``weight_decay``; AdamW, Loshchilov & Hutter 2019) shrinks the weight
+matrices beside the update, never through the gradient or the force's moments.
+Optionally the optimizer also keeps an exponential moving average of the parameters
 (``ema_decay``; Polyak averaging), which evaluation and saved models can use.
 
 Forces and update rules work on one flat vector of all parameters and keep their
@@ -37,11 +39,22 @@ def clip_by_global_norm(grads, max_norm: float):
 
     Returns ``(clipped_grads, s_norm)`` where ``s_norm`` is the norm before clipping.
     """
-    s_norm = tt.sqrt(sum(tt.sum(tt.sqr(g)) for g in grads))
+    # one sum over the stacked squares, not a chain of adds: the rewrites would fuse that into
+    # one Elemwise of as many inputs as parameters, which NumPy's ufuncs (the Python linker's
+    # perform) cannot take beyond 32
+    s_norm = tt.sqrt(tt.sum(tt.stack([tt.sum(tt.sqr(g)) for g in grads])))
     if max_norm <= 0:
         return list(grads), s_norm
     scale = tt.minimum(1.0, max_norm / (s_norm + 1e-12))
     return [g * tt.cast(scale, g.dtype) for g in grads], s_norm
+
+
+def decays(param) -> bool:
+    """Whether ``weight_decay`` shrinks ``param``: every parameter of two or more axes
+    (weight matrices, weight norm's directions V, the ID embedding), none of one
+    (biases, norm and weight-norm gains, peepholes, clock parameters, residual gates,
+    initial states) -- the rule of nanoGPT's AdamW groups."""
+    return param.ndim >= 2
 
 
 def _flat(tensors):
@@ -146,19 +159,27 @@ class Optimizer:
     ``ema.t``, zero after a reset); :meth:`averaged_values` reads it
     bias-corrected, a / (1 − dᵗ), as Adam corrects its moments, so the average
     right after a reset is the parameters themselves, not a pull towards zero.
+
+    With ``weight_decay`` w > 0 every step is p ← (1 − lr·w)·p + change for the
+    parameters :func:`decays` picks and p ← p + change for the rest, where change is
+    what the update rule makes of the force (decoupled: the decay enters neither the
+    gradient, nor the clipping, nor the moments).
     """
 
     def __init__(self, params, grads, s_lr, force_type="adam", update_type="sgd",
                  update_mu=0.9, grad_norm_clip=0.0, rms_decay=0.9, adadelta_decay=0.95,
-                 adam_beta1=0.9, adam_beta2=0.999, force_epsilon=1e-6, ema_decay=0.0):
+                 adam_beta1=0.9, adam_beta2=0.999, force_epsilon=1e-6, ema_decay=0.0,
+                 weight_decay=0.0):
         if force_type not in FORCES:
             raise ValueError(f"force_type must be one of {', '.join(FORCES)}; got {force_type!r}")
         if update_type not in UPDATES:
             raise ValueError(f"update_type must be one of {', '.join(UPDATES)}; got {update_type!r}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1); got {ema_decay!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
         params = list(params)
-        self.params, self.ema_decay = params, ema_decay
+        self.params, self.ema_decay, self.weight_decay = params, ema_decay, weight_decay
         with th.config.change_flags(floatX=params[0].dtype):   # float constants keep the params' dtype
             self._build(params, grads, s_lr, force_type, update_type, update_mu, grad_norm_clip,
                         dict(rms_decay=rms_decay, adadelta_decay=adadelta_decay, adam_beta1=adam_beta1,
@@ -171,17 +192,21 @@ class Optimizer:
         grads, self.s_grad_norm = clip_by_global_norm(grads, grad_norm_clip)
         s_grad_j = _flat(grads)
         s_direction_j, self.updates = FORCES[force_type](s_grad_j, state, opts)
-        s_change_j, updates = UPDATES[update_type](s_direction_j, tt.cast(s_lr, params[0].dtype), state,
-                                                   update_mu)
+        s_lr = tt.cast(s_lr, params[0].dtype)
+        s_change_j, updates = UPDATES[update_type](s_direction_j, s_lr, state, update_mu)
         self.updates.update(updates)
+        s_kept = 1 - s_lr * self.weight_decay        # the share of a decayed weight a step keeps
         for p, shape, lo, hi in zip(params, shapes, offsets[:-1], offsets[1:]):
-            self.updates[p] = p + tt.reshape(s_change_j[lo:hi], shape)
+            s_p = p * s_kept if self.weight_decay > 0 and decays(p) else p
+            self.updates[p] = s_p + tt.reshape(s_change_j[lo:hi], shape)
         self._shapes, self._offsets = shapes, offsets
         self.v_ema_j = self.v_ema_t = None
         if self.ema_decay > 0:
             d = self.ema_decay
             self.v_ema_j, self.v_ema_t = state.vector("ema"), state.scalar("ema.t")
-            self.updates[self.v_ema_j] = d * self.v_ema_j + (1 - d) * (_flat(params) + s_change_j)
+            s_new_j = (_flat([self.updates[p] for p in params]) if self.weight_decay > 0
+                       else _flat(params) + s_change_j)
+            self.updates[self.v_ema_j] = d * self.v_ema_j + (1 - d) * s_new_j
             self.updates[self.v_ema_t] = self.v_ema_t + 1
         self.v_state = state.variables
 
@@ -192,7 +217,8 @@ class Optimizer:
         return cls(params, grads, s_lr, force_type=o.force_type, update_type=o.update_type,
                    update_mu=o.update_mu, grad_norm_clip=o.grad_norm_clip, rms_decay=o.rms_decay,
                    adadelta_decay=o.adadelta_decay, adam_beta1=o.adam_beta1,
-                   adam_beta2=o.adam_beta2, force_epsilon=o.force_epsilon, ema_decay=o.ema_decay)
+                   adam_beta2=o.adam_beta2, force_epsilon=o.force_epsilon, ema_decay=o.ema_decay,
+                   weight_decay=o.weight_decay)
 
     def averaged_values(self) -> list:
         """The parameters' running average, bias-corrected, one array per parameter

@@ -14,7 +14,9 @@ completed epoch and goes on exactly as if it had never stopped
                     ``HessianFree.state_dict()`` names it (λ, the last CG solution)
 ``meta.json``       UTF-8 JSON: the annealer's state, the iterator's position and
                     random state, the training streak, the epoch numbering, the
-                    number of metrics records, and the stop reason of a finished run
+                    number of metrics records, the stop reason of a finished run,
+                    and the state of the generator that dropout and input noise
+                    draw from (``noise``; absent from checkpoints of 0.2.0)
 ==================  ============================================================
 
 What is here:

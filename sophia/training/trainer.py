@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sophia.graph import noise
 from sophia.graph.engines import describe
 from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
@@ -249,6 +250,7 @@ class Trainer:
         self.train_options, self.seed, self.data_dir = train_options.validate(), seed, data_dir
         self.out, self.progress = out or sys.stdout, progress or sys.stderr
         self._checkpoint, self.hf = None, None
+        self.v_noise_rng = noise.shared_generator(seed)   # dropout and input_noise draw from it
 
     def _open(self, model_options: ModelOptions, ids: list[str] | None) -> None:
         """Open the data and build the net (its parameters freshly initialised)."""
@@ -328,7 +330,8 @@ class Trainer:
             self.f_reset, self.v_states, self.optimizer = self.hf.rollback_reset, [], None
             trained = "HF functions"
         else:
-            self.f_train_step, self.v_states, self.optimizer = self.net.compile_train_step(o)
+            self.f_train_step, self.v_states, self.optimizer = self.net.compile_train_step(
+                o, v_rng=self.v_noise_rng)
             self.f_reset = self.optimizer.compile_reset(compile_mode(mode))
             trained = "f_train_step"
         middle = time.monotonic()
@@ -393,7 +396,8 @@ class Trainer:
             optimizer=[v.get_value() for v in self._optimizer_state()], iterator_arrays=arrays,
             meta={"annealer": annealer.state_dict(), "iterator": position,
                   "train_streak": self.train_streak, "epoch_offset": self.epoch_offset,
-                  "metrics_records": self._records, "finished": finished},
+                  "metrics_records": self._records, "finished": finished,
+                  "noise": noise.generator_state(self.v_noise_rng)},
             hf=self.hf.state_dict() if self.hf is not None else {}).save(self.ws)
 
     def _optimizer_state(self) -> list:
@@ -411,6 +415,8 @@ class Trainer:
             annealer.load_state(meta["annealer"])
             self.train_streak, self.epoch_offset = int(meta["train_streak"]), int(meta["epoch_offset"])
             records = int(meta["metrics_records"])
+            if "noise" in meta:                 # checkpoints of 0.2.0 have none (and no noise)
+                noise.set_generator_state(self.v_noise_rng, meta["noise"])
             if self.hf is not None:
                 self.hf.load_state(saved.hf)
         except (KeyError, TypeError, ValueError) as error:

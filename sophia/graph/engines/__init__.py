@@ -24,6 +24,11 @@ updates)``. :func:`choose` picks, per layer, the fastest engine that supports it
 builders pass the choice to each layer, and the trainer logs it
 (:func:`describe`). ``tests/test_engines.py`` checks every engine against scan.
 
+An engine receives its layer's whole input sequence ``s_below_tbj`` as a symbolic
+input and its gradient flows back through it, so whatever the net does between
+layers (training noise: dropout, input noise; :mod:`sophia.graph.noise`) runs
+outside the recurrence and with every engine (``tests/test_regularisation.py``).
+
 Example
 -------
 >>> from sophia.graph.net import Net                           # doctest: +SKIP
