@@ -47,6 +47,7 @@ import numpy as np
 from sophia.graph.net import Net
 from sophia.options import OptionError, to_dict
 from sophia.serving.paths import ModelLoadError
+from sophia.serving.protocol import check_tokens
 from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options,
                               load_params, set_params)
 
@@ -123,6 +124,9 @@ class Model:
     Attributes
     ----------
     input_dim, target_dim : int
+    vocab_size : int
+        > 0 for token inputs (``input_dim`` 1, each frame an integer index in
+        ``[0, vocab_size)``, checked by :meth:`ModelSession.prepare`); 0 otherwise.
     num_ids : int or None
         ``len(ids) + 1`` with an ID embedding (the last row is for IDs never
         seen in training), so valid indices are ``0 .. len(ids)``; None without.
@@ -135,7 +139,7 @@ class Model:
     def __init__(self, net: Net, ids, mode: str = MODE):
         o = net.options
         self.net = net
-        self.input_dim, self.target_dim = o.input_dim, o.target_dim
+        self.input_dim, self.target_dim, self.vocab_size = o.input_dim, o.target_dim, o.vocab_size
         self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
         self.state_widths = net.state_widths()
         self.fingerprint = fingerprint(net, ids)
@@ -249,12 +253,15 @@ class ModelSession:
         """The next frame's ports ``(input_1bj, time_1b, id_1b)`` (the session's buffers,
         valid until its next frame), for :meth:`step` or :meth:`Model.run_sessions`.
 
-        Raises ValueError for a wrong shape. Side effect: a stream's first timestamp
+        Raises ValueError for a wrong shape, or with token inputs a value that is not
+        an integer in ``[0, vocab_size)``. Side effect: a stream's first timestamp
         is recorded at its first timestamped frame.
         """
         input_bj = np.asarray(input_bj)
         if input_bj.shape != self._input_1bj.shape[1:]:
             raise ValueError(f"input shape {input_bj.shape}, expected {self._input_1bj.shape[1:]}")
+        if self.model.vocab_size:
+            check_tokens(input_bj[None], [self.model.vocab_size])
         self._input_1bj[0] = input_bj
         if timestamps_b is None:
             self._time_1b[0] = self.count_b
