@@ -102,14 +102,7 @@ class Generator:
     """
 
     def __init__(self, model, vocab: dict[str, int], name: str = "model"):
-        if not model.vocab_size:
-            raise GenerationError(f"{name}: not a token model (vocab_size 0): its inputs are "
-                                  "real vectors")
-        if model.target_dim != model.vocab_size or model.net.options.output_activation != "softmax":
-            raise GenerationError(f"{name}: generation needs softmax outputs over the "
-                                  f"{model.vocab_size} tokens (loss_type xent, target_dim = "
-                                  f"vocab_size); this model has {model.target_dim} "
-                                  f"{model.net.options.output_activation} outputs")
+        _check_model(model, name)
         try:
             self.symbols = symbols_by_index(vocab, model.vocab_size)
         except DatasetError as error:
@@ -121,7 +114,7 @@ class Generator:
         """Load a workspace's model (:func:`~sophia.serving.model.load_model`) and its
         ``vocab.json``. Raises GenerationError naming the file for either."""
         try:
-            model = load_model(workspace, mode=mode)
+            model = _check_model(load_model(workspace, mode=mode), str(workspace))
             vocab = load_vocab(Workspace(workspace, create=False),
                                load_model_options(Workspace(workspace, create=False)))
         except (ModelLoadError, WorkspaceError) as error:
@@ -152,6 +145,20 @@ class Generator:
             if n + 1 >= len(tokens):
                 sampled.append(sample(p_k, temperature, rng))
         return prime + "".join(self.symbols[t] for t in sampled)
+
+
+def _check_model(model, name: str):
+    """``model`` if it takes tokens and returns one probability per token; else
+    GenerationError naming ``name``."""
+    activation = model.net.options.output_activation
+    if not model.vocab_size:
+        raise GenerationError(f"{name}: not a token model (vocab_size 0): its inputs are "
+                              "real vectors")
+    if model.target_dim != model.vocab_size or activation != "softmax":
+        raise GenerationError(f"{name}: generation needs softmax outputs over the "
+                              f"{model.vocab_size} tokens (loss_type xent, target_dim = "
+                              f"vocab_size); this model has {model.target_dim} {activation} outputs")
+    return model
 
 
 def _parser() -> argparse.ArgumentParser:
