@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from sophia.data import cli as data_cli
 from sophia.data.dataset import DatasetError, check_dataset
 from sophia.data.vocab import parse_vocab, read_vocab, symbols_by_index, write_vocab
 from sophia.data.writer import DatasetWriter
+from sophia.evaluation.evaluate import EvalError, evaluate
 from sophia.graph import engines
 from sophia.graph.engines import onednn
 from sophia.options import ModelOptions, OptionError, TrainOptions
@@ -272,3 +274,16 @@ def test_load_vocab_names_a_missing_file(tmp_path):
                            output_activation="softmax")
     with pytest.raises(WorkspaceError, match="vocab.json: missing"):
         load_vocab(Workspace(path, create=False), ModelOptions(vocab_size=4))
+
+
+def test_sophia_eval_runs_a_token_model_and_names_a_bad_token(trained, tmp_path):
+    data, ws, _ = trained
+    report = evaluate(ws, data, split="test", baselines=("mean",), mode="FAST_COMPILE")
+    assert report["split"] == "test" and report["input_dim"] == 1
+    bad = shutil.copytree(data, tmp_path / "bad")
+    input_t = np.fromfile(bad / "test0.input", "<f4")
+    input_t[5] = 9.0
+    input_t.tofile(bad / "test0.input")
+    with pytest.raises(EvalError, match=re.escape("test0.input: input frame 5 is 9.0, but token "
+                                                  "inputs need an integer index in [0, 4)")):
+        evaluate(ws, str(bad), split="test", baselines=("mean",), mode="FAST_COMPILE")
