@@ -1,8 +1,10 @@
 """The ``text`` task: characters of a UTF-8 text as token sequences with a vocab.json,
 the shipped corpus, and a short run from it to ``sophia-generate``."""
+import importlib.util
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +88,28 @@ def test_a_short_run_on_the_corpus_generates_text_in_its_vocabulary(tmp_path):
     assert set(sample) <= set(generator.vocab)
     assert sample == generator.generate("First ", 30, 0.8, seed=2)
     assert len(generator.symbols) == 58
+
+
+def load_bench_text():
+    spec = importlib.util.spec_from_file_location(
+        "bench_text", Path(__file__).resolve().parents[1] / "bench" / "text.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_bits_per_character_and_ngram_baselines_on_known_cases(tmp_path):
+    bench = load_bench_text()
+    uniform = [np.full((3, 4), 0.25)]
+    target = np.eye(4)[[0, 1, 2]]
+    assert bench.bits_per_character(uniform, [target]) == pytest.approx(2.0)
+    target_nan = target.copy()
+    target_nan[1] = np.nan
+    sure = [np.eye(4)[[0, 3, 2]]]                       # right where judged, wrong at the NaN frame
+    assert bench.bits_per_character(sure, [target_nan]) == pytest.approx(0.0)
+    corpus = tmp_path / "abab.txt"
+    corpus.write_text("ab" * 2000, encoding="utf-8")
+    make_dataset("text", tmp_path / "d", corpus=str(corpus), length=50)
+    baselines = bench.ngram_baselines(tmp_path / "d", 2)
+    assert baselines["unigram"] == pytest.approx(1.0, abs=1e-3)    # a and b equally often
+    assert baselines["bigram"] < 0.01                               # b always follows a
