@@ -22,7 +22,8 @@ from sophia.graph.engines import onednn
 from sophia.options import ModelOptions, OptionError, TrainOptions
 from sophia.serving import protocol as proto
 from sophia.serving.client import SophiaClient
-from sophia.serving.model import load_model
+from sophia.graph.net import Net
+from sophia.serving.model import fingerprint, load_model
 from sophia.training.trainer import Trainer, open_data
 from sophia.workspace import Workspace, WorkspaceError, load_net, load_vocab
 from tests.graph_support import compile_cost, make_net, make_window
@@ -287,3 +288,21 @@ def test_sophia_eval_runs_a_token_model_and_names_a_bad_token(trained, tmp_path)
     with pytest.raises(EvalError, match=re.escape("test0.input: input frame 5 is 9.0, but token "
                                                   "inputs need an integer index in [0, 4)")):
         evaluate(ws, str(bad), split="test", baselines=("mean",), mode="FAST_COMPILE")
+
+
+# The fingerprint the 0.2.0 server (commit 0f49e7b) gives FINGERPRINT_NET with
+# arange(size) / 7 in every parameter and ids ["a", "b"]: states it saved must resume.
+FINGERPRINT_0_2_0 = "23209ccfcfa62614bd324d93a56abd7e647b0335f383d783f1993ee5a201b1e8"
+FINGERPRINT_NET = dict(input_dim=2, target_dim=1, net_width=3, net_depth=1, unit_type="gru")
+
+
+def arange_fingerprint(**overrides):
+    net = Net(ModelOptions(**{**FINGERPRINT_NET, **overrides}), seed=0)
+    net.set_values({k: np.arange(v.size, dtype=np.float32).reshape(v.shape) / 7
+                    for k, v in net.get_values().items()})
+    return fingerprint(net, ["a", "b"]).hex()
+
+
+def test_a_model_without_tokens_keeps_its_0_2_0_fingerprint():
+    assert arange_fingerprint() == FINGERPRINT_0_2_0
+    assert arange_fingerprint(input_dim=1, vocab_size=4) != arange_fingerprint(input_dim=1)

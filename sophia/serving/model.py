@@ -53,6 +53,9 @@ from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load
 
 MODE = "CVM"
 DTYPE = "float32"
+# Model options added after 0.2.0: left out of the fingerprint while at their default,
+# so a model that does not use them keeps 0.2.0's fingerprint (and its saved states).
+LATER_OPTIONS = ("vocab_size", "token_embedding_dim")
 
 
 def load_model(workspace_path, mode: str = MODE) -> "Model":
@@ -95,11 +98,16 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
 
 
 def fingerprint(net: Net, ids) -> bytes:
-    """SHA-256 of a net's model options, its ``ids.order`` and every parameter and
+    """SHA-256 of a net's model options (those of :data:`LATER_OPTIONS` only where
+    they differ from their default), its ``ids.order`` and every parameter and
     buffer (name, dtype, shape, little-endian bytes): equal for two copies of a
     workspace, different as soon as one value differs. Returns 32 bytes."""
     digest = hashlib.sha256(b"sophia-model-fingerprint-1\0")
-    digest.update(json.dumps(to_dict(net.options), sort_keys=True).encode("utf-8"))
+    options, defaults = to_dict(net.options), to_dict(type(net.options)())
+    for name in LATER_OPTIONS:
+        if options[name] == defaults[name]:
+            del options[name]
+    digest.update(json.dumps(options, sort_keys=True).encode("utf-8"))
     digest.update(json.dumps(list(ids)).encode("utf-8"))
     for name, value in sorted(net.get_values().items()):
         value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
