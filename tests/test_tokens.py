@@ -306,3 +306,15 @@ def arange_fingerprint(**overrides):
 def test_a_model_without_tokens_keeps_its_0_2_0_fingerprint():
     assert arange_fingerprint() == FINGERPRINT_0_2_0
     assert arange_fingerprint(input_dim=1, vocab_size=4) != arange_fingerprint(input_dim=1)
+
+
+def test_sophia_data_check_reports_a_bad_vocab_and_bad_tokens_together(tmp_path, capsys):
+    root = write_tokens(tmp_path / "d", 4, 7.0)
+    with open(os.path.join(root, "vocab.json"), "w") as f:
+        json.dump({"a": 0, "b": 0}, f)
+    assert data_cli.main(["check", root, "--vocab_size", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err and "share index 0" in err and "input frame 4 is 7.0" in err
+    with pytest.raises(SystemExit) as exit_info:
+        data_cli.main(["check", root, "--vocab_size", "4", "--input_dim", "3"])
+    assert exit_info.value.code == 2 and "have input_dim 1, got 3" in capsys.readouterr().err

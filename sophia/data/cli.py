@@ -102,20 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "make":
         return _make(args, parser)
+    problems = []
+    vocab_file = os.path.join(args.directory, VOCAB_FILE)
     try:
-        vocab_file = os.path.join(args.directory, VOCAB_FILE)
         if os.path.exists(vocab_file):
             read_vocab(vocab_file, args.vocab_size)
+    except DatasetError as e:
+        problems += e.problems
+    try:
         summary = check_dataset(args.directory, args.input_dim, args.target_dim, args.vocab_size)
         if args.loss_type:
             for split in summary.sequences:
                 check_targets(Dataset.open(args.directory, split, summary.input_dim, summary.target_dim),
                               args.loss_type)
+    except DatasetError as e:
+        problems += e.problems
     except ValueError as e:          # token inputs with another input_dim
-        if not isinstance(e, DatasetError):
-            parser.exit(2, f"{parser.prog} check: error: {e}\n")
-        print(f"{args.directory}: {len(e.problems)} problem(s):", file=sys.stderr)
-        print(e, file=sys.stderr)
+        parser.exit(2, f"{parser.prog} check: error: {e}\n")
+    if problems:
+        print(f"{args.directory}: {len(problems)} problem(s):", file=sys.stderr)
+        print("\n".join(problems), file=sys.stderr)
         return 1
     print(summary.format())
     return 0
