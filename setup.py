@@ -7,8 +7,7 @@ setup(
     description="Real-time recurrent networks for regression on long, noisy streams, "
                 "trained with BPTT(h; h') and served over ZeroMQ.",
     packages=find_packages(include=["sophia", "sophia.*"]),
-    package_data={"sophia.training": ["demo.toml"],      # train.py --demo's option overrides
-                  "sophia.data": ["corpora/*.txt"]},     # the text task's shipped corpora
+    package_data={"sophia.training": ["demo.toml"]},     # train.py --demo's option overrides
     python_requires=">=3.11",
     install_requires=["pytensor>=2.30", "numpy>=1.26", "pyzmq>=25",
                       # oneDNN's LSTM for training steps (sophia/graph/engines/onednn.py); elsewhere the fused Ops

@@ -1,7 +1,7 @@
 """Characters: a text config's dev bits per character beside unigram and bigram
 baselines, and samples at several temperatures.
 
-It makes the ``text`` task's dataset (``sophia-data make text``: the shipped corpus,
+It makes the ``text`` task's dataset (``sophia-data make text``: the built-in corpus,
 or ``--corpus FILE``), trains ``--config`` through ``train.py``'s command line
 (:func:`reproduce.train`), runs the best model over every whole dev sequence
 (:func:`reproduce.infer_split`) and reports, in bits per character (the mean of
@@ -45,7 +45,7 @@ from sophia.data.vocab import read_vocab  # noqa: E402
 from sophia.serving.generate import Generator  # noqa: E402
 
 TEMPERATURES = (0.2, 0.5, 1.0, 1.2)
-PRIME = "First Citizen:\n"
+PRIME = "The "
 
 
 def bits_per_character(probabilities, targets) -> float:
@@ -78,7 +78,7 @@ def ngram_baselines(data_dir, vocab_size: int) -> dict:
 def build_parser():
     parser = argparse.ArgumentParser(prog="bench/text.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="configs/text_lstm.toml or text_gru.toml")
-    parser.add_argument("--corpus", default="coriolanus", help="a shipped corpus or a UTF-8 file")
+    parser.add_argument("--corpus", default="python-reference", help="a built-in corpus or a UTF-8 file")
     parser.add_argument("--work", type=Path, help="data and workspace directory (default: "
                         "sophia-repro/text-CONFIG in the system's temporary directory)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and sampling seed")

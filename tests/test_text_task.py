@@ -1,5 +1,5 @@
 """The ``text`` task: characters of a UTF-8 text as token sequences with a vocab.json,
-the shipped corpus, and a short run from it to ``sophia-generate``."""
+the built-in corpus, and a short run from it to ``sophia-generate``."""
 import importlib.util
 import io
 import json
@@ -49,13 +49,15 @@ def test_a_corpus_file_becomes_next_character_sequences_and_a_vocab(tmp_path):
     assert (summary.input_dim, summary.target_dim) == (1, len(vocab))
 
 
-def test_the_shipped_corpus_works_offline(tmp_path, capsys):
-    assert data_cli.main(["make", "text", "--out", str(tmp_path / "d")]) == 0
+def test_the_built_in_corpus_works_offline(tmp_path, capsys):
+    assert data_cli.main(["make", "text", "--out", str(tmp_path / "d"), "--max-chars", "20000"]) == 0
     vocab = json.loads((tmp_path / "d" / "vocab.json").read_text(encoding="utf-8"))
-    assert len(vocab) == 58 and vocab["\n"] == 0 and vocab["z"] == 57
-    assert data_cli.main(["check", str(tmp_path / "d"), "--vocab_size", "58", "--loss_type", "xent"]) == 0
-    assert "input_dim 1, target_dim 58" in capsys.readouterr().out
-    assert "Coriolanus" in text.__doc__ and text.read_corpus("coriolanus").startswith("First Citizen:")
+    first_20k = text.read_corpus("python-reference", 20_000)
+    assert len(first_20k) == 20_000 and vocab == text.vocabulary(first_20k)
+    assert len(text.read_corpus("python-reference")) > 400_000          # every topic of help()
+    size = str(len(vocab))
+    assert data_cli.main(["check", str(tmp_path / "d"), "--vocab_size", size, "--loss_type", "xent"]) == 0
+    assert f"input_dim 1, target_dim {size}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content, options, reason", [
@@ -63,6 +65,7 @@ def test_the_shipped_corpus_works_offline(tmp_path, capsys):
     (b"a", {}, "needs at least 2 characters"),
     (b"abcdef", {"length": 0}, "--length must be >= 1"),
     (b"abcdef", {"dev_fraction": 0.6, "test_fraction": 0.5}, "sum below 1"),
+    (b"abcdef", {"max_chars": -1}, "--max-chars must be >= 0"),
 ])
 def test_bad_corpora_and_options_are_refused(tmp_path, capsys, content, options, reason):
     corpus = tmp_path / "corpus.txt"
@@ -75,19 +78,20 @@ def test_bad_corpora_and_options_are_refused(tmp_path, capsys, content, options,
 
 
 def test_a_short_run_on_the_corpus_generates_text_in_its_vocabulary(tmp_path):
-    make_dataset("text", tmp_path / "d", length=50)
-    Trainer(ModelOptions(unit_type="gru", net_width=16, net_depth=1, vocab_size=58,
+    make_dataset("text", tmp_path / "d", length=50, max_chars=20_000)
+    size = len(read_vocab(tmp_path / "d" / "vocab.json"))
+    Trainer(ModelOptions(unit_type="gru", net_width=16, net_depth=1, vocab_size=size,
                          token_embedding_dim=8),
             TrainOptions(loss_type="xent", batch_size=8, window_size=25, step_size=25,
                          frames_per_epoch=2000, max_epochs=1, compile_mode="FAST_COMPILE",
                          lr_init_val=0.01),
             str(tmp_path / "d"), str(tmp_path / "ws"), out=io.StringIO()).run()
     generator = Generator.load(str(tmp_path / "ws"), mode="FAST_COMPILE")
-    sample = generator.generate("First ", 30, 0.8, seed=2)
-    assert sample.startswith("First ") and len(sample) == 36
+    sample = generator.generate("The ", 30, 0.8, seed=2)
+    assert sample.startswith("The ") and len(sample) == 34
     assert set(sample) <= set(generator.vocab)
-    assert sample == generator.generate("First ", 30, 0.8, seed=2)
-    assert len(generator.symbols) == 58
+    assert sample == generator.generate("The ", 30, 0.8, seed=2)
+    assert len(generator.symbols) == size
 
 
 def load_bench_text():

@@ -1,9 +1,12 @@
 """Characters of a UTF-8 text, next-character prediction on token inputs.
 
-The text is ``--corpus``: a UTF-8 file, or the name of a corpus shipped in
-``sophia/data/corpora/`` (:data:`CORPORA`; the default, ``coriolanus``, is the
-opening of Shakespeare's *Coriolanus*, public domain, about 40 KB, 58 distinct
-characters). Nothing is downloaded.
+The text is ``--corpus``: a UTF-8 file, or the name of a built-in corpus
+(:data:`CORPORA`). The default, ``python-reference``, is the English text of the
+Python reference's topics that every CPython installs for ``help()``
+(``pydoc_data.topics``, under the Python Software Foundation licence), read from the
+running interpreter, topic by topic in name order: about 465,000 characters, of which
+``--max-chars`` (50,000) are used. Nothing is downloaded and nothing is copied into
+Sophia.
 
 The vocabulary is every distinct character of the whole text, numbered in code
 point order, and written to the dataset root as ``vocab.json`` (``{"a": 36, ...}``,
@@ -41,16 +44,26 @@ from sophia.data.vocab import VOCAB_FILE, write_vocab
 
 from .common import one_hot, sequence_path
 
-SUMMARY = "characters of a UTF-8 text (a shipped corpus or --corpus FILE), next-character targets"
-CORPORA_DIR = Path(__file__).resolve().parent.parent / "corpora"
-CORPORA = {"coriolanus": CORPORA_DIR / "coriolanus.txt"}
+SUMMARY = "characters of a UTF-8 text (a built-in corpus or --corpus FILE), next-character targets"
+DEFAULT_CORPUS = "python-reference"
+
+
+def _python_reference() -> str:
+    """The Python reference's topics as installed with the interpreter, in name order."""
+    from pydoc_data.topics import topics
+    return "\n\n".join(topics[name].strip() for name in sorted(topics))
+
+
+CORPORA = {DEFAULT_CORPUS: _python_reference}     # built-in corpora: name -> text
 
 
 def add_arguments(parser):
     """Add this task's options to an argparse `parser`."""
-    parser.add_argument("--corpus", default="coriolanus",
-                        help=f"a shipped corpus ({', '.join(CORPORA)}; default coriolanus) "
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS,
+                        help=f"a built-in corpus ({', '.join(CORPORA)}; default {DEFAULT_CORPUS}) "
                              "or the path of a UTF-8 text file")
+    parser.add_argument("--max-chars", type=int, default=50_000,
+                        help="use the first this many characters of the text; 0 = all; default 50000")
     parser.add_argument("--length", type=int, default=100,
                         help="frames (characters) per sequence; default 100")
     parser.add_argument("--dev-fraction", type=float, default=0.1,
@@ -59,20 +72,24 @@ def add_arguments(parser):
                         help="fraction of the text for test (the end); default 0.1")
 
 
-def read_corpus(corpus: str) -> str:
-    """The text of ``corpus``: a name of :data:`CORPORA`, else a file path.
+def read_corpus(corpus: str, max_chars: int = 0) -> str:
+    """The text of ``corpus`` (a name of :data:`CORPORA`, else a file path), cut to its
+    first ``max_chars`` characters where ``max_chars`` > 0.
 
     Raises ValueError naming the file if it is missing, not UTF-8 or has fewer than
-    two characters.
+    two characters, and for a negative ``max_chars``.
     """
-    path = CORPORA.get(corpus, Path(corpus))
+    if max_chars < 0:
+        raise ValueError(f"--max-chars must be >= 0 (0 = the whole text), got {max_chars}")
+    path = Path(corpus)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = CORPORA[corpus]() if corpus in CORPORA else path.read_text(encoding="utf-8")
     except OSError as error:
         raise ValueError(f"--corpus {path}: cannot read it: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"--corpus {path}: not UTF-8 text (byte {error.start}: "
                          f"{error.reason})") from None
+    text = text[:max_chars] if max_chars else text
     if len(text) < 2:
         raise ValueError(f"--corpus {path}: needs at least 2 characters, has {len(text)}")
     return text
@@ -108,7 +125,8 @@ def sequences(text, vocab, length=100, dev_fraction=0.1, test_fraction=0.1):
             yield split, chunk[:-1, None].astype(np.float32), one_hot(chunk[1:], len(vocab))
 
 
-def write_dataset(writer, rng, corpus="coriolanus", length=100, dev_fraction=0.1, test_fraction=0.1):
+def write_dataset(writer, rng, corpus=DEFAULT_CORPUS, max_chars=50_000, length=100, dev_fraction=0.1,
+                  test_fraction=0.1):
     """Read ``corpus``, write its sequences and ``vocab.json``.
 
     Parameters
@@ -117,10 +135,10 @@ def write_dataset(writer, rng, corpus="coriolanus", length=100, dev_fraction=0.1
         Side effect: receives every sequence, and ``vocab.json`` at its root.
     rng : numpy.random.Generator
         Unused: the dataset follows from the text alone.
-    corpus, length, dev_fraction, test_fraction
+    corpus, max_chars, length, dev_fraction, test_fraction
         As for :func:`read_corpus` and :func:`sequences`.
     """
-    text = read_corpus(corpus)
+    text = read_corpus(corpus, max_chars)
     vocab = vocabulary(text)
     counts = {}
     for split, input_t1, target_tk in sequences(text, vocab, length, dev_fraction, test_fraction):
