@@ -26,6 +26,7 @@ setup(
             "sophia-serve=sophia.serving.cli:main",
             "sophia-data=sophia.data.cli:main",
             "sophia-eval=sophia.evaluation.cli:main",
+            "sophia-generate=sophia.serving.generate:main",
         ],
     },
 )

@@ -81,6 +81,8 @@ class ModelOptions:
     learn_id_embedding: bool = _opt(False, "learned embedding of each stream's sequence ID, fed to every layer")
     id_embedding_dim: int = _opt(8, "width of that embedding")
     num_ids: int = _opt(0, "number of sequence IDs; 0 = take it from the data")
+    vocab_size: int = _opt(0, "token inputs: each input frame is one token index in [0, vocab_size), embedded by a learned matrix; 0 = real-vector inputs")
+    token_embedding_dim: int = _opt(32, "width of the token embedding that feeds the first layer (vocab_size > 0)")
     learn_clock_params: bool = _opt(False, "Phased-LSTM time gate (Neil et al. 2016) for lstm and gru; reads the time signal, so real timestamps work")
     clock_period_lo: float = _opt(0.0, "log-period init range, low end (tau = exp(U(lo, hi)))")
     clock_period_hi: float = _opt(3.0, "log-period init range, high end")
@@ -103,9 +105,10 @@ class ModelOptions:
         _check_choice("init_type", self.init_type, INIT_TYPES)
         _check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         _check_quantiles(self.quantiles)
-        for name in ("input_dim", "target_dim", "num_ids"):
+        for name in ("input_dim", "target_dim", "num_ids", "vocab_size"):
             _check_range(name, getattr(self, name), lo=0)
-        for name in ("net_width", "net_depth", "id_embedding_dim", "batch_norm_steps", "sparse_connections"):
+        for name in ("net_width", "net_depth", "id_embedding_dim", "token_embedding_dim",
+                     "batch_norm_steps", "sparse_connections"):
             _check_range(name, getattr(self, name), lo=1)
         _check_range("init_scale", self.init_scale, lo=0.0, lo_open=True)
         _check_range("clock_r_on", self.clock_r_on, lo=0.0, hi=1.0, lo_open=True)
@@ -121,6 +124,9 @@ class ModelOptions:
             raise OptionError("learn_clock_params needs a recurrent unit_type (rnn, lstm or gru), not fc")
         if self.peephole and self.unit_type != "lstm":
             raise OptionError(f"peephole needs unit_type lstm, not {self.unit_type}")
+        if self.vocab_size and self.input_dim not in (0, 1):
+            raise OptionError(f"vocab_size {self.vocab_size} makes each input frame one token index, "
+                              f"so input_dim must be 1 (or 0, from the data); got {self.input_dim}")
         return self
 
 

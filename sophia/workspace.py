@@ -8,6 +8,7 @@ serving and the benchmarks share.
                             the model to serve
 ``ids.order``               the training sequence IDs, ';'-separated
 preprocessing files         every non-``.list`` file of the dataset root, copied
+                            (``vocab.json``: a token model's symbols, :mod:`sophia.data.vocab`)
 ``snapshots/pivot.npz``     the model an annealing rollback returns to
 ``snapshots/resume.npz``    everything ``train.py --resume`` needs to continue the
                             run exactly (:mod:`sophia.training.checkpoint`)
@@ -29,6 +30,7 @@ What is here:
   ``options.json``.
 - :func:`load_model_options`, :func:`load_ids`, :func:`load_params` -- what a
   served model needs, each checked, errors naming the file.
+- :func:`load_vocab` -- ``vocab.json`` (token models), checked against ``vocab_size``.
 - :func:`load_net` -- a :class:`~sophia.graph.net.Net` with the best parameters.
 - :func:`model_differences` -- requested model options that contradict a saved model.
 
@@ -56,6 +58,8 @@ from typing import IO, Any, Mapping
 import numpy as np
 
 from sophia.atomic import atomic_write, atomic_write_bytes, fsync_dir, make_dirs
+from sophia.data.dataset import DatasetError
+from sophia.data.vocab import VOCAB_FILE, read_vocab
 from sophia.options import ModelOptions, OptionError, TrainOptions, from_dict, parse_value, to_dict
 
 OPTIONS = "options"                  # options.json
@@ -309,6 +313,20 @@ def load_ids(ws: Workspace, model: ModelOptions) -> list[str]:
         raise WorkspaceError(f"{ws.file(IDS_ORDER)} holds {len(ids)} sequence IDs but "
                              f"{ws.file(OPTIONS, '.json')} says num_ids = {model.num_ids}")
     return ids
+
+
+def load_vocab(ws: Workspace, model: ModelOptions) -> dict[str, int]:
+    """The workspace's ``vocab.json`` as ``{symbol: index}``, every index below the
+    model's ``vocab_size``; raise :class:`WorkspaceError` naming the file if it is
+    missing or bad (:func:`sophia.data.vocab.read_vocab`)."""
+    path = ws.file(VOCAB_FILE)
+    if not path.is_file():
+        raise WorkspaceError(f"{path}: missing (a token model's vocabulary, copied from "
+                             "the dataset's vocab.json by training)")
+    try:
+        return read_vocab(path, model.vocab_size)
+    except DatasetError as error:
+        raise WorkspaceError(str(error)) from None
 
 
 def load_params(ws: Workspace, name: str = PARAMS) -> dict[str, np.ndarray]:

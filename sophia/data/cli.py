@@ -5,9 +5,10 @@ writes the dataset of a task (see :mod:`sophia.data.make`; ``sophia-data make
 TASK --help`` lists the task's own options). Bad options or a non-empty DIR
 exit with status 2.
 
-``sophia-data check DIR [--input_dim N] [--target_dim N] [--loss_type L]`` checks every split
-of the dataset in DIR (see :mod:`sophia.data.dataset`) and prints a
-summary, or every problem found and exits with status 1.
+``sophia-data check DIR [--input_dim N] [--target_dim N] [--loss_type L] [--vocab_size V]``
+checks every split of the dataset in DIR (see :mod:`sophia.data.dataset`; with
+``--vocab_size``, token inputs; a ``vocab.json`` at its root, :mod:`sophia.data.vocab`)
+and prints a summary, or every problem found and exits with status 1.
 
 Example
 -------
@@ -25,7 +26,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import os
+
 from sophia.data.dataset import Dataset, DatasetError, check_dataset, check_targets
+from sophia.data.vocab import VOCAB_FILE, read_vocab
 from sophia.options import LOSS_TYPES
 from sophia.data.make import DEFAULT_COUNTS, make_dataset
 from sophia.data.tasks import TASKS, real
@@ -82,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--loss_type", choices=LOSS_TYPES, default=None,
                        help="also check that every target fits this loss (xent: one-hot or "
                             "all-NaN frames; bce: 0, 1 or NaN elements)")
+    check.add_argument("--vocab_size", type=_non_negative_int, default=0,
+                       help="token inputs: also check that every input frame is an integer "
+                            "index in [0, V) (and vocab.json's indices); 0 = real-vector inputs")
     return parser
 
 
@@ -95,15 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "make":
         return _make(args, parser)
+    problems = []
+    vocab_file = os.path.join(args.directory, VOCAB_FILE)
     try:
-        summary = check_dataset(args.directory, args.input_dim, args.target_dim)
+        if os.path.exists(vocab_file):
+            read_vocab(vocab_file, args.vocab_size)
+    except DatasetError as e:
+        problems += e.problems
+    try:
+        summary = check_dataset(args.directory, args.input_dim, args.target_dim, args.vocab_size)
         if args.loss_type:
             for split in summary.sequences:
                 check_targets(Dataset.open(args.directory, split, summary.input_dim, summary.target_dim),
                               args.loss_type)
     except DatasetError as e:
-        print(f"{args.directory}: {len(e.problems)} problem(s):", file=sys.stderr)
-        print(e, file=sys.stderr)
+        problems += e.problems
+    except ValueError as e:          # token inputs with another input_dim
+        parser.exit(2, f"{parser.prog} check: error: {e}\n")
+    if problems:
+        print(f"{args.directory}: {len(problems)} problem(s):", file=sys.stderr)
+        print("\n".join(problems), file=sys.stderr)
         return 1
     print(summary.format())
     return 0

@@ -23,6 +23,8 @@ What is here:
 - :func:`check_dataset` -- a full check of every split, reporting all problems.
 - :func:`check_targets` -- the targets fit a categorical loss (xent: one-hot or
   all-NaN frames; bce: elements in {0, 1} or NaN).
+- :func:`check_tokens` -- every input is a token index: an integer in
+  ``[0, vocab_size)`` (``ModelOptions.vocab_size`` > 0, ``input_dim`` 1).
 
 Example
 -------
@@ -380,6 +382,39 @@ def _target_problem(file: str, loss_type: str, start: int, target_tk: np.ndarray
     return None
 
 
+def check_tokens(dataset: Dataset, vocab_size: int) -> None:
+    """Raise :class:`DatasetError` unless every input of ``dataset`` is a token index.
+
+    Token inputs (``vocab_size`` > 0) have ``input_dim`` 1 and hold an integer in
+    ``[0, vocab_size)`` per frame, stored as float32. Reads every .input file in
+    chunks; the message names the first bad frame of each file.
+    """
+    if dataset.input_dim != 1:
+        raise DatasetError(f"{dataset.root}: token inputs (vocab_size {vocab_size}) need "
+                           f"input_dim 1, one index per frame; the data has {dataset.input_dim}")
+    problems = [_token_problem(dataset.file(i, "input"), vocab_size)
+                for i in range(len(dataset))]
+    problems = [p for p in problems if p]
+    if problems:
+        raise DatasetError(problems)
+
+
+def _token_problem(file: str, vocab_size: int) -> str | None:
+    """The first frame of a one-wide .input file that is not an integer in [0, vocab_size)."""
+    if os.path.getsize(file) == 0:
+        return None
+    flat = np.memmap(file, FLOAT, "r")
+    for start in range(0, flat.size, _SCAN_FLOATS):
+        chunk = np.asarray(flat[start:start + _SCAN_FLOATS])
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~((chunk >= 0) & (chunk < vocab_size) & (chunk == np.floor(chunk))))
+        if bad.size:
+            k = start + bad[0]
+            return (f"{file}: input frame {k} is {flat[k]}, but token inputs need an integer "
+                    f"index in [0, {vocab_size}) (vocab_size {vocab_size})")
+    return None
+
+
 def _time_problem(file: str, stamps: np.ndarray) -> str | None:
     bad = np.flatnonzero(~np.isfinite(stamps))
     if bad.size:
@@ -428,15 +463,22 @@ class DatasetSummary:
         return "\n".join(lines)
 
 
-def check_dataset(root: str, input_dim: int = 0, target_dim: int = 0) -> DatasetSummary:
-    """Check every split fully: lists, sizes, dims, NaN/inf inputs, timestamps.
+def check_dataset(root: str, input_dim: int = 0, target_dim: int = 0,
+                  vocab_size: int = 0) -> DatasetSummary:
+    """Check every split fully: lists, sizes, dims, NaN/inf inputs, timestamps, and
+    with ``vocab_size`` > 0 token inputs (``input_dim`` 1, each an integer index in
+    ``[0, vocab_size)``: :func:`check_tokens`).
 
     Reads every .input file once in chunks (memory stays bounded). Returns a
     :class:`DatasetSummary`; raises :class:`DatasetError` listing all
     problems found, one a line.
     """
-    if input_dim < 0 or target_dim < 0:
-        raise ValueError(f"dims must be >= 0 (got {input_dim}, {target_dim})")
+    if input_dim < 0 or target_dim < 0 or vocab_size < 0:
+        raise ValueError(f"dims and vocab_size must be >= 0 (got {input_dim}, {target_dim}, "
+                         f"{vocab_size})")
+    if vocab_size and input_dim not in (0, 1):
+        raise ValueError(f"token inputs (vocab_size {vocab_size}) have input_dim 1, got {input_dim}")
+    input_dim = 1 if vocab_size else input_dim
     problems: list[str] = []
     found = _stat_splits(root, SPLITS, problems)
     entries = [e for es in found.values() for e in es]
@@ -448,7 +490,10 @@ def check_dataset(root: str, input_dim: int = 0, target_dim: int = 0) -> Dataset
             checked[split] = _check_lengths(root, es, *dims, has_time, problems)
             for s in checked[split]:
                 base = os.path.join(root, s.path)
-                problems.append(_input_problem(base + ".input", dims[0]))
+                problem = _input_problem(base + ".input", dims[0])
+                if problem is None and vocab_size:
+                    problem = _token_problem(base + ".input", vocab_size)
+                problems.append(problem)
                 if has_time:
                     problems.append(_time_problem(base + ".time",
                                                   np.fromfile(base + ".time", FLOAT)))

@@ -8,8 +8,9 @@
 
 Tasks: ``adding``, ``multiplication``, ``xor``, ``temporal_order``,
 ``permutation``, ``memorization``, ``frequency`` (synthetic:
-``--train/--dev/--test`` give the number of sequences) and ``real`` (a
-series shipped with statsmodels; its sizes follow from the series).
+``--train/--dev/--test`` give the number of sequences), ``real`` (a
+series shipped with statsmodels; its sizes follow from the series) and
+``text`` (characters of a UTF-8 text, token inputs, with a ``vocab.json``).
 Every split draws from its own stream of the seed, so the same seed and
 options give identical bytes, and changing ``--dev`` leaves train unchanged.
 ``DIR`` must be missing or empty. The dataset root gets a ``README.txt``
@@ -46,7 +47,7 @@ def make_dataset(task_name, out, seed=0, counts=None, **options):
         Seed of every random draw.
     counts : dict, optional
         ``{split: number of sequences}`` for synthetic tasks (default
-        :data:`DEFAULT_COUNTS`); ignored by ``real``.
+        :data:`DEFAULT_COUNTS`); ignored by ``real`` and ``text``.
     **options
         The task's own options.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sophia.atomic import atomic_write_bytes
-from sophia.data.dataset import Dataset, DatasetError, infer_dims
+from sophia.data.dataset import Dataset, DatasetError, check_tokens, infer_dims
 from sophia.evaluation import EvalError
 from sophia.evaluation import baselines as bl
 from sophia.evaluation.inference import id_indices, run_model
@@ -44,7 +44,8 @@ FORMAT = "sophia-eval-1"
 
 def open_split(data_dir, split, model, workspace) -> Dataset:
     """Open ``data_dir``'s ``split`` for ``model``; raise :class:`EvalError` naming
-    the list file or ``options.json`` field when it is missing or its dims differ."""
+    the list file or ``options.json`` field when it is missing or its dims differ,
+    or (a token model) the file and frame of an input that is not a token index."""
     options_file = os.path.join(workspace, OPTIONS + ".json")
     expected = (model.input_dim, model.target_dim)
     # From the sizes alone, then (if that is ambiguous) with one of the model's dims given.
@@ -59,7 +60,10 @@ def open_split(data_dir, split, model, workspace) -> Dataset:
                             f"target_dim {expected[1]}")
         break
     try:
-        return Dataset.open(str(data_dir), split, *expected)
+        dataset = Dataset.open(str(data_dir), split, *expected)
+        if getattr(model, "vocab_size", 0):         # token inputs: each an index in [0, V)
+            check_tokens(dataset, model.vocab_size)
+        return dataset
     except DatasetError as error:
         raise EvalError(str(error)) from None
 

@@ -1,4 +1,11 @@
-"""The Net: input → [ID embedding] → net_depth unit layers → linear output → output activation.
+"""The Net: input → [token embedding] [+ ID embedding] → net_depth unit layers → linear output → output activation.
+
+With ``ModelOptions.vocab_size`` > 0 each input frame is one token index in
+``[0, vocab_size)`` (``input_dim`` 1, stored as float32): the first layer reads the
+row ``v_token_embedding_ve[index]`` of a learned table instead of the frame. The
+lookup is outside every recurrence, so each engine runs it; the indices are
+checked where they enter (:func:`sophia.data.dataset.check_tokens`, the server's
+:func:`sophia.serving.protocol.check_tokens`), the graph only casts them.
 
 The output activation (``ModelOptions.output_activation``) is identity for
 regression, a softmax over the k units (class probabilities) for ``xent`` and k
@@ -87,6 +94,12 @@ OUTPUT_ACTIVATIONS = {"identity": lambda s_z_tbk: s_z_tbk,
                       "sigmoid": tt.sigmoid}
 
 
+def _rows(v_table, s_index_tb):
+    """Rows of an embedding table [n][e] by index [T][B] -> [T][B][e] (rows by the flat
+    indices, reshaped by -1: JAX-friendly)."""
+    return v_table[s_index_tb.flatten()].reshape((s_index_tb.shape[0], s_index_tb.shape[1], -1))
+
+
 def _in_own_dtype(method):
     """Build the graph with ``floatX`` set to the net's dtype, so Python float
     constants (epsilons, leak rates) never upcast a float32 graph to float64."""
@@ -140,9 +153,12 @@ class Net:
         if options.learn_id_embedding and options.num_ids < 1:
             raise OptionError("learn_id_embedding needs num_ids >= 1 (the number of sequence IDs)")
         self.options, self.dtype = options, dtype
+        if options.vocab_size and options.input_dim != 1:
+            raise OptionError(f"vocab_size {options.vocab_size} takes one token index per input "
+                              f"frame: input_dim must be 1, got {options.input_dim}")
         rng = np.random.default_rng(seed)
         emb = options.id_embedding_dim if options.learn_id_embedding else 0
-        self.layers, below = [], options.input_dim
+        self.layers, below = [], options.token_embedding_dim if options.vocab_size else options.input_dim
         for depth in range(options.net_depth):
             residual = options.residual_gate and below == options.net_width
             self.layers.append(UNIT_LAYERS[options.unit_type](
@@ -156,6 +172,11 @@ class Net:
             # one row per sequence ID of the training data, plus one for IDs never seen
             table = Uniform(options.init_scale)((options.num_ids + 1, emb), rng).astype(dtype)
             self.v_id_embedding_ne = fixed_shared(table, "id_embedding")
+        self.v_token_embedding_ve = None
+        if options.vocab_size:
+            # one row per token; the first layer reads the row of each frame's index
+            table = Uniform(options.init_scale)((options.vocab_size, options.token_embedding_dim), rng)
+            self.v_token_embedding_ve = fixed_shared(table.astype(dtype), "token_embedding")
 
     # -- parameters -------------------------------------------------------------
     @property
@@ -165,6 +186,8 @@ class Net:
             params.update(layer.v_params)
         if self.v_id_embedding_ne is not None:
             params["id_embedding"] = self.v_id_embedding_ne
+        if self.v_token_embedding_ve is not None:
+            params["token_embedding"] = self.v_token_embedding_ve
         return params
 
     @property
@@ -241,12 +264,14 @@ class Net:
             choices = self.choose_engines("auto", training=training, unroll=unroll)
         engine_of = dict(zip(self.layers, (c.engine for c in choices)))
         s_emb_tbe = None
-        if self.v_id_embedding_ne is not None:      # rows by flat IDs, reshaped by -1: JAX-friendly
-            s_id_tb = ports.p_id_tb
-            s_emb_tbe = self.v_id_embedding_ne[s_id_tb.flatten()].reshape((s_id_tb.shape[0], s_id_tb.shape[1], -1))
-        s_below, updates, next_states, n = ports.p_input_tbj, {}, [], 0
-        if input_noise:
+        if self.v_id_embedding_ne is not None:
+            s_emb_tbe = _rows(self.v_id_embedding_ne, ports.p_id_tb)
+        s_below = ports.p_input_tbj
+        if self.v_token_embedding_ve is not None:   # outside every recurrence: any engine runs it
+            s_below = _rows(self.v_token_embedding_ve, tt.cast(ports.p_input_tbj[:, :, 0], "int32"))
+        if input_noise:                             # on the input frames, or on token models' embeddings
             s_below = noise.gaussian(s_below, input_noise)
+        updates, next_states, n = {}, [], 0
         for layer in self.layers + [self.output_layer]:
             width = len(layer.state_widths)
             s_in = s_below if s_emb_tbe is None else tt.concatenate([s_below, s_emb_tbe], axis=2)

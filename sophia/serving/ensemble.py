@@ -97,6 +97,9 @@ class Ensemble:
     names : tuple of str
     fingerprints : tuple of bytes
         Each model's ``fingerprint``.
+    vocab_sizes : tuple of int
+        Each model's ``vocab_size``: > 0 for token inputs (each frame one index in
+        ``[0, vocab_size)``), 0 for real vectors (and for a model without the attribute).
     id_indices : tuple of tuple of int
         The rows each model uses (zeros for a model without an ID embedding).
 
@@ -125,6 +128,7 @@ class Ensemble:
         self.output_dim = models[0].output_dim
         self.names = tuple(names)
         self.fingerprints = tuple(bytes(m.fingerprint) for m in models)
+        self.vocab_sizes = tuple(int(getattr(m, "vocab_size", 0)) for m in models)
         self.id_indices = tuple(tuple(int(i) for i in row) if m.num_ids is not None
                                 else (0,) * len(row) for m, row in zip(models, id_indices))
         try:

@@ -202,6 +202,28 @@ def parse_frames(payload: bytes, num_models: int, num_streams: int,
     return frames_nbj
 
 
+def check_tokens(frames_nbj: np.ndarray, vocab_sizes) -> None:
+    """Check the frames of models with token inputs (``vocab_sizes[n]`` > 0, then
+    ``frames_nbj[n]`` is [B][1]): each value must be an integer index in
+    ``[0, vocab_sizes[n])``. Models with ``vocab_sizes[n]`` 0 take any finite value.
+
+    Raises
+    ------
+    ProtocolError
+        Naming the first bad value, its frame position ``[n][b]`` and the range.
+    """
+    for n, vocab_size in enumerate(vocab_sizes):
+        if not vocab_size:
+            continue
+        tokens_b = frames_nbj[n, :, 0]
+        bad = np.flatnonzero((tokens_b < 0) | (tokens_b >= vocab_size)
+                             | (tokens_b != np.floor(tokens_b)))
+        if bad.size:
+            raise ProtocolError(f"frame value {tokens_b[bad[0]]} at [{n}][{bad[0]}][0] is not "
+                                f"a token index: model {n} takes integers in [0, {vocab_size}); "
+                                "nothing was advanced")
+
+
 def parse_timestamps(payload: bytes, num_streams: int) -> np.ndarray:
     """Decode the timestamps part of :data:`CMD_STEP_T` into ``timestamps_b``."""
     if len(payload) != num_streams * FLOAT.itemsize:

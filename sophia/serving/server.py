@@ -284,6 +284,7 @@ class Server:
         """The reply to a step request, or None when it is queued to run batched."""
         frames_nbj = proto.parse_frames(payload, ensemble.num_models, ensemble.num_streams,
                                         ensemble.input_dim)
+        proto.check_tokens(frames_nbj, ensemble.vocab_sizes)
         if self._steps is not None and len(self._sessions) > 1:   # a lone session has no one to wait for
             self._steps.add(rid, ensemble, frames_nbj, timestamps_b)
             return None

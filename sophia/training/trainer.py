@@ -74,9 +74,10 @@ from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict,
                             with_output_activation)
 from sophia.training import checkpoint, hf_training
 from sophia.training.annealer import Annealer, Decision
-from sophia.data.dataset import Dataset, check_targets, id_order
+from sophia.data.dataset import Dataset, check_targets, check_tokens, id_order
 from sophia.training.baselines import (categorical_baseline, gaussian_baseline, mean_baseline,
                                        quantile_baseline)
+from sophia.data.vocab import VOCAB_FILE, read_vocab
 from sophia.training.iterator import BPTTIterator
 from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
@@ -113,14 +114,22 @@ def open_data(data_dir: str, model: ModelOptions, ids: list[str] | None = None,
     ``ids`` (a loaded model's ``ids.order``) replaces ``id_order(train)``.
     Returns ``(train, dev, model_options, ids)``; raises DatasetError for bad
     data (for xent and bce, targets that do not fit the loss, naming the file
-    and frame: :func:`~sophia.data.dataset.check_targets`), OptionError for a
+    and frame: :func:`~sophia.data.dataset.check_targets`; with ``vocab_size``,
+    inputs that are not token indices: :func:`~sophia.data.dataset.check_tokens`;
+    a bad ``vocab.json``: :func:`~sophia.data.vocab.read_vocab`), OptionError for a
     ``num_ids`` that contradicts the data or an output activation that
     contradicts ``loss_type``.
     """
-    train = Dataset.open(data_dir, "train", model.input_dim, model.target_dim)
+    input_dim = 1 if model.vocab_size else model.input_dim        # token inputs: one index a frame
+    train = Dataset.open(data_dir, "train", input_dim, model.target_dim)
     dev = Dataset.open(data_dir, "dev", train.input_dim, train.target_dim)
     for split in (train, dev):
         check_targets(split, loss_type)
+        if model.vocab_size:
+            check_tokens(split, model.vocab_size)
+    vocab_file = os.path.join(data_dir, VOCAB_FILE)
+    if os.path.exists(vocab_file):
+        read_vocab(vocab_file, model.vocab_size)
     model = with_output_activation(model, loss_type)
     ids = id_order(train) if ids is None else ids
     num_ids = model.num_ids

@@ -6,7 +6,7 @@ own command-line options, all with defaults) and either
 - ``generate(rng, n, **options)`` — a synthetic task: an iterator over `n`
   sequences ``(input_tj, target_tk, time_t or None)``; or
 - ``write_dataset(writer, rng, **options)`` — a task that decides its own
-  splits and sizes (``real``).
+  splits and sizes (``real``, ``text``).
 
 Its docstring, up to the ``Example`` section, describes the data; it is
 copied into each dataset's ``README.txt``.
@@ -18,7 +18,7 @@ Example
 >>> input_tj, target_tk, time_t = next(TASKS["adding"].generate(np.random.default_rng(0), 1))
 """
 from . import (adding, frequency, memorization, multiplication, permutation, real,
-               temporal_order, xor)
+               temporal_order, text, xor)
 
 TASKS = {
     "adding": adding,
@@ -29,4 +29,5 @@ TASKS = {
     "memorization": memorization,
     "frequency": frequency,
     "real": real,
+    "text": text,
 }
