@@ -130,11 +130,14 @@ class Model:
         :func:`fingerprint` of the net: a session's state can only be restored
         into a session of a model with the same fingerprint.
     f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bk``
+    mode : str
+        Its compile mode (a joint function of several models,
+        :mod:`sophia.serving.joint`, compiles their graphs in the same one).
     """
 
     def __init__(self, net: Net, ids, mode: str = MODE):
         o = net.options
-        self.net = net
+        self.net, self.mode = net, mode
         self.input_dim, self.target_dim = o.input_dim, o.target_dim
         self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
         self.state_widths = net.state_widths()
@@ -226,7 +229,7 @@ class ModelSession:
         self._stamps_b = np.zeros(num_streams)
         self._input_1bj = np.zeros((1, num_streams, model.input_dim), DTYPE)
         self._time_1b = np.zeros((1, num_streams), DTYPE)
-        self._id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
+        self.id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
 
     def step(self, input_bj, timestamps_b=None) -> np.ndarray:
         """Advance every stream by one frame.
@@ -256,11 +259,20 @@ class ModelSession:
         if input_bj.shape != self._input_1bj.shape[1:]:
             raise ValueError(f"input shape {input_bj.shape}, expected {self._input_1bj.shape[1:]}")
         self._input_1bj[0] = input_bj
+        return self._input_1bj, self.time_signal(timestamps_b), self.id_1b
+
+    def time_signal(self, timestamps_b=None) -> np.ndarray:
+        """The next frame's time signal, float32 [1][B] (the session's buffer, valid
+        until its next frame); see the class docstring.
+
+        Raises ValueError for timestamps of a wrong shape. Side effect: a stream's
+        first timestamp is recorded at its first timestamped frame.
+        """
         if timestamps_b is None:
             self._time_1b[0] = self.count_b
         else:
             self._time_1b[0] = self._times_since_first(timestamps_b)
-        return self._input_1bj, self._time_1b, self._id_1b
+        return self._time_1b
 
     def _times_since_first(self, timestamps_b) -> np.ndarray:
         if np.shape(timestamps_b) != self._stamps_b.shape:
