@@ -7,13 +7,15 @@ joint function runs each model's own graph in the same mode, so its outputs and
 states equal the per-model path's bit for bit, alone and batched across sessions.
 """
 import os
+import threading
 
 import numpy as np
 import pytest
 
-from fake_models import FAKES, FakeModel
+from fake_models import FAKES, FakeModel, running_server
 from model_workspaces import INPUT_DIM, write_workspace, write_workspaces
 from sophia.serving import snapshot
+from sophia.serving.client import SophiaClient
 from sophia.serving.ensemble import Ensemble, step_together
 from sophia.serving.joint import join
 from sophia.serving.model import MODE, load_model
@@ -29,14 +31,19 @@ CLIENTS = [  # (ID rows per model, streams reset before frame t, timestamped?)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    paths = write_workspaces(root)
-    paths["rnn_narrow"] = write_workspace(os.path.join(root, "rnn"), seed=2, unit_type="rnn",
-                                          net_width=5, net_depth=3)
-    paths["fc"] = write_workspace(os.path.join(root, "fc"), seed=3, unit_type="fc", net_width=6,
-                                  net_depth=1)
-    loaded = {name: load_model(path, mode=MODE) for name, path in paths.items()}
+def models_dir(short_module_dir):
+    """``models/<name>`` for every name of :data:`NAMES`."""
+    root = os.path.join(short_module_dir, "models")
+    write_workspaces(root)
+    write_workspace(os.path.join(root, "rnn_narrow"), seed=2, unit_type="rnn", net_width=5,
+                    net_depth=3)
+    write_workspace(os.path.join(root, "fc"), seed=3, unit_type="fc", net_width=6, net_depth=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(models_dir):
+    loaded = {name: load_model(os.path.join(models_dir, name), mode=MODE) for name in set(NAMES)}
     return [loaded[name] for name in NAMES]
 
 
@@ -162,3 +169,51 @@ def test_states_and_outputs_handed_back_are_not_the_functions_buffers(models, jo
     handed = [output_nbk] + [state for s in ensemble.sessions for state in s.states]
     assert kept and len(handed) > len(NAMES)
     assert not any(np.shares_memory(a, b) for a in handed for b in kept)
+
+
+def stream_client(endpoint, k, results, start):
+    frames, stamps = client_inputs(k)
+    ids = CLIENTS[k]["ids"]
+    with SophiaClient(endpoint, NAMES, len(ids[0]), ids, timeout=30) as client:
+        start.wait(timeout=30)
+        out = []
+        for t in range(FRAMES):
+            if t in CLIENTS[k]["resets"]:
+                client.reset(CLIENTS[k]["resets"][t])
+            out.append(client.step(frames[t], None if stamps is None else stamps[t]))
+    results[k] = np.stack(out)
+
+
+@pytest.mark.parametrize("delay_us", [0, 50_000])
+def test_the_server_steps_each_ensemble_with_one_call(short_module_dir, models_dir, models, joint,
+                                                      delay_us):
+    by_name = dict(zip(NAMES, models))
+    counting = CountingJoint(joint)
+    joined = []
+    def joiner(loaded):                       # noqa: E306
+        joined.append(tuple(loaded))
+        return counting
+    endpoint = f"ipc://{short_module_dir}/j{delay_us}.sock"
+    results, start = {}, threading.Barrier(len(CLIENTS) + 1)
+    with running_server(endpoint, models_dir, loader=lambda path: by_name[os.path.basename(path)],
+                        joiner=joiner, max_batch_delay_us=delay_us):
+        threads = [threading.Thread(target=stream_client, args=(endpoint, k, results, start))
+                   for k in range(len(CLIENTS))]
+        for thread in threads:
+            thread.start()
+        start.wait(timeout=60)
+        for thread in threads:
+            thread.join(timeout=60)
+    assert joined == [tuple(models)]                        # built once, for every client
+    assert sorted(results) == list(range(len(CLIENTS)))
+    assert sum(counting.calls) == len(CLIENTS) * FRAMES     # every step in a joint call
+    if delay_us == 0:
+        assert set(counting.calls) == {1}                   # each request alone, exactly
+    else:
+        assert max(counting.calls) > 1                      # it batched
+    for k in range(len(CLIENTS)):
+        [alone] = stream([Ensemble(NAMES, models, CLIENTS[k]["ids"])], [k])
+        if delay_us == 0:
+            np.testing.assert_array_equal(results[k], alone)
+        else:
+            np.testing.assert_allclose(results[k], alone, atol=1e-6, rtol=0)
