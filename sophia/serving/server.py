@@ -423,8 +423,13 @@ class Server:
         fails (logged). The model futures are done: they were submitted before, to
         the same single thread."""
         models = [f.result() for f in futures]
+        start = time.monotonic()
         try:
-            return self._joiner(models)
+            joint = self._joiner(models)
+            if joint is not None:
+                log.info("compiled the joint function of %d models in %.1f s", len(models),
+                         time.monotonic() - start)
+            return joint
         except Exception as exc:   # its models still serve, each on its own
             log.error("no joint function for %d models, each steps on its own: %s",
                       len(models), proto.one_line(f"{type(exc).__name__}: {exc}"))
