@@ -11,7 +11,8 @@ Contents
   them (state snapshots, :mod:`sophia.serving.snapshot`).
 - :func:`fingerprint` — a digest of what a net computes (options, IDs, parameters).
 
-How N models serve one client together is :mod:`sophia.serving.ensemble`.
+How N models serve one client together is :mod:`sophia.serving.ensemble`; how
+they step with one call is :mod:`sophia.serving.joint`.
 
 Compile mode
 ------------
@@ -216,6 +217,18 @@ class ModelSession:
     continues its counter's clock: the first timestamp is taken as ``timestamp -
     counter``. As in training, a frame whose time signal is ≤ 0 (a timestamp not
     after the first one) restarts the stream.
+
+    Attributes
+    ----------
+    model : Model
+    num_streams : int
+    states : list of ndarray
+        The stored states, float32 [B][width of layer state n]; new arrays at
+        each frame (the compiled function may write into the old ones).
+    count_b : ndarray of int64, shape [B]
+        Frames since the handshake or the stream's last reset.
+    id_1b : ndarray of int32, shape [1][B]
+        The streams' ID indices (zeros without an ID embedding).
     """
 
     def __init__(self, model: Model, id_indices):
