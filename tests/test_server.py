@@ -108,6 +108,19 @@ def test_the_joiner_runs_once_per_workspace_list_and_a_failing_one_leaves_models
         in caplog.text
 
 
+def test_only_the_most_recent_joint_functions_are_kept(short_dir, models_dir, monkeypatch):
+    monkeypatch.setattr("sophia.serving.server.MAX_JOINTS", 2)
+    calls = []
+    with running_server(f"ipc://{short_dir}/s.sock", models_dir,
+                        joiner=lambda models: calls.append([m.factor for m in models])) as server:
+        for names in (["alpha"], ["beta"], ["alpha"], ["alpha", "beta"], ["beta"],
+                      ["alpha", "beta"]):
+            with SophiaClient(server.endpoint, names, 1, [[0]] * len(names), timeout=TIMEOUT):
+                pass
+    # kept: 'alpha' on its second use, 'alpha, beta' on its second; 'beta' was dropped
+    assert calls == [[1.0], [-2.0], [1.0, -2.0], [-2.0]]
+
+
 def test_tcp_loopback_with_ephemeral_port(models_dir):
     with running_server("tcp://127.0.0.1:*", models_dir) as server:
         assert server.endpoint.startswith("tcp://127.0.0.1:")

@@ -116,7 +116,6 @@ class Ensemble:
         Each model's ``fingerprint``.
     id_indices : tuple of tuple of int
         The rows each model uses (zeros for a model without an ID embedding).
-
     joint : JointModel or None
 
     Raises

@@ -61,6 +61,7 @@ POLL_INTERVAL = 0.05                    # seconds; bounds stop() and expiry late
 MAX_BATCH = 256                         # messages handled between housekeeping
 DEFAULT_MAX_BATCH_DELAY_US = 500        # longest wait for more steps to batch with (0: off)
 BATCH_POLL_SLEEP = 20e-6                # seconds between polls while a batch waits
+MAX_JOINTS = 64                         # joint functions kept for later handshakes
 
 
 class _Session:
@@ -410,12 +411,16 @@ class Server:
 
     def _joint_future(self, paths: tuple, futures):
         """The future of the joint function of the models at ``paths`` (None without a
-        joiner); submitted once, again only after it failed (a model did not load)."""
+        joiner); submitted once, again only after it failed (a model did not load).
+        The :data:`MAX_JOINTS` most recently asked for are kept (sessions keep theirs)."""
         if self._joiner is None:
             return None
-        future = self._joints.get(paths)
+        future = self._joints.pop(paths, None)
         if future is None or (future.done() and future.exception() is not None):
-            future = self._joints[paths] = self._executor.submit(self._join, futures)
+            future = self._executor.submit(self._join, futures)
+        self._joints[paths] = future              # the most recent last
+        if len(self._joints) > MAX_JOINTS:
+            del self._joints[next(iter(self._joints))]
         return future
 
     def _join(self, futures):
