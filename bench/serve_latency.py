@@ -7,7 +7,8 @@ round trip. In the same run it measures the floor:
 
 - transport: a bare ZeroMQ REQ/ROUTER echo (a Python ROUTER in its own process)
   answering messages of the same sizes;
-- compute: ``ModelSession.step`` of the N models, in this process, no sockets.
+- compute: the N models' step as the server runs it (an ``Ensemble`` with their
+  joint function, one call per step), in this process, no sockets.
 
 Floor samples are echo sample + compute sample; the goal is server p99 ≤ 1.5×
 floor p99. It also prints the steps per second a :class:`SophiaClient` reaches
@@ -65,6 +66,8 @@ import zmq  # noqa: E402
 from serving_support import endpoint_for, start, write_workspaces  # noqa: E402
 from sophia.serving import protocol as proto  # noqa: E402
 from sophia.serving.client import SophiaClient  # noqa: E402
+from sophia.serving.ensemble import Ensemble  # noqa: E402
+from sophia.serving.joint import join  # noqa: E402
 from sophia.serving.model import load_model  # noqa: E402
 
 
@@ -108,16 +111,17 @@ def time_round_trips(socket, message, steps, warmup):
     return times
 
 
-def time_compute(models, num_streams, args):
-    """Seconds per step of the N models' sessions alone (no sockets)."""
-    sessions = [m.new_session([0] * num_streams) for m in models]
+def time_compute(models, joint, num_streams, args):
+    """Seconds per step of the N models alone (no sockets), stepped as the server
+    steps them: one ensemble, one call of their joint function ``joint``."""
+    ensemble = Ensemble([str(n) for n in range(len(models))], models,
+                        [[0] * num_streams] * len(models), joint=joint)
     frames_nbj = np.random.default_rng(0).normal(
         size=(len(models), num_streams, args.input_dim)).astype(np.float32)
     times = np.empty(args.steps)
     for n in range(args.warmup + args.steps):
         start_time = time.perf_counter()
-        for m, session in enumerate(sessions):
-            session.step(frames_nbj[m])
+        ensemble.step(frames_nbj)
         if n >= args.warmup:
             times[n - args.warmup] = time.perf_counter() - start_time
     return times
@@ -189,8 +193,9 @@ def main():
         models = [load_model(os.path.join(tmp, name)) for name in names]
         report_header(args)
         for num_models in args.models:
+            joint = join(models[:num_models])
             for num_streams in args.streams:
-                compute = time_compute(models[:num_models], num_streams, args)
+                compute = time_compute(models[:num_models], joint, num_streams, args)
                 for transport, (server_ep, echo_ep) in endpoints.items():
                     row = bench_case(context, server_ep, echo_ep, names[:num_models],
                                      num_streams, compute, args)

@@ -90,6 +90,37 @@ def test_ensemble_steps_carry_state_and_apply_ids(server):
                                    rtol=1e-6)
 
 
+def test_the_joiner_runs_once_per_workspace_list_and_a_failing_one_leaves_models_serving(
+        short_dir, models_dir, caplog):
+    calls = []
+
+    def joiner(models):
+        calls.append([m.factor for m in models])
+        raise RuntimeError("cannot join these")
+    with running_server(f"ipc://{short_dir}/s.sock", models_dir, joiner=joiner) as server:
+        with pytest.raises(ServerError, match="cannot load workspace 'unloadable'"):
+            SophiaClient(server.endpoint, ["alpha", "unloadable"], 1, [[0], [0]], timeout=TIMEOUT)
+        assert calls == []                              # no joint for models that did not load
+        for _ in range(2):
+            assert_serves(server.endpoint)              # each model on its own
+        assert calls == [[1.0]]                         # one try per list of workspaces
+    assert "no joint function for 1 models, each steps on its own: RuntimeError: cannot join" \
+        in caplog.text
+
+
+def test_only_the_most_recent_joint_functions_are_kept(short_dir, models_dir, monkeypatch):
+    monkeypatch.setattr("sophia.serving.server.MAX_JOINTS", 2)
+    calls = []
+    with running_server(f"ipc://{short_dir}/s.sock", models_dir,
+                        joiner=lambda models: calls.append([m.factor for m in models])) as server:
+        for names in (["alpha"], ["beta"], ["alpha"], ["alpha", "beta"], ["beta"],
+                      ["alpha", "beta"]):
+            with SophiaClient(server.endpoint, names, 1, [[0]] * len(names), timeout=TIMEOUT):
+                pass
+    # kept: 'alpha' on its second use, 'alpha, beta' on its second; 'beta' was dropped
+    assert calls == [[1.0], [-2.0], [1.0, -2.0], [-2.0]]
+
+
 def test_tcp_loopback_with_ephemeral_port(models_dir):
     with running_server("tcp://127.0.0.1:*", models_dir) as server:
         assert server.endpoint.startswith("tcp://127.0.0.1:")

@@ -2,7 +2,8 @@
 
 An ensemble of two different models (``lstm_ids``: ID embedding; ``gru_clock``:
 time gates) is streamed frame by frame through :class:`Server` (in a thread,
-over ipc) and must equal offline inference (``f_infer`` over the whole
+over ipc, with the joint function of the two models, as ``sophia.py`` serves
+them: one call per step) and must equal offline inference (``f_infer`` over the whole
 sequences, on nets built separately from the same workspaces) to 1e-5 — through
 :class:`SophiaClient` (plain steps with a reset, and ``step_t`` timestamps) and
 through the C client (base protocol). The server preloads the models once for
@@ -17,6 +18,7 @@ import pytest
 from fake_models import running_server
 from model_workspaces import (INPUT_DIM, TARGET_DIM, OfflineModel, counter_times,
                               irregular_stamps, stamp_times, write_workspaces)
+from sophia.serving.cli import join_models
 from sophia.serving.client import ServerError, SophiaClient
 from sophia.serving.model import load_model
 
@@ -41,7 +43,7 @@ def workspaces(short_dir):
 def server(short_dir, workspaces):
     models_dir = os.path.join(short_dir, "models")
     with running_server(f"ipc://{short_dir}/s.sock", models_dir, loader=load_model,
-                        preload=NAMES) as server:
+                        joiner=join_models, preload=NAMES) as server:
         yield server
 
 
@@ -68,6 +70,7 @@ def test_python_client_equals_offline_with_a_reset(server, offline):
             if t == 5:
                 client.reset([0, 2])
             got.append(client.step(frames[t]))
+        assert [s.ensemble.joint is not None for s in server._sessions.values()] == [True]
     expected = expected_tnbk(offline, frames, counter_times(NUM_FRAMES, NUM_STREAMS, resets))
     assert np.stack(got).shape == (NUM_FRAMES, len(NAMES), NUM_STREAMS, TARGET_DIM)
     np.testing.assert_allclose(np.stack(got), expected, atol=TOL, rtol=0)

@@ -144,6 +144,15 @@ def load_model(path: str):
     return load(path)
 
 
+def join_models(models):
+    """The real joiner (:func:`sophia.serving.joint.join`), imported only when a real
+    model was loaded: until then no model is one it could join."""
+    if "sophia.serving.model" not in sys.modules:
+        return None
+    from sophia.serving.joint import join
+    return join(models)
+
+
 def main(argv=None) -> int:
     """Run the server until SIGINT or SIGTERM; returns the exit status."""
     args = parse_args(argv)
@@ -168,7 +177,8 @@ def main(argv=None) -> int:
                             max_message_bytes=args.max_message_bytes,
                             idle_timeout=args.idle_timeout,
                             state_dir=args.state_dir,
-                            max_batch_delay_us=args.max_batch_delay_us)
+                            max_batch_delay_us=args.max_batch_delay_us,
+                            joiner=join_models)
         finally:
             os.umask(old_umask)
     except KeyboardInterrupt:

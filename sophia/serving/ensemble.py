@@ -8,6 +8,14 @@ Contents
   session, steps every model on its own input frames and stacks their outputs;
   it takes a :class:`~sophia.serving.snapshot.Snapshot` of the streams' state and
   restores one, checking that it fits.
+- :func:`step_together` -- several clients' ensembles of the same models, stepped
+  together (batching across sessions, :mod:`sophia.serving.batching`).
+
+One call per step: given the models' joint function
+(:func:`sophia.serving.joint.join`), an ensemble steps its N models with one
+call, and :func:`step_together` every client's N models with one call; without
+one (models that cannot join, such as the tests' fakes), each model steps on its
+own, one call per model. The outputs are the same either way.
 
 The models are anything with the serving ``Model`` interface
 (:class:`sophia.serving.model.Model`: ``input_dim``, ``target_dim``, ``output_dim``
@@ -34,9 +42,11 @@ from sophia.serving.snapshot import ModelState, Snapshot
 
 def step_together(ensembles: Sequence["Ensemble"], frames: Sequence[np.ndarray],
                   timestamps: Sequence[np.ndarray | None]) -> list:
-    """Advance several clients' ensembles of the same models by one frame, with one
-    call per model for all their streams (:meth:`Model.run_sessions`; a model without
-    it, or a single ensemble, steps each session on its own).
+    """Advance several clients' ensembles of the same models by one frame: with one
+    call for all their models and streams where they share a joint function
+    (:meth:`JointModel.run_sessions <sophia.serving.joint.JointModel.run_sessions>`),
+    else with one call per model (:meth:`Model.run_sessions`; a model without it, or
+    a single ensemble, steps each session on its own).
 
     ``frames[e]`` is ensemble e's [N][B_e][J] and ``timestamps[e]`` its [B_e] or None.
     Returns, per ensemble, its [N][B_e][K] as :meth:`Ensemble.step` would, or the
@@ -44,6 +54,12 @@ def step_together(ensembles: Sequence["Ensemble"], frames: Sequence[np.ndarray],
     only those; a failed ensemble's later models are not stepped). Side effect: the
     streams advance.
     """
+    joint = ensembles[0].joint
+    if joint is not None and all(e.joint is joint for e in ensembles):
+        try:
+            return joint.run_sessions([e.sessions for e in ensembles], frames, timestamps)
+        except Exception as exc:     # the call's: every ensemble of it
+            return [exc] * len(ensembles)
     outputs = [[None] * ensembles[0].num_models for _ in ensembles]
     failed = [None] * len(ensembles)
     for n, model in enumerate(ensembles[0].models):
@@ -88,6 +104,10 @@ class Ensemble:
     id_indices : sequence of sequence of int
         One row of B ID indices per model (ignored by a model without an ID
         embedding).
+    joint : JointModel, optional
+        The models' joint function (:func:`sophia.serving.joint.join` of the same
+        models, in the same order, shared with other clients): each step is then
+        one call. Without it, each model steps on its own.
 
     Attributes
     ----------
@@ -102,15 +122,19 @@ class Ensemble:
         ``[0, vocab_size)``), 0 for real vectors (and for a model without the attribute).
     id_indices : tuple of tuple of int
         The rows each model uses (zeros for a model without an ID embedding).
+    joint : JointModel or None
 
     Raises
     ------
     EnsembleError
         If the models differ in (input_dim, target_dim) or output layout, or an ID index is outside
         a model's ``[0, num_ids)``.
+    ValueError
+        If ``joint`` is of other models.
     """
 
-    def __init__(self, names: Sequence[str], models: Sequence, id_indices: Sequence[Sequence[int]]):
+    def __init__(self, names: Sequence[str], models: Sequence, id_indices: Sequence[Sequence[int]],
+                 joint=None):
         dims = [(m.input_dim, m.target_dim) for m in models]
         if len(set(dims)) > 1:
             listing = ", ".join(f"{name!r}: {d}" for name, d in zip(names, dims))
@@ -131,6 +155,9 @@ class Ensemble:
         self.vocab_sizes = tuple(int(getattr(m, "vocab_size", 0)) for m in models)
         self.id_indices = tuple(tuple(int(i) for i in row) if m.num_ids is not None
                                 else (0,) * len(row) for m, row in zip(models, id_indices))
+        if joint is not None and tuple(joint.models) != tuple(models):
+            raise ValueError("the joint function is of other models")
+        self.joint = joint
         try:
             self.sessions = [m.new_session(list(row)) for m, row in zip(models, id_indices)]
         except ValueError as exc:
@@ -155,7 +182,11 @@ class Ensemble:
         ------
         RuntimeError
             If a model returns an output of the wrong shape (a broken model).
+        ValueError
+            If ``frames_nbj`` or ``timestamps_b`` has the wrong shape.
         """
+        if self.joint is not None:
+            return self.joint.run_sessions([self.sessions], [frames_nbj], [timestamps_b])[0]
         return self._stacked([s.step(frames_nbj[n], timestamps_b) for n, s in enumerate(self.sessions)])
 
     @property

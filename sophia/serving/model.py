@@ -11,7 +11,8 @@ Contents
   them (state snapshots, :mod:`sophia.serving.snapshot`).
 - :func:`fingerprint` — a digest of what a net computes (options, IDs, parameters).
 
-How N models serve one client together is :mod:`sophia.serving.ensemble`.
+How N models serve one client together is :mod:`sophia.serving.ensemble`; how
+they step with one call is :mod:`sophia.serving.joint`.
 
 Compile mode
 ------------
@@ -151,11 +152,14 @@ class Model:
         :func:`fingerprint` of the net: a session's state can only be restored
         into a session of a model with the same fingerprint.
     f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bK`` (K = output_dim)
+    mode : str
+        Its compile mode (a joint function of several models,
+        :mod:`sophia.serving.joint`, compiles their graphs in the same one).
     """
 
     def __init__(self, net: Net, ids, mode: str = MODE):
         o = net.options
-        self.net = net
+        self.net, self.mode = net, mode
         self.input_dim, self.target_dim, self.vocab_size = o.input_dim, o.target_dim, o.vocab_size
         self.channels = output_layout.num_channels(o)
         self.output_dim = o.target_dim * self.channels
@@ -238,6 +242,18 @@ class ModelSession:
     continues its counter's clock: the first timestamp is taken as ``timestamp -
     counter``. As in training, a frame whose time signal is ≤ 0 (a timestamp not
     after the first one) restarts the stream.
+
+    Attributes
+    ----------
+    model : Model
+    num_streams : int
+    states : list of ndarray
+        The stored states, float32 [B][width of layer state n]; new arrays at
+        each frame (the compiled function may write into the old ones).
+    count_b : ndarray of int64, shape [B]
+        Frames since the handshake or the stream's last reset.
+    id_1b : ndarray of int32, shape [1][B]
+        The streams' ID indices (zeros without an ID embedding).
     """
 
     def __init__(self, model: Model, id_indices):
@@ -251,7 +267,7 @@ class ModelSession:
         self._stamps_b = np.zeros(num_streams)
         self._input_1bj = np.zeros((1, num_streams, model.input_dim), DTYPE)
         self._time_1b = np.zeros((1, num_streams), DTYPE)
-        self._id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
+        self.id_1b = np.asarray(id_indices, np.int32).reshape(1, num_streams)
 
     def step(self, input_bj, timestamps_b=None) -> np.ndarray:
         """Advance every stream by one frame.
@@ -284,11 +300,20 @@ class ModelSession:
         if self.model.vocab_size:
             check_tokens(input_bj[None], [self.model.vocab_size])
         self._input_1bj[0] = input_bj
+        return self._input_1bj, self.time_signal(timestamps_b), self.id_1b
+
+    def time_signal(self, timestamps_b=None) -> np.ndarray:
+        """The next frame's time signal, float32 [1][B] (the session's buffer, valid
+        until its next frame); see the class docstring.
+
+        Raises ValueError for timestamps of a wrong shape. Side effect: a stream's
+        first timestamp is recorded at its first timestamped frame.
+        """
         if timestamps_b is None:
             self._time_1b[0] = self.count_b
         else:
             self._time_1b[0] = self._times_since_first(timestamps_b)
-        return self._input_1bj, self._time_1b, self._id_1b
+        return self._time_1b
 
     def _times_since_first(self, timestamps_b) -> np.ndarray:
         if np.shape(timestamps_b) != self._stamps_b.shape:

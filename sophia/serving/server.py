@@ -11,8 +11,10 @@ Each REQ client gets its own session (keyed by its routing id): an
 :class:`~sophia.serving.ensemble.Ensemble` of the models of its handshake, which
 are loaded once per resolved path and shared by all sessions, holding that
 client's stream states. This module is the transport; the composition of the
-models is the ensemble's. Models load
-on a single background thread, so a slow load never stalls other clients.
+models is the ensemble's. Models load on a single background thread, so a slow
+load never stalls other clients; so does the joint function of a handshake's
+models (``joiner``, :mod:`sophia.serving.joint`), compiled once per list of
+workspaces and shared by their sessions, which then step with one call.
 The wire protocol is in :mod:`sophia.serving.protocol` and ``docs/PROTOCOL.md``.
 
 Every session has an id (random, 32 hex digits; the ``session_id`` command). With a
@@ -59,6 +61,7 @@ POLL_INTERVAL = 0.05                    # seconds; bounds stop() and expiry late
 MAX_BATCH = 256                         # messages handled between housekeeping
 DEFAULT_MAX_BATCH_DELAY_US = 500        # longest wait for more steps to batch with (0: off)
 BATCH_POLL_SLEEP = 20e-6                # seconds between polls while a batch waits
+MAX_JOINTS = 64                         # joint functions kept for later handshakes
 
 
 class _Session:
@@ -94,6 +97,12 @@ class Server:
         Batching across sessions (:mod:`sophia.serving.batching`): how long, in
         microseconds, the first queued step may wait for other sessions' steps to
         run with; 0 steps every request on its own, as it arrives.
+    joiner : callable, optional
+        ``joiner(models) -> joint or None``: one function for a handshake's models
+        (:func:`sophia.serving.joint.join`), built on the loading thread once per
+        list of workspaces before the handshake's ``ready``; its sessions' steps are
+        then one call each (None, or an exception it raises, which is logged: each
+        model steps on its own). Without it, each model steps on its own.
     state_dir : str or Path, optional
         Where :meth:`serve_forever` saves every open session's state when it
         returns, and where ``resume`` finds them; created (mode 0700) if missing.
@@ -113,7 +122,7 @@ class Server:
     def __init__(self, endpoint: str, loader, models_dir, *, preload=(),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT, state_dir=None,
-                 max_batch_delay_us: int = DEFAULT_MAX_BATCH_DELAY_US):
+                 max_batch_delay_us: int = DEFAULT_MAX_BATCH_DELAY_US, joiner=None):
         if max_message_bytes < 1 or idle_timeout <= 0:
             raise ValueError("max_message_bytes and idle_timeout must be positive")
         if max_batch_delay_us < 0:
@@ -124,13 +133,15 @@ class Server:
         if self._state_dir is not None:
             os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
         self._loader = loader
+        self._joiner = joiner
         self._models_dir = Path(models_dir).resolve()
         self._max_message_bytes = int(max_message_bytes)
         self._idle_timeout = float(idle_timeout)
         self._models = {}     # resolved Path -> Model
         self._loading = {}    # resolved Path -> Future
+        self._joints = {}     # tuple of resolved Paths -> Future of a joint function or None
         self._sessions = {}   # routing id -> _Session
-        self._pending = {}    # routing id -> (Handshake, [Future])
+        self._pending = {}    # routing id -> (Handshake, [Future], Future or None)
         self._stop = threading.Event()
         self._closed = False
         for workspace in preload:
@@ -304,7 +315,8 @@ class Server:
         except ProtocolError as exc:
             raise ProtocolError("bad handshake, no session (never started, ended or "
                                 f"expired): {exc}") from None
-        self._pending[rid] = (handshake, [self._model_future(p) for p in paths])
+        futures = [self._model_future(p) for p in paths]
+        self._pending[rid] = (handshake, futures, self._joint_future(tuple(paths), futures))
         return None  # 'ready' or an error is sent by _finish_loads
 
     def _on_command(self, rid: bytes, session: _Session, body):
@@ -398,6 +410,37 @@ class Server:
             self._loading[path] = self._executor.submit(self._loader, str(path))
         return self._loading[path]
 
+    def _joint_future(self, paths: tuple, futures):
+        """The future of the joint function of the models at ``paths`` (None without a
+        joiner); submitted once, again only after it failed (a model did not load).
+        The :data:`MAX_JOINTS` most recently asked for are kept (sessions keep theirs)."""
+        if self._joiner is None:
+            return None
+        future = self._joints.pop(paths, None)
+        if future is None or (future.done() and future.exception() is not None):
+            future = self._executor.submit(self._join, futures)
+        self._joints[paths] = future              # the most recent last
+        if len(self._joints) > MAX_JOINTS:
+            del self._joints[next(iter(self._joints))]
+        return future
+
+    def _join(self, futures):
+        """On the loading thread: the models' joint function, or None if the joiner
+        fails (logged). The model futures are done: they were submitted before, to
+        the same single thread."""
+        models = [f.result() for f in futures]
+        start = time.monotonic()
+        try:
+            joint = self._joiner(models)
+            if joint is not None:
+                log.info("compiled the joint function of %d models in %.1f s", len(models),
+                         time.monotonic() - start)
+            return joint
+        except Exception as exc:   # its models still serve, each on its own
+            log.error("no joint function for %d models, each steps on its own: %s",
+                      len(models), proto.one_line(f"{type(exc).__name__}: {exc}"))
+            return None
+
     def _finish_loads(self) -> None:
         for path, future in list(self._loading.items()):
             if future.done():
@@ -405,11 +448,11 @@ class Server:
                 if future.exception() is None:
                     self._models[path] = future.result()
                     log.info("loaded %s", path)
-        for rid, (handshake, futures) in list(self._pending.items()):
-            if all(f.done() for f in futures):
+        for rid, (handshake, futures, joint) in list(self._pending.items()):
+            if all(f.done() for f in futures) and (joint is None or joint.done()):
                 del self._pending[rid]
                 try:
-                    self._open_session(rid, handshake, futures)
+                    self._open_session(rid, handshake, futures, joint)
                     reply = proto.READY
                 except ProtocolError as exc:
                     log.warning("client %s: %s", rid.hex(), proto.one_line(exc))
@@ -421,7 +464,7 @@ class Server:
                     reply = proto.format_error(message)
                 self._send(rid, [reply])
 
-    def _open_session(self, rid: bytes, handshake, futures) -> None:
+    def _open_session(self, rid: bytes, handshake, futures, joint_future) -> None:
         models = []
         for workspace, future in zip(handshake.workspaces, futures):
             exc = future.exception()
@@ -436,8 +479,9 @@ class Server:
             raise ProtocolError(f"bad handshake, no session: a step would be "
                                 f"{num_bytes} bytes, over the server's limit of "
                                 f"{self._max_message_bytes}")
+        joint = None if joint_future is None else joint_future.result()
         try:
-            ensemble = Ensemble(handshake.workspaces, models, handshake.id_indices)
+            ensemble = Ensemble(handshake.workspaces, models, handshake.id_indices, joint=joint)
         except EnsembleError as exc:
             raise ProtocolError(f"bad handshake, no session: {exc}") from None
         session = self._sessions[rid] = _Session(ensemble)
