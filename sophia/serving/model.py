@@ -3,7 +3,8 @@
 Contents
 --------
 - :func:`load_model` — rebuild a workspace's net (:mod:`sophia.workspace`) and
-  compile its one-frame ``f_infer``.
+  compile its one-frame ``f_infer``; a bidirectional model is refused (its
+  outputs depend on later frames). :func:`load_workspace_net` rebuilds the net only.
 - :class:`Model` — the compiled net, shared by every client of the server.
 - :class:`ModelSession` — one client's streams: stored states, frame counters and
   first timestamps; :meth:`ModelSession.step` advances them by one frame,
@@ -72,6 +73,27 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
     Raises
     ------
     ModelLoadError
+        As :func:`load_workspace_net` does, and for a bidirectional model, which
+        cannot run causally, frame by frame.
+    """
+    net, ids = load_workspace_net(workspace_path)
+    if net.options.bidirectional:
+        raise ModelLoadError(f"{Path(workspace_path) / OPTIONS}.json: {NOT_CAUSAL}")
+    return Model(net, ids, mode=mode)
+
+
+NOT_CAUSAL = ("the model is bidirectional: its output at a frame depends on the frames after it, "
+              "so it cannot be served causally, frame by frame; evaluate it offline over whole "
+              "sequences (sophia-eval)")
+
+
+def load_workspace_net(workspace_path) -> tuple[Net, list]:
+    """A workspace's net (float32, its parameters loaded, nothing compiled) and its
+    ``ids.order``.
+
+    Raises
+    ------
+    ModelLoadError
         Naming the file, for a missing directory or file, bad JSON, options that
         do not validate, an ``ids.order`` that does not match ``num_ids``, or
         parameters that are missing, misshapen or not finite.
@@ -90,7 +112,7 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
         set_params(ws, net, load_params(ws))
     except WorkspaceError as exc:
         raise ModelLoadError(str(exc)) from None
-    return Model(net, ids, mode=mode)
+    return net, ids
 
 
 def fingerprint(net: Net, ids) -> bytes:
@@ -130,10 +152,17 @@ class Model:
         :func:`fingerprint` of the net: a session's state can only be restored
         into a session of a model with the same fingerprint.
     f_infer : compiled ``f_infer(input_1bj, time_1b, id_1b) -> output_1bk``
+
+    Raises
+    ------
+    ModelLoadError
+        For a bidirectional net (it cannot run frame by frame).
     """
 
     def __init__(self, net: Net, ids, mode: str = MODE):
         o = net.options
+        if o.bidirectional:
+            raise ModelLoadError(NOT_CAUSAL)
         self.net = net
         self.input_dim, self.target_dim = o.input_dim, o.target_dim
         self.num_ids = len(ids) + 1 if o.learn_id_embedding else None
