@@ -32,6 +32,12 @@ rate only counts rollbacks: it still starts at ``lr_init_val`` and shrinks by
 ``lr_decay_rate`` at each, so the run stops at the first rollback that takes it
 below ``lr_lower_bound``.
 
+A bidirectional model (``ModelOptions.bidirectional``) trains and evaluates on
+windows of whole sequences too: ``step_size == window_size``
+(:func:`~sophia.options.validate_training`), a window that holds the longest train
+and dev sequence (:func:`check_whole_sequences`), and ``whole_sequences`` in both
+iterators, since its backward direction reads each sequence from its last frame.
+
 A non-finite loss (NaN or inf in training or evaluation) ends the epoch and
 forces a rollback. Before epoch 1 the initial model is saved as best and
 pivot, and its dev loss (epoch 0) seeds the annealer, so every later "best"
