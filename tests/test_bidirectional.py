@@ -57,8 +57,8 @@ CONFIGS = {
     "lstm": dict(unit_type="lstm"),
     "gru": dict(unit_type="gru"),
     "rnn": dict(unit_type="rnn"),
-    "lstm_clock_layer_norm_residual": dict(unit_type="lstm", learn_clock_params=True, layer_norm=True,
-                                           residual_gate=True, net_depth=2),
+    "lstm_clock_layer_norm": dict(unit_type="lstm", learn_clock_params=True, layer_norm=True),
+    "rnn_residual_deep": dict(unit_type="rnn", residual_gate=True, net_depth=2),
     "gru_id_embedding": dict(unit_type="gru", learn_id_embedding=True, id_embedding_dim=2),
 }
 
@@ -268,7 +268,6 @@ def test_labels_ahead_need_the_backward_direction(tmp_path):
     assert result["bi"]["dev_loss"] < 0.2 * result["uni"]["dev_loss"]
 
 
-@pytest.mark.slow
 def test_labels_behind_are_learned_alike(tmp_path):
     """Labels 3 frames behind need no future: the two nets tie."""
     result = bench.compare(-3, str(tmp_path), epochs=10)
