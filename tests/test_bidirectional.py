@@ -2,6 +2,7 @@
 unidirectional net, the option and data checks, offline evaluation, the server's
 refusal, and what the backward direction buys on a task whose labels lie ahead."""
 import dataclasses
+import hashlib
 import importlib.util
 import io
 import json
@@ -23,7 +24,7 @@ from sophia.graph.bidirectional import backward_time, reversal_index
 from sophia.graph.net import Net
 from sophia.options import ModelOptions, OptionError, TrainOptions, validate_training
 from sophia.serving.client import ServerError, SophiaClient
-from sophia.serving.model import load_model
+from sophia.serving.model import fingerprint, load_model
 from sophia.serving.paths import ModelLoadError
 from sophia.serving.server import Server
 from sophia.training.trainer import Trainer
@@ -80,6 +81,14 @@ def test_gradient_matches_finite_differences(name, engine):
     net = make_net(bidirectional=True, **CONFIGS[name])
     f = compile_cost(net, window=7, step=7, batch=3, engine=engine)
     directional_check(net, f, window(net))
+
+
+def test_unrolled_equals_scan():
+    net = make_net(bidirectional=True, unit_type="gru")
+    unrolled = compile_cost(net, window=7, step=7, batch=3, unroll=True)(*window(net))
+    looped = compile_cost(net, window=7, step=7, batch=3, engine="scan")(*window(net))
+    for got, want in zip(unrolled[3:], looped[3:]):
+        np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
 
 
 def unidirectional_twin(net, direction):
@@ -196,6 +205,21 @@ def test_trainer_needs_windows_that_hold_the_longest_sequence(lookahead, tmp_pat
     with pytest.raises(OptionError, match="step_size = window_size"):
         Trainer(model, TrainOptions(window_size=40, step_size=20), lookahead, str(tmp_path / "ws"),
                 out=io.StringIO())
+
+
+def test_a_unidirectional_fingerprint_is_the_one_0_2_computed():
+    """The option is new: left out at its default, so snapshots of older servers restore."""
+    net = Net(ModelOptions(input_dim=2, target_dim=1, net_width=3, net_depth=1))
+    options = dataclasses.asdict(net.options)
+    del options["bidirectional"]
+    digest = hashlib.sha256(b"sophia-model-fingerprint-1\0")       # 0.2.0's sophia/serving/model.py
+    digest.update(json.dumps(options, sort_keys=True).encode("utf-8"))
+    digest.update(json.dumps(["a"]).encode("utf-8"))
+    for name, value in sorted(net.get_values().items()):
+        value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+        digest.update(f"\0{name}\0{value.dtype.str}\0{value.shape}\0".encode("utf-8"))
+        digest.update(value.tobytes())
+    assert fingerprint(net, ["a"]) == digest.digest()
 
 
 # --- offline evaluation and the server ------------------------------------------------

@@ -52,10 +52,11 @@ def sequence_bounds(s_time_tb):
     s_start_tb = tt.or_(s_time_tb <= 0, tt.eq(s_t_tb, 0))
     s_end_tb = tt.concatenate([s_start_tb[1:], tt.ones_like(s_start_tb[:1])], axis=0)
     s_seq_tb = tt.cumsum(s_start_tb.astype("int64"), axis=0) - 1    # sequence number in its stream
-    # one row per sequence number (at most T of them), the sum of one frame's index each
-    s_first_sb = tt.inc_subtensor(s_zeros_tb[s_seq_tb, s_b_tb], s_t_tb * s_start_tb)
-    s_last_sb = tt.inc_subtensor(s_zeros_tb[s_seq_tb, s_b_tb], s_t_tb * s_end_tb)
-    return s_first_sb[s_seq_tb, s_b_tb], s_last_sb[s_seq_tb, s_b_tb]
+    # row n: sequence n of each stream (at most T of them), summing the one frame index
+    # that marks its first (last) frame
+    s_first_by_seq_tb = tt.inc_subtensor(s_zeros_tb[s_seq_tb, s_b_tb], s_t_tb * s_start_tb)
+    s_last_by_seq_tb = tt.inc_subtensor(s_zeros_tb[s_seq_tb, s_b_tb], s_t_tb * s_end_tb)
+    return s_first_by_seq_tb[s_seq_tb, s_b_tb], s_last_by_seq_tb[s_seq_tb, s_b_tb]
 
 
 def reversal_index(s_time_tb):
@@ -67,11 +68,11 @@ def reversal_index(s_time_tb):
     return s_first_tb + s_last_tb - s_t_tb
 
 
-def reverse_sequences(s_x_tb_, s_index_tb):
-    """``s_x_tb_`` [T][B][...] read at frame ``s_index_tb[t, b]`` of stream b (with
-    :func:`reversal_index`: every sequence reversed in place)."""
+def reverse_sequences(s_x, s_index_tb):
+    """``s_x`` [T][B] or [T][B][...] read at frame ``s_index_tb[t, b]`` of stream b
+    (with :func:`reversal_index`: every sequence reversed in place)."""
     s_b_tb = tt.arange(s_index_tb.shape[1], dtype="int64")[None, :] + tt.zeros_like(s_index_tb)
-    return s_x_tb_[s_index_tb, s_b_tb]
+    return s_x[s_index_tb, s_b_tb]
 
 
 def backward_time(s_time_tb):

@@ -46,13 +46,19 @@ from pathlib import Path
 import numpy as np
 
 from sophia.graph.net import Net
-from sophia.options import OptionError, to_dict
+from sophia.options import ModelOptions, OptionError, to_dict
 from sophia.serving.paths import ModelLoadError
 from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options,
                               load_params, set_params)
 
 MODE = "CVM"
 DTYPE = "float32"
+NOT_CAUSAL = ("the model is bidirectional: its output at a frame depends on the frames after it, "
+              "so it cannot be served causally, frame by frame; evaluate it offline over whole "
+              "sequences (sophia-eval)")
+# Model options added since 0.2.0, left out of a fingerprint while at their default, so
+# that a model's fingerprint (and so the state snapshots saved with it) is 0.2.0's.
+OPTIONS_SINCE_0_2 = ("bidirectional",)
 
 
 def load_model(workspace_path, mode: str = MODE) -> "Model":
@@ -80,11 +86,6 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
     if net.options.bidirectional:
         raise ModelLoadError(f"{Path(workspace_path) / OPTIONS}.json: {NOT_CAUSAL}")
     return Model(net, ids, mode=mode)
-
-
-NOT_CAUSAL = ("the model is bidirectional: its output at a frame depends on the frames after it, "
-              "so it cannot be served causally, frame by frame; evaluate it offline over whole "
-              "sequences (sophia-eval)")
 
 
 def load_workspace_net(workspace_path) -> tuple[Net, list]:
@@ -118,9 +119,13 @@ def load_workspace_net(workspace_path) -> tuple[Net, list]:
 def fingerprint(net: Net, ids) -> bytes:
     """SHA-256 of a net's model options, its ``ids.order`` and every parameter and
     buffer (name, dtype, shape, little-endian bytes): equal for two copies of a
-    workspace, different as soon as one value differs. Returns 32 bytes."""
+    workspace, different as soon as one value differs. Options of
+    :data:`OPTIONS_SINCE_0_2` at their default are left out. Returns 32 bytes."""
+    defaults = to_dict(ModelOptions())
+    options = {name: value for name, value in to_dict(net.options).items()
+               if name not in OPTIONS_SINCE_0_2 or value != defaults[name]}
     digest = hashlib.sha256(b"sophia-model-fingerprint-1\0")
-    digest.update(json.dumps(to_dict(net.options), sort_keys=True).encode("utf-8"))
+    digest.update(json.dumps(options, sort_keys=True).encode("utf-8"))
     digest.update(json.dumps(list(ids)).encode("utf-8"))
     for name, value in sorted(net.get_values().items()):
         value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
