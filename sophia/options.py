@@ -77,6 +77,7 @@ class ModelOptions:
     batch_norm_steps: int = _opt(200, "time steps with their own population statistics")
     batch_norm_momentum: float = _opt(0.1, "running-average rate of population statistics")
     residual_gate: bool = _opt(False, "out = g*layer(x) + (1-g)*x where widths match")
+    bidirectional: bool = _opt(False, "each recurrent layer also runs backward over every sequence; outputs side by side (2*net_width); needs whole sequences (step_size = window_size >= the longest); not servable")
     learn_init_states: bool = _opt(True, "learned initial h (and c); zeros otherwise")
     learn_id_embedding: bool = _opt(False, "learned embedding of each stream's sequence ID, fed to every layer")
     id_embedding_dim: int = _opt(8, "width of that embedding")
@@ -127,6 +128,13 @@ class ModelOptions:
         if self.vocab_size and self.input_dim not in (0, 1):
             raise OptionError(f"vocab_size {self.vocab_size} makes each input frame one token index, "
                               f"so input_dim must be 1 (or 0, from the data); got {self.input_dim}")
+        if self.bidirectional and self.unit_type == "fc":
+            raise OptionError("bidirectional needs a recurrent unit_type (rnn, lstm or gru), not fc")
+        if self.bidirectional and self.batch_norm:
+            raise OptionError("bidirectional and batch_norm are exclusive: batch norm trains on "
+                              "synchronized groups, whose padding frames run on without a reset, "
+                              "so the backward direction could not start at each sequence's end "
+                              "(layer_norm works with bidirectional)")
         return self
 
 
@@ -262,6 +270,21 @@ class TrainOptions:
                               f"{self.step_size} and {self.window_size}): HF starts every window "
                               "from zero states, so no state is carried between windows and the "
                               "loss covers the whole window; make it hold whole sequences")
+
+
+def validate_training(model: ModelOptions, train: TrainOptions) -> None:
+    """Raise :class:`OptionError` for model and training options that do not go together.
+
+    A bidirectional model needs ``step_size = window_size``: its backward direction
+    reads each sequence from the last frame, so every window must hold whole
+    sequences (the trainer checks that ``window_size`` covers the longest sequence
+    when it opens the data) and no state is carried from one window to the next.
+    """
+    if model.bidirectional and train.step_size != train.window_size:
+        raise OptionError(f"bidirectional needs step_size = window_size (got {train.step_size} and "
+                          f"{train.window_size}): the backward direction reads each sequence from "
+                          "its last frame, so every window must hold whole sequences; set both to "
+                          "at least the longest sequence")
 
 
 def with_output_activation(model: ModelOptions, loss_type: str) -> ModelOptions:

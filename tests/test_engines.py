@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sophia.graph import engines
+from sophia.graph.bidirectional import BidirectionalLayer
 from sophia.graph.engines import onednn
 from tests.graph_support import compile_cost, make_net, make_window
 
@@ -23,6 +24,7 @@ OPTION_SETS = {
     "peephole_layer_norm_clock": dict(peephole=True, layer_norm=True, learn_clock_params=True, weight_norm=True),
     "residual_ids_deep": dict(net_depth=2, residual_gate=True, learn_id_embedding=True, id_embedding_dim=2),
     "zero_init_states": dict(learn_init_states=False),
+    "bidirectional_deep": dict(bidirectional=True, net_depth=2),
 }
 DTYPE = {"scan": "float64", "fused": "float64", "onednn": "float32"}
 FORWARD_TOL = {"float64": 1e-10, "float32": 1e-5}
@@ -62,7 +64,11 @@ def net_and_window(engine, unit, name):
 
 
 def supported(net, engine):
-    return all(not engines.ENGINES[engine].supports(layer, training=True, unroll=False)
+    """Whether ``engine`` runs every layer (a bidirectional layer: its forward direction,
+    whose engine its backward direction shares)."""
+    return all(not engines.ENGINES[engine].supports(
+                   layer.forward if isinstance(layer, BidirectionalLayer) else layer,
+                   training=True, unroll=False)
                for layer in net.layers)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from sophia.data import cli as data_cli
 from sophia.data.make import make_dataset
-from sophia.data.tasks import adding, frequency, multiplication, real, temporal_order
+from sophia.data.tasks import TASKS, adding, frequency, multiplication, real, temporal_order
 from sophia.data.writer import DatasetWriter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -265,6 +265,29 @@ def test_frequency_regular_sampling_has_no_time_file(tmp_path):
     make_dataset("frequency", tmp_path / "d", seed=2, counts=SMALL)
     for _, input_tj, _, time_t in read_all(tmp_path / "d", 1, 1):
         assert time_t is None and 16 <= len(input_tj) <= 126
+
+
+@pytest.mark.parametrize("shift", [3, -2, 0])
+def test_lookahead_labels_each_frame_with_the_symbol_shift_frames_away(tmp_path, shift):
+    make_dataset("lookahead", tmp_path / "d", seed=4, counts=SMALL, T=10, shift=shift, symbols=5)
+    lengths = set()
+    for _, input_tj, target_tk, time_t in read_all(tmp_path / "d", 5, 5):
+        n_frames = len(input_tj)
+        lengths.add(n_frames)
+        assert time_t is None and 10 <= n_frames <= 15
+        assert (input_tj.sum(axis=1) == 1).all() and set(np.unique(input_tj)) == {0.0, 1.0}
+        labelled = np.arange(n_frames) + shift
+        inside = (labelled >= 0) & (labelled < n_frames)
+        np.testing.assert_array_equal(target_tk[inside], input_tj[labelled[inside]])
+        assert np.isnan(target_tk[~inside]).all() and (~inside).sum() == abs(shift)
+    assert len(lengths) > 1
+
+
+def test_lookahead_rejects_bad_options():
+    with pytest.raises(ValueError, match="more than"):
+        next(TASKS["lookahead"].generate(np.random.default_rng(0), 1, T=3, shift=-3))
+    with pytest.raises(ValueError, match="--symbols"):
+        next(TASKS["lookahead"].generate(np.random.default_rng(0), 1, symbols=1))
 
 
 # --- determinism and the command line -------------------------------------

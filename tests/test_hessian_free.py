@@ -17,10 +17,12 @@ from tests.graph_support import MODE, make_net, make_window
 STEP = 3
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """A tiny float64 LSTM net, its HF graph and functions, and a window with NaN targets."""
-    net = make_net("float64")
+@pytest.fixture(scope="module", ids=["lstm", "bidirectional"],
+                params=[{}, pytest.param({"bidirectional": True}, marks=pytest.mark.slow)])
+def tiny(request):
+    """A tiny float64 LSTM net (unidirectional, and bidirectional: its backward direction
+    through the per-sequence reversal), its HF graph and functions, and a window with NaN targets."""
+    net = make_net("float64", **request.param)
     graph = build_net_graph(net, step_size=STEP)
     functions = compile_functions(graph, mode=MODE)
     f_out = th.function(graph.inputs, [graph.s_output_tbk.flatten(),

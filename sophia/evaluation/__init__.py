@@ -6,6 +6,8 @@ values (docs/EVALUATION.md).
 
 - :mod:`sophia.evaluation.inference` -- offline inference through
   :meth:`~sophia.serving.model.ModelSession.step`.
+- :mod:`sophia.evaluation.whole` -- offline inference over whole sequences, for
+  bidirectional models (which cannot run frame by frame, and the server refuses).
 - :mod:`sophia.evaluation.baselines` -- mean, persistence, seasonal naive, AR(p):
   small pure functions of the targets.
 - :mod:`sophia.evaluation.metrics` -- RMSE, MAE, MASE, largest error, count wrong.

@@ -1,5 +1,8 @@
 """One evaluation: the model through the serving step, the baselines, the metrics, the files.
 
+A bidirectional model, which the server refuses, runs over whole sequences instead
+(:mod:`sophia.evaluation.whole`).
+
 - :data:`BASELINES` -- the registry of baselines ``--baselines`` chooses from.
 - :func:`open_split` -- a dataset split whose dims must be the model's.
 - :func:`evaluate` -- run everything; write ``.output`` files, ``report.json`` and
@@ -32,6 +35,7 @@ from sophia.evaluation.plot import plot_predictions, require_matplotlib
 from sophia.evaluation.probabilistic import (PROBABILISTIC_METRICS, central_interval, interval_bounds,
                                              probabilistic_metrics)
 from sophia.graph.output_layout import channel_names, channels_tck, point_channel
+from sophia.evaluation.whole import WholeSequenceModel, run_whole_sequences
 from sophia.serving.model import MODE, load_model
 from sophia.serving.paths import ModelLoadError
 from sophia.workspace import OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options
@@ -66,6 +70,22 @@ def open_split(data_dir, split, model, workspace) -> Dataset:
         return dataset
     except DatasetError as error:
         raise EvalError(str(error)) from None
+
+
+def _load(workspace: str, mode: str):
+    """``(model, run)``: the serving model and :func:`run_model` (frame by frame), or, for a
+    bidirectional model, which needs whole sequences, :class:`WholeSequenceModel` and
+    :func:`run_whole_sequences`. Raises ModelLoadError naming the file."""
+    if os.path.isdir(workspace) and _bidirectional(workspace):
+        return WholeSequenceModel(workspace), run_whole_sequences
+    return load_model(workspace, mode=mode), run_model
+
+
+def _bidirectional(workspace: str) -> bool:
+    try:
+        return load_model_options(Workspace(workspace, create=False)).bidirectional
+    except WorkspaceError:
+        return False              # load_model names the problem
 
 
 def _targets(dataset) -> list[np.ndarray]:
@@ -141,7 +161,7 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         require_matplotlib()
     workspace = os.path.abspath(workspace)
     try:
-        model = load_model(workspace, mode=mode)
+        model, run = _load(workspace, mode)
         ws = Workspace(workspace, create=False)
         ids = load_ids(ws, load_model_options(ws))
     except (ModelLoadError, WorkspaceError) as error:
@@ -150,7 +170,7 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
     train_targets = _targets(open_split(data_dir, "train", model, workspace))
     dev_targets = _targets(open_split(data_dir, "dev", model, workspace)) if "ar" in baselines else []
     try:
-        outputs = run_model(model, dataset, ids, streams)
+        outputs = run(model, dataset, ids, streams)
     except DatasetError as error:
         raise EvalError(str(error)) from None
     targets = _targets(dataset)

@@ -7,6 +7,11 @@ lookup is outside every recurrence, so each engine runs it; the indices are
 checked where they enter (:func:`sophia.data.dataset.check_tokens`, the server's
 :func:`sophia.serving.protocol.check_tokens`), the graph only casts them.
 
+With ``ModelOptions.bidirectional`` each unit layer is a
+:class:`~sophia.graph.bidirectional.BidirectionalLayer` (a forward and a backward
+recurrence, 2·net_width outputs); such a net is right only on windows of whole
+sequences (see that module).
+
 The output activation (``ModelOptions.output_activation``) is identity for
 regression, a softmax over the k units (class probabilities) for ``xent`` and k
 sigmoids for ``bce``; the loss stage reads the logits before it, so
@@ -79,6 +84,7 @@ import pytensor.tensor as tt
 
 from sophia.graph.init import Uniform, fixed_shared
 from sophia.graph import engines, output_layout
+from sophia.graph.bidirectional import BidirectionalLayer
 from sophia.graph.layers import UNIT_LAYERS, FCLayer, RecurrentLayer
 from sophia.graph.modes import compile_mode
 from sophia.graph.noise import Noise, shared_generator
@@ -135,6 +141,13 @@ class Forward:
     s_logit_tbk: object = None
 
 
+def _engine_layer(layer):
+    """The layer an engine is chosen for: a bidirectional layer's forward direction
+    (its backward direction, the same unit with the same options and sizes, runs on
+    the same engine), else the layer itself."""
+    return layer.forward if isinstance(layer, BidirectionalLayer) else layer
+
+
 class Net:
     """A stack of layers with learnable parameters ``v_params`` and buffers ``v_buffers``.
 
@@ -159,11 +172,17 @@ class Net:
         rng = np.random.default_rng(seed)
         emb = options.id_embedding_dim if options.learn_id_embedding else 0
         self.layers, below = [], options.token_embedding_dim if options.vocab_size else options.input_dim
+        width = options.net_width * (2 if options.bidirectional else 1)     # each layer's output
         for depth in range(options.net_depth):
-            residual = options.residual_gate and below == options.net_width
-            self.layers.append(UNIT_LAYERS[options.unit_type](
-                f"layer{depth}", below + emb, options.net_width, options, rng, dtype, residual))
-            below = options.net_width
+            residual = options.residual_gate and below == width
+            unit_layer, name = UNIT_LAYERS[options.unit_type], f"layer{depth}"
+            if options.bidirectional:
+                layer = BidirectionalLayer(name, unit_layer, below + emb, options.net_width, options,
+                                           rng, dtype, residual)
+            else:
+                layer = unit_layer(name, below + emb, options.net_width, options, rng, dtype, residual)
+            self.layers.append(layer)
+            below = width
         self.output_width = options.target_dim * output_layout.num_channels(options)
         self.output_layer = FCLayer("output", below + emb, self.output_width, options, rng, dtype,
                                     activation="identity", normalize=False)
@@ -339,8 +358,9 @@ class Net:
                        prefer: str | None = None) -> list:
         """Each hidden layer's :class:`~sophia.graph.engines.Choice` in a graph compiled
         in ``mode_name`` (FC layers: ``Choice("scan", "")``, they have no recurrence)."""
-        return [engines.choose(layer, mode_name, training=training, unroll=unroll, prefer=prefer)
-                if isinstance(layer, RecurrentLayer) else engines.Choice("scan", "")
+        return [engines.choose(_engine_layer(layer), mode_name, training=training, unroll=unroll,
+                               prefer=prefer)
+                if isinstance(_engine_layer(layer), RecurrentLayer) else engines.Choice("scan", "")
                 for layer in self.layers]
 
     def compile_plan(self, mode_name: str, *, training: bool, unroll: bool = False,
@@ -349,7 +369,7 @@ class Net:
         :meth:`choose_engines`, and the mode, which for ``auto`` depends on whether a
         recurrence keeps a scan (see :mod:`sophia.graph.modes`)."""
         choices = self.choose_engines(mode_name, training=training, unroll=unroll, prefer=prefer)
-        looped = any(isinstance(layer, RecurrentLayer) and c.engine == "scan"
+        looped = any(isinstance(_engine_layer(layer), RecurrentLayer) and c.engine == "scan"
                      for layer, c in zip(self.layers, choices))
         return compile_mode(mode_name, looped), choices
 
@@ -419,14 +439,16 @@ class Net:
 
     @_in_own_dtype
     def compile_infer(self, window_size=1, mode="auto", unroll=False, engine=None):
-        """Compile ``f_infer`` over windows of ``window_size`` frames (1 for serving).
+        """Compile ``f_infer`` over windows of ``window_size`` frames (1 for serving; None:
+        any number, not with ``unroll``).
 
         Returns ``(f_infer, v_states)``; set the states' batch size with :meth:`reset_states`.
         """
         mode, choices = self.compile_plan(mode, training=False, unroll=unroll, prefer=engine)
         ports = self.ports(window_size)
         v_states = self.new_states(1, "infer")
-        fwd = self.forward(ports, v_states, carry_frame=window_size - 1, training=False, unroll=unroll,
+        carry_frame = -1 if window_size is None else window_size - 1
+        fwd = self.forward(ports, v_states, carry_frame=carry_frame, training=False, unroll=unroll,
                            choices=choices)
         f = th.function(ports.inputs(with_target=False), fwd.s_output_tbk,
                         updates=list(zip(v_states, fwd.s_next_states)), mode=mode,

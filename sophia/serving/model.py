@@ -3,7 +3,8 @@
 Contents
 --------
 - :func:`load_model` — rebuild a workspace's net (:mod:`sophia.workspace`) and
-  compile its one-frame ``f_infer``.
+  compile its one-frame ``f_infer``; a bidirectional model is refused (its
+  outputs depend on later frames). :func:`load_workspace_net` rebuilds the net only.
 - :class:`Model` — the compiled net, shared by every client of the server.
 - :class:`ModelSession` — one client's streams: stored states, frame counters and
   first timestamps; :meth:`ModelSession.step` advances them by one frame,
@@ -47,7 +48,7 @@ import numpy as np
 
 from sophia.graph import output_layout
 from sophia.graph.net import Net
-from sophia.options import OptionError, to_dict
+from sophia.options import ModelOptions, OptionError, to_dict
 from sophia.serving.paths import ModelLoadError
 from sophia.serving.protocol import check_tokens
 from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options,
@@ -55,9 +56,12 @@ from sophia.workspace import (OPTIONS, Workspace, WorkspaceError, load_ids, load
 
 MODE = "CVM"
 DTYPE = "float32"
-# Model options added after 0.2.0: left out of the fingerprint while at their default,
-# so a model that does not use them keeps 0.2.0's fingerprint (and its saved states).
-LATER_OPTIONS = ("vocab_size", "token_embedding_dim", "quantiles")
+NOT_CAUSAL = ("the model is bidirectional: its output at a frame depends on the frames after it, "
+              "so it cannot be served causally, frame by frame; evaluate it offline over whole "
+              "sequences (sophia-eval)")
+# Model options added since 0.2.0, left out of a fingerprint while at their default, so
+# that a model's fingerprint (and so the state snapshots saved with it) is 0.2.0's.
+OPTIONS_SINCE_0_2 = ("vocab_size", "token_embedding_dim", "quantiles", "bidirectional")
 
 
 def load_model(workspace_path, mode: str = MODE) -> "Model":
@@ -74,6 +78,22 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
     Returns
     -------
     Model
+
+    Raises
+    ------
+    ModelLoadError
+        As :func:`load_workspace_net` does, and for a bidirectional model, which
+        cannot run causally, frame by frame.
+    """
+    net, ids = load_workspace_net(workspace_path)
+    if net.options.bidirectional:
+        raise ModelLoadError(f"{Path(workspace_path) / OPTIONS}.json: {NOT_CAUSAL}")
+    return Model(net, ids, mode=mode)
+
+
+def load_workspace_net(workspace_path) -> tuple[Net, list]:
+    """A workspace's net (float32, its parameters loaded, nothing compiled) and its
+    ``ids.order``.
 
     Raises
     ------
@@ -96,19 +116,18 @@ def load_model(workspace_path, mode: str = MODE) -> "Model":
         set_params(ws, net, load_params(ws))
     except WorkspaceError as exc:
         raise ModelLoadError(str(exc)) from None
-    return Model(net, ids, mode=mode)
+    return net, ids
 
 
 def fingerprint(net: Net, ids) -> bytes:
-    """SHA-256 of a net's model options (those of :data:`LATER_OPTIONS` only where
+    """SHA-256 of a net's model options (those of :data:`OPTIONS_SINCE_0_2` only where
     they differ from their default), its ``ids.order`` and every parameter and
     buffer (name, dtype, shape, little-endian bytes): equal for two copies of a
     workspace, different as soon as one value differs. Returns 32 bytes."""
+    defaults = to_dict(ModelOptions())
+    options = {name: value for name, value in to_dict(net.options).items()
+               if name not in OPTIONS_SINCE_0_2 or value != defaults[name]}
     digest = hashlib.sha256(b"sophia-model-fingerprint-1\0")
-    options, defaults = to_dict(net.options), to_dict(type(net.options)())
-    for name in LATER_OPTIONS:
-        if options[name] == defaults[name]:
-            del options[name]
     digest.update(json.dumps(options, sort_keys=True).encode("utf-8"))
     digest.update(json.dumps(list(ids)).encode("utf-8"))
     for name, value in sorted(net.get_values().items()):
@@ -155,10 +174,17 @@ class Model:
     mode : str
         Its compile mode (a joint function of several models,
         :mod:`sophia.serving.joint`, compiles their graphs in the same one).
+
+    Raises
+    ------
+    ModelLoadError
+        For a bidirectional net (it cannot run frame by frame).
     """
 
     def __init__(self, net: Net, ids, mode: str = MODE):
         o = net.options
+        if o.bidirectional:
+            raise ModelLoadError(NOT_CAUSAL)
         self.net, self.mode = net, mode
         self.input_dim, self.target_dim, self.vocab_size = o.input_dim, o.target_dim, o.vocab_size
         self.channels = output_layout.num_channels(o)

@@ -21,7 +21,8 @@ What is here:
   evaluation, with ``step_size == window_size``); ``synchronized=True`` starts
   B sequences together, as recurrent batch normalization needs;
   ``whole_sequences=True`` lets no sequence straddle two windows, as Hessian-free
-  steps (which start each window from zero states) need.
+  steps (which start each window from zero states) and bidirectional layers (whose
+  backward direction reads each sequence from its last frame) need.
 - :class:`WindowStream` -- what ``iter()`` gives: the pass's position, whose
   :meth:`~WindowStream.state` (JSON-ready values and arrays, the shuffling's
   random state included) :meth:`BPTTIterator.restore` continues exactly.

@@ -32,6 +32,12 @@ rate only counts rollbacks: it still starts at ``lr_init_val`` and shrinks by
 ``lr_decay_rate`` at each, so the run stops at the first rollback that takes it
 below ``lr_lower_bound``.
 
+A bidirectional model (``ModelOptions.bidirectional``) trains and evaluates on
+windows of whole sequences too: ``step_size == window_size``
+(:func:`~sophia.options.validate_training`), a window that holds the longest train
+and dev sequence (:func:`check_whole_sequences`), and ``whole_sequences`` in both
+iterators, since its backward direction reads each sequence from its last frame.
+
 A non-finite loss (NaN or inf in training or evaluation) ends the epoch and
 forces a rollback. Before epoch 1 the initial model is saved as best and
 pivot, and its dev loss (epoch 0) seeds the annealer, so every later "best"
@@ -70,7 +76,7 @@ from sophia.graph.modes import compile_mode
 from sophia.graph.net import Net
 from sophia.graph.output_layout import num_channels
 from sophia.optim.losses import CATEGORICAL
-from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict,
+from sophia.options import (ModelOptions, OptionError, TrainOptions, to_dict, validate_training,
                             with_output_activation)
 from sophia.training import checkpoint, hf_training
 from sophia.training.annealer import Annealer, Decision
@@ -159,6 +165,23 @@ def check_batch_norm(model: ModelOptions, train_options: TrainOptions, dataset: 
                           ".time files; train without batch_norm (layer_norm works with them)")
     if train_options.batch_size < 2:
         raise OptionError(f"batch_norm needs batch_size >= 2; got {train_options.batch_size}")
+
+
+def check_whole_sequences(model: ModelOptions, train_options: TrainOptions, *splits: Dataset) -> None:
+    """Raise OptionError if a bidirectional model's windows could not hold whole
+    sequences: the longest sequence of ``splits`` must fit in ``window_size``
+    (:func:`~sophia.options.validate_training` has checked ``step_size = window_size``)."""
+    if not model.bidirectional:
+        return
+    window = train_options.window_size
+    for split in splits:
+        longest = max(split.sequences, key=lambda s: s.length, default=None)
+        if longest is not None and longest.length > window:
+            raise OptionError(f"bidirectional needs window_size >= the longest sequence, but "
+                              f"{split.root}/{split.split}.list has {longest.path} of {longest.length} "
+                              f"frames and window_size is {window}: the backward direction reads each "
+                              f"sequence from its last frame; set window_size and step_size to at "
+                              f"least {longest.length}")
 
 
 def _ratio(right: float, judged: float) -> float:
@@ -263,9 +286,11 @@ class Trainer:
 
     def _open(self, model_options: ModelOptions, ids: list[str] | None) -> None:
         """Open the data and build the net (its parameters freshly initialised)."""
+        validate_training(model_options, self.train_options)
         self.train_set, self.dev_set, self.model_options, self.ids = open_data(
             self.data_dir, model_options, ids, self.train_options.loss_type)
         check_batch_norm(self.model_options, self.train_options, self.train_set)
+        check_whole_sequences(self.model_options, self.train_options, self.train_set, self.dev_set)
         self.id_index = {seq_id: n for n, seq_id in enumerate(self.ids)}
         self.net = Net(self.model_options, seed=self.seed)
 
@@ -292,7 +317,7 @@ class Trainer:
         windows = BPTTIterator(self.train_set, self.id_index, o.batch_size, o.window_size,
                                o.step_size, repeat=True, seed=self.seed,
                                synchronized=self.model_options.batch_norm,
-                               whole_sequences=o.update_type == "hessian_free")
+                               whole_sequences=self._whole_sequences(training=True))
         self.baseline_accuracy = None
         if self.categorical:
             self.baseline, self.baseline_accuracy = categorical_baseline(self.train_set, self.dev_set,
@@ -372,7 +397,7 @@ class Trainer:
         self.net.reset_states(self.v_eval_states)
         total, frames, max_error, hits = 0.0, 0.0, 0.0, np.zeros(2)
         for w in BPTTIterator(dataset, self.id_index, self._eval_batch(), o.window_size, o.window_size,
-                              repeat=False, seed=self.seed):
+                              repeat=False, seed=self.seed, whole_sequences=self._whole_sequences()):
             loss_sum, n_frames, window_max, *counts = self.f_fwd(w.input_tbj, w.time_tb, w.id_tb,
                                                                  w.target_tbk)
             total, frames = total + float(loss_sum), frames + float(n_frames)
@@ -381,6 +406,13 @@ class Trainer:
         if not frames:
             return math.nan, math.nan, math.nan
         return total / frames, max_error, _ratio(*hits)
+
+    def _whole_sequences(self, training: bool = False) -> bool:
+        """Whether windows must hold whole sequences: for a bidirectional model (its
+        backward direction starts at each sequence's last frame), and for the training
+        windows of ``hessian_free`` (each starts from zero states)."""
+        hf = training and self.train_options.update_type == "hessian_free"
+        return self.model_options.bidirectional or hf
 
     def _eval_batch(self) -> int:
         return self.train_options.eval_batch_size or self.train_options.batch_size

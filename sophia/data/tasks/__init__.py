@@ -17,7 +17,7 @@ Example
 >>> from sophia.data.tasks import TASKS
 >>> input_tj, target_tk, time_t = next(TASKS["adding"].generate(np.random.default_rng(0), 1))
 """
-from . import (adding, frequency, memorization, multiplication, permutation, real,
+from . import (adding, frequency, lookahead, memorization, multiplication, permutation, real,
                temporal_order, text, xor)
 
 TASKS = {
@@ -28,6 +28,7 @@ TASKS = {
     "permutation": permutation,
     "memorization": memorization,
     "frequency": frequency,
+    "lookahead": lookahead,
     "real": real,
     "text": text,
 }
