@@ -18,6 +18,8 @@ OPTION_SETS = {
     "layer_norm": dict(layer_norm=True),
     "weight_norm": dict(weight_norm=True),
     "batch_norm": dict(batch_norm=True),
+    "batch_norm_clock": dict(batch_norm=True, learn_clock_params=True),
+    "peephole_batch_norm_clock": dict(peephole=True, batch_norm=True, learn_clock_params=True, weight_norm=True),
     "clock": dict(learn_clock_params=True),
     "layer_norm_clock": dict(layer_norm=True, learn_clock_params=True),
     "peephole_layer_norm_clock": dict(peephole=True, layer_norm=True, learn_clock_params=True, weight_norm=True),

@@ -47,7 +47,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from scipy.special import expit
 
-from sophia.graph.engines import fused_options, kernels, native
+from sophia.graph.engines import fused_bn, fused_options, kernels, native
 from sophia.graph.engines.window import Frames, contiguous, entering, entering_address, route_reset, weight_grad
 
 NAME = "fused"
@@ -57,14 +57,11 @@ def supports(layer, *, training: bool, unroll: bool) -> str:
     """'' where the fused Ops run ``layer``, else what keeps it on scan: an LSTM or GRU
     layer without batch norm, not unrolled; peepholes, layer norm and the clock gate
     need the native kernels (Numba)."""
-    o = layer.options
     if layer.unit not in _OPS:
         return f"unit {layer.unit}"
-    if o.batch_norm:
-        return "batch_norm"
     if unroll:
         return "unroll_scan"
-    if fused_options.runs(layer) and not kernels.AVAILABLE:
+    if (fused_options.runs(layer) or layer.options.batch_norm) and not kernels.AVAILABLE:
         return "numba unavailable"
     return ""
 
@@ -75,6 +72,9 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
     product ``x W_x`` (normalised where the layer says so) as one graph matmul, then
     the recurrence and bias of the window as one Op (with the unit options:
     :mod:`~sophia.graph.engines.fused_options`)."""
+    if layer.options.batch_norm:
+        return fused_bn.recurrence(layer, s_below_tbj, s_time_tb, s_prev_states,
+                                   carry_frame=carry_frame, training=training)
     if fused_options.runs(layer):
         return fused_options.recurrence(layer, s_below_tbj, s_time_tb, s_prev_states,
                                         carry_frame=carry_frame, training=training)
