@@ -21,10 +21,12 @@ the scan path's (``layers.py``):
   the gradient of that entering state goes to the initial state;
 - the Op returns every frame's states; the layer stores those at ``carry_frame``.
 
-:func:`supports` says which layers it runs: LSTM or GRU layers without batch norm,
-not unrolled. Weight norm, residual gates, ID embeddings and non-learned initial
-states run here; peepholes, layer norm and the clock gate run on the Ops of
-:mod:`~sophia.graph.engines.fused_options`, which :func:`recurrence` hands them to. Which engine a
+:func:`supports` says which layers it runs: LSTM or GRU layers, not unrolled.
+Weight norm, residual gates, ID embeddings and non-learned initial states run here;
+peepholes, layer norm and the clock gate run on the Ops of
+:mod:`~sophia.graph.engines.fused_options`, batch norm (with or without peepholes and
+clock gates) on those of :mod:`~sophia.graph.engines.fused_bn`, which
+:func:`recurrence` hands them to. Which engine a
 layer gets is :func:`sophia.graph.engines.choose`'s decision.
 
 Example
@@ -55,8 +57,8 @@ NAME = "fused"
 
 def supports(layer, *, training: bool, unroll: bool) -> str:
     """'' where the fused Ops run ``layer``, else what keeps it on scan: an LSTM or GRU
-    layer without batch norm, not unrolled; peepholes, layer norm and the clock gate
-    need the native kernels (Numba)."""
+    layer, not unrolled; peepholes, layer norm, batch norm and the clock gate need the
+    native kernels (Numba)."""
     if layer.unit not in _OPS:
         return f"unit {layer.unit}"
     if unroll:
