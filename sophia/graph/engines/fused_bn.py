@@ -238,7 +238,6 @@ class LSTMBatchNormRecurrence(_BatchNormRecurrence):
         scratch = np.empty((2, gates), np.float64)
         cell, one = native.kernel("lstm_bn_cell", dtype), act.dtype.type(1)
         flags = _flags(self.peephole, self.clock, self.training)
-        fixed = [x.ctypes.data for x in (bias,)]
         norm_params = [x.ctypes.data for x in (peep, gamma_h, gamma_c, beta_c)]
         for t in range(steps):
             if reset[t].any():
@@ -246,7 +245,7 @@ class LSTMBatchNormRecurrence(_BatchNormRecurrence):
                 h_prev[reset[t]], c_prev[reset[t]] = h0, c0
             np.dot(h_prev, W, out=act[t])
             (mean_h, var_h, mean_c, var_c), alive = self._statistics(stats, population, step_tb, t, dummy)
-            cell(addr_act[t], addr_xw[t], *fixed, h_prev.ctypes.data, c_prev.ctypes.data, *norm_params, addr_k[t],
+            cell(addr_act[t], addr_xw[t], bias.ctypes.data, h_prev.ctypes.data, c_prev.ctypes.data, *norm_params, addr_k[t],
                  mean_h, var_h, addr_n_h[t], mean_c, var_c, addr_n_c[t], addr_c_new[t], addr_h_new[t],
                  addr_c[t], addr_h[t], scratch.ctypes.data, batch, i, one, flags)
             h_prev, c_prev = h_seq[t], c_seq[t]

@@ -13,10 +13,10 @@ the addresses of the kernel's arrays, in the order of ``kernels.<name>`` (batch
 norm: ``kernels_bn.<name>``), then ``batch``, ``i`` (the layer width; for
 ``layer_norm_rows*``, ``clock_openness*`` and ``batch_norm_frame*``, the rows and
 their width), ``one`` (1 in ``dtype``) and, for the ``*_options_*`` and ``*_bn_cell*``
-kernels, the option bits. Every array must be C-contiguous with the shape ``kernels.<name>`` (or ``kernels_bn.<name>``) documents;
-the gradient accumulators (``db``, ``d_gamma`` …) are float64, the others are
-``dtype``. Nothing checks the addresses: passing a wrong one corrupts memory, so
-only the fused Ops (``fused.py``, ``fused_options.py``) call these.
+kernels, the option bits. Every array must be C-contiguous with the shape its kernel
+documents; the gradient accumulators (``db``, ``d_gamma`` …) and batch norm's
+``scratch`` are float64, the others are ``dtype``. Nothing checks the addresses:
+passing a wrong one corrupts memory, so only the fused Ops (``fused*.py``) call these.
 
 The cache lives in ``<compiledir>/sophia_kernels`` (PyTensor's compiledir, like the
 JAX cache in ``sophia/graph/modes.py``), one file per kernel and dtype, named by a
@@ -55,7 +55,7 @@ from sophia.graph.engines import kernels, kernels_bn
 MAGIC = b"sophia-kernel-1\n"
 
 # The arrays each kernel takes, in order: False for arrays of the layer's dtype,
-# True for the float64 bias-gradient accumulator. Then batch, i and one follow.
+# True for float64 ones (gradient accumulators, batch-norm scratch). Then batch, i and one follow.
 _ARRAYS = {
     "lstm_cell": (False,) * 6,
     "lstm_cell_grad": (False,) * 8 + (True,),
