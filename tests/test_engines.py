@@ -19,6 +19,8 @@ OPTION_SETS = {
     "layer_norm": dict(layer_norm=True),
     "weight_norm": dict(weight_norm=True),
     "batch_norm": dict(batch_norm=True),
+    "batch_norm_clock": dict(batch_norm=True, learn_clock_params=True),
+    "peephole_batch_norm_clock": dict(peephole=True, batch_norm=True, learn_clock_params=True, weight_norm=True),
     "clock": dict(learn_clock_params=True),
     "layer_norm_clock": dict(layer_norm=True, learn_clock_params=True),
     "peephole_layer_norm_clock": dict(peephole=True, layer_norm=True, learn_clock_params=True, weight_norm=True),
@@ -39,9 +41,15 @@ def reset_heavy_time():
     return time_tb
 
 
+# scan's own gradients of these sets take seconds each (tests/test_graph_gradients.py checks
+# scan's batch norm in the default run): with `pytest -m slow`
+SLOW_ON_SCAN = ("batch_norm_clock", "peephole_batch_norm_clock")
 CASES = [pytest.param(engine, unit, name, id=f"{engine}-{unit}-{name}")
          for engine in engines.ENGINES for unit in UNITS for name, options in OPTION_SETS.items()
          if not (unit != "lstm" and "peephole" in options)]
+GRADIENT_CASES = [pytest.param(*case.values, id=case.id,
+                               marks=[pytest.mark.slow] if case.values[0] == "scan" and case.values[2] in SLOW_ON_SCAN else [])
+                  for case in CASES]
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +98,7 @@ def test_forward_matches_scan_or_the_engine_is_passed_over(engine, unit, name, o
     np.testing.assert_allclose(got[0], want[0], rtol=tol, atol=tol, err_msg="loss")
 
 
-@pytest.mark.parametrize("engine, unit, name", CASES)
+@pytest.mark.parametrize("engine, unit, name", GRADIENT_CASES)
 def test_gradient_matches_finite_differences(engine, unit, name):
     net, window = net_and_window(engine, unit, name)
     if engine == "onednn" and not onednn.available():

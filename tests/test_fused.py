@@ -62,10 +62,18 @@ def test_fused_train_step_equals_scan_train_step():
 
 
 @pytest.mark.parametrize("unit", ["lstm", "gru"])
-def test_batch_norm_keeps_the_scan_path(unit):
+def test_batch_norm_runs_on_the_batch_norm_ops(unit):
+    """Training graphs: the input path's Op and the recurrence's, both with gradients;
+    inference graphs: the recurrence's Op on population statistics, and no scan."""
     net = make_net(unit_type=unit, batch_norm=True)
-    assert all(fused.supports(layer, training=True, unroll=False) == "batch_norm" for layer in net.layers)
-    assert not fused_ops(compile_cost(net, window=4, step=2, with_grads=False, engine="fused"))
+    assert all(fused.supports(layer, training=training, unroll=False) == ""
+               for layer in net.layers for training in (True, False))
+    prefix = f"{unit.upper()}BatchNormRecurrence"
+    for training, expected in ((True, {prefix, prefix + "Grad", "BatchNormFrames", "BatchNormFramesGrad"}),
+                               (False, {prefix})):
+        f = compile_cost(net, window=4, step=2, engine="fused", training=training, with_grads=training)
+        names = {type(node.op).__name__ for node in f.maker.fgraph.toposort()}
+        assert expected <= names and "Scan" not in names and (training or "BatchNormFrames" not in names)
 
 
 @pytest.mark.parametrize("options", [

@@ -1,13 +1,14 @@
-"""The layer-norm Op of the fused graphs (sophia/graph/engines/fused_norm.py) against the graph
-LayerNorm it replaces: outputs, and gradients against finite differences."""
+"""The norm Ops of the fused graphs (sophia/graph/engines/fused_norm.py) against the graph
+LayerNorm and BatchNorm they replace: outputs, and gradients against finite differences
+(layer norm) or the graph's own (batch norm; finite differences: tests/test_engines.py)."""
 import numpy as np
 import pytensor as th
 import pytensor.tensor as tt
 import pytest
 
 from sophia.graph.engines import kernels
-from sophia.graph.engines.fused_norm import layer_norm
-from sophia.graph.norms import LayerNorm
+from sophia.graph.engines.fused_norm import batch_norm, layer_norm
+from sophia.graph.norms import BatchNorm, LayerNorm
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 
@@ -63,3 +64,23 @@ def test_the_op_gradient_matches_finite_differences():
                 costs.append(cost(x))
             v.set_value(value)
             assert abs((costs[0] - costs[1]) / (2 * eps) - grad[k]) < 1e-7
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_the_batch_norm_op_computes_the_graph_batch_norm_and_its_gradient(dtype, tol):
+    """Each frame normalised over its batch: y, the frame's statistics and the gradients
+    of x, gamma and beta, as the graph BatchNorm of a training graph computes them."""
+    norm = BatchNorm("bn", 6, 4, 0.1, dtype, with_beta=True)
+    rng = np.random.default_rng(3)
+    norm.v_gamma_g.set_value(rng.uniform(0.5, 1.5, 6).astype(dtype))
+    norm.v_beta_g.set_value(rng.uniform(-0.5, 0.5, 6).astype(dtype))
+    x, weights = tt.tensor3(dtype=dtype), tt.tensor3(dtype=dtype)
+    x_value = (3 * rng.standard_normal((4, 5, 6)) + 1).astype(dtype)
+    weights_value = rng.standard_normal((4, 5, 6)).astype(dtype)
+    results = []
+    for y, mean, var in (batch_norm(x, norm.v_gamma_g, norm.v_beta_g), norm(x, None, training=True)):
+        grads = th.grad((y * weights).sum(), [x, norm.v_gamma_g, norm.v_beta_g])
+        f = th.function([x, weights], [y, mean.reshape((4, 6)), var.reshape((4, 6)), *grads], mode="FAST_COMPILE")
+        results.append(f(x_value, weights_value))
+    for got, want in zip(*results, strict=True):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

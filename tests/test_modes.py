@@ -20,7 +20,7 @@ MODES = ["FAST_RUN", "CVM", "NUMBA"]
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 NETS = {
     "lstm_fused": dict(unit_type="lstm", net_depth=2, learn_id_embedding=True),
-    "gru_scan_clock_bn": dict(unit_type="gru", batch_norm=True, learn_clock_params=True),
+    "gru_clock_bn": dict(unit_type="gru", batch_norm=True, learn_clock_params=True),
 }
 
 
@@ -77,7 +77,7 @@ def test_jax_streams_frame_by_frame_like_fast_compile():
     (dict(unit_type="lstm"), False, AUTO_FUSED),          # fused recurrence: thin graph around it
     (dict(unit_type="fc"), True, AUTO_FUSED),             # no recurrence at all
     (dict(unit_type="lstm"), True, AUTO_LOOPED),          # unrolled loop
-    (dict(unit_type="gru", batch_norm=True), False, AUTO_LOOPED),   # batch norm: scan stays
+    (dict(unit_type="rnn"), False, AUTO_LOOPED),           # the plain RNN unit: scan stays
 ])
 def test_auto_mode_follows_the_graph(options, unroll, expected):
     net = make_net(**options)

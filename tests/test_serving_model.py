@@ -131,6 +131,7 @@ OPTION_SETS = {
     "gru_layer_norm": dict(unit_type="gru", layer_norm=True),
     "lstm_weight_norm": dict(unit_type="lstm", weight_norm=True),
     "gru_batch_norm": dict(unit_type="gru", batch_norm=True),
+    "lstm_batch_norm_peephole_clock": dict(unit_type="lstm", batch_norm=True, peephole=True, learn_clock_params=True),
     "lstm_clock": dict(unit_type="lstm", learn_clock_params=True),
     "lstm_residual_ids": dict(unit_type="lstm", residual_gate=True, learn_id_embedding=True,
                               id_embedding_dim=3, num_ids=len(IDS)),

@@ -56,7 +56,8 @@ class BatchNorm:
     inference each stream reads the population statistics of its own time step
     (the time signal, clipped to ``steps − 1``).
 
-    ``v_params``: ``<name>.gamma`` (init 0.1) and, if ``with_beta``, ``<name>.beta``.
+    ``v_params``: ``<name>.gamma`` (init 0.1) and, if ``with_beta``, ``<name>.beta``
+    (also ``v_gamma_g`` and ``v_beta_g``, None without β).
     ``v_buffers``: ``<name>.pop_mean`` and ``<name>.pop_var``, both [steps][g].
     """
 
@@ -66,6 +67,7 @@ class BatchNorm:
         self.v_params = {f"{name}.gamma": fixed_shared(np.full(width, 0.1, dtype), f"{name}.gamma")}
         if with_beta:
             self.v_params[f"{name}.beta"] = fixed_shared(np.zeros(width, dtype), f"{name}.beta")
+        self.v_gamma_g, self.v_beta_g = self.v_params[f"{name}.gamma"], self.v_params.get(f"{name}.beta")
         self.v_buffers = {
             f"{name}.pop_mean": fixed_shared(np.zeros((steps, width), dtype), f"{name}.pop_mean"),
             f"{name}.pop_var": fixed_shared(np.ones((steps, width), dtype), f"{name}.pop_var"),

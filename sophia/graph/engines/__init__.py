@@ -9,9 +9,10 @@ they compile:
 ``scan``   the reference: the layer's step function under ``scan`` (or unrolled);
            every option (:mod:`~sophia.graph.engines.scan`)
 ``fused``  one Op per window and one for its gradient, native cell kernels;
-           LSTM and GRU with every option but batch norm
+           LSTM and GRU with every option
            (:mod:`~sophia.graph.engines.fused`; peepholes, layer norm and the
-           clock gate: :mod:`~sophia.graph.engines.fused_options`)
+           clock gate: :mod:`~sophia.graph.engines.fused_options`; batch norm:
+           :mod:`~sophia.graph.engines.fused_bn`)
 ``onednn`` an LSTM training window on oneDNN's RNN primitive, small windows on
            the fused Ops' code (:mod:`~sophia.graph.engines.onednn_lstm`)
 =========  ===================================================================

@@ -21,10 +21,12 @@ the scan path's (``layers.py``):
   the gradient of that entering state goes to the initial state;
 - the Op returns every frame's states; the layer stores those at ``carry_frame``.
 
-:func:`supports` says which layers it runs: LSTM or GRU layers without batch norm,
-not unrolled. Weight norm, residual gates, ID embeddings and non-learned initial
-states run here; peepholes, layer norm and the clock gate run on the Ops of
-:mod:`~sophia.graph.engines.fused_options`, which :func:`recurrence` hands them to. Which engine a
+:func:`supports` says which layers it runs: LSTM or GRU layers, not unrolled.
+Weight norm, residual gates, ID embeddings and non-learned initial states run here;
+peepholes, layer norm and the clock gate run on the Ops of
+:mod:`~sophia.graph.engines.fused_options`, batch norm (with or without peepholes and
+clock gates) on those of :mod:`~sophia.graph.engines.fused_bn`, which
+:func:`recurrence` hands them to. Which engine a
 layer gets is :func:`sophia.graph.engines.choose`'s decision.
 
 Example
@@ -47,7 +49,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from scipy.special import expit
 
-from sophia.graph.engines import fused_options, kernels, native
+from sophia.graph.engines import fused_bn, fused_options, kernels, native
 from sophia.graph.engines.window import Frames, contiguous, entering, entering_address, route_reset, weight_grad
 
 NAME = "fused"
@@ -55,16 +57,13 @@ NAME = "fused"
 
 def supports(layer, *, training: bool, unroll: bool) -> str:
     """'' where the fused Ops run ``layer``, else what keeps it on scan: an LSTM or GRU
-    layer without batch norm, not unrolled; peepholes, layer norm and the clock gate
-    need the native kernels (Numba)."""
-    o = layer.options
+    layer, not unrolled; peepholes, layer norm, batch norm and the clock gate need the
+    native kernels (Numba)."""
     if layer.unit not in _OPS:
         return f"unit {layer.unit}"
-    if o.batch_norm:
-        return "batch_norm"
     if unroll:
         return "unroll_scan"
-    if fused_options.runs(layer) and not kernels.AVAILABLE:
+    if (fused_options.runs(layer) or layer.options.batch_norm) and not kernels.AVAILABLE:
         return "numba unavailable"
     return ""
 
@@ -75,6 +74,9 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
     product ``x W_x`` (normalised where the layer says so) as one graph matmul, then
     the recurrence and bias of the window as one Op (with the unit options:
     :mod:`~sophia.graph.engines.fused_options`)."""
+    if layer.options.batch_norm:
+        return fused_bn.recurrence(layer, s_below_tbj, s_time_tb, s_prev_states,
+                                   carry_frame=carry_frame, training=training)
     if fused_options.runs(layer):
         return fused_options.recurrence(layer, s_below_tbj, s_time_tb, s_prev_states,
                                         carry_frame=carry_frame, training=training)

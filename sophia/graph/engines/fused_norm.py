@@ -1,4 +1,4 @@
-"""Layer norm over the last axis as one Op, for the graphs around the fused recurrences.
+"""Layer and batch norm as one Op each, for the graphs around the fused recurrences.
 
 A layer-normalised LSTM or GRU layer normalises its input product ``x W_x``
 [T][B][g] outside the recurrence. As graph code (:class:`sophia.graph.norms.LayerNorm`)
@@ -10,6 +10,12 @@ pass each way (``kernels.layer_norm_rows`` and its gradient, native code through
 y = γ (x − mean) / sqrt(var + ε) + β per row, ε = :data:`sophia.graph.norms.EPSILON`.
 ``tests/test_engines.py`` checks it inside every layer-normalised fused layer,
 ``tests/test_fused_norm.py`` on its own.
+
+A batch-normalised layer's input product (training graphs) goes through
+:func:`batch_norm` likewise: each frame [B][g] normalised over its batch with the
+frame's own statistics (``kernels_bn.batch_norm_frame`` and its gradient), the
+function of :class:`sophia.graph.norms.BatchNorm` in training; the statistics come
+out for the population updates.
 
 Example
 -------
@@ -29,6 +35,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 from sophia.graph.engines import native
+from sophia.graph.engines.window import Frames
 from sophia.graph.engines.window import contiguous
 
 
@@ -98,5 +105,84 @@ class LayerNormRowsGrad(Op):
             native.kernel("layer_norm_rows_grad", dtype)(
                 dy.ctypes.data, n.ctypes.data, rstd.ctypes.data, gamma.ctypes.data, dx.ctypes.data,
                 d_gamma.ctypes.data, d_beta.ctypes.data, rows, width, dy.dtype.type(1))
+        for storage, value in zip(output_storage, (dx, d_gamma.astype(dtype), d_beta.astype(dtype))):
+            storage[0] = value
+
+
+def batch_norm(s_x_tbg, v_gamma_g, v_beta_g=None):
+    """``(s_y_tbg, s_mean_tg, s_var_tg)``: each frame of ``s_x_tbg`` normalised over its
+    batch with gain and bias [g] (no bias: None), and the frames' statistics."""
+    beta = tt.zeros_like(v_gamma_g) if v_beta_g is None else v_beta_g
+    y, _, mean, var = BatchNormFrames()(s_x_tbg, v_gamma_g, beta)
+    return y, mean, var
+
+
+class BatchNormFrames(Op):
+    """``(x_tbg, gamma_g, beta_g)`` → ``(y, n, mean_tg, var_tg)``: y = γ n + β per frame
+    with n = (x − mean) / sqrt(var + ε), the mean and biased variance over the batch
+    axis of each frame; n is kept for the gradient, the statistics have none (they
+    feed the population updates). Requires the native kernels (Numba)."""
+
+    __props__ = ()
+
+    def make_node(self, x, gamma, beta):
+        x = tt.as_tensor_variable(x)
+        gamma, beta = (tt.cast(tt.as_tensor_variable(v), x.dtype) for v in (gamma, beta))
+        if x.ndim != 3 or gamma.ndim != 1 or beta.ndim != 1:
+            raise TypeError("BatchNormFrames expects x [T][B][g] and gamma, beta [g]")
+        return Apply(self, [x, gamma, beta], [x.type(), x.type(), tt.matrix(dtype=x.dtype), tt.matrix(dtype=x.dtype)])
+
+    def infer_shape(self, fgraph, node, shapes):
+        (t, _, g) = shapes[0]
+        return [shapes[0], shapes[0], (t, g), (t, g)]
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        x, gamma, beta = contiguous(inputs, dtype)
+        steps, batch, width = x.shape
+        y, n = np.empty_like(x), np.empty_like(x)
+        mean, var = np.empty((steps, width), dtype), np.empty((steps, width), dtype)
+        if x.size:
+            scratch = np.empty((2, width), np.float64)
+            frame = native.kernel("batch_norm_frame", dtype)
+            addr = [Frames(a) for a in (x, n, mean, var, y)]
+            for t in range(steps):
+                frame(addr[0][t], gamma.ctypes.data, beta.ctypes.data, addr[1][t], addr[2][t], addr[3][t],
+                      addr[4][t], scratch.ctypes.data, batch, width, x.dtype.type(1))
+        for storage, value in zip(output_storage, (y, n, mean, var)):
+            storage[0] = value
+
+    def pullback(self, inputs, outputs, output_grads):
+        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[1:]):
+            raise NotImplementedError("BatchNormFrames: its statistics and saved arrays have no gradient")
+        return BatchNormFramesGrad()(output_grads[0], outputs[1], outputs[3], inputs[1])
+
+
+class BatchNormFramesGrad(Op):
+    """``(dy, n, var_tg, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the backward of
+    :class:`BatchNormFrames` (batch statistics) from the gradient of its y."""
+
+    __props__ = ()
+
+    def make_node(self, dy, n, var, gamma):
+        inputs = [tt.as_tensor_variable(v) for v in (dy, n, var, gamma)]
+        return Apply(self, inputs, [inputs[0].type(), inputs[3].type(), inputs[3].type()])
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [shapes[0], shapes[3], shapes[3]]
+
+    def perform(self, node, inputs, output_storage):
+        dtype = node.outputs[0].dtype
+        dy, n, var, gamma = contiguous(inputs, dtype)
+        steps, batch, width = dy.shape
+        dx = np.empty_like(dy)
+        d_gamma, d_beta = np.zeros(width, np.float64), np.zeros(width, np.float64)
+        if dy.size:
+            scratch = np.empty((2, width), np.float64)
+            frame_grad = native.kernel("batch_norm_frame_grad", dtype)
+            addr = [Frames(a) for a in (dy, n, var, dx)]
+            for t in range(steps):
+                frame_grad(addr[0][t], addr[1][t], addr[2][t], gamma.ctypes.data, addr[3][t], scratch.ctypes.data,
+                           d_gamma.ctypes.data, d_beta.ctypes.data, batch, width, dy.dtype.type(1))
         for storage, value in zip(output_storage, (dx, d_gamma.astype(dtype), d_beta.astype(dtype))):
             storage[0] = value

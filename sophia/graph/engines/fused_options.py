@@ -23,9 +23,9 @@ take the options as bits) — with what the scan step adds:
 
 Resets, initial states, the stored states and the carry frame work as in
 :mod:`~sophia.graph.engines.fused`, and ``tests/test_engines.py`` checks every
-option set against the scan graph. Recurrent batch norm, whose per-frame batch
-statistics and per-step population statistics the kernels do not compute, stays
-on scan.
+option set against the scan graph. A batch-normalised layer runs on the Ops of
+:mod:`~sophia.graph.engines.fused_bn` instead, which add the norm's batch statistics
+to peepholes and the clock gate.
 
 Example
 -------
@@ -62,7 +62,7 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
     """``(s_h_tbi, s_next_states, {})`` as the scan engine returns them, for an LSTM or
     GRU layer with peepholes, layer norm or clock gates (no batch norm)."""
     s_xw_tbg = layer._project_weights(s_below_tbj, layer.s_W_x_jg, None, None, training, [])
-    if layer.norm_x is not None:                  # a LayerNorm: batch norm keeps the scan
+    if layer.norm_x is not None:                  # a LayerNorm: batch norm runs on fused_bn
         s_xw_tbg = layer_norm(s_xw_tbg, layer.norm_x.v_gamma_g, layer.norm_x.v_beta_g)
     o = layer.options
     extras = []

@@ -9,13 +9,14 @@ module compiles each kernel once, as a C-callable function over raw pointers
 code with llvmlite's JIT linker alone, in milliseconds.
 
 :func:`kernel` ``(name, dtype)`` returns a ``ctypes`` function. Its arguments are
-the addresses of the kernel's arrays, in the order of ``kernels.<name>``, then
-``batch``, ``i`` (the layer width; for ``layer_norm_rows*`` and ``clock_openness*``,
-the rows and their width), ``one`` (1 in ``dtype``) and, for the ``*_options_*`` kernels, the option
-bits. Every array must be C-contiguous with the shape ``kernels.<name>`` documents;
-the gradient accumulators (``db``, ``d_gamma`` …) are float64, the others are
-``dtype``. Nothing checks the addresses: passing a wrong one corrupts memory, so
-only the fused Ops (``fused.py``, ``fused_options.py``) call these.
+the addresses of the kernel's arrays, in the order of ``kernels.<name>`` (batch
+norm: ``kernels_bn.<name>``), then ``batch``, ``i`` (the layer width; for
+``layer_norm_rows*``, ``clock_openness*`` and ``batch_norm_frame*``, the rows and
+their width), ``one`` (1 in ``dtype``) and, for the ``*_options_*`` and ``*_bn_cell*``
+kernels, the option bits. Every array must be C-contiguous with the shape its kernel
+documents; the gradient accumulators (``db``, ``d_gamma`` …) and batch norm's
+``scratch`` are float64, the others are ``dtype``. Nothing checks the addresses:
+passing a wrong one corrupts memory, so only the fused Ops (``fused*.py``) call these.
 
 The cache lives in ``<compiledir>/sophia_kernels`` (PyTensor's compiledir, like the
 JAX cache in ``sophia/graph/modes.py``), one file per kernel and dtype, named by a
@@ -49,12 +50,12 @@ import warnings
 
 import numpy as np
 
-from sophia.graph.engines import kernels
+from sophia.graph.engines import kernels, kernels_bn
 
 MAGIC = b"sophia-kernel-1\n"
 
 # The arrays each kernel takes, in order: False for arrays of the layer's dtype,
-# True for the float64 bias-gradient accumulator. Then batch, i and one follow.
+# True for float64 ones (gradient accumulators, batch-norm scratch). Then batch, i and one follow.
 _ARRAYS = {
     "lstm_cell": (False,) * 6,
     "lstm_cell_grad": (False,) * 8 + (True,),
@@ -68,9 +69,15 @@ _ARRAYS = {
     "layer_norm_rows_grad": (False,) * 5 + (True,) * 2,
     "clock_openness": (False,) * 6,
     "clock_openness_grad": (False,) * 6 + (True,) * 3,
+    "batch_norm_frame": (False,) * 7 + (True,),
+    "batch_norm_frame_grad": (False,) * 5 + (True,) * 3,
+    "lstm_bn_cell": (False,) * 20 + (True,),
+    "lstm_bn_cell_grad": (False,) * 21 + (True,) * 7,
+    "gru_bn_cell": (False,) * 13 + (True,),
+    "gru_bn_cell_grad": (False,) * 13 + (True,) * 4,
 }
 # The kernels that take the option bits (``kernels.PEEPHOLE`` | ...) after ``one``.
-_FLAGGED = frozenset(name for name in _ARRAYS if "_options_" in name)
+_FLAGGED = frozenset(name for name in _ARRAYS if "_options_" in name or "_bn_cell" in name)
 
 
 @functools.cache
@@ -266,6 +273,86 @@ def _wrap_clock_openness_grad(carray):
     return clock_openness_grad
 
 
+def _wrap_batch_norm_frame(carray):
+    frame = kernels_bn.batch_norm_frame
+
+    def batch_norm_frame(x, gamma, beta, n, mean, var, y, scratch, batch, i, one):
+        shape = (batch, i)
+        frame(carray(x, shape), carray(gamma, (i,)), carray(beta, (i,)), carray(n, shape), carray(mean, (i,)),
+              carray(var, (i,)), carray(y, shape), carray(scratch, (2, i)), one)
+    return batch_norm_frame
+
+
+def _wrap_batch_norm_frame_grad(carray):
+    frame_grad = kernels_bn.batch_norm_frame_grad
+
+    def batch_norm_frame_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, batch, i, one):
+        shape = (batch, i)
+        frame_grad(carray(dy, shape), carray(n, shape), carray(var, (i,)), carray(gamma, (i,)), carray(dx, shape),
+                   carray(scratch, (2, i)), carray(d_gamma, (i,)), carray(d_beta, (i,)), one)
+    return batch_norm_frame_grad
+
+
+def _wrap_lstm_bn_cell(carray):
+    cell = kernels_bn.lstm_bn_cell
+
+    def lstm_bn_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, gamma_c, beta_c, k, mean_h, var_h, n_h,
+                     mean_c, var_c, n_c, c_new, h_new, c, h, scratch, batch, i, one, flags):
+        g, bi, rows = 4 * i, (batch, i), batch if flags & kernels_bn.POPULATION else 1
+        cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
+             carray(c_prev, bi), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(gamma_c, (i,)),
+             carray(beta_c, (i,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
+             carray(n_h, (batch, g)), carray(mean_c, (rows, i)), carray(var_c, (rows, i)), carray(n_c, bi),
+             carray(c_new, bi), carray(h_new, bi), carray(c, bi), carray(h, bi), carray(scratch, (2, g)),
+             one, flags)
+    return lstm_bn_cell
+
+
+def _wrap_lstm_bn_cell_grad(carray):
+    cell_grad = kernels_bn.lstm_bn_cell_grad
+
+    def lstm_bn_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, var_h, n_c, var_c,
+                          peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk, scratch, db, d_peep,
+                          d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, one, flags):
+        g, bi = 4 * i, (batch, i)
+        cell_grad(carray(dh, bi), carray(dc, bi), carray(dh_out, bi), carray(dc_out, bi),
+                  carray(a, (batch, g)), carray(c_new, bi), carray(h_new, bi), carray(h_in, bi),
+                  carray(c_in, bi), carray(n_h, (batch, g)), carray(var_h, (1, g)), carray(n_c, bi),
+                  carray(var_c, (1, i)), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(gamma_c, (i,)),
+                  carray(beta_c, (i,)), carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)),
+                  carray(dk, bi), carray(scratch, (2, g)), carray(db, (g,)), carray(d_peep, (3 * i,)),
+                  carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)), carray(d_gamma_c, (i,)),
+                  carray(d_beta_c, (i,)), one, flags)
+    return lstm_bn_cell_grad
+
+
+def _wrap_gru_bn_cell(carray):
+    cell = kernels_bn.gru_bn_cell
+
+    def gru_bn_cell(ha, xa, bias, h_prev, gamma_h, k, mean_h, var_h, n_h, a, hn, h_new, h, scratch,
+                    batch, i, one, flags):
+        g, bi, rows = 3 * i, (batch, i), batch if flags & kernels_bn.POPULATION else 1
+        cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
+             carray(gamma_h, (g,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
+             carray(n_h, (batch, g)), carray(a, (batch, g)), carray(hn, bi), carray(h_new, bi), carray(h, bi),
+             carray(scratch, (2, g)), one, flags)
+    return gru_bn_cell
+
+
+def _wrap_gru_bn_cell_grad(carray):
+    cell_grad = kernels_bn.gru_bn_cell_grad
+
+    def gru_bn_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, var_h, gamma_h, k, d, d_ha, dk, scratch, db,
+                         d_gamma_h, d_beta_h, batch, i, one, flags):
+        g, bi = 3 * i, (batch, i)
+        cell_grad(carray(dh, bi), carray(dh_out, bi), carray(a, (batch, g)), carray(h_in, bi), carray(hn, bi),
+                  carray(h_new, bi), carray(n_h, (batch, g)), carray(var_h, (1, g)), carray(gamma_h, (g,)),
+                  carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)), carray(dk, bi),
+                  carray(scratch, (2, g)), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
+                  one, flags)
+    return gru_bn_cell_grad
+
+
 _WRAPPERS = {"lstm_cell": _wrap_lstm_cell, "lstm_cell_grad": _wrap_lstm_cell_grad,
              "gru_cell": _wrap_gru_cell, "gru_cell_grad": _wrap_gru_cell_grad,
              "lstm_options_cell": _wrap_lstm_options_cell,
@@ -275,7 +362,11 @@ _WRAPPERS = {"lstm_cell": _wrap_lstm_cell, "lstm_cell_grad": _wrap_lstm_cell_gra
              "layer_norm_rows": _wrap_layer_norm_rows,
              "layer_norm_rows_grad": _wrap_layer_norm_rows_grad,
              "clock_openness": _wrap_clock_openness,
-             "clock_openness_grad": _wrap_clock_openness_grad}
+             "clock_openness_grad": _wrap_clock_openness_grad,
+             "batch_norm_frame": _wrap_batch_norm_frame,
+             "batch_norm_frame_grad": _wrap_batch_norm_frame_grad,
+             "lstm_bn_cell": _wrap_lstm_bn_cell, "lstm_bn_cell_grad": _wrap_lstm_bn_cell_grad,
+             "gru_bn_cell": _wrap_gru_bn_cell, "gru_bn_cell_grad": _wrap_gru_bn_cell_grad}
 
 
 def _emit_object(compiled, symbol: str) -> bytes:
@@ -341,7 +432,7 @@ def _fingerprint(name: str, dtype: np.dtype) -> str:
 
     parts = [name, dtype.name, numba.__version__, llvmlite.__version__, llvm.get_process_triple(),
              llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
-             inspect.getsource(kernels), inspect.getsource(sys.modules[__name__])]
+             inspect.getsource(kernels), inspect.getsource(kernels_bn), inspect.getsource(sys.modules[__name__])]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 

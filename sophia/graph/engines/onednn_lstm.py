@@ -51,12 +51,12 @@ _ORDER = [0, 1, 3, 2]     # Sophia's gate blocks ↔ oneDNN's (its own inverse)
 def supports(layer, *, training: bool, unroll: bool) -> str:
     """'' where oneDNN runs ``layer``'s window, else why not: a training graph of an
     LSTM layer the fused Ops run, without the unit options oneDNN's cell lacks
-    (peepholes, layer norm, the clock gate) or a norm on its input product, in
+    (peepholes, layer norm, the clock gate, batch norm) or a norm on its input product, in
     float32, with oneDNN loaded."""
     reason = fused.supports(layer, training=training, unroll=unroll)
     if reason:
         return reason
-    options = [option for option in fused_options.OPTIONS if getattr(layer.options, option)]
+    options = [option for option in (*fused_options.OPTIONS, "batch_norm") if getattr(layer.options, option)]
     if options:
         return ", ".join(options)
     if not training:

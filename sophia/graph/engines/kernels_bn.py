@@ -1,0 +1,252 @@
+"""Per-frame kernels of recurrent batch norm for the fused engine (Cooijmans et al. 2016).
+
+Batch norm normalises each unit over the batch: its statistics are sums over the
+[B] rows of a frame, so these kernels make two passes over a frame's rows where the
+kernels of :mod:`~sophia.graph.engines.kernels` make one. They compute the function
+of :class:`sophia.graph.norms.BatchNorm`: n = (x − mean) / sqrt(var + ε), y = γ n + β,
+mean and the biased var over the batch (training), or the population's mean and var
+of each row's time step (``POPULATION``: one row of statistics per batch row, given).
+
+- :func:`batch_norm_frame` and its gradient: one frame [B][g] of the input path,
+  which the fused engine normalises outside the recurrence
+  (:mod:`~sophia.graph.engines.fused_bn`);
+- :func:`lstm_bn_cell`, :func:`gru_bn_cell` and their gradients: one frame of the
+  recurrence, the recurrent product ``h W_h`` normalised over the batch, for LSTM also
+  the cell before its ``tanh``; with peepholes and the clock gate as the option
+  kernels run them (``flags``: ``kernels.PEEPHOLE``, ``kernels.CLOCK``, :data:`POPULATION`).
+
+Conventions are those of :mod:`~sophia.graph.engines.kernels`: ``one`` is 1 in the
+arrays' dtype; sums over the batch run in float64, in the caller's ``scratch`` [2][g]
+(g the widest normalised row); gradient accumulators are float64. Statistics arrays
+are [R][w], R = 1 in training (the frame's, written by the kernel) and R = B with
+``POPULATION`` (read). The gradients are those of training graphs (batch statistics).
+Called as native code through :mod:`~sophia.graph.engines.native`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sophia.graph.engines.kernels import AVAILABLE, CLOCK, EPSILON, PEEPHOLE
+
+POPULATION = 8            # the statistics are the population's, one row per batch row
+
+if AVAILABLE:
+    import numba
+
+    from sophia.graph.engines.kernels import _JIT, _like, _sigmoid, _tanh, gru_options_cell, gru_options_cell_grad
+
+    @numba.njit(inline="always", **_JIT)
+    def _bn_stats(x, mean, var, scratch, one):
+        """Mean and biased variance over the rows of x [B][w] into mean, var [w]."""
+        batch, width = x.shape
+        s = scratch[0]
+        for k in range(width):
+            s[k] = 0.0
+        for b in range(batch):
+            xb = x[b]
+            for k in range(width):
+                s[k] += xb[k]
+        for k in range(width):
+            mean[k] = _like(s[k] / batch, one)
+        for k in range(width):
+            s[k] = 0.0
+        for b in range(batch):
+            xb = x[b]
+            for k in range(width):
+                s[k] += (xb[k] - mean[k]) * (xb[k] - mean[k])
+        for k in range(width):
+            var[k] = _like(s[k] / batch, one)
+
+    @numba.njit(inline="always", **_JIT)
+    def _bn_normalise(x, mean, var, n, one):
+        """n = (x − mean) / sqrt(var + ε) for the rows of x [B][w]; mean, var [R][w]
+        (R = 1: the same for every row)."""
+        batch, width = x.shape
+        eps = _like(EPSILON, one)
+        for b in range(batch):
+            row = b if mean.shape[0] > 1 else 0
+            xb, nb, mb, vb = x[b], n[b], mean[row], var[row]
+            for k in range(width):
+                nb[k] = (xb[k] - mb[k]) / np.sqrt(vb[k] + eps)
+
+    @numba.njit(inline="always", **_JIT)
+    def _bn_scale(n, gamma, beta, y):
+        """y = γ n + β for the rows of n [B][w] (y may be n's input)."""
+        for b in range(n.shape[0]):
+            nb, yb = n[b], y[b]
+            for k in range(n.shape[1]):
+                yb[k] = gamma[k] * nb[k] + beta[k]
+
+    @numba.njit(inline="always", **_JIT)
+    def _bn_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, one):
+        """Backward of the batch-statistics norm of x [B][w]: dx from dy (dx may be dy),
+        with n and var [w] of the forward pass; Σ dy n and Σ dy summed into the
+        float64 d_gamma and d_beta [w]."""
+        batch, width = dy.shape
+        s1, s2 = scratch[0], scratch[1]
+        for k in range(width):
+            s1[k], s2[k] = 0.0, 0.0
+        for b in range(batch):
+            dyb, nb = dy[b], n[b]
+            for k in range(width):
+                s1[k] += dyb[k]
+                s2[k] += dyb[k] * nb[k]
+        for k in range(width):
+            d_beta[k] += s1[k]
+            d_gamma[k] += s2[k]
+            s1[k], s2[k] = s1[k] / batch, s2[k] / batch
+        eps = _like(EPSILON, one)
+        for b in range(batch):
+            dyb, nb, dxb = dy[b], n[b], dx[b]
+            for k in range(width):
+                dxb[k] = gamma[k] / np.sqrt(var[k] + eps) * (dyb[k] - _like(s1[k], one) - nb[k] * _like(s2[k], one))
+
+    @numba.njit(inline="always", **_JIT)
+    def batch_norm_frame(x, gamma, beta, n, mean, var, y, scratch, one):
+        """Batch norm of one frame x [B][w] with its own statistics: mean, var [w]
+        written, n [B][w] kept for the gradient, y = γ n + β [B][w] (y may be x)."""
+        _bn_stats(x, mean, var, scratch, one)
+        _bn_normalise(x, mean.reshape((1, -1)), var.reshape((1, -1)), n, one)
+        _bn_scale(n, gamma, beta, y)
+
+    @numba.njit(inline="always", **_JIT)
+    def batch_norm_frame_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, one):
+        """Backward of :func:`batch_norm_frame`: dx [B][w] from dy; d_gamma, d_beta [w] summed."""
+        _bn_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, one)
+
+    @numba.njit(inline="always", **_JIT)
+    def lstm_bn_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, gamma_c, beta_c, k, mean_h, var_h, n_h,
+                     mean_c, var_c, n_c, c_new, h_new, c, h, scratch, one, flags):
+        """One batch-normalised LSTM frame. a = h_prev W_h [B][4i] is normalised over the
+        batch (n_h [B][4i] kept, statistics mean_h, var_h [R][4i]), then becomes the
+        activated gates of γ_h n_h + xa + bias; the new cell c_new [B][i] is normalised
+        (n_c, mean_c, var_c [R][i]) before its tanh: h_new = σ(o) tanh(γ_c n_c + β_c).
+        peep [3i]: the peepholes (PEEPHOLE); c, h [B][i]: the states after the clock's
+        blend with k [B][i] (CLOCK; without it c_new, h_new may be c, h)."""
+        batch, i = c.shape
+        peephole, clock, population = flags & PEEPHOLE, flags & CLOCK, flags & POPULATION
+        if not population:
+            _bn_stats(a, mean_h[0], var_h[0], scratch, one)
+        _bn_normalise(a, mean_h, var_h, n_h, one)
+        for b in range(batch):
+            ab, xb, nb, cp, cn = a[b], xa[b], n_h[b], c_prev[b], c_new[b]
+            for q in range(4 * i):
+                ab[q] = gamma_h[q] * nb[q] + xb[q] + bias[q]
+            s_i, s_f, s_g = ab[:i], ab[i:2 * i], ab[3 * i:]
+            if peephole:
+                for j in range(i):
+                    s_i[j] += cp[j] * peep[j]
+                    s_f[j] += cp[j] * peep[i + j]
+            for j in range(i):
+                s_i[j] = _sigmoid(s_i[j])
+            for j in range(i):
+                s_f[j] = _sigmoid(s_f[j])
+            for j in range(i):
+                s_g[j] = _tanh(s_g[j])
+            for j in range(i):
+                cn[j] = s_f[j] * cp[j] + s_i[j] * s_g[j]
+        if not population:
+            _bn_stats(c_new, mean_c[0], var_c[0], scratch, one)
+        _bn_normalise(c_new, mean_c, var_c, n_c, one)
+        _bn_scale(n_c, gamma_c, beta_c, h_new)                           # h_new holds the norm's y
+        for b in range(batch):
+            s_o, cn, hn = a[b][2 * i:3 * i], c_new[b], h_new[b]
+            if peephole:
+                for j in range(i):
+                    s_o[j] += cn[j] * peep[2 * i + j]
+            for j in range(i):
+                s_o[j] = _sigmoid(s_o[j])
+            for j in range(i):
+                hn[j] = s_o[j] * _tanh(hn[j])
+            if clock:
+                kb, cp, hp, cb, hb = k[b], c_prev[b], h_prev[b], c[b], h[b]
+                for j in range(i):
+                    cb[j] = kb[j] * cn[j] + (one - kb[j]) * cp[j]
+                for j in range(i):
+                    hb[j] = kb[j] * hn[j] + (one - kb[j]) * hp[j]
+
+    @numba.njit(inline="always", **_JIT)
+    def lstm_bn_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, var_h, n_c, var_c,
+                          peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk, scratch, db, d_peep,
+                          d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, one, flags):
+        """Backward of :func:`lstm_bn_cell` (training) for one frame. From dh + dh_out and
+        dc + dc_out: d [B][4i] = the gradient of the pre-activations (= of xa; summed
+        into db), d_ha [B][4i] = of h_prev W_h before its norm, dk [B][i] = of the
+        clock's openness; d_peep [3i], d_gamma_h, d_beta_h [4i], d_gamma_c, d_beta_c [i]
+        summed (float64; the h path has no β, d_beta_h is a scratch sum). dc becomes the
+        gradient of the entering c, dh that of the entering h by the clock's direct
+        path: the caller adds d_ha W_hᵀ."""
+        batch, i = dh.shape
+        peephole, clock = flags & PEEPHOLE, flags & CLOCK
+        for b in range(batch):
+            ab, db_, cn, hn, hib, cib = a[b], d[b], c_new[b], h_new[b], h_in[b], c_in[b]
+            dhb, dcb, dhob, dcob, ncb = dh[b], dc[b], dh_out[b], dc_out[b], n_c[b]
+            s_o = ab[2 * i:3 * i]
+            d_i, d_o, d_g = db_[:i], db_[2 * i:3 * i], db_[3 * i:]
+            # d_i holds the gradient of c_new until the last loop; d_g that of the cell norm's y
+            if clock:
+                kb, dkb = k[b], dk[b]
+                for j in range(i):
+                    gh, gc, kj = dhb[j] + dhob[j], dcb[j] + dcob[j], kb[j]
+                    dkb[j] = gh * (hn[j] - hib[j]) + gc * (cn[j] - cib[j])
+                    dhb[j], dcb[j] = (one - kj) * gh, (one - kj) * gc
+                    d_o[j], d_i[j] = kj * gh, kj * gc
+            else:
+                for j in range(i):
+                    d_o[j], d_i[j] = dhb[j] + dhob[j], dcb[j] + dcob[j]
+                    dhb[j], dcb[j] = 0, 0
+            for j in range(i):                  # d o, and the gradient of the norm's output y
+                so = s_o[j]
+                ty = _tanh(gamma_c[j] * ncb[j] + beta_c[j])
+                gh = d_o[j]
+                d_o[j] = gh * ty * so * (one - so)
+                d_g[j] = gh * so * (one - ty * ty)
+            if peephole:
+                for j in range(i):
+                    d_i[j] += d_o[j] * peep[2 * i + j]
+                    d_peep[2 * i + j] += d_o[j] * cn[j]
+        _bn_grad(d[:, 3 * i:], n_c, var_c[0], gamma_c, d[:, 3 * i:], scratch, d_gamma_c, d_beta_c, one)
+        for b in range(batch):
+            ab, db_, cib, dcb = a[b], d[b], c_in[b], dc[b]
+            s_i, s_f, s_g = ab[:i], ab[i:2 * i], ab[3 * i:]
+            d_i, d_f, d_g = db_[:i], db_[i:2 * i], db_[3 * i:]
+            for j in range(i):                  # d i, d f, d g; then d c into the entering c
+                si, sf, sg, gc = s_i[j], s_f[j], s_g[j], d_i[j] + d_g[j]
+                d_f[j] = gc * cib[j] * sf * (one - sf)
+                d_g[j] = gc * si * (one - sg * sg)
+                d_i[j] = gc * sg * si * (one - si)
+                dcb[j] += gc * sf
+            if peephole:
+                for j in range(i):
+                    dcb[j] += d_i[j] * peep[j] + d_f[j] * peep[i + j]
+                    d_peep[j] += d_i[j] * cib[j]
+                    d_peep[i + j] += d_f[j] * cib[j]
+            for q in range(4 * i):
+                db[q] += db_[q]
+        _bn_grad(d, n_h, var_h[0], gamma_h, d_ha, scratch, d_gamma_h, d_beta_h, one)
+
+    @numba.njit(inline="always", **_JIT)
+    def gru_bn_cell(ha, xa, bias, h_prev, gamma_h, k, mean_h, var_h, n_h, a, hn, h_new, h, scratch, one, flags):
+        """One batch-normalised GRU frame: ha = h_prev W_h [B][3i] normalised over the
+        batch in place (γ_h n_h, n_h [B][3i] kept, statistics mean_h, var_h [R][3i]),
+        then the cell of :func:`kernels.gru_options_cell` (the clock gate: CLOCK)."""
+        if not flags & POPULATION:
+            _bn_stats(ha, mean_h[0], var_h[0], scratch, one)
+        _bn_normalise(ha, mean_h, var_h, n_h, one)
+        for b in range(ha.shape[0]):
+            hab, nb = ha[b], n_h[b]
+            for q in range(ha.shape[1]):
+                hab[q] = gamma_h[q] * nb[q]
+        gru_options_cell(ha, xa, bias, h_prev, gamma_h, gamma_h, k, n_h, var_h[0], a, hn, h_new, h, one,
+                         flags & CLOCK)
+
+    @numba.njit(inline="always", **_JIT)
+    def gru_bn_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, var_h, gamma_h, k, d, d_ha, dk, scratch, db,
+                         d_gamma_h, d_beta_h, one, flags):
+        """Backward of :func:`gru_bn_cell` (training) for one frame: that of
+        :func:`kernels.gru_options_cell_grad`, then d_ha [B][3i] through the norm (the
+        gradient of h_prev W_h before it); d_gamma_h, d_beta_h [3i] summed (float64; the
+        h path has no β, d_beta_h is a scratch sum)."""
+        gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, var_h[0], gamma_h, k, d, d_ha, dk,
+                              db, d_gamma_h, d_beta_h, one, flags & CLOCK)
+        _bn_grad(d_ha, n_h, var_h[0], gamma_h, d_ha, scratch, d_gamma_h, d_beta_h, one)
