@@ -69,12 +69,14 @@ def main(argv=None):
     parser.add_argument("--mode", default="auto", help="compile_mode (default auto)")
     parser.add_argument("--steps", type=int, default=8, help="profiled training steps (default 8)")
     parser.add_argument("--top", type=int, default=20, help="nodes to print (default 20)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a ModelOptions override of the reference model, e.g. layer_norm=true (repeatable)")
     o = parser.parse_args(argv)
 
     import sophia  # noqa: F401  first, as train.py: it sets OpenBLAS's environment before numpy loads
     import numpy as np
     from sophia.graph.net import Net
-    from sophia.options import ModelOptions, TrainOptions
+    from sophia.options import ModelOptions, TrainOptions, apply_overrides
     from sophia.training.memory import keep_freed_memory
 
     keep_freed_memory()                                 # as the trainer does
@@ -82,9 +84,12 @@ def main(argv=None):
     _timed_kernels(kernel_log)
     m = MODEL
 
+    model = apply_overrides(ModelOptions(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
+                                         net_width=m["width"], net_depth=m["depth"]),
+                            dict(item.split("=", 1) for item in o.set))
+
     def build():
-        net = Net(ModelOptions(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
-                               net_width=m["width"], net_depth=m["depth"]), dtype="float32")
+        net = Net(model, dtype="float32")
         built = time.perf_counter()
         options = TrainOptions(batch_size=m["batch"], window_size=m["window"], step_size=m["step"],
                                force_type="adam", compile_mode=o.mode)

@@ -8,9 +8,13 @@ into preallocated arrays. The matmuls stay ``np.dot`` on BLAS, called by the Ops
 The Ops call these kernels as native functions over raw pointers
 (``sophia/graph/engines/native.py``), compiled by Numba once per machine and loaded from
 disk afterwards; calling them here, on arrays, is what the tests compare with.
-They are inlined into those wrappers at Numba's level (``inline="always"``), so each
-is typed, lowered and optimised once, inside its wrapper, instead of also as a
-library of its own: a shorter cold compile, the same speed.
+The plain LSTM and GRU cells are inlined into those wrappers at Numba's level
+(``inline="always"``), so each is typed, lowered and optimised once, inside its
+wrapper: a shorter cold compile, the same speed. The option cells (peepholes, layer
+norm, clock gate) and the batch-norm cells (``kernels_bn.py``) are functions of their
+own that the wrapper calls: inlined into a wrapper over that many raw pointers, their
+loops were left unvectorised, several times slower per frame
+(``bench/train_speed.py --option_sets`` measures the layers that use them).
 Without Numba, ``AVAILABLE`` is False and the Ops run their numpy code instead.
 
 Conventions: ``one`` is 1 in the arrays' dtype, so float32 arithmetic stays float32
@@ -223,7 +227,7 @@ if AVAILABLE:
         for k in range(width):
             dx[k] = r * (gamma[k] * dy[k] - m1 - n[k] * m2)
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
                           n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, one, flags):
         """One LSTM frame with the options of ``flags``. a = h_prev W_h [B][4i] becomes
@@ -276,7 +280,7 @@ if AVAILABLE:
                 for j in range(i):
                     hb[j] = kb[j] * hn[j] + (one - kb[j]) * hp[j]
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
                                n_c, rstd_c, peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk,
                                db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, one, flags):
@@ -343,7 +347,7 @@ if AVAILABLE:
             if norm:
                 _normalise_row_grad(db_, n_h[b], rstd_h[b], gamma_h, d_gamma_h, d_ha[b], one)
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def gru_options_cell(ha, xa, bias, h_prev, gamma_h, beta_h, k, n_h, rstd_h, a, hn, h_new, h, one, flags):
         """One GRU frame with the options of ``flags`` (layer norm on h_prev W_h, the
         clock gate): ha = h_prev W_h [B][3i] (normalised in place, n_h [B][3i] and
@@ -372,7 +376,7 @@ if AVAILABLE:
                 for j in range(i):
                     ob[j] = kb[j] * hb[j] + (one - kb[j]) * hpb[j]
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,
                               db, d_gamma_h, d_beta_h, one, flags):
         """Backward of :func:`gru_options_cell` for one frame: from dh + dh_out, d [B][3i]

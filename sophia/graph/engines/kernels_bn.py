@@ -114,7 +114,7 @@ if AVAILABLE:
         """Backward of :func:`batch_norm_frame`: dx [B][w] from dy; d_gamma, d_beta [w] summed."""
         _bn_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, one)
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def lstm_bn_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, gamma_c, beta_c, k, mean_h, var_h, n_h,
                      mean_c, var_c, n_c, c_new, h_new, c, h, scratch, one, flags):
         """One batch-normalised LSTM frame. a = h_prev W_h [B][4i] is normalised over the
@@ -165,7 +165,7 @@ if AVAILABLE:
                 for j in range(i):
                     hb[j] = kb[j] * hn[j] + (one - kb[j]) * hp[j]
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def lstm_bn_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, var_h, n_c, var_c,
                           peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk, scratch, db, d_peep,
                           d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, one, flags):
@@ -225,7 +225,7 @@ if AVAILABLE:
                 db[q] += db_[q]
         _bn_grad(d, n_h, var_h[0], gamma_h, d_ha, scratch, d_gamma_h, d_beta_h, one)
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def gru_bn_cell(ha, xa, bias, h_prev, gamma_h, k, mean_h, var_h, n_h, a, hn, h_new, h, scratch, one, flags):
         """One batch-normalised GRU frame: ha = h_prev W_h [B][3i] normalised over the
         batch in place (γ_h n_h, n_h [B][3i] kept, statistics mean_h, var_h [R][3i]),
@@ -240,7 +240,7 @@ if AVAILABLE:
         gru_options_cell(ha, xa, bias, h_prev, gamma_h, gamma_h, k, n_h, var_h[0], a, hn, h_new, h, one,
                          flags & CLOCK)
 
-    @numba.njit(inline="always", **_JIT)
+    @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def gru_bn_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, var_h, gamma_h, k, d, d_ha, dk, scratch, db,
                          d_gamma_h, d_beta_h, one, flags):
         """Backward of :func:`gru_bn_cell` (training) for one frame: that of
