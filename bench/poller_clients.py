@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import os
 import sys
@@ -51,7 +52,7 @@ class _Client:
         self.payload = payload
         self.sent = 0.0           # perf_counter of the request in flight
         self.open = False         # handshake answered "ready"
-        self.latencies = {}       # bucket -> [µs]
+        self.latencies = {}       # bucket -> array of µs
         self.errors = 0
         self.failure = None
         self.replies = [] if keep_replies else None
@@ -175,7 +176,7 @@ def _stream(clients, by_socket, poller, seconds, timeout, bucket_seconds) -> Non
             client = by_socket[socket]
             reply = socket.recv(zmq.NOBLOCK)
             bucket = int((client.sent - begin) // bucket_seconds)
-            client.latencies.setdefault(bucket, []).append((now - client.sent) * 1e6)
+            client.latencies.setdefault(bucket, array.array("d")).append((now - client.sent) * 1e6)
             client.errors += proto.is_error(reply)
             if client.replies is not None:
                 client.replies.append(reply)
