@@ -214,13 +214,19 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     """Drive ``--clients`` clients of one stream each (zero frames) and print one
-    JSON line per client (:func:`drive`'s dicts)."""
+    JSON line per client (:func:`drive`'s dicts), then ``{"cpu_s": S}``: the CPU
+    seconds this process spent in :func:`drive`, all its threads (libzmq's I/O
+    thread too)."""
     args = parse_args(argv)
     handshake = proto.format_handshake([args.workspace], 1, [[0]])
     payload = proto.format_frames(np.zeros((1, 1, args.input_dim), np.float32))
-    for result in drive(args.endpoint, handshake, [payload] * args.clients, args.seconds,
-                        timeout=args.timeout):
+    cpu_start = time.process_time()
+    results = drive(args.endpoint, handshake, [payload] * args.clients, args.seconds,
+                    timeout=args.timeout)
+    cpu_s = time.process_time() - cpu_start
+    for result in results:
         print(json.dumps(result), flush=True)
+    print(json.dumps({"cpu_s": cpu_s}), flush=True)
     return 0
 
 

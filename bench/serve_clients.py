@@ -74,11 +74,14 @@ def parse_args(argv=None):
 
 def worker(endpoint, threads, seconds, input_dim):
     """Client threads streaming B = 1 steps for ``seconds``, each on a blocking REQ
-    socket; prints one JSON line per thread, as :func:`poller_clients.drive`'s."""
+    socket; prints one JSON line per thread, as :func:`poller_clients.drive`'s, then
+    the process's CPU seconds as :func:`poller_clients.main` does."""
     import numpy as np
     import zmq
 
     from sophia.serving import protocol as proto
+
+    cpu_start = time.process_time()
 
     context = zmq.Context()
     frames = proto.format_frames(np.zeros((1, 1, input_dim), np.float32))
@@ -115,14 +118,17 @@ def worker(endpoint, threads, seconds, input_dim):
     for thread in pool:
         thread.join()
     context.term()
+    cpu_s = time.process_time() - cpu_start
     for result in results:
         print(json.dumps(result), flush=True)
+    print(json.dumps({"cpu_s": cpu_s}), flush=True)
 
 
 def run_clients(endpoint, count, seconds, args):
     """``count`` clients of one stream each, in driver or worker processes that
     stream for ``seconds``; returns each client's result dict
-    (:func:`poller_clients.drive`'s)."""
+    (:func:`poller_clients.drive`'s) and the CPU seconds of those processes
+    while they drove the clients (their start-up left out)."""
     commands, left = [], count
     if args.driver == "poller":
         processes = max(1, min(args.driver_processes, count))
@@ -137,25 +143,31 @@ def run_clients(endpoint, count, seconds, args):
                          str(args.input_dim)])
     procs = [subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, text=True, cwd=REPO)
              for command in commands]
-    results = []
+    results, cpu_s = [], 0.0
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds + 600)
-        results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        for line in (json.loads(line) for line in out.splitlines() if line.startswith("{")):
+            if "cpu_s" in line:
+                cpu_s += line["cpu_s"]
+            else:
+                results.append(line)
     if len(results) < count:   # a driver that died: its clients count as failed
         results += [{"latencies_us": {}, "errors": 1, "failure": "driver died"}] * (count - len(results))
-    return results
+    return results, cpu_s
 
 
-def summarise(results, seconds, np):
+def summarise(results, cpu_s, seconds, np):
     """Aggregate frames/s, the median over clients of their p50 and p99 (µs), the
-    worst client p99 and the errors; clients without a reply are left out of the
-    percentiles."""
+    worst client p99, the errors and the drivers' CPU µs per request; clients
+    without a reply are left out of the percentiles."""
     times = [np.concatenate([np.asarray(v, float) for v in r["latencies_us"].values()] or [np.empty(0)])
              for r in results]
     p50s = [np.percentile(t, 50) for t in times if len(t)] or [np.nan]
     p99s = [np.percentile(t, 99) for t in times if len(t)] or [np.nan]
-    return {"frames/s": sum(len(t) for t in times) / seconds, "p50": np.median(p50s),
-            "p99": np.median(p99s), "worst p99": max(p99s), "errors": sum(r["errors"] for r in results)}
+    steps = sum(len(t) for t in times)
+    return {"frames/s": steps / seconds, "p50": np.median(p50s), "p99": np.median(p99s),
+            "worst p99": max(p99s), "errors": sum(r["errors"] for r in results),
+            "driver µs": cpu_s / max(steps, 1) * 1e6}
 
 
 def rss_mib(pid) -> float:
@@ -204,17 +216,17 @@ def main():
         if args.soak_minutes:
             return soak(servers, args, np)
         print(f"{'tr':>3} {'C':>4} {'batching':>9} | {'frames/s':>9} | {'p50 µs':>7} {'p99 µs':>7} "
-              f"{'worst p99':>9} | {'errors':>6}")
+              f"{'worst p99':>9} | {'errors':>6} | {'driver CPU µs/step':>18}")
         rows = {}
         for transport in args.transports:
             for count in args.clients:
                 for delay in delays + (["echo"] if with_echo else []):
-                    results = run_clients(servers[transport, delay][1], count, args.seconds, args)
-                    row = rows[transport, count, delay] = summarise(results, args.seconds, np)
+                    results, cpu_s = run_clients(servers[transport, delay][1], count, args.seconds, args)
+                    row = rows[transport, count, delay] = summarise(results, cpu_s, args.seconds, np)
                     label = "echo" if delay == "echo" else f"{delay} µs" if delay else "off"
                     print(f"{transport:>3} {count:>4} {label:>9} | {row['frames/s']:>9,.0f} | "
                           f"{row['p50']:>7.0f} {row['p99']:>7.0f} {row['worst p99']:>9.0f} | "
-                          f"{row['errors']:>6}", flush=True)
+                          f"{row['errors']:>6} | {row['driver µs']:>18.1f}", flush=True)
         batched = args.max_batch_delay_us
         for transport in args.transports:
             print(f"{transport}: batched / unbatched frames/s: " + ", ".join(
@@ -238,7 +250,7 @@ def soak(servers, args, np):
     timer = threading.Timer(60.0, lambda: rss.setdefault("minute 1", rss_mib(proc.pid)))
     timer.start()
     try:
-        results = run_clients(endpoint, args.soak_clients, args.soak_minutes * 60, args)
+        results, _ = run_clients(endpoint, args.soak_clients, args.soak_minutes * 60, args)
     finally:
         timer.cancel()
     rss["end"] = rss_mib(proc.pid)
