@@ -11,9 +11,10 @@ sockets (``poller_clients.py``), so on a machine of few cores the load generator
 takes one core and leaves the rest to the server; ``--driver threads`` runs them as
 threads of worker processes instead, one blocking REQ socket each. The script prints
 the aggregate frames/s, the median of the clients' p50 and p99 round trips and the
-worst p99, and at the end the ratio of batched to unbatched aggregate frames/s and
-client p50 per C. The echo rows are the load generator's own ceiling: a server row
-near them is bound by the clients, not by the server.
+worst p99, the errors and the drivers' CPU time per step, and at the end the ratio of
+batched to unbatched aggregate frames/s and client p50 per C. The echo rows are the
+load generator's own ceiling: a server row near them is bound by the clients, not by
+the server.
 
 ``--soak_minutes M`` instead runs ``--soak_clients`` clients against the batching
 server for M minutes and prints, per minute, the steps and p99 across all clients,
