@@ -3,6 +3,7 @@
 - :func:`write_workspaces` -- ``count`` LSTM workspaces with random parameters.
 - :func:`start` -- start a process and wait for its "serving on" line.
 - :func:`endpoint_for` -- an ipc path in a directory, or tcp on 127.0.0.1 (any port).
+- :func:`run_session_echo` -- a stand-in server without a model (the load generator's ceiling).
 """
 from __future__ import annotations
 
@@ -52,3 +53,30 @@ def start(command, prefix):
 
 def endpoint_for(transport, tmp, name):
     return f"ipc://{tmp}/{name}.sock" if transport == "ipc" else "tcp://127.0.0.1:*"
+
+
+def run_session_echo(endpoint, request_bytes, reply_bytes):
+    """A stand-in server with no model: answers a step of ``request_bytes`` bytes with
+    ``reply_bytes`` zero bytes, ignores the end frame and answers anything else (a
+    handshake) with ``ready``. Prints ``echo: serving on ENDPOINT``; runs until killed.
+    What a load generator reaches against it is its own ceiling on that transport."""
+    import zmq
+
+    from sophia.serving import protocol as proto
+
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    print(f"echo: serving on {router.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
+    reply = b"\0" * reply_bytes
+    try:
+        while True:
+            rid, empty, *body = router.recv_multipart()
+            if len(body) == 1 and len(body[0]) == request_bytes and not proto.is_end_frame(body[0]):
+                router.send_multipart([rid, empty, reply])
+            elif not (len(body) == 1 and proto.is_end_frame(body[0])):
+                router.send_multipart([rid, empty, proto.READY])
+    finally:
+        router.close()
+        context.term()
