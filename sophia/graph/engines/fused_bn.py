@@ -35,16 +35,13 @@ Example
 from __future__ import annotations
 
 import numpy as np
-import pytensor.tensor as tt
-from pytensor.gradient import DisconnectedType, disconnected_type
-from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
 
 from sophia.graph.engines import kernels, native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import batch_norm
 from sophia.graph.engines.kernels_bn import POPULATION
 from sophia.graph.engines.window import Frames, contiguous, frames
+from sophia.graph.engines.window_op import WindowRecurrence, WindowRecurrenceGrad
 
 
 def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int, training: bool):
@@ -83,111 +80,18 @@ def _flags(peephole=False, clock=False, training=True) -> int:
     return (kernels.PEEPHOLE * peephole) | (kernels.CLOCK * clock) | (POPULATION * (not training))
 
 
-class _BatchNormRecurrence(Op):
-    """Shared make_node/infer_shape/pullback of the forward Ops.
-
-    Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, *initial_i, *stored_bi``, then the
-    parameters (:meth:`_param_ndims`), at inference the time steps ``step_tb`` (int)
-    and the population statistics [S][w], then the clock's openness k_tbi. Outputs:
-    each state [T][B][i], the saved arrays [T][B][·] (``saved``: width in units of i,
-    and the option they need), then the batch statistics mean, var [T][w] of each
-    inner norm (width 0 at inference).
-    """
-
-    n_states = 1
-    saved = ()
-    stats_widths = ()           # width of each inner norm's statistics, in units of i
-
-    def _param_ndims(self):
-        raise NotImplementedError
-
-    def _extra_ndims(self):
-        population = [2] + [2] * 2 * len(self.stats_widths) if not self.training else []
-        return self._param_ndims() + population + [3] * self.clock
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        dtype = inputs[0].dtype
-        ndims = [3, 2, 2, 1] + [1] * self.n_states + [2] * self.n_states + self._extra_ndims()
-        if [x.ndim for x in inputs] != ndims:
-            raise TypeError(f"{type(self).__name__} expects inputs of ndim {ndims}")
-        step_at = 2 + 2 + 2 * self.n_states + len(self._param_ndims())
-        inputs = inputs[:2] + [x if n == step_at and not self.training else tt.cast(x, dtype)
-                               for n, x in enumerate(inputs[2:], start=2)]
-        outputs = [tt.tensor3(dtype=dtype) for _ in range(self.n_states + len(self.saved))]
-        outputs += [tt.matrix(dtype=dtype) for _ in range(2 * len(self.stats_widths))]
-        return Apply(self, inputs, outputs)
-
-    def _saved_width(self, spec, i):
-        width, option = spec
-        return width * i if option is None or getattr(self, option) else 0
-
-    def infer_shape(self, fgraph, node, shapes):
-        (t, b, _), i = shapes[0], shapes[2][0]
-        return ([(t, b, i)] * self.n_states + [(t, b, self._saved_width(spec, i)) for _, *spec in self.saved]
-                + [(t, w * i if self.training else 0) for w in self.stats_widths for _ in range(2)])
-
-    def connection_pattern(self, node):
-        outputs = self.n_states + len(self.saved) + 2 * len(self.stats_widths)
-        n_params = 2 + 2 * self.n_states + len(self._param_ndims())
-        connected = [True] * n_params + [False] * (len(node.inputs) - 2 - n_params - self.clock) + [True] * self.clock
-        return [[True] * outputs, [False] * outputs] + [[c] * outputs for c in connected]
-
-    def pullback(self, inputs, outputs, output_grads):
-        if not self.training:
-            raise NotImplementedError(f"{type(self).__name__}: population statistics are for inference graphs only")
-        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[self.n_states:]):
-            raise NotImplementedError(f"{type(self).__name__}: its saved arrays and statistics have no gradient")
-        given = tuple(not isinstance(g.type, DisconnectedType) for g in output_grads[:self.n_states])
-        d_states = [g for g, ok in zip(output_grads, given) if ok]
-        grads = self.grad_op(given)(*inputs[1:], *outputs, *d_states)
-        return [grads[0], disconnected_type()] + list(grads[1:])
-
-    def _allocate(self, steps, batch, i, dtype):
-        """The states, the saved arrays and the statistics, empty."""
-        states = [np.empty((steps, batch, i), dtype) for _ in range(self.n_states)]
-        saved = [np.empty((steps, batch, self._saved_width(spec, i)), dtype) for _, *spec in self.saved]
-        stats = [np.empty((steps, w * i if self.training else 0), dtype) for w in self.stats_widths for _ in range(2)]
-        return states, saved, stats
-
-    def _statistics(self, stats, population, step_tb, dummy):
-        """:class:`Frames` of each inner norm's mean and var, and the arrays they address
-        (to keep alive while they are used): the frames' rows of ``stats`` [T][w]
-        (training), or each stream's population row of its time step, [T][B][w]
-        (inference)."""
-        if self.training:
-            return [frames(s, dummy) for s in stats], stats
-        rows = [np.ascontiguousarray(p[step_tb]) for p in population]
-        return [Frames(r) for r in rows], rows
+def _statistics(training, stats, population, step_tb, dummy):
+    """:class:`Frames` of each inner norm's mean and var, and the arrays they address
+    (to keep alive while they are used): the frames' rows of ``stats`` [T][w]
+    (training), or each stream's population row of its time step, [T][B][w]
+    (inference)."""
+    if training:
+        return [frames(s, dummy) for s in stats], stats
+    rows = [np.ascontiguousarray(p[step_tb]) for p in population]
+    return [Frames(r) for r in rows], rows
 
 
-class _BatchNormRecurrenceGrad(Op):
-    """Shared parts of the gradient Ops. Inputs: the forward Op's inputs but ``xw``,
-    its outputs, then the gradients of its states that are given; outputs: the
-    gradients of ``xw``, of every input after ``time``."""
-
-    forward = _BatchNormRecurrence
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        act = inputs[n_in + self.forward.n_states]
-        return Apply(self, inputs, [act.type()] + [x.type() for x in inputs[1:n_in]])
-
-    def infer_shape(self, fgraph, node, shapes):
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        return [shapes[n_in + self.forward.n_states]] + list(shapes[1:n_in])
-
-    def _unpack(self, inputs, dtype):
-        """(reset_tb, inputs after time as arrays, forward outputs, d_states or None)."""
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        reset, rest = np.asarray(inputs[0]) <= 0, contiguous(inputs[1:], dtype)
-        n_out = self.forward.n_states + len(self.forward.saved) + 2 * len(self.forward.stats_widths)
-        params, outputs, given = rest[:n_in - 1], rest[n_in - 1:n_in - 1 + n_out], iter(rest[n_in - 1 + n_out:])
-        return reset, params, outputs, [next(given) if ok else None for ok in self.given]
-
-
-class LSTMBatchNormRecurrence(_BatchNormRecurrence):
+class LSTMBatchNormRecurrence(WindowRecurrence):
     """Batch-normalised LSTM over a window, with or without peepholes and the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
@@ -231,7 +135,7 @@ class LSTMBatchNormRecurrence(_BatchNormRecurrence):
         if not self.clock:                        # the new states are the frame's states
             c_new, h_new = c_seq, h_seq
         # the Frames hold addresses only: ``alive`` keeps the statistics' arrays until the loop has run
-        (mean_h, var_h, mean_c, var_c), alive = self._statistics(stats, population, step_tb, dummy)
+        (mean_h, var_h, mean_c, var_c), alive = _statistics(self.training, stats, population, step_tb, dummy)
         args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, gamma_c, beta_c, frames(k, dummy),
                 mean_h, var_h, Frames(n_h), mean_c, var_c, Frames(n_c), *(frames(x, dummy) for x in (c_new, h_new)),
                 Frames(c_seq), Frames(h_seq), np.empty((2, gates), np.float64), batch, i, act.dtype.type(1),
@@ -242,22 +146,14 @@ class LSTMBatchNormRecurrence(_BatchNormRecurrence):
             storage[0] = value
 
 
-class LSTMBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
+class LSTMBatchNormRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMBatchNormRecurrence` (training)."""
 
     __props__ = ("peephole", "clock", "given")
     forward = LSTMBatchNormRecurrence
-    training = True
-
     def __init__(self, peephole, clock, given):
         self.peephole, self.clock = bool(peephole), bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _param_ndims(self):
-        return LSTMBatchNormRecurrence._param_ndims(self)
-
-    def _extra_ndims(self):
-        return LSTMBatchNormRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -294,7 +190,7 @@ class LSTMBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
             storage[0] = value
 
 
-class GRUBatchNormRecurrence(_BatchNormRecurrence):
+class GRUBatchNormRecurrence(WindowRecurrence):
     """Batch-normalised GRU over a window, with or without the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h`` [3i], at
@@ -331,7 +227,7 @@ class GRUBatchNormRecurrence(_BatchNormRecurrence):
         act, hn, n_h, h_new = saved
         ha = np.empty((batch, gates), dtype)
         h_new = h_new if self.clock else h_seq
-        (mean_h, var_h), alive = self._statistics(stats, population, step_tb, dummy)   # alive: as in LSTM
+        (mean_h, var_h), alive = _statistics(self.training, stats, population, step_tb, dummy)   # alive: as in LSTM
         args = [ha, Frames(xw), bias, None, gamma_h, frames(k, dummy), mean_h, var_h,
                 *(frames(x, dummy) for x in (n_h, act, hn, h_new, h_seq)), np.empty((2, gates), np.float64),
                 batch, i, act.dtype.type(1), _flags(clock=self.clock, training=self.training)]
@@ -340,22 +236,14 @@ class GRUBatchNormRecurrence(_BatchNormRecurrence):
             storage[0] = value
 
 
-class GRUBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
+class GRUBatchNormRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUBatchNormRecurrence` (training)."""
 
     __props__ = ("clock", "given")
     forward = GRUBatchNormRecurrence
-    training = True
-
     def __init__(self, clock, given):
         self.clock = bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _param_ndims(self):
-        return GRUBatchNormRecurrence._param_ndims(self)
-
-    def _extra_ndims(self):
-        return GRUBatchNormRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype

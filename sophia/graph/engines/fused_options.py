@@ -40,15 +40,12 @@ Example
 from __future__ import annotations
 
 import numpy as np
-import pytensor.tensor as tt
-from pytensor.gradient import DisconnectedType, disconnected_type
-from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
 
 from sophia.graph.engines import kernels, native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import layer_norm
 from sophia.graph.engines.window import Frames, contiguous, frames
+from sophia.graph.engines.window_op import WindowRecurrence, WindowRecurrenceGrad
 
 OPTIONS = ("peephole", "layer_norm", "learn_clock_params")     # the options this module runs
 
@@ -87,89 +84,7 @@ def _flags(peephole=False, layer_norm=False, clock=False) -> int:
     return (kernels.PEEPHOLE * peephole) | (kernels.LAYER_NORM * layer_norm) | (kernels.CLOCK * clock)
 
 
-class _OptionsRecurrence(Op):
-    """Shared make_node/infer_shape/pullback of the forward Ops.
-
-    Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, *initial_i, *stored_bi, *extras`` (the
-    options' parameters, then the clock's openness k_tbi); outputs: each state
-    [T][B][i], then the saved arrays the gradient Op reads (those of an option that
-    is off are [T][B][0]).
-    """
-
-    n_states = 1
-    saved = ()           # (name, width in units of i, or "1" for one value per row, option)
-
-    def _extra_ndims(self):
-        raise NotImplementedError
-
-    def _width(self, spec, i, option_on):
-        if not option_on:
-            return 0
-        return 1 if spec == "1" else spec * i
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        dtype = inputs[0].dtype
-        ndims = [3, 2, 2, 1] + [1] * self.n_states + [2] * self.n_states + self._extra_ndims()
-        if [x.ndim for x in inputs] != ndims:
-            raise TypeError(f"{type(self).__name__} expects inputs of ndim {ndims}")
-        inputs = inputs[:2] + [tt.cast(x, dtype) for x in inputs[2:]]
-        outputs = [tt.tensor3(dtype=dtype) for _ in range(self.n_states + len(self.saved))]
-        return Apply(self, inputs, outputs)
-
-    def infer_shape(self, fgraph, node, shapes):
-        (t, b, _), i = shapes[0], shapes[2][0]
-        return [(t, b, i)] * self.n_states + [
-            (t, b, self._width(spec, i, getattr(self, option)) if option else spec * i)
-            for _, spec, option in self.saved]
-
-    def connection_pattern(self, node):
-        outputs = self.n_states + len(self.saved)
-        return [[True] * outputs, [False] * outputs] + [[True] * outputs] * (len(node.inputs) - 2)
-
-    def pullback(self, inputs, outputs, output_grads):
-        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[self.n_states:]):
-            raise NotImplementedError(f"{type(self).__name__}: its saved arrays have no gradient")
-        given = tuple(not isinstance(g.type, DisconnectedType) for g in output_grads[:self.n_states])
-        d_states = [g for g, ok in zip(output_grads, given) if ok]
-        grads = self.grad_op(given)(*inputs[1:], *outputs, *d_states)
-        return [grads[0], disconnected_type()] + list(grads[1:])
-
-    def _saved_arrays(self, steps, batch, i, dtype):
-        return [np.empty((steps, batch, self._width(spec, i, getattr(self, option)) if option else spec * i), dtype)
-                for _, spec, option in self.saved]
-
-
-class _OptionsRecurrenceGrad(Op):
-    """Shared parts of the gradient Ops. Inputs: the forward Op's inputs but ``xw``,
-    its outputs, then the gradients of its states that are given; outputs: the
-    gradients of ``xw``, of every input after ``time`` but the clock's k, then of k."""
-
-    forward = _OptionsRecurrence
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        act = inputs[n_in + self.forward.n_states]
-        outputs = [act.type()] + [x.type() for x in inputs[1:n_in]]
-        return Apply(self, inputs, outputs)
-
-    def infer_shape(self, fgraph, node, shapes):
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        xw = shapes[n_in + self.forward.n_states]          # act has the shape of xw
-        return [xw] + list(shapes[1:n_in])
-
-    def _unpack(self, inputs, dtype):
-        """(reset_tb, inputs after time as arrays, forward outputs, d_states or None)."""
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        reset, rest = np.asarray(inputs[0]) <= 0, contiguous(inputs[1:], dtype)
-        n_out = self.forward.n_states + len(self.forward.saved)
-        params, outputs, given = rest[:n_in - 1], rest[n_in - 1:n_in - 1 + n_out], iter(rest[n_in - 1 + n_out:])
-        d_states = [next(given) if ok else None for ok in self.given]
-        return reset, params, outputs, d_states
-
-
-class LSTMOptionsRecurrence(_OptionsRecurrence):
+class LSTMOptionsRecurrence(WindowRecurrence):
     """LSTM over a window with peepholes, layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
@@ -185,8 +100,8 @@ class LSTMOptionsRecurrence(_OptionsRecurrence):
     def __init__(self, peephole=False, layer_norm=False, clock=False):
         self.peephole, self.layer_norm, self.clock = bool(peephole), bool(layer_norm), bool(clock)
 
-    def _extra_ndims(self):
-        return [1] * self.peephole + [1] * 4 * self.layer_norm + [3] * self.clock
+    def _param_ndims(self):
+        return [1] * self.peephole + [1] * 4 * self.layer_norm
 
     def grad_op(self, given):
         return LSTMOptionsRecurrenceGrad(self.peephole, self.layer_norm, self.clock, given)
@@ -202,8 +117,7 @@ class LSTMOptionsRecurrence(_OptionsRecurrence):
         peep = next(extras) if self.peephole else dummy
         gamma_h, beta_h, gamma_c, beta_c = [next(extras) for _ in range(4)] if self.layer_norm else [dummy] * 4
         k = next(extras) if self.clock else None
-        h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
-        saved = self._saved_arrays(steps, batch, i, dtype)
+        (h_seq, c_seq), saved, _ = self._allocate(steps, batch, i, dtype)
         act, c_new, h_new, n_h, rstd_h, n_c, rstd_c = saved
         if not self.clock:                        # the new states are the frame's states
             c_new, h_new = c_seq, h_seq
@@ -216,7 +130,7 @@ class LSTMOptionsRecurrence(_OptionsRecurrence):
             storage[0] = value
 
 
-class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
+class LSTMOptionsRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMOptionsRecurrence`."""
 
     __props__ = ("peephole", "layer_norm", "clock", "given")
@@ -225,9 +139,6 @@ class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
     def __init__(self, peephole, layer_norm, clock, given):
         self.peephole, self.layer_norm, self.clock = bool(peephole), bool(layer_norm), bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _extra_ndims(self):
-        return LSTMOptionsRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -267,7 +178,7 @@ class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
             storage[0] = value
 
 
-class GRUOptionsRecurrence(_OptionsRecurrence):
+class GRUOptionsRecurrence(WindowRecurrence):
     """GRU over a window with layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h, beta_h``
@@ -282,8 +193,8 @@ class GRUOptionsRecurrence(_OptionsRecurrence):
     def __init__(self, layer_norm=False, clock=False):
         self.layer_norm, self.clock = bool(layer_norm), bool(clock)
 
-    def _extra_ndims(self):
-        return [1] * 2 * self.layer_norm + [3] * self.clock
+    def _param_ndims(self):
+        return [1] * 2 * self.layer_norm
 
     def grad_op(self, given):
         return GRUOptionsRecurrenceGrad(self.layer_norm, self.clock, given)
@@ -298,8 +209,7 @@ class GRUOptionsRecurrence(_OptionsRecurrence):
         dummy = np.zeros(1, dtype)
         gamma_h, beta_h = [next(extras) for _ in range(2)] if self.layer_norm else [dummy] * 2
         k = next(extras) if self.clock else None
-        h_seq = np.empty((steps, batch, i), dtype)
-        saved = self._saved_arrays(steps, batch, i, dtype)
+        (h_seq,), saved, _ = self._allocate(steps, batch, i, dtype)
         act, hn, h_new, n_h, rstd_h = saved
         ha = np.empty((batch, gates), dtype)
         h_new = h_new if self.clock else h_seq
@@ -311,7 +221,7 @@ class GRUOptionsRecurrence(_OptionsRecurrence):
             storage[0] = value
 
 
-class GRUOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
+class GRUOptionsRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUOptionsRecurrence`."""
 
     __props__ = ("layer_norm", "clock", "given")
@@ -320,9 +230,6 @@ class GRUOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
     def __init__(self, layer_norm, clock, given):
         self.layer_norm, self.clock = bool(layer_norm), bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _extra_ndims(self):
-        return GRUOptionsRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
