@@ -151,6 +151,7 @@ class LSTMBatchNormRecurrenceGrad(WindowRecurrenceGrad):
 
     __props__ = ("peephole", "clock", "given")
     forward = LSTMBatchNormRecurrence
+
     def __init__(self, peephole, clock, given):
         self.peephole, self.clock = bool(peephole), bool(clock)
         self.given = tuple(bool(g) for g in given)
@@ -241,6 +242,7 @@ class GRUBatchNormRecurrenceGrad(WindowRecurrenceGrad):
 
     __props__ = ("clock", "given")
     forward = GRUBatchNormRecurrence
+
     def __init__(self, clock, given):
         self.clock = bool(clock)
         self.given = tuple(bool(g) for g in given)
