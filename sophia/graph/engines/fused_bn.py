@@ -35,16 +35,13 @@ Example
 from __future__ import annotations
 
 import numpy as np
-import pytensor.tensor as tt
-from pytensor.gradient import DisconnectedType, disconnected_type
-from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
 
-from sophia.graph.engines import kernels, native
+from sophia.graph.engines import kernels, native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import batch_norm
 from sophia.graph.engines.kernels_bn import POPULATION
-from sophia.graph.engines.window import Frames, contiguous, entering, route_reset, weight_grad
+from sophia.graph.engines.window import Frames, contiguous, frames
+from sophia.graph.engines.window_op import WindowRecurrence, WindowRecurrenceGrad
 
 
 def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int, training: bool):
@@ -83,115 +80,18 @@ def _flags(peephole=False, clock=False, training=True) -> int:
     return (kernels.PEEPHOLE * peephole) | (kernels.CLOCK * clock) | (POPULATION * (not training))
 
 
-def _frames(x, dummy):
-    """:class:`Frames` of ``x``, or of ``dummy`` at every frame where ``x`` is None or empty."""
-    return Frames(x) if x is not None and x.size else Frames(None, dummy)
+def _statistics(training, stats, population, step_tb, dummy):
+    """:class:`Frames` of each inner norm's mean and var, and the arrays they address
+    (to keep alive while they are used): the frames' rows of ``stats`` [T][w]
+    (training), or each stream's population row of its time step, [T][B][w]
+    (inference)."""
+    if training:
+        return [frames(s, dummy) for s in stats], stats
+    rows = [np.ascontiguousarray(p[step_tb]) for p in population]
+    return [Frames(r) for r in rows], rows
 
 
-class _BatchNormRecurrence(Op):
-    """Shared make_node/infer_shape/pullback of the forward Ops.
-
-    Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, *initial_i, *stored_bi``, then the
-    parameters (:meth:`_param_ndims`), at inference the time steps ``step_tb`` (int)
-    and the population statistics [S][w], then the clock's openness k_tbi. Outputs:
-    each state [T][B][i], the saved arrays [T][B][·] (``saved``: width in units of i,
-    and the option they need), then the batch statistics mean, var [T][w] of each
-    inner norm (width 0 at inference).
-    """
-
-    n_states = 1
-    saved = ()
-    stats_widths = ()           # width of each inner norm's statistics, in units of i
-
-    def _param_ndims(self):
-        raise NotImplementedError
-
-    def _extra_ndims(self):
-        population = [2] + [2] * 2 * len(self.stats_widths) if not self.training else []
-        return self._param_ndims() + population + [3] * self.clock
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        dtype = inputs[0].dtype
-        ndims = [3, 2, 2, 1] + [1] * self.n_states + [2] * self.n_states + self._extra_ndims()
-        if [x.ndim for x in inputs] != ndims:
-            raise TypeError(f"{type(self).__name__} expects inputs of ndim {ndims}")
-        step_at = 2 + 2 + 2 * self.n_states + len(self._param_ndims())
-        inputs = inputs[:2] + [x if n == step_at and not self.training else tt.cast(x, dtype)
-                               for n, x in enumerate(inputs[2:], start=2)]
-        outputs = [tt.tensor3(dtype=dtype) for _ in range(self.n_states + len(self.saved))]
-        outputs += [tt.matrix(dtype=dtype) for _ in range(2 * len(self.stats_widths))]
-        return Apply(self, inputs, outputs)
-
-    def _saved_width(self, spec, i):
-        width, option = spec
-        return width * i if option is None or getattr(self, option) else 0
-
-    def infer_shape(self, fgraph, node, shapes):
-        (t, b, _), i = shapes[0], shapes[2][0]
-        return ([(t, b, i)] * self.n_states + [(t, b, self._saved_width(spec, i)) for _, *spec in self.saved]
-                + [(t, w * i if self.training else 0) for w in self.stats_widths for _ in range(2)])
-
-    def connection_pattern(self, node):
-        outputs = self.n_states + len(self.saved) + 2 * len(self.stats_widths)
-        n_params = 2 + 2 * self.n_states + len(self._param_ndims())
-        connected = [True] * n_params + [False] * (len(node.inputs) - 2 - n_params - self.clock) + [True] * self.clock
-        return [[True] * outputs, [False] * outputs] + [[c] * outputs for c in connected]
-
-    def pullback(self, inputs, outputs, output_grads):
-        if not self.training:
-            raise NotImplementedError(f"{type(self).__name__}: population statistics are for inference graphs only")
-        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[self.n_states:]):
-            raise NotImplementedError(f"{type(self).__name__}: its saved arrays and statistics have no gradient")
-        given = tuple(not isinstance(g.type, DisconnectedType) for g in output_grads[:self.n_states])
-        d_states = [g for g, ok in zip(output_grads, given) if ok]
-        grads = self.grad_op(given)(*inputs[1:], *outputs, *d_states)
-        return [grads[0], disconnected_type()] + list(grads[1:])
-
-    def _allocate(self, steps, batch, i, dtype):
-        """The states, the saved arrays and the statistics, empty."""
-        states = [np.empty((steps, batch, i), dtype) for _ in range(self.n_states)]
-        saved = [np.empty((steps, batch, self._saved_width(spec, i)), dtype) for _, *spec in self.saved]
-        stats = [np.empty((steps, w * i if self.training else 0), dtype) for w in self.stats_widths for _ in range(2)]
-        return states, saved, stats
-
-    def _statistics(self, stats, population, step_tb, t, dummy):
-        """Addresses of each inner norm's mean and var for frame ``t``, and the arrays to
-        keep alive during the call: the frame's rows of ``stats`` (training), or each
-        stream's population row of its time step (inference)."""
-        if self.training:
-            return [s.ctypes.data + t * s.strides[0] if s.size else dummy.ctypes.data for s in stats], []
-        rows = [np.ascontiguousarray(p[step_tb[t]]) for p in population]
-        return [r.ctypes.data for r in rows], rows
-
-
-class _BatchNormRecurrenceGrad(Op):
-    """Shared parts of the gradient Ops. Inputs: the forward Op's inputs but ``xw``,
-    its outputs, then the gradients of its states that are given; outputs: the
-    gradients of ``xw``, of every input after ``time``."""
-
-    forward = _BatchNormRecurrence
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        act = inputs[n_in + self.forward.n_states]
-        return Apply(self, inputs, [act.type()] + [x.type() for x in inputs[1:n_in]])
-
-    def infer_shape(self, fgraph, node, shapes):
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        return [shapes[n_in + self.forward.n_states]] + list(shapes[1:n_in])
-
-    def _unpack(self, inputs, dtype):
-        """(reset_tb, inputs after time as arrays, forward outputs, d_states or None)."""
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        reset, rest = np.asarray(inputs[0]) <= 0, contiguous(inputs[1:], dtype)
-        n_out = self.forward.n_states + len(self.forward.saved) + 2 * len(self.forward.stats_widths)
-        params, outputs, given = rest[:n_in - 1], rest[n_in - 1:n_in - 1 + n_out], iter(rest[n_in - 1 + n_out:])
-        return reset, params, outputs, [next(given) if ok else None for ok in self.given]
-
-
-class LSTMBatchNormRecurrence(_BatchNormRecurrence):
+class LSTMBatchNormRecurrence(WindowRecurrence):
     """Batch-normalised LSTM over a window, with or without peepholes and the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
@@ -218,7 +118,7 @@ class LSTMBatchNormRecurrence(_BatchNormRecurrence):
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
         n_params = len(self._param_ndims())
-        (xw, W, bias, h0, c0, h_prev, c_prev) = contiguous(inputs[:1] + inputs[2:8], dtype)
+        (xw, W, bias, h0, c0, h_bi, c_bi) = contiguous(inputs[:1] + inputs[2:8], dtype)
         params = iter(contiguous(inputs[8:8 + n_params], dtype))
         rest = inputs[8 + n_params:]
         reset = np.asarray(inputs[1]) <= 0
@@ -232,43 +132,29 @@ class LSTMBatchNormRecurrence(_BatchNormRecurrence):
         k = np.ascontiguousarray(rest[-1], dtype) if self.clock else None
         (h_seq, c_seq), saved, stats = self._allocate(steps, batch, i, dtype)
         act, n_h, n_c, c_new, h_new = saved
-        addr_k = _frames(k, dummy)
-        addr_act, addr_xw, addr_n_h, addr_n_c, addr_h, addr_c = map(Frames, (act, xw, n_h, n_c, h_seq, c_seq))
-        addr_c_new, addr_h_new = (_frames(c_new, dummy), _frames(h_new, dummy)) if self.clock else (addr_c, addr_h)
-        scratch = np.empty((2, gates), np.float64)
-        cell, one = native.kernel("lstm_bn_cell", dtype), act.dtype.type(1)
-        flags = _flags(self.peephole, self.clock, self.training)
-        norm_params = [x.ctypes.data for x in (peep, gamma_h, gamma_c, beta_c)]
-        for t in range(steps):
-            if reset[t].any():
-                h_prev, c_prev = h_prev.copy(), c_prev.copy()
-                h_prev[reset[t]], c_prev[reset[t]] = h0, c0
-            np.dot(h_prev, W, out=act[t])
-            (mean_h, var_h, mean_c, var_c), alive = self._statistics(stats, population, step_tb, t, dummy)
-            cell(addr_act[t], addr_xw[t], bias.ctypes.data, h_prev.ctypes.data, c_prev.ctypes.data, *norm_params, addr_k[t],
-                 mean_h, var_h, addr_n_h[t], mean_c, var_c, addr_n_c[t], addr_c_new[t], addr_h_new[t],
-                 addr_c[t], addr_h[t], scratch.ctypes.data, batch, i, one, flags)
-            h_prev, c_prev = h_seq[t], c_seq[t]
+        if not self.clock:                        # the new states are the frame's states
+            c_new, h_new = c_seq, h_seq
+        # the Frames hold addresses only: ``alive`` keeps the statistics' arrays until the loop has run
+        (mean_h, var_h, mean_c, var_c), alive = _statistics(self.training, stats, population, step_tb, dummy)
+        args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, gamma_c, beta_c, frames(k, dummy),
+                mean_h, var_h, Frames(n_h), mean_c, var_c, Frames(n_c), *(frames(x, dummy) for x in (c_new, h_new)),
+                Frames(c_seq), Frames(h_seq), np.empty((2, gates), np.float64), batch, i, act.dtype.type(1),
+                _flags(self.peephole, self.clock, self.training)]
+        window.forward(native.kernel("lstm_bn_cell", dtype), args, W, act, (h_bi, c_bi), (h0, c0),
+                       (h_seq, c_seq), reset)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved, *stats]):
             storage[0] = value
 
 
-class LSTMBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
+class LSTMBatchNormRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMBatchNormRecurrence` (training)."""
 
     __props__ = ("peephole", "clock", "given")
     forward = LSTMBatchNormRecurrence
-    training = True
 
     def __init__(self, peephole, clock, given):
         self.peephole, self.clock = bool(peephole), bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _param_ndims(self):
-        return LSTMBatchNormRecurrence._param_ndims(self)
-
-    def _extra_ndims(self):
-        return LSTMBatchNormRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -283,32 +169,20 @@ class LSTMBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
         k = next(extras) if self.clock else None
         d_pre, d_ha = np.empty_like(act), np.empty_like(act)
         d_k = np.empty((steps, batch, i), dtype) if self.clock else None
-        dh, dc, back = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype), np.empty((batch, i), dtype)
+        dh, dc = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype)
         dh0, dc0 = np.zeros(i, dtype), np.zeros(i, dtype)
         db, d_gamma_h, d_beta_h = (np.zeros(gates, np.float64) for _ in range(3))
         d_peep = np.zeros(3 * i if self.peephole else 1, np.float64)
         d_gamma_c, d_beta_c = np.zeros(i, np.float64), np.zeros(i, np.float64)
-        scratch = np.empty((2, gates), np.float64)
-        addr = {name: _frames(x, dummy) for name, x in dict(
-            act=act, n_h=n_h, n_c=n_c, var_h=var_h, var_c=var_c, k=k, d=d_pre, d_ha=d_ha, dk=d_k).items()}
-        addr["c_new"], addr["h_new"] = (Frames(c_new), Frames(h_new)) if self.clock else (Frames(c_seq), Frames(h_seq))
-        addr_dh_out, addr_dc_out = Frames(dh_out, zero_bi), Frames(dc_out, zero_bi)
-        fixed = [x.ctypes.data for x in (peep, gamma_h, gamma_c, beta_c)]
-        sums = [x.ctypes.data for x in (scratch, db, d_peep, d_gamma_h, d_beta_h, d_gamma_c, d_beta_c)]
-        cell_grad, one = native.kernel("lstm_bn_cell_grad", dtype), act.dtype.type(1)
-        flags = _flags(self.peephole, self.clock)
-        W_T = np.ascontiguousarray(W.T)
-        for t in reversed(range(steps)):
-            h_in = entering(h_bi, h_seq, h0, reset, t)
-            c_in = entering(c_bi, c_seq, c0, reset, t)
-            cell_grad(dh.ctypes.data, dc.ctypes.data, addr_dh_out[t], addr_dc_out[t], addr["act"][t],
-                      addr["c_new"][t], addr["h_new"][t], h_in.ctypes.data, c_in.ctypes.data, addr["n_h"][t],
-                      addr["var_h"][t], addr["n_c"][t], addr["var_c"][t], *fixed, addr["k"][t], addr["d"][t],
-                      addr["d_ha"][t], addr["dk"][t], *sums, batch, i, one, flags)
-            dh += np.dot(d_ha[t], W_T, out=back)
-            route_reset(dh, dh0, reset[t])
-            route_reset(dc, dc0, reset[t])
-        dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
+        c_new, h_new = (c_new, h_new) if self.clock else (c_seq, h_seq)
+        args = [dh, dc, Frames(dh_out, zero_bi), Frames(dc_out, zero_bi),
+                *(frames(x, dummy) for x in (act, c_new, h_new)), None, None,
+                *(frames(x, dummy) for x in (n_h, var_h, n_c, var_c)), peep, gamma_h, gamma_c, beta_c,
+                *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), np.empty((2, gates), np.float64), db, d_peep,
+                d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, act.dtype.type(1),
+                _flags(self.peephole, self.clock)]
+        dW = window.backward(native.kernel("lstm_bn_cell_grad", dtype), args, W, d_ha, (h_bi, c_bi), (h0, c0),
+                             (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
         grads += [d_peep.astype(dtype)] if self.peephole else []
         grads += [x.astype(dtype) for x in (d_gamma_h, d_gamma_c, d_beta_c)]
@@ -317,7 +191,7 @@ class LSTMBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
             storage[0] = value
 
 
-class GRUBatchNormRecurrence(_BatchNormRecurrence):
+class GRUBatchNormRecurrence(WindowRecurrence):
     """Batch-normalised GRU over a window, with or without the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h`` [3i], at
@@ -341,7 +215,7 @@ class GRUBatchNormRecurrence(_BatchNormRecurrence):
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
-        xw, W, bias, h0, h_prev, gamma_h = contiguous(inputs[:1] + inputs[2:7], dtype)
+        xw, W, bias, h0, h_bi, gamma_h = contiguous(inputs[:1] + inputs[2:7], dtype)
         rest = inputs[7:]
         reset = np.asarray(inputs[1]) <= 0
         steps, batch, gates = xw.shape
@@ -352,42 +226,26 @@ class GRUBatchNormRecurrence(_BatchNormRecurrence):
         k = np.ascontiguousarray(rest[-1], dtype) if self.clock else None
         (h_seq,), saved, stats = self._allocate(steps, batch, i, dtype)
         act, hn, n_h, h_new = saved
-        ha, scratch = np.empty((batch, gates), dtype), np.empty((2, gates), np.float64)
-        addr_xw, addr_act, addr_hn, addr_n_h, addr_h = map(Frames, (xw, act, hn, n_h, h_seq))
-        addr_k = _frames(k, dummy)
-        addr_h_new = _frames(h_new, dummy) if self.clock else addr_h
-        cell, one = native.kernel("gru_bn_cell", dtype), act.dtype.type(1)
-        flags = _flags(clock=self.clock, training=self.training)
-        for t in range(steps):
-            if reset[t].any():
-                h_prev = h_prev.copy()
-                h_prev[reset[t]] = h0
-            np.dot(h_prev, W, out=ha)
-            (mean_h, var_h), alive = self._statistics(stats, population, step_tb, t, dummy)
-            cell(ha.ctypes.data, addr_xw[t], bias.ctypes.data, h_prev.ctypes.data, gamma_h.ctypes.data, addr_k[t],
-                 mean_h, var_h, addr_n_h[t], addr_act[t], addr_hn[t], addr_h_new[t], addr_h[t],
-                 scratch.ctypes.data, batch, i, one, flags)
-            h_prev = h_seq[t]
+        ha = np.empty((batch, gates), dtype)
+        h_new = h_new if self.clock else h_seq
+        (mean_h, var_h), alive = _statistics(self.training, stats, population, step_tb, dummy)   # alive: as in LSTM
+        args = [ha, Frames(xw), bias, None, gamma_h, frames(k, dummy), mean_h, var_h,
+                *(frames(x, dummy) for x in (n_h, act, hn, h_new, h_seq)), np.empty((2, gates), np.float64),
+                batch, i, act.dtype.type(1), _flags(clock=self.clock, training=self.training)]
+        window.forward(native.kernel("gru_bn_cell", dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
         for storage, value in zip(output_storage, [h_seq, *saved, *stats]):
             storage[0] = value
 
 
-class GRUBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
+class GRUBatchNormRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUBatchNormRecurrence` (training)."""
 
     __props__ = ("clock", "given")
     forward = GRUBatchNormRecurrence
-    training = True
 
     def __init__(self, clock, given):
         self.clock = bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _param_ndims(self):
-        return GRUBatchNormRecurrence._param_ndims(self)
-
-    def _extra_ndims(self):
-        return GRUBatchNormRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -400,25 +258,14 @@ class GRUBatchNormRecurrenceGrad(_BatchNormRecurrenceGrad):
         dummy, zero_bi = np.zeros(1, dtype), np.zeros((batch, i), dtype)
         d_pre, d_ha = np.empty_like(act), np.empty_like(act)
         d_k = np.empty((steps, batch, i), dtype) if self.clock else None
-        dh, dh0, back = np.zeros((batch, i), dtype), np.zeros(i, dtype), np.empty((batch, i), dtype)
+        dh, dh0 = np.zeros((batch, i), dtype), np.zeros(i, dtype)
         db, d_gamma_h, d_beta_h = (np.zeros(gates, np.float64) for _ in range(3))
-        scratch = np.empty((2, gates), np.float64)
-        addr_act, addr_hn, addr_n_h, addr_var_h, addr_d, addr_d_ha = map(Frames, (act, hn, n_h, var_h, d_pre, d_ha))
-        addr_h_new = Frames(h_new) if self.clock else Frames(h_seq)
-        addr_k, addr_dk = _frames(k, dummy), _frames(d_k, dummy)
-        addr_dh_out = Frames(dh_out, zero_bi)
-        sums = [x.ctypes.data for x in (scratch, db, d_gamma_h, d_beta_h)]
-        cell_grad, one = native.kernel("gru_bn_cell_grad", dtype), act.dtype.type(1)
-        flags = _flags(clock=self.clock)
-        W_T = np.ascontiguousarray(W.T)
-        for t in reversed(range(steps)):
-            h_in = entering(h_bi, h_seq, h0, reset, t)
-            cell_grad(dh.ctypes.data, addr_dh_out[t], addr_act[t], h_in.ctypes.data, addr_hn[t], addr_h_new[t],
-                      addr_n_h[t], addr_var_h[t], gamma_h.ctypes.data, addr_k[t], addr_d[t], addr_d_ha[t],
-                      addr_dk[t], *sums, batch, i, one, flags)
-            dh += np.dot(d_ha[t], W_T, out=back)
-            route_reset(dh, dh0, reset[t])
-        dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
+        h_new = h_new if self.clock else h_seq
+        args = [dh, Frames(dh_out, zero_bi), Frames(act), None, *(frames(x, dummy) for x in (hn, h_new, n_h, var_h)),
+                gamma_h, *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), np.empty((2, gates), np.float64), db,
+                d_gamma_h, d_beta_h, batch, i, act.dtype.type(1), _flags(clock=self.clock)]
+        dW = window.backward(native.kernel("gru_bn_cell_grad", dtype), args, W, d_ha, (h_bi,), (h0,), (h_seq,), reset,
+                             (dh,), (dh0,))
         grads = [d_pre, dW, db.astype(dtype), dh0, dh, d_gamma_h.astype(dtype)] + ([d_k] if self.clock else [])
         for storage, value in zip(output_storage, grads):
             storage[0] = value

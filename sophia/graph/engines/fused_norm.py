@@ -81,18 +81,23 @@ class LayerNormRows(Op):
         return LayerNormRowsGrad()(output_grads[0], outputs[1], outputs[2], inputs[1])
 
 
-class LayerNormRowsGrad(Op):
-    """``(dy, n, rstd, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the backward of
-    :class:`LayerNormRows` from the gradient of its y."""
+class _NormGrad(Op):
+    """``(dy, n, statistic, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the layout of
+    both norms' backward Ops."""
 
     __props__ = ()
 
-    def make_node(self, dy, n, rstd, gamma):
-        inputs = [tt.as_tensor_variable(v) for v in (dy, n, rstd, gamma)]
+    def make_node(self, dy, n, statistic, gamma):
+        inputs = [tt.as_tensor_variable(v) for v in (dy, n, statistic, gamma)]
         return Apply(self, inputs, [inputs[0].type(), inputs[3].type(), inputs[3].type()])
 
     def infer_shape(self, fgraph, node, shapes):
         return [shapes[0], shapes[3], shapes[3]]
+
+
+class LayerNormRowsGrad(_NormGrad):
+    """``(dy, n, rstd, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the backward of
+    :class:`LayerNormRows` from the gradient of its y."""
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -158,18 +163,9 @@ class BatchNormFrames(Op):
         return BatchNormFramesGrad()(output_grads[0], outputs[1], outputs[3], inputs[1])
 
 
-class BatchNormFramesGrad(Op):
+class BatchNormFramesGrad(_NormGrad):
     """``(dy, n, var_tg, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the backward of
     :class:`BatchNormFrames` (batch statistics) from the gradient of its y."""
-
-    __props__ = ()
-
-    def make_node(self, dy, n, var, gamma):
-        inputs = [tt.as_tensor_variable(v) for v in (dy, n, var, gamma)]
-        return Apply(self, inputs, [inputs[0].type(), inputs[3].type(), inputs[3].type()])
-
-    def infer_shape(self, fgraph, node, shapes):
-        return [shapes[0], shapes[3], shapes[3]]
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype

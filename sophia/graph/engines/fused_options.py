@@ -40,15 +40,12 @@ Example
 from __future__ import annotations
 
 import numpy as np
-import pytensor.tensor as tt
-from pytensor.gradient import DisconnectedType, disconnected_type
-from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
 
-from sophia.graph.engines import kernels, native
+from sophia.graph.engines import kernels, native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import layer_norm
-from sophia.graph.engines.window import Frames, contiguous, entering, route_reset, weight_grad
+from sophia.graph.engines.window import Frames, contiguous, frames
+from sophia.graph.engines.window_op import WindowRecurrence, WindowRecurrenceGrad
 
 OPTIONS = ("peephole", "layer_norm", "learn_clock_params")     # the options this module runs
 
@@ -87,89 +84,7 @@ def _flags(peephole=False, layer_norm=False, clock=False) -> int:
     return (kernels.PEEPHOLE * peephole) | (kernels.LAYER_NORM * layer_norm) | (kernels.CLOCK * clock)
 
 
-class _OptionsRecurrence(Op):
-    """Shared make_node/infer_shape/pullback of the forward Ops.
-
-    Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, *initial_i, *stored_bi, *extras`` (the
-    options' parameters, then the clock's openness k_tbi); outputs: each state
-    [T][B][i], then the saved arrays the gradient Op reads (those of an option that
-    is off are [T][B][0]).
-    """
-
-    n_states = 1
-    saved = ()           # (name, width in units of i, or "1" for one value per row, option)
-
-    def _extra_ndims(self):
-        raise NotImplementedError
-
-    def _width(self, spec, i, option_on):
-        if not option_on:
-            return 0
-        return 1 if spec == "1" else spec * i
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        dtype = inputs[0].dtype
-        ndims = [3, 2, 2, 1] + [1] * self.n_states + [2] * self.n_states + self._extra_ndims()
-        if [x.ndim for x in inputs] != ndims:
-            raise TypeError(f"{type(self).__name__} expects inputs of ndim {ndims}")
-        inputs = inputs[:2] + [tt.cast(x, dtype) for x in inputs[2:]]
-        outputs = [tt.tensor3(dtype=dtype) for _ in range(self.n_states + len(self.saved))]
-        return Apply(self, inputs, outputs)
-
-    def infer_shape(self, fgraph, node, shapes):
-        (t, b, _), i = shapes[0], shapes[2][0]
-        return [(t, b, i)] * self.n_states + [
-            (t, b, self._width(spec, i, getattr(self, option)) if option else spec * i)
-            for _, spec, option in self.saved]
-
-    def connection_pattern(self, node):
-        outputs = self.n_states + len(self.saved)
-        return [[True] * outputs, [False] * outputs] + [[True] * outputs] * (len(node.inputs) - 2)
-
-    def pullback(self, inputs, outputs, output_grads):
-        if not all(isinstance(g.type, DisconnectedType) for g in output_grads[self.n_states:]):
-            raise NotImplementedError(f"{type(self).__name__}: its saved arrays have no gradient")
-        given = tuple(not isinstance(g.type, DisconnectedType) for g in output_grads[:self.n_states])
-        d_states = [g for g, ok in zip(output_grads, given) if ok]
-        grads = self.grad_op(given)(*inputs[1:], *outputs, *d_states)
-        return [grads[0], disconnected_type()] + list(grads[1:])
-
-    def _saved_arrays(self, steps, batch, i, dtype):
-        return [np.empty((steps, batch, self._width(spec, i, getattr(self, option)) if option else spec * i), dtype)
-                for _, spec, option in self.saved]
-
-
-class _OptionsRecurrenceGrad(Op):
-    """Shared parts of the gradient Ops. Inputs: the forward Op's inputs but ``xw``,
-    its outputs, then the gradients of its states that are given; outputs: the
-    gradients of ``xw``, of every input after ``time`` but the clock's k, then of k."""
-
-    forward = _OptionsRecurrence
-
-    def make_node(self, *inputs):
-        inputs = [tt.as_tensor_variable(x) for x in inputs]
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        act = inputs[n_in + self.forward.n_states]
-        outputs = [act.type()] + [x.type() for x in inputs[1:n_in]]
-        return Apply(self, inputs, outputs)
-
-    def infer_shape(self, fgraph, node, shapes):
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        xw = shapes[n_in + self.forward.n_states]          # act has the shape of xw
-        return [xw] + list(shapes[1:n_in])
-
-    def _unpack(self, inputs, dtype):
-        """(reset_tb, inputs after time as arrays, forward outputs, d_states or None)."""
-        n_in = 3 + 2 * self.forward.n_states + len(self._extra_ndims())
-        reset, rest = np.asarray(inputs[0]) <= 0, contiguous(inputs[1:], dtype)
-        n_out = self.forward.n_states + len(self.forward.saved)
-        params, outputs, given = rest[:n_in - 1], rest[n_in - 1:n_in - 1 + n_out], iter(rest[n_in - 1 + n_out:])
-        d_states = [next(given) if ok else None for ok in self.given]
-        return reset, params, outputs, d_states
-
-
-class LSTMOptionsRecurrence(_OptionsRecurrence):
+class LSTMOptionsRecurrence(WindowRecurrence):
     """LSTM over a window with peepholes, layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
@@ -185,8 +100,8 @@ class LSTMOptionsRecurrence(_OptionsRecurrence):
     def __init__(self, peephole=False, layer_norm=False, clock=False):
         self.peephole, self.layer_norm, self.clock = bool(peephole), bool(layer_norm), bool(clock)
 
-    def _extra_ndims(self):
-        return [1] * self.peephole + [1] * 4 * self.layer_norm + [3] * self.clock
+    def _param_ndims(self):
+        return [1] * self.peephole + [1] * 4 * self.layer_norm
 
     def grad_op(self, given):
         return LSTMOptionsRecurrenceGrad(self.peephole, self.layer_norm, self.clock, given)
@@ -194,7 +109,7 @@ class LSTMOptionsRecurrence(_OptionsRecurrence):
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
         arrays = contiguous(inputs[:1] + inputs[2:], dtype)
-        (xw, W, bias, h0, c0, h_prev, c_prev), extras = arrays[:7], iter(arrays[7:])
+        (xw, W, bias, h0, c0, h_bi, c_bi), extras = arrays[:7], iter(arrays[7:])
         reset = np.asarray(inputs[1]) <= 0
         steps, batch, gates = xw.shape
         i = gates // 4
@@ -202,34 +117,20 @@ class LSTMOptionsRecurrence(_OptionsRecurrence):
         peep = next(extras) if self.peephole else dummy
         gamma_h, beta_h, gamma_c, beta_c = [next(extras) for _ in range(4)] if self.layer_norm else [dummy] * 4
         k = next(extras) if self.clock else None
-        h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
-        saved = self._saved_arrays(steps, batch, i, dtype)
+        (h_seq, c_seq), saved, _ = self._allocate(steps, batch, i, dtype)
         act, c_new, h_new, n_h, rstd_h, n_c, rstd_c = saved
-        frames = {name: Frames(x) if x.size else Frames(None, dummy)
-                  for name, x in zip(("k", "c_new", "h_new", "n_h", "rstd_h", "n_c", "rstd_c"),
-                                     (k, c_new, h_new, n_h, rstd_h, n_c, rstd_c)) if x is not None}
-        addr_k = frames.get("k", Frames(None, dummy))
-        addr_act, addr_xw, addr_h, addr_c = map(Frames, (act, xw, h_seq, c_seq))
         if not self.clock:                        # the new states are the frame's states
-            frames["c_new"], frames["h_new"] = addr_c, addr_h
-        cell, one = native.kernel("lstm_options_cell", dtype), act.dtype.type(1)
-        flags = _flags(self.peephole, self.layer_norm, self.clock)
-        fixed = [x.ctypes.data for x in (bias,)]
-        params = [x.ctypes.data for x in (peep, gamma_h, beta_h, gamma_c, beta_c)]
-        for t in range(steps):
-            if reset[t].any():
-                h_prev, c_prev = h_prev.copy(), c_prev.copy()
-                h_prev[reset[t]], c_prev[reset[t]] = h0, c0
-            np.dot(h_prev, W, out=act[t])
-            cell(addr_act[t], addr_xw[t], *fixed, h_prev.ctypes.data, c_prev.ctypes.data, *params, addr_k[t],
-                 frames["n_h"][t], frames["rstd_h"][t], frames["n_c"][t], frames["rstd_c"][t],
-                 frames["c_new"][t], frames["h_new"][t], addr_c[t], addr_h[t], batch, i, one, flags)
-            h_prev, c_prev = h_seq[t], c_seq[t]
+            c_new, h_new = c_seq, h_seq
+        args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, beta_h, gamma_c, beta_c,
+                *(frames(x, dummy) for x in (k, n_h, rstd_h, n_c, rstd_c, c_new, h_new)), Frames(c_seq),
+                Frames(h_seq), batch, i, act.dtype.type(1), _flags(self.peephole, self.layer_norm, self.clock)]
+        window.forward(native.kernel("lstm_options_cell", dtype), args, W, act, (h_bi, c_bi), (h0, c0),
+                       (h_seq, c_seq), reset)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved]):
             storage[0] = value
 
 
-class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
+class LSTMOptionsRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMOptionsRecurrence`."""
 
     __props__ = ("peephole", "layer_norm", "clock", "given")
@@ -238,9 +139,6 @@ class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
     def __init__(self, peephole, layer_norm, clock, given):
         self.peephole, self.layer_norm, self.clock = bool(peephole), bool(layer_norm), bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _extra_ndims(self):
-        return LSTMOptionsRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -256,34 +154,19 @@ class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
         d_pre = np.empty_like(act)
         d_ha = np.empty_like(act) if self.layer_norm else d_pre
         d_k = np.empty((steps, batch, i), dtype) if self.clock else None
-        dh, dc, back = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype), np.empty((batch, i), dtype)
+        dh, dc = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype)
         dh0, dc0 = np.zeros(i, dtype), np.zeros(i, dtype)
         db, d_peep = np.zeros(gates, np.float64), np.zeros(3 * i if self.peephole else 1, np.float64)
         d_gamma_h = np.zeros(gates if self.layer_norm else 1, np.float64)
         d_gamma_c, d_beta_c = (np.zeros(i if self.layer_norm else 1, np.float64) for _ in range(2))
-
-        def frames(x, default=dummy):
-            return Frames(x) if x is not None and x.size else Frames(None, default)
-        addr = {name: frames(x) for name, x in dict(act=act, n_h=n_h, rstd_h=rstd_h, n_c=n_c, rstd_c=rstd_c,
-                                                    k=k, d=d_pre, d_ha=d_ha, dk=d_k, h_new=h_new).items()}
-        addr["c_new"] = frames(c_new) if self.clock else Frames(c_seq)
-        addr_dh_out, addr_dc_out = Frames(dh_out, zero_bi), Frames(dc_out, zero_bi)
-        fixed = [x.ctypes.data for x in (peep, gamma_h, gamma_c, beta_c)]
-        sums = [x.ctypes.data for x in (db, d_peep, d_gamma_h, d_gamma_c, d_beta_c)]
-        cell_grad, one = native.kernel("lstm_options_cell_grad", dtype), act.dtype.type(1)
-        flags = _flags(self.peephole, self.layer_norm, self.clock)
-        W_T = np.ascontiguousarray(W.T)
-        for t in reversed(range(steps)):
-            h_in = entering(h_bi, h_seq, h0, reset, t)
-            c_in = entering(c_bi, c_seq, c0, reset, t)
-            cell_grad(dh.ctypes.data, dc.ctypes.data, addr_dh_out[t], addr_dc_out[t], addr["act"][t],
-                      addr["c_new"][t], addr["h_new"][t], h_in.ctypes.data, c_in.ctypes.data,
-                      addr["n_h"][t], addr["rstd_h"][t], addr["n_c"][t], addr["rstd_c"][t], *fixed,
-                      addr["k"][t], addr["d"][t], addr["d_ha"][t], addr["dk"][t], *sums, batch, i, one, flags)
-            dh += np.dot(d_ha[t], W_T, out=back)
-            route_reset(dh, dh0, reset[t])
-            route_reset(dc, dc0, reset[t])
-        dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
+        c_new = c_new if self.clock else c_seq
+        args = [dh, dc, Frames(dh_out, zero_bi), Frames(dc_out, zero_bi),
+                *(frames(x, dummy) for x in (act, c_new, h_new)), None, None,
+                *(frames(x, dummy) for x in (n_h, rstd_h, n_c, rstd_c)), peep, gamma_h, gamma_c, beta_c,
+                *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), db, d_peep, d_gamma_h, d_gamma_c, d_beta_c,
+                batch, i, act.dtype.type(1), _flags(self.peephole, self.layer_norm, self.clock)]
+        dW = window.backward(native.kernel("lstm_options_cell_grad", dtype), args, W, d_ha, (h_bi, c_bi),
+                             (h0, c0), (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
         if self.peephole:
             grads.append(d_peep.astype(dtype))
@@ -295,7 +178,7 @@ class LSTMOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
             storage[0] = value
 
 
-class GRUOptionsRecurrence(_OptionsRecurrence):
+class GRUOptionsRecurrence(WindowRecurrence):
     """GRU over a window with layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h, beta_h``
@@ -310,8 +193,8 @@ class GRUOptionsRecurrence(_OptionsRecurrence):
     def __init__(self, layer_norm=False, clock=False):
         self.layer_norm, self.clock = bool(layer_norm), bool(clock)
 
-    def _extra_ndims(self):
-        return [1] * 2 * self.layer_norm + [3] * self.clock
+    def _param_ndims(self):
+        return [1] * 2 * self.layer_norm
 
     def grad_op(self, given):
         return GRUOptionsRecurrenceGrad(self.layer_norm, self.clock, given)
@@ -319,39 +202,26 @@ class GRUOptionsRecurrence(_OptionsRecurrence):
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
         arrays = contiguous(inputs[:1] + inputs[2:], dtype)
-        (xw, W, bias, h0, h_prev), extras = arrays[:5], iter(arrays[5:])
+        (xw, W, bias, h0, h_bi), extras = arrays[:5], iter(arrays[5:])
         reset = np.asarray(inputs[1]) <= 0
         steps, batch, gates = xw.shape
         i = gates // 3
         dummy = np.zeros(1, dtype)
         gamma_h, beta_h = [next(extras) for _ in range(2)] if self.layer_norm else [dummy] * 2
         k = next(extras) if self.clock else None
-        h_seq = np.empty((steps, batch, i), dtype)
-        saved = self._saved_arrays(steps, batch, i, dtype)
+        (h_seq,), saved, _ = self._allocate(steps, batch, i, dtype)
         act, hn, h_new, n_h, rstd_h = saved
         ha = np.empty((batch, gates), dtype)
-
-        def frames(x):
-            return Frames(x) if x is not None and x.size else Frames(None, dummy)
-        addr_xw, addr_act, addr_hn, addr_h = map(Frames, (xw, act, hn, h_seq))
-        addr_k, addr_n_h, addr_rstd_h = frames(k), frames(n_h), frames(rstd_h)
-        addr_h_new = frames(h_new) if self.clock else addr_h
-        cell, one = native.kernel("gru_options_cell", dtype), act.dtype.type(1)
-        flags = _flags(layer_norm=self.layer_norm, clock=self.clock)
-        for t in range(steps):
-            if reset[t].any():
-                h_prev = h_prev.copy()
-                h_prev[reset[t]] = h0
-            np.dot(h_prev, W, out=ha)
-            cell(ha.ctypes.data, addr_xw[t], bias.ctypes.data, h_prev.ctypes.data, gamma_h.ctypes.data,
-                 beta_h.ctypes.data, addr_k[t], addr_n_h[t], addr_rstd_h[t], addr_act[t], addr_hn[t],
-                 addr_h_new[t], addr_h[t], batch, i, one, flags)
-            h_prev = h_seq[t]
+        h_new = h_new if self.clock else h_seq
+        args = [ha, Frames(xw), bias, None, gamma_h, beta_h,
+                *(frames(x, dummy) for x in (k, n_h, rstd_h, act, hn, h_new, h_seq)),
+                batch, i, act.dtype.type(1), _flags(layer_norm=self.layer_norm, clock=self.clock)]
+        window.forward(native.kernel("gru_options_cell", dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
         for storage, value in zip(output_storage, [h_seq, *saved]):
             storage[0] = value
 
 
-class GRUOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
+class GRUOptionsRecurrenceGrad(WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUOptionsRecurrence`."""
 
     __props__ = ("layer_norm", "clock", "given")
@@ -360,9 +230,6 @@ class GRUOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
     def __init__(self, layer_norm, clock, given):
         self.layer_norm, self.clock = bool(layer_norm), bool(clock)
         self.given = tuple(bool(g) for g in given)
-
-    def _extra_ndims(self):
-        return GRUOptionsRecurrence._extra_ndims(self)
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -378,27 +245,15 @@ class GRUOptionsRecurrenceGrad(_OptionsRecurrenceGrad):
         k = next(extras) if self.clock else None
         d_pre, d_ha = np.empty_like(act), np.empty_like(act)
         d_k = np.empty((steps, batch, i), dtype) if self.clock else None
-        dh, dh0, back = np.zeros((batch, i), dtype), np.zeros(i, dtype), np.empty((batch, i), dtype)
+        dh, dh0 = np.zeros((batch, i), dtype), np.zeros(i, dtype)
         db = np.zeros(gates, np.float64)
         d_gamma_h, d_beta_h = (np.zeros(gates if self.layer_norm else 1, np.float64) for _ in range(2))
-
-        def frames(x):
-            return Frames(x) if x is not None and x.size else Frames(None, dummy)
-        addr_act, addr_hn, addr_d, addr_d_ha = map(Frames, (act, hn, d_pre, d_ha))
-        addr_h_new, addr_n_h, addr_rstd_h, addr_k, addr_dk = map(frames, (h_new, n_h, rstd_h, k, d_k))
-        addr_dh_out = Frames(dh_out, zero_bi)
-        sums = [x.ctypes.data for x in (db, d_gamma_h, d_beta_h)]
-        cell_grad, one = native.kernel("gru_options_cell_grad", dtype), act.dtype.type(1)
-        flags = _flags(layer_norm=self.layer_norm, clock=self.clock)
-        W_T = np.ascontiguousarray(W.T)
-        for t in reversed(range(steps)):
-            h_in = entering(h_bi, h_seq, h0, reset, t)
-            cell_grad(dh.ctypes.data, addr_dh_out[t], addr_act[t], h_in.ctypes.data, addr_hn[t], addr_h_new[t],
-                      addr_n_h[t], addr_rstd_h[t], gamma_h.ctypes.data, addr_k[t], addr_d[t], addr_d_ha[t],
-                      addr_dk[t], *sums, batch, i, one, flags)
-            dh += np.dot(d_ha[t], W_T, out=back)
-            route_reset(dh, dh0, reset[t])
-        dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
+        args = [dh, Frames(dh_out, zero_bi), Frames(act), None,
+                *(frames(x, dummy) for x in (hn, h_new, n_h, rstd_h)), gamma_h,
+                *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), db, d_gamma_h, d_beta_h,
+                batch, i, act.dtype.type(1), _flags(layer_norm=self.layer_norm, clock=self.clock)]
+        dW = window.backward(native.kernel("gru_options_cell_grad", dtype), args, W, d_ha, (h_bi,), (h0,),
+                             (h_seq,), reset, (dh,), (dh0,))
         grads = [d_pre, dW, db.astype(dtype), dh0, dh]
         if self.layer_norm:
             grads += [d_gamma_h.astype(dtype), d_beta_h.astype(dtype)]

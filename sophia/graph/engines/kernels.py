@@ -227,6 +227,85 @@ if AVAILABLE:
         for k in range(width):
             dx[k] = r * (gamma[k] * dy[k] - m1 - n[k] * m2)
 
+    # -- the parts the option and batch-norm LSTM cells share, for one batch row --------
+    @numba.njit(inline="always", **_JIT)
+    def _lstm_new_cell(ab, cp, cn, peep, i, peephole):
+        """The input, forget and candidate gates of the pre-activations ab [4i] activated
+        in place (the first two seeing the entering cell cp [i] through the peepholes),
+        and the new cell cn [i]."""
+        s_i, s_f, s_g = ab[:i], ab[i:2 * i], ab[3 * i:]
+        if peephole:
+            for j in range(i):
+                s_i[j] += cp[j] * peep[j]
+                s_f[j] += cp[j] * peep[i + j]
+        for j in range(i):
+            s_i[j] = _sigmoid(s_i[j])
+        for j in range(i):
+            s_f[j] = _sigmoid(s_f[j])
+        for j in range(i):
+            s_g[j] = _tanh(s_g[j])
+        for j in range(i):
+            cn[j] = s_f[j] * cp[j] + s_i[j] * s_g[j]
+
+    @numba.njit(inline="always", **_JIT)
+    def _lstm_output_gate(s_o, cn, peep, i, peephole):
+        """The output gate s_o [i] activated in place, seeing the new cell cn through its peephole."""
+        if peephole:
+            for j in range(i):
+                s_o[j] += cn[j] * peep[2 * i + j]
+        for j in range(i):
+            s_o[j] = _sigmoid(s_o[j])
+
+    @numba.njit(inline="always", **_JIT)
+    def _blend(k, new, prev, out, one):
+        """The clock gate's blend of one row: out = k new + (1 − k) prev."""
+        for j in range(out.shape[0]):
+            out[j] = k[j] * new[j] + (one - k[j]) * prev[j]
+
+    @numba.njit(inline="always", **_JIT)
+    def _lstm_clock_grad(dhb, dcb, dhob, dcob, hn, cn, hib, cib, k, dk, b, d_o, d_i, i, one, clock):
+        """From dh + dh_out and dc + dc_out of row b: the gradients of the new h and c
+        (before the clock's blend) into d_o and d_i, that of the openness k into dk[b],
+        and the blend's direct paths into the entering states left in dhb, dcb (zero
+        without a clock)."""
+        if clock:
+            kb, dkb = k[b], dk[b]
+            for j in range(i):
+                gh, gc, kj = dhb[j] + dhob[j], dcb[j] + dcob[j], kb[j]
+                dkb[j] = gh * (hn[j] - hib[j]) + gc * (cn[j] - cib[j])
+                dhb[j], dcb[j] = (one - kj) * gh, (one - kj) * gc
+                d_o[j], d_i[j] = kj * gh, kj * gc
+        else:
+            for j in range(i):
+                d_o[j], d_i[j] = dhb[j] + dhob[j], dcb[j] + dcob[j]
+                dhb[j], dcb[j] = 0, 0
+
+    @numba.njit(inline="always", **_JIT)
+    def _lstm_normed_output_grad(s_o, ncb, gamma_c, beta_c, d_o, d_y, i, one):
+        """Through h = σ(o) tanh(y), y = γ_c n_c + β_c: d_o [i] (the gradient of h) becomes
+        that of o's pre-activation; d_y [i] gets that of y."""
+        for j in range(i):
+            so = s_o[j]
+            ty = _tanh(gamma_c[j] * ncb[j] + beta_c[j])
+            gh = d_o[j]
+            d_o[j] = gh * ty * so * (one - so)
+            d_y[j] = gh * so * (one - ty * ty)
+
+    @numba.njit(inline="always", **_JIT)
+    def _peephole_output_grad(d_o, cn, d_i, peep, d_peep, i):
+        """The output peephole's part: into d_i (the new cell's gradient) and d_peep."""
+        for j in range(i):
+            d_i[j] += d_o[j] * peep[2 * i + j]
+            d_peep[2 * i + j] += d_o[j] * cn[j]
+
+    @numba.njit(inline="always", **_JIT)
+    def _peephole_input_grad(d_i, d_f, cib, dcb, peep, d_peep, i):
+        """The input and forget peepholes' part: into dcb (the entering cell's gradient) and d_peep."""
+        for j in range(i):
+            dcb[j] += d_i[j] * peep[j] + d_f[j] * peep[i + j]
+            d_peep[j] += d_i[j] * cib[j]
+            d_peep[i + j] += d_f[j] * cib[j]
+
     @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
                           n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, one, flags):
@@ -245,24 +324,9 @@ if AVAILABLE:
                 rstd_h[b] = _normalise_row(ab, n_h[b], gamma_h, beta_h, one)
             for q in range(4 * i):
                 ab[q] += xb[q] + bias[q]
-            s_i, s_f, s_o, s_g = ab[:i], ab[i:2 * i], ab[2 * i:3 * i], ab[3 * i:]
-            if peephole:
-                for j in range(i):
-                    s_i[j] += cp[j] * peep[j]
-                    s_f[j] += cp[j] * peep[i + j]
-            for j in range(i):
-                s_i[j] = _sigmoid(s_i[j])
-            for j in range(i):
-                s_f[j] = _sigmoid(s_f[j])
-            for j in range(i):
-                s_g[j] = _tanh(s_g[j])
-            for j in range(i):
-                cn[j] = s_f[j] * cp[j] + s_i[j] * s_g[j]
-            if peephole:
-                for j in range(i):
-                    s_o[j] += cn[j] * peep[2 * i + j]
-            for j in range(i):
-                s_o[j] = _sigmoid(s_o[j])
+            _lstm_new_cell(ab, cp, cn, peep, i, peephole)
+            s_o = ab[2 * i:3 * i]
+            _lstm_output_gate(s_o, cn, peep, i, peephole)
             if norm:
                 ncb = n_c[b]
                 for j in range(i):
@@ -274,11 +338,8 @@ if AVAILABLE:
                 for j in range(i):
                     hn[j] = s_o[j] * _tanh(cn[j])
             if clock:
-                kb = k[b]
-                for j in range(i):
-                    cb[j] = kb[j] * cn[j] + (one - kb[j]) * cp[j]
-                for j in range(i):
-                    hb[j] = kb[j] * hn[j] + (one - kb[j]) * hp[j]
+                _blend(k[b], cn, cp, cb, one)
+                _blend(k[b], hn, hp, hb, one)
 
     @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
@@ -296,28 +357,14 @@ if AVAILABLE:
         for b in range(batch):
             ab, db_, cn, hn, hib, cib = a[b], d[b], c_new[b], h_new[b], h_in[b], c_in[b]
             dhb, dcb, dhob, dcob = dh[b], dc[b], dh_out[b], dc_out[b]
-            s_i, s_f, s_o, s_g = ab[:i], ab[i:2 * i], ab[2 * i:3 * i], ab[3 * i:]
-            d_i, d_f, d_o, d_g = db_[:i], db_[i:2 * i], db_[2 * i:3 * i], db_[3 * i:]
+            s_o = ab[2 * i:3 * i]
+            d_i, d_o, d_g = db_[:i], db_[2 * i:3 * i], db_[3 * i:]
             # d_i holds the gradient of c_new until the last loop; d_g that of the cell norm's output
-            if clock:
-                kb, dkb = k[b], dk[b]
-                for j in range(i):
-                    gh, gc, kj = dhb[j] + dhob[j], dcb[j] + dcob[j], kb[j]
-                    dkb[j] = gh * (hn[j] - hib[j]) + gc * (cn[j] - cib[j])
-                    dhb[j], dcb[j] = (one - kj) * gh, (one - kj) * gc
-                    d_o[j], d_i[j] = kj * gh, kj * gc
-            else:
-                for j in range(i):
-                    d_o[j], d_i[j] = dhb[j] + dhob[j], dcb[j] + dcob[j]
-                    dhb[j], dcb[j] = 0, 0
+            _lstm_clock_grad(dhb, dcb, dhob, dcob, hn, cn, hib, cib, k, dk, b, d_o, d_i, i, one, clock)
             if norm:
                 ncb = n_c[b]
-                for j in range(i):              # d o, and the gradient of the norm's output y
-                    so = s_o[j]
-                    ty = _tanh(gamma_c[j] * ncb[j] + beta_c[j])
-                    gh = d_o[j]
-                    d_o[j] = gh * ty * so * (one - so)
-                    d_g[j] = gh * so * (one - ty * ty)
+                _lstm_normed_output_grad(s_o, ncb, gamma_c, beta_c, d_o, d_g, i, one)
+                for j in range(i):
                     d_beta_c[j] += d_g[j]
                 _normalise_row_grad(d_g, ncb, rstd_c[b], gamma_c, d_gamma_c, d_g, one)
                 for j in range(i):
@@ -328,9 +375,8 @@ if AVAILABLE:
                     d_o[j] = gh * tc * so * (one - so)
                     d_i[j] += gh * so * (one - tc * tc)
             if peephole:
-                for j in range(i):
-                    d_i[j] += d_o[j] * peep[2 * i + j]
-                    d_peep[2 * i + j] += d_o[j] * cn[j]
+                _peephole_output_grad(d_o, cn, d_i, peep, d_peep, i)
+            s_i, s_f, s_g, d_f = ab[:i], ab[i:2 * i], ab[3 * i:], db_[i:2 * i]
             for j in range(i):                  # d i, d f, d g; then d c into the entering c
                 si, sf, sg, gc = s_i[j], s_f[j], s_g[j], d_i[j]
                 d_f[j] = gc * cib[j] * sf * (one - sf)
@@ -338,10 +384,7 @@ if AVAILABLE:
                 d_i[j] = gc * sg * si * (one - si)
                 dcb[j] += gc * sf
             if peephole:
-                for j in range(i):
-                    dcb[j] += d_i[j] * peep[j] + d_f[j] * peep[i + j]
-                    d_peep[j] += d_i[j] * cib[j]
-                    d_peep[i + j] += d_f[j] * cib[j]
+                _peephole_input_grad(d_i, d_f, cib, dcb, peep, d_peep, i)
             for q in range(4 * i):
                 db[q] += db_[q]
             if norm:
@@ -372,9 +415,7 @@ if AVAILABLE:
             for j in range(i):
                 hb[j] = s_n[j] + s_z[j] * (hpb[j] - s_n[j])
             if clock:
-                kb, ob = k[b], h[b]
-                for j in range(i):
-                    ob[j] = kb[j] * hb[j] + (one - kb[j]) * hpb[j]
+                _blend(k[b], hb, hpb, h[b], one)
 
     @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,

@@ -33,7 +33,9 @@ POPULATION = 8            # the statistics are the population's, one row per bat
 if AVAILABLE:
     import numba
 
-    from sophia.graph.engines.kernels import _JIT, _like, _sigmoid, _tanh, gru_options_cell, gru_options_cell_grad
+    from sophia.graph.engines.kernels import (_JIT, _blend, _like, _lstm_clock_grad, _lstm_new_cell,
+                                              _lstm_normed_output_grad, _lstm_output_gate, _peephole_input_grad,
+                                              _peephole_output_grad, _tanh, gru_options_cell, gru_options_cell_grad)
 
     @numba.njit(inline="always", **_JIT)
     def _bn_stats(x, mean, var, scratch, one):
@@ -132,38 +134,19 @@ if AVAILABLE:
             ab, xb, nb, cp, cn = a[b], xa[b], n_h[b], c_prev[b], c_new[b]
             for q in range(4 * i):
                 ab[q] = gamma_h[q] * nb[q] + xb[q] + bias[q]
-            s_i, s_f, s_g = ab[:i], ab[i:2 * i], ab[3 * i:]
-            if peephole:
-                for j in range(i):
-                    s_i[j] += cp[j] * peep[j]
-                    s_f[j] += cp[j] * peep[i + j]
-            for j in range(i):
-                s_i[j] = _sigmoid(s_i[j])
-            for j in range(i):
-                s_f[j] = _sigmoid(s_f[j])
-            for j in range(i):
-                s_g[j] = _tanh(s_g[j])
-            for j in range(i):
-                cn[j] = s_f[j] * cp[j] + s_i[j] * s_g[j]
+            _lstm_new_cell(ab, cp, cn, peep, i, peephole)
         if not population:
             _bn_stats(c_new, mean_c[0], var_c[0], scratch, one)
         _bn_normalise(c_new, mean_c, var_c, n_c, one)
         _bn_scale(n_c, gamma_c, beta_c, h_new)                           # h_new holds the norm's y
         for b in range(batch):
             s_o, cn, hn = a[b][2 * i:3 * i], c_new[b], h_new[b]
-            if peephole:
-                for j in range(i):
-                    s_o[j] += cn[j] * peep[2 * i + j]
-            for j in range(i):
-                s_o[j] = _sigmoid(s_o[j])
+            _lstm_output_gate(s_o, cn, peep, i, peephole)
             for j in range(i):
                 hn[j] = s_o[j] * _tanh(hn[j])
             if clock:
-                kb, cp, hp, cb, hb = k[b], c_prev[b], h_prev[b], c[b], h[b]
-                for j in range(i):
-                    cb[j] = kb[j] * cn[j] + (one - kb[j]) * cp[j]
-                for j in range(i):
-                    hb[j] = kb[j] * hn[j] + (one - kb[j]) * hp[j]
+                _blend(k[b], cn, c_prev[b], c[b], one)
+                _blend(k[b], hn, h_prev[b], h[b], one)
 
     @numba.njit(**_JIT)          # a function of its own: see the module docstring
     def lstm_bn_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, var_h, n_c, var_c,
@@ -184,43 +167,23 @@ if AVAILABLE:
             s_o = ab[2 * i:3 * i]
             d_i, d_o, d_g = db_[:i], db_[2 * i:3 * i], db_[3 * i:]
             # d_i holds the gradient of c_new until the last loop; d_g that of the cell norm's y
-            if clock:
-                kb, dkb = k[b], dk[b]
-                for j in range(i):
-                    gh, gc, kj = dhb[j] + dhob[j], dcb[j] + dcob[j], kb[j]
-                    dkb[j] = gh * (hn[j] - hib[j]) + gc * (cn[j] - cib[j])
-                    dhb[j], dcb[j] = (one - kj) * gh, (one - kj) * gc
-                    d_o[j], d_i[j] = kj * gh, kj * gc
-            else:
-                for j in range(i):
-                    d_o[j], d_i[j] = dhb[j] + dhob[j], dcb[j] + dcob[j]
-                    dhb[j], dcb[j] = 0, 0
-            for j in range(i):                  # d o, and the gradient of the norm's output y
-                so = s_o[j]
-                ty = _tanh(gamma_c[j] * ncb[j] + beta_c[j])
-                gh = d_o[j]
-                d_o[j] = gh * ty * so * (one - so)
-                d_g[j] = gh * so * (one - ty * ty)
+            _lstm_clock_grad(dhb, dcb, dhob, dcob, hn, cn, hib, cib, k, dk, b, d_o, d_i, i, one, clock)
+            _lstm_normed_output_grad(s_o, ncb, gamma_c, beta_c, d_o, d_g, i, one)
             if peephole:
-                for j in range(i):
-                    d_i[j] += d_o[j] * peep[2 * i + j]
-                    d_peep[2 * i + j] += d_o[j] * cn[j]
+                _peephole_output_grad(d_o, cn, d_i, peep, d_peep, i)
         _bn_grad(d[:, 3 * i:], n_c, var_c[0], gamma_c, d[:, 3 * i:], scratch, d_gamma_c, d_beta_c, one)
         for b in range(batch):
             ab, db_, cib, dcb = a[b], d[b], c_in[b], dc[b]
             s_i, s_f, s_g = ab[:i], ab[i:2 * i], ab[3 * i:]
             d_i, d_f, d_g = db_[:i], db_[i:2 * i], db_[3 * i:]
-            for j in range(i):                  # d i, d f, d g; then d c into the entering c
+            for j in range(i):                  # d i, d f, d g (the new cell's gradient: d i + d y)
                 si, sf, sg, gc = s_i[j], s_f[j], s_g[j], d_i[j] + d_g[j]
                 d_f[j] = gc * cib[j] * sf * (one - sf)
                 d_g[j] = gc * si * (one - sg * sg)
                 d_i[j] = gc * sg * si * (one - si)
                 dcb[j] += gc * sf
             if peephole:
-                for j in range(i):
-                    dcb[j] += d_i[j] * peep[j] + d_f[j] * peep[i + j]
-                    d_peep[j] += d_i[j] * cib[j]
-                    d_peep[i + j] += d_f[j] * cib[j]
+                _peephole_input_grad(d_i, d_f, cib, dcb, peep, d_peep, i)
             for q in range(4 * i):
                 db[q] += db_[q]
         _bn_grad(d, n_h, var_h[0], gamma_h, d_ha, scratch, d_gamma_h, d_beta_h, one)

@@ -1,10 +1,14 @@
 """The numpy side of a fused window: the entering states, the resets, frame addresses.
 
 Shared by the fused Ops (:mod:`~sophia.graph.engines.fused`,
-:mod:`~sophia.graph.engines.fused_options`) and oneDNN's LSTM window
-(:mod:`~sophia.graph.engines.onednn_lstm`). Arrays are [T][B][i] (a window's
-states), [B][i] (one frame's) and [i] (an initial state); ``reset_tb`` is True at
-the frames whose time signal is ≤ 0.
+:mod:`~sophia.graph.engines.fused_options`, :mod:`~sophia.graph.engines.fused_bn`)
+and oneDNN's LSTM window (:mod:`~sophia.graph.engines.onednn_lstm`). Arrays are
+[T][B][i] (a window's states), [B][i] (one frame's) and [i] (an initial state);
+``reset_tb`` is True at the frames whose time signal is ≤ 0.
+
+:func:`forward` and :func:`backward` run the frame loops of the option and batch-norm
+Ops: a cell kernel's arguments are laid out once per window (:func:`frame_args`), so
+a frame's call only fills in the addresses of its entering states.
 """
 from __future__ import annotations
 
@@ -63,6 +67,63 @@ class Frames:
 
     def __getitem__(self, t):
         return self.base + t * self.step
+
+
+def frames(array, dummy):
+    """:class:`Frames` of ``array``, or of ``dummy`` at every frame where ``array`` is
+    None or empty (the array of an option that is off)."""
+    return Frames(array) if array is not None and array.size else Frames(None, dummy)
+
+
+def frame_args(args, steps):
+    """The argument list of a native kernel's call at each of ``steps`` frames: each
+    of ``args`` is a :class:`Frames` (the address of its frame), an array (its address)
+    or anything else (passed as it is, None included)."""
+    columns = [[a[t] for t in range(steps)] if isinstance(a, Frames)
+               else [a.ctypes.data if isinstance(a, np.ndarray) else a] * steps for a in args]
+    return [list(row) for row in zip(*columns)]
+
+
+def forward(cell, args, W_ig, product_tbg, stored, initial, seq, reset_tb):
+    """Run a window's recurrence frame by frame: the entering states (the ``stored``
+    [B][i] at frame 0, else the previous frame's of ``seq`` [T][B][i], replaced by
+    ``initial`` [i] in the streams that reset), their recurrent product h W_ig into
+    ``product_tbg[t]`` (or into ``product_tbg`` itself where it is one frame's
+    [B][g]), then ``cell(*args)`` with the Nones of ``args`` replaced by the entering
+    states' addresses, in order. The cell writes frame t of ``seq``."""
+    rows, at = frame_args(args, len(reset_tb)), [n for n, a in enumerate(args) if a is None]
+    prev = stored
+    for t, row in enumerate(rows):
+        if reset_tb[t].any():
+            prev = [p.copy() for p in prev]
+            for p, init in zip(prev, initial):
+                p[reset_tb[t]] = init
+        np.dot(prev[0], W_ig, out=product_tbg[t] if product_tbg.ndim == 3 else product_tbg)
+        for n, p in zip(at, prev):
+            row[n] = p.ctypes.data
+        cell(*row)
+        prev = [s[t] for s in seq]
+
+
+def backward(cell_grad, args, W_ig, d_ha_tbg, stored, initial, seq, reset_tb, d_states, d_initial):
+    """Backpropagate through the frames of :func:`forward`, last first:
+    ``cell_grad(*args)`` with the Nones of ``args`` replaced by the addresses of the
+    entering states, then the gradient of the recurrent product, ``d_ha_tbg[t]``, sent
+    through W_ig into the entering h (``d_states[0]``), and a reset frame's entering
+    gradients (``d_states`` [B][i]) into ``d_initial`` [i]. On return ``d_states`` hold
+    those of the stored states. Returns the gradient of W_ig [i][g]."""
+    rows, at = frame_args(args, len(reset_tb)), [n for n, a in enumerate(args) if a is None]
+    W_T, dh = np.ascontiguousarray(W_ig.T), d_states[0]
+    back = np.empty_like(dh)
+    for t in reversed(range(len(rows))):
+        row, h_in = rows[t], [entering(*x, reset_tb, t) for x in zip(stored, seq, initial)]
+        for n, x in zip(at, h_in):
+            row[n] = x.ctypes.data
+        cell_grad(*row)
+        dh += np.dot(d_ha_tbg[t], W_T, out=back)
+        for d, d0 in zip(d_states, d_initial):
+            route_reset(d, d0, reset_tb[t])
+    return weight_grad(stored[0], seq[0], initial[0], reset_tb, d_ha_tbg)
 
 
 def entering_address(entering_bi, addr_stored, seq: Frames, reset_tb, t):
