@@ -18,7 +18,8 @@ setup(
                  "statsmodels>=0.14"],                  # and the ETS/ARIMA baselines, real series
         "jax": ["jax>=0.4.30"],                         # compile_mode JAX (CPU; GPUs with jax[cuda12])
         "plot": ["matplotlib>=3.7"],
-        "data": ["statsmodels>=0.14"],   # the real-data task's bundled series
+        "data": ["statsmodels>=0.14",    # the real task's bundled series; sophia-eval's ets, arima
+                 "pmdarima>=2.0"],       # the real task's taylor and msft series
         "bench": ["torch==2.13.0"],     # the PyTorch bench/ compares against (bench/README.md)
     },
     entry_points={
