@@ -113,3 +113,14 @@ def test_missing_statsmodels_names_the_extra(monkeypatch):
     block_statsmodels(monkeypatch)
     with pytest.raises(classical.MissingStatsmodels, match=r"pip install -e '\.\[data\]'"):
         classical.require_statsmodels()
+
+
+def test_seasonal_ets_starts_from_the_first_season(statsmodels):
+    """With a season of P frames: level = the mean of the first P targets, profile = their
+    deviations; with the smoothing all but off, the first season repeats, and frames
+    before P have nothing to be predicted from."""
+    first = np.array([1.0, 5.0, 2.0, 0.0])
+    fitted = classical.Fitted("ets", (False, False, 4), np.array([1e-9, 1e-9]))
+    got = classical.one_step(fitted, np.tile(first, 4) + 0.01)
+    assert np.isnan(got[:4]).all()
+    np.testing.assert_allclose(got[4:], np.tile(first, 3) + 0.01, atol=1e-6)

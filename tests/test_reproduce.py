@@ -135,3 +135,13 @@ def test_tiny_real_run_is_scored_by_sophia_eval(tmp_path, capsys, monkeypatch):
     assert 0 <= report["coverage"] <= 1 and report["chosen"]["arima"][0]["chosen"]["order"] == [1, 0, 0]
     out = capsys.readouterr().out
     assert "real (elnino, level), test RMSE in the series' units over" in out and "arima" in out
+
+
+@pytest.mark.slow
+def test_a_net_trained_on_elnino_beats_persistence(tmp_path):
+    """End to end on a small real series: the configured net, briefly trained, predicts
+    next month's sea temperature better than persistence on the test split."""
+    pytest.importorskip("statsmodels.datasets", reason="the real series ship with statsmodels")
+    report = reproduce.main(["real", "--series", "elnino", "--baselines", "persistence",
+                             "--max_epochs", "6", "--work", str(tmp_path), "--seed", "1"])
+    assert report["rmse"]["model"] < 0.9 * report["rmse"]["persistence"]

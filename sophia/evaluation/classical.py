@@ -19,9 +19,11 @@ target get the training mean, as the other baselines' do.
 
 Each sequence starts afresh, without the training data's state: ARIMA with a
 diffuse state for its differences and the stationary distribution of its ARMA
-part (``SARIMAX.apply``); ETS with its level at the sequence's first target
-(used from frame 1 on, so no frame sees its own target), no trend and a zero
-seasonal profile, which the smoothing then adapts.
+part (as ``SARIMAX.apply`` does), predicting from the frame after the first
+target; ETS with its level at the sequence's first target and no trend,
+predicting from the next frame, or, with a season of P frames, with its level
+the mean of the first P targets and its seasonal profile their deviations from
+it, predicting from frame P. No frame is predicted from its own target.
 
 - :func:`require_statsmodels` -- import it, or raise an error naming the extra.
 - :func:`fit` -- one candidate fitted to training values: a :class:`Fitted`.
@@ -115,16 +117,17 @@ def fit(kind, spec, values_t) -> Fitted:
         result = _quiet(lambda: model.fit(disp=False))
         return Fitted(kind, tuple(spec), np.asarray(result.params))
     trend, damped, season = spec
+    # The initial states are concentrated out of the likelihood (found by least squares for
+    # each trial of the smoothing parameters), so only those are searched over.
     model = ets.ExponentialSmoothing(values_t, trend=trend, damped_trend=damped, seasonal=season,
-                                     initialization_method="estimated")
+                                     initialization_method="concentrated")
     result = _quiet(lambda: model.fit(disp=False))
-    keep = [not name.startswith("initial_") for name in model.param_names]   # smoothing, damping
-    return Fitted(kind, tuple(spec), np.asarray(result.params)[keep])
+    return Fitted(kind, tuple(spec), np.asarray(result.params))
 
 
 def one_step(fitted: Fitted, values_t) -> np.ndarray:
     """One-step-ahead predictions [T] of ``fitted`` over ``values_t`` from a fresh
-    start (module docstring); NaN before the first non-NaN value."""
+    start (module docstring); NaN where it has nothing to predict from yet."""
     ets, sarimax = require_statsmodels()
     values_t = np.asarray(values_t, np.float64)
     seen = np.flatnonzero(~np.isnan(values_t))
@@ -134,23 +137,32 @@ def one_step(fitted: Fitted, values_t) -> np.ndarray:
     if fitted.kind == "arima":
         order = fitted.spec
         model = sarimax.SARIMAX(values_t, order=order, trend="c" if order[1] == 0 else "n")
-    else:
-        trend, damped, season = fitted.spec
-        model = ets.ExponentialSmoothing(
-            values_t, trend=trend, damped_trend=damped, seasonal=season,
-            initialization_method="known", initial_level=values_t[seen[0]],
-            initial_trend=0.0 if trend else None,
-            initial_seasonal=np.zeros(season - 1) if season else None)
+        start = seen[0] + 1
+        result = _quiet(lambda: model.filter(fitted.params))
+        prediction_t[start:] = np.asarray(result.predict(), np.float64)[start:]
+        return prediction_t
+    trend, damped, season = fitted.spec
+    start = seen[0] + (season or 1)             # the values that set the initial states
+    if start >= len(values_t):
+        return prediction_t
+    first = values_t[seen[0]:start]
+    level = float(np.nanmean(first))
+    profile = np.nan_to_num(first - level)[::-1] if season else None   # the latest first
+    model = ets.ExponentialSmoothing(
+        values_t[start:], trend=trend, damped_trend=damped, seasonal=season,
+        initialization_method="known", initial_level=level,
+        initial_trend=0.0 if trend else None, initial_seasonal=profile)
     result = _quiet(lambda: model.filter(fitted.params))
-    predicted_t = np.asarray(result.predict(), np.float64)
-    prediction_t[seen[0] + 1:] = predicted_t[seen[0] + 1:]
+    prediction_t[start:] = np.asarray(result.predict(), np.float64)
     return prediction_t
 
 
-def _mse(fitted, sequences) -> float:
+def _mse(fitted, sequences, mean) -> float:
+    """Dev MSE of what :func:`forecast` would predict: every non-NaN target counts."""
     total, count = 0.0, 0
     for values_t in sequences:
-        error_t = one_step(fitted, values_t)[1:] - values_t[1:]
+        prediction_t = one_step(fitted, values_t)
+        error_t = np.where(np.isnan(prediction_t), mean, prediction_t) - values_t
         error_t = error_t[~np.isnan(error_t)]
         total, count = total + float(np.sum(error_t ** 2)), count + error_t.size
     return total / count if count else float("nan")
@@ -189,7 +201,7 @@ def choose(kind, train_targets, dev_targets, mean_k, season: int = 1):
             for spec in candidates(kind, season, len(values_t)):
                 try:
                     fitted = fit(kind, spec, values_t)
-                    mse = _mse(fitted, dev)
+                    mse = _mse(fitted, dev, mean_k[c])
                 except (ValueError, np.linalg.LinAlgError):
                     fitted, mse = None, float("nan")
                 dev_mse[str(list(spec))] = mse
