@@ -410,6 +410,15 @@ RUNNERS = {"adding": run_adding, "multiplication": run_multiplication,
            "temporal_order": run_temporal_order, "frequency": run_frequency, "real": run_real}
 
 
+def _real_baselines(text):
+    names = tuple(n for n in text.split(",") if n)
+    unknown = [n for n in names if n not in REAL_BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baseline {unknown[0]!r} "
+                                         f"(choose from {', '.join(REAL_BASELINES)})")
+    return names
+
+
 def build_parser():
     """The command line: one sub-command per task, shared size and limit flags."""
     common = argparse.ArgumentParser(add_help=False)
@@ -449,7 +458,7 @@ def build_parser():
                                 "(sophia/data/tasks/real.py); default per series, REAL_SERIES")
     real_task.add_argument("--min_len", type=int, help="shortest training sequence (frames)")
     real_task.add_argument("--max_len", type=int, help="longest training sequence (frames)")
-    real_task.add_argument("--baselines", type=lambda text: tuple(text.split(",")),
+    real_task.add_argument("--baselines", type=_real_baselines,
                            default=REAL_BASELINES, help="comma-separated, from "
                            f"{','.join(REAL_BASELINES)} (all by default)")
     return parser
