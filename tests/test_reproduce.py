@@ -123,7 +123,7 @@ def test_tiny_real_run_is_scored_by_sophia_eval(tmp_path, capsys, monkeypatch):
     report = reproduce.main(["real", "--series", "elnino", "--max_epochs", "1", "--work", str(tmp_path),
                              "--set", "net_width=4", "--set", "frames_per_epoch=200",
                              "--set", "compile_mode=FAST_COMPILE"])
-    assert list(report["rmse"]) == ["model", "persistence", "seasonal", "ar", "ets", "arima"]
+    assert list(report["rmse"]) == ["model", "mean", "persistence", "seasonal", "ar", "ets", "arima"]
     eval_report = json.loads((tmp_path / "eval" / "report.json").read_text())
     (test_sequence,) = eval_report["sequences"]                       # --whole-eval
     assert report["scored"] == test_sequence["length"] - 12          # warmup = one season
