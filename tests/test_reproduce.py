@@ -137,7 +137,6 @@ def test_tiny_real_run_is_scored_by_sophia_eval(tmp_path, capsys, monkeypatch):
     assert "real (elnino, level), test RMSE in the series' units over" in out and "arima" in out
 
 
-@pytest.mark.slow
 def test_a_net_trained_on_elnino_beats_persistence(tmp_path):
     """End to end on a small real series: the configured net, briefly trained, predicts
     next month's sea temperature better than persistence on the test split."""
