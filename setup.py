@@ -14,10 +14,12 @@ setup(
                       "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     extras_require={
         "test": ["pytest>=8", "matplotlib>=3.7",    # tests check the learning-curve PNG
-                 "jax>=0.4.30"],                        # and the JAX compile mode
+                 "jax>=0.4.30",                         # and the JAX compile mode
+                 "statsmodels>=0.14"],                  # and the ETS/ARIMA baselines, real series
         "jax": ["jax>=0.4.30"],                         # compile_mode JAX (CPU; GPUs with jax[cuda12])
         "plot": ["matplotlib>=3.7"],
-        "data": ["statsmodels>=0.14"],   # the real-data task's bundled series
+        "data": ["statsmodels>=0.14",    # the real task's bundled series; sophia-eval's ets, arima
+                 "pmdarima>=2.0"],       # the real task's taylor and msft series
         "bench": ["torch==2.13.0"],     # the PyTorch bench/ compares against (bench/README.md)
     },
     entry_points={

@@ -3,11 +3,12 @@
 One sub-command per task. Each run generates its data with the generators of
 ``sophia-data make``, trains through ``train.py``'s command line
 (in this process, ``sophia.training.cli.main`` with train.py's OPTIONS block
-and ``configs/<task>.toml``), then loads the best model (``load_net``) and runs
-it over every whole sequence of the test split, a set the trainer never saw
-(each split draws from its own stream of the seed). The target is read at the
-last frame. It prints our figure beside the paper's and writes
-``<work>/report.json``.
+and ``configs/<task>.toml``), then evaluates the best model with
+``sophia-eval`` (:func:`sophia.evaluation.evaluate.evaluate`: the serving step
+over every whole sequence of the test split, a set the trainer never saw, each
+split drawing from its own stream of the seed; its files go to
+``<work>/eval``). The synthetic tasks read the target at the last frame. It
+prints our figure beside the paper's and writes ``<work>/report.json``.
 
 =====================  ======================================================
 ``adding --T 100``     wrong out of 2560 (|error| > 0.04) and training sequences
@@ -16,8 +17,9 @@ last frame. It prints our figure beside the paper's and writes
 ``temporal_order``     wrong (argmax) out of 2560, ``--variant 6a|6b``; Table 9
 ``frequency``          accuracy without and with ``learn_clock_params`` on
                        asynchronously sampled waves; Neil et al. 2016
-``real``               test MSE vs persistence and a linear AR(p) fitted with
-                       ``numpy.linalg.lstsq`` on the training split
+``real``               test RMSE, MAE and 80% coverage beside sophia-eval's
+                       baselines (mean, persistence, seasonal naive, AR(p),
+                       ETS, ARIMA), ``--series``, ``configs/real_<series>.toml``
 =====================  ======================================================
 
 "Training sequences used" is frames trained (from ``metrics.jsonl``) divided
@@ -58,12 +60,25 @@ if str(REPO_ROOT) not in sys.path:
 
 from sophia.data.make import make_dataset  # noqa: E402
 from sophia.data.tasks import real  # noqa: E402
+from sophia.evaluation.evaluate import evaluate, format_table  # noqa: E402
 from sophia.training import cli  # noqa: E402
 from sophia.data.dataset import Dataset  # noqa: E402
-from sophia.workspace import Workspace, load_net, load_run_options  # noqa: E402
+from sophia.workspace import Workspace, load_run_options  # noqa: E402
 
 ADDING_TOLERANCE = 0.04              # the paper's "wrong": |error| > 0.04
-EVAL_BATCH = 256                     # test sequences run side by side
+EVAL_STREAMS = 256                   # test sequences run side by side (speed only)
+# Each real series: how its data are written (sophia-data make real), the season of
+# seasonal naive and ETS, the largest AR order tried, and the frames of the test split
+# (one sequence: --whole-eval) that warm every method up before scoring starts.
+REAL_SERIES = {
+    "co2": dict(transform="change", min_len=60, max_len=120, season=52, max_ar=52, warmup=52),
+    "sunspots": dict(transform="level", min_len=20, max_len=60, season=11, max_ar=24, warmup=11),
+    "elnino": dict(transform="level", min_len=40, max_len=100, season=12, max_ar=24, warmup=12),
+    "taylor": dict(transform="level", min_len=96, max_len=336, season=48, max_ar=48, warmup=48),
+    "msft": dict(transform="log_change", min_len=60, max_len=250, season=5, max_ar=24, warmup=24),
+}
+# On (log) changes, "mean" is the drift forecast and "persistence" repeats the last change.
+REAL_BASELINES = ("mean", "persistence", "seasonal", "ar", "ets", "arima")
 # Published figures: (wrong out of 2560, training sequences) and the like.
 PAPER = {
     "adding": {100: (1, 74_000), 500: (0, 209_000), 1000: (1, 853_000)},
@@ -161,35 +176,22 @@ def train_seconds(workspace):
     return sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0) for r in records)
 
 
-def infer_split(workspace, data_dir, split="test", batch=EVAL_BATCH):
-    """Run the best model of ``workspace`` over every whole sequence of a split.
+def evaluate_split(workspace, data_dir, split="test", out=None, baselines=(), **options):
+    """Evaluate the best model of ``workspace`` with sophia-eval on a split.
 
-    Returns ``(outputs, targets)``: lists with one float32 [T][k] array per
-    sequence, in the split's order. Sequences run side by side, padded at
-    their end to the longest (outputs are causal: padding changes nothing).
+    ``out`` (default ``<workspace>/../eval``) receives sophia-eval's files;
+    ``options`` go to :func:`~sophia.evaluation.evaluate.evaluate`. Returns
+    ``(report, outputs, targets)``: sophia-eval's report, and per sequence of the
+    split, in its order, the model's output [T][output_dim] (read back from the
+    ``.output`` files) and the target [T][k].
     """
-    net, run = load_net(workspace)
-    ds = Dataset.open(data_dir, split, run.model.input_dim, run.model.target_dim)
-    longest = max(s.length for s in ds.sequences)
-    f_infer, v_states = net.compile_infer(window_size=longest, mode=run.train.compile_mode)
-    outputs, targets = [], []
-    for first in range(0, len(ds), batch):
-        members = range(first, min(first + batch, len(ds)))
-        input_tbj = np.zeros((longest, len(members), ds.input_dim), np.float32)
-        time_tb = np.zeros((longest, len(members)), np.float32)
-        for b, i in enumerate(members):
-            length = ds.sequences[i].length
-            input_tbj[:length, b] = ds.input(i)
-            signal_t = ds.time_signal(i)
-            step = float(signal_t[-1] - signal_t[-2]) if length > 1 else 1.0
-            time_tb[:, b] = np.concatenate([signal_t, signal_t[-1] + step * np.arange(1, longest - length + 1)])
-        net.reset_states(v_states, batch_size=len(members))
-        output_tbk = f_infer(input_tbj, time_tb, np.zeros((longest, len(members)), np.int32))
-        for b, i in enumerate(members):
-            length = ds.sequences[i].length
-            outputs.append(np.asarray(output_tbk[:length, b]))
-            targets.append(np.asarray(ds.target(i)))
-    return outputs, targets
+    out = Path(out or Path(workspace).parent / "eval")
+    report = evaluate(workspace, data_dir, split, baselines=baselines, out=out,
+                      streams=EVAL_STREAMS, **options)
+    ds = Dataset.open(data_dir, split, report["input_dim"], report["target_dim"])
+    outputs = [np.fromfile(out / s["output"], "<f4").reshape(s["length"], report["output_dim"])
+               for s in report["sequences"]]
+    return report, outputs, [np.asarray(ds.target(i)) for i in range(len(ds))]
 
 
 def last_frames(arrays):
@@ -235,41 +237,6 @@ def mse(prediction, target):
     return float(np.mean((np.asarray(prediction, np.float64) - np.asarray(target, np.float64)) ** 2))
 
 
-def split_series(data_dir, split):
-    """A real dataset's split as one contiguous series (inputs, then the last target)."""
-    ds = Dataset.open(data_dir, split)
-    parts = [np.asarray(ds.input(i))[:, 0] for i in range(len(ds))]
-    return np.concatenate(parts + [np.asarray(ds.target(len(ds) - 1))[-1:, 0]]).astype(np.float64)
-
-
-def ar_design(history_t, series_t, order):
-    """Rows ``[1, z[i], z[i-1], ..., z[i-order+1]]`` and targets ``z[i+1]`` for
-    every step of ``series_t``; ``history_t`` (the values before it) fills lags."""
-    z = np.concatenate([history_t, series_t])
-    start = len(history_t)
-    rows = [z[i - order + 1:i + 1][::-1] for i in range(max(start, order - 1), len(z) - 1)]
-    x = np.column_stack([np.ones(len(rows)), np.array(rows)])
-    return x, z[max(start, order - 1) + 1:]
-
-
-def fit_ar(train_t, dev_t, orders=(1, 2, 4, 8, 13, 26, 52)):
-    """Fit AR(p) by least squares on ``train_t`` for each order; keep the best on dev.
-
-    Returns ``(order, coefficients, dev_mse)``.
-    """
-    best = None
-    for order in orders:
-        if order >= len(train_t) - 1:
-            continue
-        x, y = ar_design(np.zeros(0), train_t, order)
-        coef = np.linalg.lstsq(x, y, rcond=None)[0]
-        xd, yd = ar_design(train_t, dev_t, order)
-        dev_mse = mse(xd @ coef, yd)
-        if best is None or dev_mse < best[2]:
-            best = (order, coef, dev_mse)
-    return best
-
-
 # -- tasks ---------------------------------------------------------------------
 def _data(args, task, data, counts, **options):
     if not args.eval_only:
@@ -289,7 +256,7 @@ def run_adding(args, task="adding"):
     data, ws = args.work / "data", args.work / "ws"
     _data(args, task, data, args.counts, T=args.T)
     seconds = _train(args, data, ws, config, sets)
-    outputs, targets = infer_split(ws, data)
+    _, outputs, targets = evaluate_split(ws, data)
     prediction_n, target_n = last_frames(outputs)[:, 0], last_frames(targets)[:, 0]
     used = sequences_used(ws, data, criterion=args.criterion, measure=args.criterion_on)
     test_set = Dataset.open(data, "test", 2, 1)
@@ -326,7 +293,7 @@ def run_temporal_order(args):
     data, ws = args.work / "data", args.work / "ws"
     _data(args, "temporal_order", data, args.counts, variant=args.variant)
     seconds = _train(args, data, ws, config, args.set)
-    outputs, targets = infer_split(ws, data)
+    _, outputs, targets = evaluate_split(ws, data)
     wrong = count_misclassified(last_frames(outputs), last_frames(targets))
     used = sequences_used(ws, data, criterion=args.criterion, measure=args.criterion_on)
     report = dict(task="temporal_order", variant=args.variant, wrong=wrong, test=len(outputs),
@@ -359,7 +326,7 @@ def run_frequency(args):
             continue
         ws = args.work / f"ws_{name}"
         seconds = _train(args, data, ws, REPO_ROOT / "configs" / f"{config}.toml", args.set)
-        outputs, targets = infer_split(ws, data)
+        _, outputs, targets = evaluate_split(ws, data, out=args.work / f"eval_{name}")
         accuracy = binary_accuracy(last_frames(outputs)[:, 0], last_frames(targets)[:, 0])
         report[name] = dict(accuracy=accuracy, test=len(outputs), train_seconds=round(seconds))
         parts.append(f"{name} {100 * accuracy:.1f}% (paper {100 * PAPER['frequency'][name]:.1f}%)")
@@ -367,40 +334,45 @@ def run_frequency(args):
 
 
 def run_real(args):
-    """A real series: test MSE of the net vs persistence and a linear AR(p).
+    """A real series: sophia-eval's test metrics of the net beside its baselines.
 
-    With ``--transform change`` the data are the series' changes: "persistence" then
-    still means the level forecast x[t+1] = x[t] (a predicted change of 0), "last
-    change" repeats the latest change, and AR(p) is fitted to the changes (an
-    ARIMA(p, 1, 0) of the levels). A change forecast's error equals the error of the
-    level forecast it gives, so every figure is comparable with the level data's.
+    The data are written with the series' :data:`REAL_SERIES` options (``--transform``,
+    ``--min_len``, ``--max_len`` override them) and ``--whole-eval``: the test split is
+    one sequence, which the net runs through carrying its state, as a served stream
+    would, and whose history every baseline keeps. The first ``warmup`` frames are
+    predicted from but not scored. The net trains with ``configs/real_<series>.toml``.
+    RMSE is also given in the units of the series (of its changes, or log changes, for
+    those transforms; a change forecast's error is the error of the level forecast
+    it gives).
     """
+    setup = dict(REAL_SERIES[args.series])
+    for key in ("transform", "min_len", "max_len"):
+        if getattr(args, key) is not None:
+            setup[key] = getattr(args, key)
     data, ws = args.work / "data", args.work / "ws"
-    _data(args, "real", data, None, series=args.series, transform=args.transform,
-          min_len=args.min_len, max_len=args.max_len)
-    seconds = _train(args, data, ws, REPO_ROOT / "configs" / "real.toml", args.set)
-    outputs, targets = infer_split(ws, data)
-    inputs = [np.asarray(Dataset.open(data, "test").input(i)) for i in range(len(outputs))]
-    mean = float(np.fromfile(data / "mean.matrix", "<f4")[0])
+    _data(args, "real", data, None, series=args.series, transform=setup["transform"],
+          min_len=setup["min_len"], max_len=setup["max_len"], whole_eval=True)
+    seconds = _train(args, data, ws, REPO_ROOT / "configs" / f"real_{args.series}.toml", args.set)
+    baselines = tuple(b for b in REAL_BASELINES if b in args.baselines)
+    report, _, _ = evaluate_split(ws, data, baselines=baselines, season=setup["season"],
+                                  max_ar=setup["max_ar"], warmup=setup["warmup"])
     std = float(np.fromfile(data / "std.matrix", "<f4")[0])
-    target_z = np.concatenate(targets)
-    errors = {"net": mse(np.concatenate(outputs), target_z)}
-    if args.transform == "change":
-        errors["persistence"] = mse(np.full_like(target_z, -mean / std), target_z)
-        errors["last change"] = mse(np.concatenate(inputs), target_z)
-    else:
-        errors["persistence"] = mse(np.concatenate(inputs), target_z)
-    train_t, dev_t, test_t = (split_series(data, s) for s in ("train", "dev", "test"))
-    order, coef, _ = fit_ar(train_t, dev_t)
-    x, y = ar_design(np.concatenate([train_t, dev_t]), test_t, order)
-    errors[f"AR({order})"] = mse(x @ coef, y)
-    report = dict(task="real", series=args.series, transform=args.transform, mse=errors,
-                  lengths=[args.min_len, args.max_len],
-                  ar_order=order, std=std, train_seconds=round(seconds))
-    line = (f"real ({args.series}, {args.transform}), test MSE in training-normalised units "
-            f"(RMSE in series units): "
-            + ", ".join(f"{name} {value:.4g} ({std * value ** 0.5:.3g})" for name, value in errors.items()))
-    return _finish(args, report, line)
+    overall = report["overall"]
+    result = dict(task="real", series=args.series, **setup, std=std, train_seconds=round(seconds),
+                  rmse={m: overall[m]["rmse"] for m in report["methods"]},
+                  rmse_series_units={m: std * overall[m]["rmse"] for m in report["methods"]},
+                  mae={m: overall[m]["mae"] for m in report["methods"]},
+                  coverage=overall["model"].get("coverage"), interval=report["interval"],
+                  scored=overall["model"]["count"], chosen={k: report["baselines"][k]
+                                                            for k in ("ar", "ets", "arima")
+                                                            if k in report["baselines"]})
+    print(format_table(report), flush=True)
+    line = (f"real ({args.series}, {setup['transform']}), test RMSE in the series' units over "
+            f"{result['scored']} frames: " + ", ".join(
+                f"{m} {v:.4g}" for m, v in result["rmse_series_units"].items()))
+    if result["coverage"] is not None:
+        line += f"; the net's 80% interval covers {100 * result['coverage']:.1f}%"
+    return _finish(args, result, line)
 
 
 def _length_sets(config, T):
@@ -439,6 +411,15 @@ RUNNERS = {"adding": run_adding, "multiplication": run_multiplication,
            "temporal_order": run_temporal_order, "frequency": run_frequency, "real": run_real}
 
 
+def _real_baselines(text):
+    names = tuple(n for n in text.split(",") if n)
+    unknown = [n for n in names if n not in REAL_BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baseline {unknown[0]!r} "
+                                         f"(choose from {', '.join(REAL_BASELINES)})")
+    return names
+
+
 def build_parser():
     """The command line: one sub-command per task, shared size and limit flags."""
     common = argparse.ArgumentParser(add_help=False)
@@ -473,10 +454,14 @@ def build_parser():
         "--only", choices=("lstm", "clock"), help="train one of the two nets")
     real_task = tasks.add_parser("real", parents=[common])
     real_task.add_argument("--series", choices=real.SERIES, default="co2")
-    real_task.add_argument("--transform", choices=real.TRANSFORMS, default="level",
-                           help="train on the values or on their changes (datasets/tasks/real.py)")
-    real_task.add_argument("--min_len", type=int, default=20, help="shortest sequence (frames)")
-    real_task.add_argument("--max_len", type=int, default=60, help="longest sequence (frames)")
+    real_task.add_argument("--transform", choices=real.TRANSFORMS,
+                           help="train on the values or on their (log) changes "
+                                "(sophia/data/tasks/real.py); default per series, REAL_SERIES")
+    real_task.add_argument("--min_len", type=int, help="shortest training sequence (frames)")
+    real_task.add_argument("--max_len", type=int, help="longest training sequence (frames)")
+    real_task.add_argument("--baselines", type=_real_baselines,
+                           default=REAL_BASELINES, help="comma-separated, from "
+                           f"{','.join(REAL_BASELINES)} (all by default)")
     return parser
 
 
@@ -498,7 +483,7 @@ def resolve(args):
             raise SystemExit("--stop_at_criterion needs --criterion for this task and --criterion_on")
         args.limits.append(f"{TARGET_OPTION[args.criterion_on]}={args.criterion:g}")
     suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series", "transform")
-                     if hasattr(args, a))
+                     if getattr(args, a, None) is not None)
     args.work = args.work or Path(tempfile.gettempdir()) / "sophia-repro" / f"{args.task}{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
     return args

@@ -167,7 +167,7 @@ class TrainOptions:
     lr_decay_rate: float = _opt(0.5, "learning-rate factor at each rollback")
     max_retry: int = _opt(2, "worse evaluations tolerated before a rollback")
     patience_from_best: bool = _opt(False, "'worse' = no new best (else: not better than the previous); for noisy dev losses")
-    diverge_ratio: float = _opt(10.0, "a dev loss above this x the best counts as worse; 0 = off")
+    diverge_ratio: float = _opt(10.0, "a dev loss above this x the best (best + (x-1)|best| for a negative best) counts as worse; 0 = off")
     max_epochs: int = _opt(0, "stop after this many epochs; 0 = no limit")
     max_hours: float = _opt(0.0, "stop after this many hours; 0 = no limit")
     target_dev_loss: float = _opt(0.0, "stop once the dev loss is at or below this; 0 = never")

@@ -238,3 +238,18 @@ def test_collapse_far_above_the_best_rolls_back_to_the_best():
     for x in (0.001, 0.02):
         d.observe(x)
     assert d.observe(0.015).reason == "diverged (retry 2/2)"   # better than previous, still 15x the best
+
+
+def test_divergence_of_a_loss_below_zero():
+    """A negative log-likelihood (loss_type gaussian) improves below 0: each new low is a
+    new best, never "diverged"; a jump far above the best, still better than the
+    epoch before, is one (above best + (ratio - 1)·|best|)."""
+    a = make(max_retry=2, diverge_ratio=10.0)
+    assert [a.observe(x).reason for x in (0.4, -0.15, -0.45, -0.9)] == ["new best"] * 4
+    assert a.observe(-0.7).reason == "worse (retry 1/2)"
+    assert a.observe(9.0).reason == "worse (retry 2/2)"
+    assert a.observe(8.5).reason.startswith("rollback")         # 8.5 > -0.9 + 9 * 0.9
+    b = make(max_retry=2, diverge_ratio=10.0)
+    for x in (-0.9, 0.5):
+        b.observe(x)
+    assert b.observe(0.2).reason == "better than previous"      # 0.2 < -0.9 + 8.1

@@ -177,8 +177,41 @@ def test_dev_split_is_needed_only_for_ar(setup, capsys):
     (["--baselines", "mean,prophet"], "prophet"),
     (["--season", "0"], "--season"),
     (["--tolerance", "-1"], "--tolerance"),
+    (["--warmup", "-1"], "--warmup"),
 ])
 def test_bad_options_exit_2(setup, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         main([setup["gru"], "--data_dir", setup["plain"], *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_classical_baselines_and_warmup(setup, monkeypatch):
+    """ets and arima run on the same frames as the others; --warmup leaves the first
+    frames of every sequence out of every method's score."""
+    pytest.importorskip("statsmodels.tsa.statespace.sarimax")
+    from sophia.evaluation import classical
+    monkeypatch.setattr(classical, "ARIMA_CANDIDATES", ((1, 0, 0), (0, 1, 1)))
+    monkeypatch.setattr(classical, "ETS_CANDIDATES", ((False, False, None),))
+    out = setup["root"] / "out_classical"
+    report = evaluate(setup["gru"], setup["plain"], "test", baselines=("persistence", "ets", "arima"),
+                      out=out, mode="FAST_COMPILE", warmup=3)
+    assert report["methods"] == ["model", "persistence", "ets", "arima"] and report["warmup"] == 3
+    for channel in report["baselines"]["arima"]:
+        assert channel["chosen"]["order"] in ([1, 0, 0], [0, 1, 1])
+        assert set(channel["dev_mse"]) == {"[1, 0, 0]", "[0, 1, 1]"}
+    dataset = Dataset.open(setup["plain"], "test")
+    targets = [np.asarray(dataset.target(i)) for i in range(len(dataset))]
+    counted = sum(int(np.sum(~np.isnan(t[3:]))) for t in targets)
+    for method in report["methods"]:
+        assert report["overall"][method]["count"] == counted
+    everything = evaluate(setup["gru"], setup["plain"], "test", baselines=("persistence",),
+                          mode="FAST_COMPILE")
+    assert everything["overall"]["model"]["count"] == sum(int(np.sum(~np.isnan(t))) for t in targets)
+
+
+def test_classical_baselines_without_statsmodels(setup, monkeypatch, capsys):
+    for name in ("statsmodels", "statsmodels.tsa", "statsmodels.tsa.statespace"):
+        monkeypatch.setitem(sys.modules, name, None)
+    status, err = error_of([setup["gru"], "--data_dir", setup["plain"], "--baselines", "ar,arima",
+                            "--out", str(setup["root"] / "o4")], capsys)
+    assert status == 1 and "--baselines arima" in err and "pip install -e '.[data]'" in err

@@ -408,3 +408,53 @@ def test_real_change_transform_writes_the_differences(tmp_path, monkeypatch):
     np.testing.assert_allclose(changes, np.diff(series_t)[:len(changes)], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="transform must be one of"):
         make_dataset("real", tmp_path / "e", seed=0, transform="log")
+
+
+@pytest.mark.parametrize("name, length, period", [("co2", 2284, "weekly"), ("sunspots", 309, "yearly"),
+                                                  ("elnino", 732, "monthly"), ("taylor", 4032, "half-hourly"),
+                                                  ("msft", 7983, "daily")])
+def test_every_real_series_loads_offline(name, length, period, monkeypatch):
+    """Each series ships inside its package: it loads with the network cut off."""
+    pytest.importorskip(f"{real.PACKAGES[name]}.datasets",
+                        reason=f"the {name} series ships with {real.PACKAGES[name]}")
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("the network is cut off in this test")
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    values = real.load_series(name)
+    assert values.shape == (length,) and np.isfinite(values).all()
+    assert np.unique(values).size > length // 10                # a real series, not a constant
+    assert name in real.__doc__ and period in real.__doc__
+
+
+def test_elnino_is_read_in_time_order():
+    sm_datasets = pytest.importorskip("statsmodels.datasets")
+    table = sm_datasets.elnino.load_pandas().data
+    values = real.load_series("elnino")
+    assert values[12] == table["JAN"].iloc[1] and values[-1] == table["DEC"].iloc[-1]
+
+
+def test_pmdarima_series_report_the_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pmdarima", None)
+    with pytest.raises(real.MissingPackageError, match="pip install pmdarima"):
+        real.load_series("taylor")
+
+
+def test_real_whole_eval_writes_dev_and_test_as_one_sequence_each(tmp_path, monkeypatch):
+    series_t = np.exp(np.cumsum(np.random.default_rng(4).normal(scale=0.01, size=300)))
+    monkeypatch.setattr(real, "load_series", lambda name: series_t)
+    make_dataset("real", tmp_path / "d", seed=0, series="msft", transform="log_change",
+                 min_len=10, max_len=20, whole_eval=True)
+    mean = np.fromfile(tmp_path / "d" / "mean.matrix", "<f4")[0]
+    std = np.fromfile(tmp_path / "d" / "std.matrix", "<f4")[0]
+    log_returns = np.diff(np.log(series_t))
+    assert len(read_split(tmp_path / "d", "train", 1, 1)) > 5
+    for split, begin, end in (("dev", 209, 254), ("test", 254, 299)):   # 299 changes: 209 / 45 / 45
+        (sequence,) = read_split(tmp_path / "d", split, 1, 1)
+        values = np.append(sequence[1][:, 0], sequence[2][-1, 0]) * std + mean
+        np.testing.assert_allclose(values, log_returns[begin:end], rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(real, "load_series", lambda name: series_t - 2.0)
+    with pytest.raises(ValueError, match="positive"):
+        make_dataset("real", tmp_path / "e", seed=0, transform="log_change")

@@ -1,5 +1,5 @@
-"""bench/reproduce.py: the metrics on hand-made cases, and one tiny run end to end
-(data -> train.py -> best model over whole test sequences -> report)."""
+"""bench/reproduce.py: the metrics on hand-made cases, and tiny runs end to end
+(data -> train.py -> sophia-eval of the best model over whole test sequences -> report)."""
 import argparse
 import importlib.util
 import json
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from sophia.workspace import load_net
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "reproduce.py"
 _spec = importlib.util.spec_from_file_location("reproduce", _PATH)
@@ -47,18 +49,6 @@ def test_long_lags_get_a_window_that_reaches_back_and_a_forget_gate_that_remembe
     sigmoid = lambda b: 1 / (1 + np.exp(-b))                          # noqa: E731
     leak = sigmoid(float(sets["input_bias"])) * np.sqrt(500)           # closed input gate over T frames
     assert leak == pytest.approx(sigmoid(-3.0) * np.sqrt(100), rel=0.01)
-
-
-def test_ar_fit_recovers_a_known_process():
-    rng = np.random.default_rng(0)
-    z = np.zeros(3000)
-    for i in range(2, len(z)):
-        z[i] = 0.6 * z[i - 1] - 0.3 * z[i - 2] + 0.1 * rng.standard_normal()
-    order, coef, _ = reproduce.fit_ar(z[:2000], z[2000:2500], orders=(1, 2, 4))
-    assert order in (2, 4)
-    np.testing.assert_allclose(coef[1:3], [0.6, -0.3], atol=0.05)
-    x, y = reproduce.ar_design(z[:10], z[10:20], 3)          # lags reach into the history
-    assert x.shape == (9, 4) and y[0] == z[11] and x[0, 1] == z[10] and x[0, 3] == z[8]
 
 
 def test_adding_stops_by_a_training_streak_and_the_others_by_dev_loss(tmp_path):
@@ -104,9 +94,10 @@ def test_tiny_adding_run_end_to_end(tmp_path, capsys):
     assert report["sequences_total"] == pytest.approx(120 / 11.5, abs=3)
     assert report["sequences_to_criterion"] == report["sequences_to_best"] == report["sequences_total"]
 
-    # batched, padded inference == the same net stepped one frame at a time, alone
-    outputs, targets = reproduce.infer_split(tmp_path / "ws", tmp_path / "data")
-    net, _ = reproduce.load_net(tmp_path / "ws")
+    # sophia-eval's outputs (the serving step, 256 streams) == the net stepped alone
+    eval_report, outputs, targets = reproduce.evaluate_split(tmp_path / "ws", tmp_path / "data")
+    assert (tmp_path / "eval" / "report.json").exists() and eval_report["methods"] == ["model"]
+    net, _ = load_net(tmp_path / "ws")
     f_step, v_states = net.compile_infer(window_size=1, mode="FAST_COMPILE")
     data = reproduce.Dataset.open(tmp_path / "data", "test")
     for i in (0, len(data) - 1):
@@ -120,3 +111,36 @@ def test_tiny_adding_run_end_to_end(tmp_path, capsys):
     error_n = last - reproduce.last_frames(targets)[:, 0]
     assert report["largest_errors"][0]["error"] == pytest.approx(error_n[np.argmax(np.abs(error_n))], abs=1e-5)
     assert len(report["largest_errors"][0]["marked_frames"]) == 2 and "largest test errors: " in out
+
+
+def test_tiny_real_run_is_scored_by_sophia_eval(tmp_path, capsys, monkeypatch):
+    """The real task: data with whole dev/test sequences, training, then sophia-eval's
+    model and baselines (ARIMA and ETS through statsmodels) on the same frames."""
+    pytest.importorskip("statsmodels.datasets", reason="the real series ship with statsmodels")
+    from sophia.evaluation import classical
+    monkeypatch.setattr(classical, "ARIMA_CANDIDATES", ((1, 0, 0),))
+    monkeypatch.setattr(classical, "ETS_CANDIDATES", ((False, False, None),))
+    report = reproduce.main(["real", "--series", "elnino", "--max_epochs", "1", "--work", str(tmp_path),
+                             "--set", "net_width=4", "--set", "frames_per_epoch=200",
+                             "--set", "compile_mode=FAST_COMPILE"])
+    assert list(report["rmse"]) == ["model", "mean", "persistence", "seasonal", "ar", "ets", "arima"]
+    eval_report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    (test_sequence,) = eval_report["sequences"]                       # --whole-eval
+    assert report["scored"] == test_sequence["length"] - 12          # warmup = one season
+    assert eval_report["warmup"] == 12 and eval_report["season"] == 12
+    std = float(np.fromfile(tmp_path / "data" / "std.matrix", "<f4")[0])
+    for method, rmse in report["rmse"].items():
+        assert rmse == eval_report["overall"][method]["rmse"]
+        assert report["rmse_series_units"][method] == pytest.approx(std * rmse)
+    assert 0 <= report["coverage"] <= 1 and report["chosen"]["arima"][0]["chosen"]["order"] == [1, 0, 0]
+    out = capsys.readouterr().out
+    assert "real (elnino, level), test RMSE in the series' units over" in out and "arima" in out
+
+
+def test_a_net_trained_on_elnino_beats_persistence(tmp_path):
+    """End to end on a small real series: the configured net, briefly trained, predicts
+    next month's sea temperature better than persistence on the test split."""
+    pytest.importorskip("statsmodels.datasets", reason="the real series ship with statsmodels")
+    report = reproduce.main(["real", "--series", "elnino", "--baselines", "persistence",
+                             "--max_epochs", "6", "--work", str(tmp_path), "--seed", "1"])
+    assert report["rmse"]["model"] < 0.9 * report["rmse"]["persistence"]

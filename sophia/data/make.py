@@ -84,7 +84,8 @@ def readme_text(task_name, seed, options, writer):
     flags = [f"--seed {seed}"]
     if hasattr(task, "generate"):
         flags += [f"--{split} {counts[split]}" for split in SPLITS]
-    flags += [f"--{name.replace('_', '-')} {value}" for name, value in options.items()]
+    flags += [f"--{name.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
+              for name, value in options.items() if value is not False]     # a switch: its flag alone
     description = (task.__doc__ or "").split("\nExample\n")[0].strip()
     return "\n".join([
         f"Sophia dataset: {task_name} - {task.SUMMARY}",

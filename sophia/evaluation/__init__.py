@@ -10,6 +10,8 @@ values (docs/EVALUATION.md).
   bidirectional models (which cannot run frame by frame, and the server refuses).
 - :mod:`sophia.evaluation.baselines` -- mean, persistence, seasonal naive, AR(p):
   small pure functions of the targets.
+- :mod:`sophia.evaluation.classical` -- ETS and ARIMA through statsmodels (optional),
+  chosen on the dev split.
 - :mod:`sophia.evaluation.metrics` -- RMSE, MAE, MASE, largest error, count wrong.
 - :mod:`sophia.evaluation.probabilistic` -- NLL or pinball loss, and interval
   coverage, of gaussian and quantile models.

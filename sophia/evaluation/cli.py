@@ -1,7 +1,7 @@
 """``sophia-eval``: evaluate a workspace on a dataset split (also ``python -m sophia.evaluation``).
 
 ``sophia-eval WORKSPACE --data_dir DIR [--split test] [--baselines mean,persistence,seasonal,ar]
-[--season P] [--max_ar N] [--tolerance X] [--out DIR] [--plot] [--streams B]``
+[--season P] [--max_ar N] [--tolerance X] [--warmup N] [--out DIR] [--plot] [--streams B]``
 
 Prints a table of the overall metrics and writes ``.output`` files,
 ``report.json`` and (``--plot``) ``predictions.png`` under ``--out``
@@ -19,15 +19,15 @@ import os
 import sys
 
 from sophia.evaluation import EvalError
-from sophia.evaluation.evaluate import BASELINES, evaluate, format_table
+from sophia.evaluation.evaluate import ALL_BASELINES, BASELINES, evaluate, format_table
 
 
 def _baselines(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in BASELINES]
+    unknown = [n for n in names if n not in ALL_BASELINES]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown baseline {unknown[0]!r} "
-                                         f"(choose from {', '.join(BASELINES)})")
+                                         f"(choose from {', '.join(ALL_BASELINES)})")
     return names
 
 
@@ -35,6 +35,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -51,13 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", required=True, help="dataset directory (train.list, dev.list, ...)")
     parser.add_argument("--split", default="test", help="split to evaluate; default test")
     parser.add_argument("--baselines", type=_baselines, default=BASELINES,
-                        help=f"comma-separated, from {','.join(BASELINES)} (all by default; '' for none)")
+                        help=f"comma-separated, from {','.join(ALL_BASELINES)} (default "
+                             f"{','.join(BASELINES)}; '' for none; ets and arima need statsmodels)")
     parser.add_argument("--season", type=_positive_int, default=1,
                         help="season of seasonal naive and of MASE's scale, in frames; default 1")
     parser.add_argument("--max_ar", type=_positive_int, default=24,
                         help="largest AR order tried on the dev split; default 24")
     parser.add_argument("--tolerance", type=_tolerance, default=0.04,
                         help="a value is wrong when |error| > this; default 0.04")
+    parser.add_argument("--warmup", type=_non_negative_int, default=0,
+                        help="frames at the start of each sequence that are not scored; default 0")
     parser.add_argument("--out", help="output directory; default WORKSPACE/eval/SPLIT")
     parser.add_argument("--plot", action="store_true", help="also write predictions.png (matplotlib)")
     parser.add_argument("--streams", type=_positive_int, default=8,
@@ -71,7 +81,8 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(args.workspace, "eval", args.split)
     try:
         report = evaluate(args.workspace, args.data_dir, args.split, args.baselines, args.season,
-                          args.max_ar, args.tolerance, out, args.plot, args.streams)
+                          args.max_ar, args.tolerance, out, args.plot, args.streams,
+                          warmup=args.warmup)
     except EvalError as error:
         print(f"sophia-eval: error: {error}", file=sys.stderr)
         return 1

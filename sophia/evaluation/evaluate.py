@@ -3,7 +3,8 @@
 A bidirectional model, which the server refuses, runs over whole sequences instead
 (:mod:`sophia.evaluation.whole`).
 
-- :data:`BASELINES` -- the registry of baselines ``--baselines`` chooses from.
+- :data:`BASELINES` -- the baselines run by default; :data:`ALL_BASELINES` adds
+  the optional classical ones (:mod:`sophia.evaluation.classical`).
 - :func:`open_split` -- a dataset split whose dims must be the model's.
 - :func:`evaluate` -- run everything; write ``.output`` files, ``report.json`` and
   (optionally) the plot; return the report.
@@ -29,6 +30,7 @@ from sophia.atomic import atomic_write_bytes
 from sophia.data.dataset import Dataset, DatasetError, check_tokens, infer_dims
 from sophia.evaluation import EvalError
 from sophia.evaluation import baselines as bl
+from sophia.evaluation import classical
 from sophia.evaluation.inference import id_indices, run_model
 from sophia.evaluation.metrics import POINT_METRICS, mase_scale, point_metrics
 from sophia.evaluation.plot import plot_predictions, require_matplotlib
@@ -40,7 +42,10 @@ from sophia.serving.model import MODE, load_model
 from sophia.serving.paths import ModelLoadError
 from sophia.workspace import OPTIONS, Workspace, WorkspaceError, load_ids, load_model_options
 
-BASELINES = ("mean", "persistence", "seasonal", "ar")
+BASELINES = ("mean", "persistence", "seasonal", "ar")      # the default set
+CLASSICAL = classical.KINDS                               # optional: statsmodels' ETS, ARIMA
+ALL_BASELINES = BASELINES + CLASSICAL
+NEEDS_DEV = ("ar",) + CLASSICAL
 REPORT = "report.json"
 PLOT = "predictions.png"
 FORMAT = "sophia-eval-1"
@@ -108,6 +113,11 @@ def _baseline_predictions(chosen, targets, train_targets, dev_targets, mean_k, s
         order, coef_kq, dev_mse = bl.choose_ar_order(train_targets, dev_targets, max_ar, mean_k)
         predictions["ar"] = [bl.ar_forecast(t, coef_kq, mean_k) for t in targets]
         params["ar"] = {"order": order, "coefficients": coef_kq.tolist(), "dev_mse": dev_mse}
+    for kind in (k for k in CLASSICAL if k in chosen):
+        models = classical.choose(kind, train_targets, dev_targets, mean_k, season)
+        predictions[kind] = [classical.forecast(models, t, mean_k) for t in targets]
+        params[kind] = [{"chosen": fitted.describe() if fitted else None, "dev_mse": dev_mse}
+                        for fitted, dev_mse in models]
     return predictions, params
 
 
@@ -136,7 +146,7 @@ def _score_distribution(outputs, targets, options, overall, per_sequence) -> Non
 
 def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, season: int = 1,
              max_ar: int = 24, tolerance: float = 0.04, out=None, plot: bool = False,
-             streams: int = 8, mode: str = MODE) -> dict:
+             streams: int = 8, mode: str = MODE, warmup: int = 0) -> dict:
     """Evaluate a workspace's model on a split, beside the chosen baselines.
 
     Side effects, under ``out`` (when given): ``<path>.output`` for each sequence
@@ -145,14 +155,26 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
     ``report.json`` and, with ``plot``, ``predictions.png``; each file written
     atomically. Returns the report (a JSON-ready dict; NaN as None).
 
+    ``baselines`` are names from :data:`ALL_BASELINES` (``ets`` and ``arima``
+    need statsmodels). Every method is scored on the target values from frame
+    ``warmup`` of each sequence on; the frames before are still predicted from.
+
     Raises :class:`EvalError` naming the file or field for a missing or bad
     workspace, a missing split, dims that differ from the model's, an unknown
-    baseline, bad numbers, or ``plot`` without matplotlib.
+    baseline, ``ets``/``arima`` without statsmodels, bad numbers, or ``plot``
+    without matplotlib.
     """
-    unknown = [b for b in baselines if b not in BASELINES]
+    unknown = [b for b in baselines if b not in ALL_BASELINES]
     if unknown:
-        raise EvalError(f"--baselines: unknown {', '.join(unknown)} (choose from {', '.join(BASELINES)})")
-    for name, value, low in (("--season", season, 1), ("--max_ar", max_ar, 1), ("--streams", streams, 1)):
+        raise EvalError(f"--baselines: unknown {', '.join(unknown)} (choose from {', '.join(ALL_BASELINES)})")
+    if any(b in CLASSICAL for b in baselines):
+        try:
+            classical.require_statsmodels()
+        except classical.MissingStatsmodels as error:
+            raise EvalError(f"--baselines {','.join(b for b in baselines if b in CLASSICAL)}: "
+                            f"{error}") from None
+    for name, value, low in (("--season", season, 1), ("--max_ar", max_ar, 1), ("--streams", streams, 1),
+                             ("--warmup", warmup, 0)):
         if value < low:
             raise EvalError(f"{name} must be >= {low}, got {value}")
     if not tolerance >= 0:
@@ -168,7 +190,8 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         raise EvalError(str(error)) from None
     dataset = open_split(data_dir, split, model, workspace)
     train_targets = _targets(open_split(data_dir, "train", model, workspace))
-    dev_targets = _targets(open_split(data_dir, "dev", model, workspace)) if "ar" in baselines else []
+    needs_dev = any(b in NEEDS_DEV for b in baselines)
+    dev_targets = _targets(open_split(data_dir, "dev", model, workspace)) if needs_dev else []
     try:
         outputs = run(model, dataset, ids, streams)
     except DatasetError as error:
@@ -183,11 +206,12 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
     baseline_predictions, params = _baseline_predictions(
         baselines, targets, train_targets, dev_targets, mean_k, season, max_ar)
     predictions = {"model": point_outputs, **baseline_predictions}
-    overall, per_sequence = _score(predictions, targets, scale, tolerance)
+    scored = [_after_warmup(t, warmup) for t in targets]
+    overall, per_sequence = _score(predictions, scored, scale, tolerance)
     metric_names = list(POINT_METRICS)
     if probabilistic:
         metric_names += PROBABILISTIC_METRICS[options.output_activation]
-        _score_distribution(outputs, targets, options, overall, per_sequence)
+        _score_distribution(outputs, scored, options, overall, per_sequence)
     rows = id_indices(dataset, ids)
     report = {
         "format": FORMAT, "workspace": workspace, "data_dir": os.path.abspath(data_dir),
@@ -195,7 +219,8 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         "output_activation": options.output_activation, "output_dim": model.output_dim,
         "channels": channel_names(options),
         "interval": dict(zip(("lower", "upper"), central_interval(options))) if probabilistic else None,
-        "season": season, "max_ar": max_ar, "tolerance": tolerance, "mase_scale": scale,
+        "season": season, "max_ar": max_ar, "tolerance": tolerance, "warmup": warmup,
+        "mase_scale": scale,
         "methods": list(predictions), "metrics": metric_names, "baselines": params,
         "overall": overall,
         "sequences": [{"path": s.path, "seq_id": s.seq_id,
@@ -211,6 +236,15 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
             plot_predictions(Path(out) / PLOT, [s.path for s in dataset.sequences], targets,
                              predictions, bands=bands)
     return report
+
+
+def _after_warmup(target_tk, warmup) -> np.ndarray:
+    """``target_tk`` with its first ``warmup`` frames NaN: what is scored."""
+    if warmup == 0:
+        return target_tk
+    scored_tk = np.array(target_tk, np.float64)
+    scored_tk[:warmup] = np.nan
+    return scored_tk
 
 
 def _write(out: Path, dataset, outputs, report) -> None:

@@ -13,7 +13,8 @@ is, by :class:`sophia.options.TrainOptions`; build it with
 Rules, applied to each observed loss (NaN or inf counts as worse):
 
 - loss < best loss: ``save_best``.
-- loss < previous loss, and not above ``diverge_ratio`` × best loss: retries reset
+- loss < previous loss, and not above ``diverge_ratio`` × best loss (for a loss
+  that can be negative, as a log-likelihood: best + (ratio − 1)·|best|): retries reset
   to 0, ``save_pivot``. (A run that collapses from a good model back to a plateau
   would otherwise find "better than previous" epochs on the plateau's noise and
   never roll back.) With
@@ -105,8 +106,10 @@ class Annealer:
         Stop once an observed largest absolute error is at or below this (every
         target right to within it); 0 means never.
     diverge_ratio : float, optional
-        A loss above this many times the best loss counts as worse even when it beats
-        the previous one, so a collapsed run rolls back; 0 means off.
+        A loss above this many times the best loss (``best + (ratio - 1) |best|``,
+        which is the same for a positive best and still holds for a negative one)
+        counts as worse even when it beats the previous one, so a collapsed run
+        rolls back; 0 means off.
     patience_from_best : bool, optional
         Count the patience from the last new best instead of the last improvement on
         the previous evaluation.
@@ -194,7 +197,10 @@ class Annealer:
                             stop=True, reason=f"stop: {goal} reached (model saved as best)",
                             epoch=self.epochs)
         save_best = loss < self.best_loss
-        diverged = self.diverge_ratio > 0 and loss > self.diverge_ratio * self.best_loss
+        # "ratio x best", measured from the best, so that it holds for losses below 0 too
+        # (a negative log-likelihood): above best + (ratio - 1) |best|.
+        diverged = (self.diverge_ratio > 0 and math.isfinite(self.best_loss)
+                    and loss > self.best_loss + (self.diverge_ratio - 1) * abs(self.best_loss))
         if self.patience_from_best:
             save_pivot = save_best
         else:

@@ -1,25 +1,40 @@
-"""A real series, one-step-ahead prediction, from data shipped by statsmodels.
+"""A real series, one-step-ahead prediction, from data shipped inside installed packages.
 
-The data come with the ``statsmodels`` package (installed separately:
-``pip install statsmodels``), so no download happens:
+The data come with a package installed separately (the ``data`` extra,
+``pip install -e '.[data]'``); each ships its series as a file or as numbers in
+its source, so nothing is downloaded:
 
-``co2``       weekly atmospheric CO2 at Mauna Loa, 1958-2001 (2284 weeks;
-              the 59 missing weeks are filled by linear interpolation).
-``sunspots``  yearly sunspot numbers, 1700-2008 (309 years).
+============  ===========  ==================================================  ======
+series        package      what                                                 values
+============  ===========  ==================================================  ======
+``co2``       statsmodels  weekly atmospheric CO2 at Mauna Loa, 1958-2001, ppm  2284
+                           (the 59 missing weeks linearly interpolated)
+``sunspots``  statsmodels  yearly sunspot numbers, 1700-2008                   309
+``elnino``    statsmodels  monthly sea surface temperature of the El Nino       732
+                           region, 1950-2010, degrees C
+``taylor``    pmdarima     half-hourly electricity demand in England and        4032
+                           Wales, 5 June - 27 August 2000, MW
+``msft``      pmdarima     Microsoft's daily closing share price (adjusted),    7983
+                           13 March 1986 - 10 November 2017, USD
+============  ===========  ==================================================  ======
 
 The series is split by time: the first ``1 - dev - test`` fraction is for
 training, the next ``dev`` fraction for dev, the last ``test`` fraction for
 test (the one pair that would straddle two splits is dropped). Every split
 is cut into consecutive sequences whose lengths are drawn uniformly over the
 integers in [min_len, max_len] (seeded; the last sequence of a split takes
-what is left and may be shorter). In a sequence of t frames, input = value
-at frame i, target = value at frame i + 1 (no NaN targets).
+what is left and may be shorter); with ``whole_eval`` the dev and test splits
+are each one sequence instead, so a model and the baselines carry their state
+and history through the whole split, as one served stream would. In a
+sequence of t frames, input = value at frame i, target = value at frame i + 1
+(no NaN targets).
 
-``--transform change`` writes the series of week-to-week (year-to-year)
-changes instead of the levels: a trending series such as co2 leaves the
-training range in the test split, where a net with bounded units cannot
-follow it, while its changes stay in range. The target is then the next
-change; a level forecast is the last level plus it.
+``--transform change`` writes the series of consecutive changes instead of
+the levels: a trending series such as co2 leaves the training range in the
+test split, where a net with bounded units cannot follow it, while its
+changes stay in range. The target is then the next change; a level forecast
+is the last level plus it. ``log_change`` writes the changes of the natural
+logarithm (for a price, the log return; the series must be positive).
 
 All values are normalised with the training split's statistics,
 ``z = (x - mean) / std``. The dataset root holds ``mean.matrix`` and
@@ -42,10 +57,12 @@ import numpy as np
 
 from .common import sequence_path
 
-SUMMARY = "a real series (statsmodels' co2 or sunspots), one-step-ahead targets"
-SERIES = ("co2", "sunspots")
-TRANSFORMS = ("level", "change")
-PACKAGE = "statsmodels"
+SUMMARY = "a real series shipped with statsmodels or pmdarima, one-step-ahead targets"
+# series -> the package that ships it
+PACKAGES = {"co2": "statsmodels", "sunspots": "statsmodels", "elnino": "statsmodels",
+            "taylor": "pmdarima", "msft": "pmdarima"}
+SERIES = tuple(PACKAGES)
+TRANSFORMS = ("level", "change", "log_change")
 
 
 class MissingPackageError(RuntimeError):
@@ -55,9 +72,11 @@ class MissingPackageError(RuntimeError):
 def add_arguments(parser):
     """Add this task's options to an argparse `parser`."""
     parser.add_argument("--series", choices=SERIES, default="co2",
-                        help="co2 (weekly, default) or sunspots (yearly)")
+                        help="co2 (weekly, default), sunspots (yearly), elnino (monthly), "
+                             "taylor (half-hourly; pmdarima) or msft (daily; pmdarima)")
     parser.add_argument("--transform", choices=TRANSFORMS, default="level",
-                        help="level (the values, default) or change (differences of consecutive values)")
+                        help="level (the values, default), change (differences of consecutive "
+                             "values) or log_change (differences of their logarithms)")
     parser.add_argument("--min-len", type=int, default=20,
                         help="shortest sequence, in frames; default 20")
     parser.add_argument("--max-len", type=int, default=60,
@@ -66,6 +85,8 @@ def add_arguments(parser):
                         help="fraction of the series for dev (after train); default 0.15")
     parser.add_argument("--test-fraction", type=float, default=0.15,
                         help="fraction of the series for test (the end); default 0.15")
+    parser.add_argument("--whole-eval", action="store_true",
+                        help="write the dev and test splits as one sequence each")
 
 
 def load_series(name):
@@ -74,26 +95,38 @@ def load_series(name):
     Raises
     ------
     MissingPackageError
-        If statsmodels is not installed.
+        If the package that ships it (:data:`PACKAGES`) is not installed.
     ValueError
         On an unknown series name.
     """
     if name not in SERIES:
         raise ValueError(f"series must be one of {SERIES}, got {name!r}")
+    package = PACKAGES[name]
     try:
-        from statsmodels import datasets as sm_datasets
+        if package == "statsmodels":
+            from statsmodels import datasets as sm_datasets
+        else:
+            from pmdarima import datasets as pm_datasets
     except ImportError as error:
         raise MissingPackageError(
-            f"the 'real' task reads data shipped with the {PACKAGE} package, which is "
-            f"not installed; install it with: pip install {PACKAGE}") from error
+            f"the 'real' task's series {name!r} is shipped with the {package} package, which "
+            f"is not installed; install it with: pip install {package} "
+            f"(or pip install -e '.[data]')") from error
     if name == "co2":
-        values = sm_datasets.co2.load_pandas().data["co2"].to_numpy(dtype=np.float64)
+        values = sm_datasets.co2.load_pandas().data["co2"]
+    elif name == "sunspots":
+        values = sm_datasets.sunspots.load_pandas().data["SUNACTIVITY"]
+    elif name == "elnino":       # one row a year, one column a month
+        values = sm_datasets.elnino.load_pandas().data.drop(columns="YEAR").to_numpy().ravel()
+    elif name == "taylor":
+        values = pm_datasets.load_taylor()
     else:
-        values = sm_datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(dtype=np.float64)
-    return _fill_gaps(values)
+        values = pm_datasets.load_msft()["Close"]
+    return _fill_gaps(np.asarray(values, dtype=np.float64))
 
 
-def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fraction=0.15):
+def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fraction=0.15,
+              whole_eval=False):
     """Split, normalise and cut a series into one-step-ahead sequences.
 
     Parameters
@@ -106,6 +139,8 @@ def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fra
         Range of sequence lengths in frames (1 <= min_len <= max_len).
     dev_fraction, test_fraction : float
         Fractions of the series for dev and test, each in [0, 1), sum < 1.
+    whole_eval : bool
+        Write the dev and test splits as one sequence each.
 
     Returns
     -------
@@ -132,14 +167,17 @@ def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fra
     z_t = (values_t - mean) / std
     bounds = {"train": (0, n_train), "dev": (n_train, n_train + n_dev),
               "test": (n_train + n_dev, n_values)}
-    return (mean, std), _items(rng, z_t, bounds, min_len, max_len)
+    return (mean, std), _items(rng, z_t, bounds, min_len, max_len, whole_eval)
 
 
-def _items(rng, z_t, bounds, min_len, max_len):
+def _items(rng, z_t, bounds, min_len, max_len, whole_eval):
     for split, (begin, end) in bounds.items():
         start = begin
         while end - start >= 2:  # a sequence of L frames needs L + 1 values
-            n_frames = min(int(rng.integers(min_len, max_len + 1)), end - start - 1)
+            if whole_eval and split != "train":
+                n_frames = end - start - 1
+            else:
+                n_frames = min(int(rng.integers(min_len, max_len + 1)), end - start - 1)
             chunk = z_t[start:start + n_frames + 1, None].astype(np.float32)
             yield split, chunk[:-1], chunk[1:], None
             start += n_frames
@@ -166,7 +204,7 @@ def _fill_gaps(values_t):
 
 
 def write_dataset(writer, rng, series="co2", transform="level", min_len=20, max_len=60,
-                  dev_fraction=0.15, test_fraction=0.15):
+                  dev_fraction=0.15, test_fraction=0.15, whole_eval=False):
     """Load `series`, write its sequences and ``mean.matrix``/``std.matrix``.
 
     Parameters
@@ -174,17 +212,28 @@ def write_dataset(writer, rng, series="co2", transform="level", min_len=20, max_
     writer : sophia.data.writer.DatasetWriter
         Side effect: receives every sequence and the two statistics files.
     rng : numpy.random.Generator
-    series, min_len, max_len, dev_fraction, test_fraction
+    series, min_len, max_len, dev_fraction, test_fraction, whole_eval
         As for :func:`load_series` and :func:`sequences`.
     transform : str
-        ``level`` writes the values, ``change`` the differences of consecutive values.
+        ``level`` writes the values, ``change`` the differences of consecutive
+        values, ``log_change`` those of their natural logarithms.
+
+    Raises
+    ------
+    ValueError
+        On bad options, or ``log_change`` of a series that is not positive.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     values_t = load_series(series)
-    if transform == "change":
+    if transform == "log_change":
+        if not (values_t > 0).all():
+            raise ValueError(f"transform log_change needs a positive series; {series} is not")
+        values_t = np.log(values_t)
+    if transform != "level":
         values_t = np.diff(values_t)
-    (mean, std), items = sequences(rng, values_t, min_len, max_len, dev_fraction, test_fraction)
+    (mean, std), items = sequences(rng, values_t, min_len, max_len, dev_fraction, test_fraction,
+                                   whole_eval)
     counts = {}
     for split, input_tj, target_tk, time_t in items:
         index = counts[split] = counts.get(split, -1) + 1
