@@ -40,6 +40,7 @@ Example
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -72,8 +73,7 @@ def expressions(max_operand: int = 10) -> list[str]:
 
 def value(expression: str) -> int:
     """The value of a sum of products of positive integers (``*`` binds tighter than ``+``)."""
-    return sum(int(np.prod([int(factor) for factor in term.split("*")], dtype=object))
-               for term in expression.split("+"))
+    return sum(math.prod(int(factor) for factor in term.split("*")) for term in expression.split("+"))
 
 
 def encode(expression: str, vocab: dict[str, int]):
