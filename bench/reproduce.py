@@ -14,12 +14,17 @@ prints our figure beside the paper's and writes ``<work>/report.json``.
 ``adding --T 100``     wrong out of 2560 (|error| > 0.04) and training sequences
                        used; Hochreiter & Schmidhuber 1997, Table 7
 ``multiplication``     test MSE; Table 8
-``temporal_order``     wrong (argmax) out of 2560, ``--variant 6a|6b``; Table 9
+``temporal_order``     wrong (argmax) out of 2560, ``--variant 6a|6b``; Table 9;
+                       ``--loss xent`` trains softmax outputs with cross-entropy
+                       (``configs/temporal_order_<variant>_xent.toml``)
 ``frequency``          accuracy without and with ``learn_clock_params`` on
                        asynchronously sampled waves; Neil et al. 2016
 ``real``               test RMSE, MAE and 80% coverage beside sophia-eval's
                        baselines (mean, persistence, seasonal naive, AR(p),
                        ETS, ARIMA), ``--series``, ``configs/real_<series>.toml``
+``arithmetic``         exact match on held-out expressions (``3+7*2=17.``), read
+                       teacher-forced and decoded greedily through
+                       ``sophia-generate``'s step; no paper figure
 =====================  ======================================================
 
 "Training sequences used" is frames trained (from ``metrics.jsonl``) divided
@@ -34,6 +39,8 @@ Example
     python bench/reproduce.py adding --T 100 --quick
     python bench/reproduce.py temporal_order --variant 6a --max_hours 1
     python bench/reproduce.py frequency --train 2000 --max_epochs 20
+    python bench/reproduce.py temporal_order --variant 6b --loss xent --max_hours 0.2
+    python bench/reproduce.py arithmetic --max_hours 0.4
 """
 from __future__ import annotations
 
@@ -61,6 +68,9 @@ if str(REPO_ROOT) not in sys.path:
 from sophia.data.make import make_dataset  # noqa: E402
 from sophia.data.tasks import real  # noqa: E402
 from sophia.evaluation.evaluate import evaluate, format_table  # noqa: E402
+from sophia.data.tasks import arithmetic  # noqa: E402
+from sophia.data.vocab import VOCAB_FILE, read_vocab, symbols_by_index  # noqa: E402
+from sophia.evaluation.metrics import exact_match  # noqa: E402
 from sophia.training import cli  # noqa: E402
 from sophia.data.dataset import Dataset  # noqa: E402
 from sophia.workspace import Workspace, load_run_options  # noqa: E402
@@ -96,10 +106,12 @@ PAPER = {
 # paper's own.
 # Multiplication: the paper's final test MSE (Table 8), so the count says when we
 # match it. Temporal order: squared error over the one-hot target 0.01, far below what
-# a wrong argmax costs (>= 0.5).
+# a wrong argmax costs (>= 0.5); with --loss xent the same number in nats, below what
+# a wrong argmax costs there (>= ln 2) and stricter than l2's (it needs a mean
+# probability of the right class near 0.99, l2's near 0.9).
 CRITERION = {"adding": ("train_streak", 5000), "multiplication": ("dev_loss", 0.0139),
              "temporal_order": ("dev_loss", 0.01), "frequency": ("dev_loss", None),
-             "real": ("dev_loss", None)}
+             "real": ("dev_loss", None), "arithmetic": ("dev_loss", None)}
 TARGET_OPTION = {"dev_loss": "target_dev_loss", "dev_max_error": "target_dev_max_error",
                  "train_streak": "target_train_streak"}
 CRITERION_TEXT = {"dev_loss": "the first dev loss <= {:g}",
@@ -116,7 +128,9 @@ SIZES = {
     "frequency": (dict(train=10_000, dev=500, test=2000),
                   dict(train=2000, dev=200, test=1000, max_hours=0.08)),
     "real": (dict(), dict(max_hours=0.05)),
+    "arithmetic": (dict(), dict(max_hours=0.1)),
 }
+GREEDY_TEMPERATURE = 1e-4            # sophia-generate's sampling at this T is the argmax
 
 
 # -- data, training, inference -----------------------------------------------------
@@ -289,18 +303,82 @@ def run_multiplication(args):
 
 def run_temporal_order(args):
     """Temporal order 6a/6b: misclassified (argmax) out of the test set."""
-    config = REPO_ROOT / "configs" / f"temporal_order_{args.variant}.toml"
+    suffix = "" if args.loss == "l2" else f"_{args.loss}"
+    config = REPO_ROOT / "configs" / f"temporal_order_{args.variant}{suffix}.toml"
     data, ws = args.work / "data", args.work / "ws"
     _data(args, "temporal_order", data, args.counts, variant=args.variant)
     seconds = _train(args, data, ws, config, args.set)
     _, outputs, targets = evaluate_split(ws, data)
     wrong = count_misclassified(last_frames(outputs), last_frames(targets))
     used = sequences_used(ws, data, criterion=args.criterion, measure=args.criterion_on)
-    report = dict(task="temporal_order", variant=args.variant, wrong=wrong, test=len(outputs),
-                  train_seconds=round(seconds), **{f"sequences_{k}": v for k, v in used.items()})
-    line = (f"temporal order {args.variant}: wrong {wrong}/{len(outputs)}, {_used_text(used, args)}; "
+    report = dict(task="temporal_order", variant=args.variant, loss=args.loss, wrong=wrong,
+                  test=len(outputs), train_seconds=round(seconds),
+                  **{f"sequences_{k}": v for k, v in used.items()})
+    line = (f"temporal order {args.variant} ({args.loss}): wrong {wrong}/{len(outputs)}, {_used_text(used, args)}; "
             f"paper (Table 9): {PAPER['temporal_order'][args.variant]}/2560")
     return _finish(args, report, line)
+
+
+def run_arithmetic(args):
+    """Arithmetic: exact match on the test split's held-out expressions.
+
+    Scored twice: teacher-forced (:func:`~sophia.evaluation.metrics.exact_match` over
+    the test sequences, every answer frame's argmax right) and free-running, each
+    expression's answer decoded greedily by ``sophia-generate``'s
+    :class:`~sophia.serving.generate.Generator` from the prime ``EXPRESSION=``; the
+    two agree by construction (see :mod:`sophia.data.tasks.arithmetic`). Beside
+    them the trivial baseline: always answering the training split's most frequent
+    answer.
+    """
+    from sophia.serving.generate import Generator
+
+    if args.counts:
+        raise SystemExit("arithmetic: its splits hold every expression once (dev and test held "
+                         "out from train); --train, --dev and --test do not apply")
+    data, ws = args.work / "data", args.work / "ws"
+    _data(args, "arithmetic", data, None)
+    seconds = _train(args, data, ws, REPO_ROOT / "configs" / "arithmetic.toml", args.set)
+    _, outputs, targets = evaluate_split(ws, data)
+    forced = exact_match(outputs, targets)
+    test = split_expressions(data, "test")
+    generator = Generator.load(str(ws))
+    answers = [greedy_answer(generator, expression) for expression in test]
+    wrong = [f"{e}={a}" for a, e in zip(answers, test) if a != str(arithmetic.value(e))]
+    greedy = 1 - len(wrong) / len(test)
+    majority = majority_answer_rate(split_expressions(data, "train"), test)
+    used = sequences_used(ws, data)
+    report = dict(task="arithmetic", test=forced["sequences"], exact_match=forced["exact_match"],
+                  greedy_exact_match=greedy, majority_answer_exact_match=majority,
+                  wrong_answers=wrong[:50], train_seconds=round(seconds),
+                  **{f"sequences_{k}": v for k, v in used.items()})
+    line = (f"arithmetic: exact match on {forced['sequences']} held-out expressions "
+            f"{100 * forced['exact_match']:.2f}% teacher-forced, {100 * greedy:.2f}% greedy "
+            f"through sophia-generate's step (always the most frequent training answer: "
+            f"{100 * majority:.2f}%); {_used_text(used, args)}; wrong: {', '.join(wrong[:10]) or 'none'}")
+    return _finish(args, report, line)
+
+
+def split_expressions(data_dir, split):
+    """The expressions a split of an arithmetic dataset reads, decoded with its vocab.json."""
+    symbols = symbols_by_index(read_vocab(Path(data_dir) / VOCAB_FILE), len(arithmetic.SYMBOLS))
+    ds = Dataset.open(data_dir, split, 1, len(symbols))
+    texts = ("".join(symbols[int(x)] for x in ds.input(i)[:, 0]) for i in range(len(ds)))
+    return [text.split(arithmetic.EQUALS)[0] for text in texts]
+
+
+def greedy_answer(generator, expression):
+    """The answer a generator gives greedily after ``EXPRESSION=``, up to its end symbol
+    (marked ``(no end)`` when none comes within one symbol more than the true answer)."""
+    prime = expression + arithmetic.EQUALS
+    longest = len(str(arithmetic.value(expression))) + 1
+    text = generator.generate(prime, longest + 1, GREEDY_TEMPERATURE, seed=0)[len(prime):]
+    return text.split(arithmetic.END)[0] if arithmetic.END in text else text + "(no end)"
+
+
+def majority_answer_rate(train, test):
+    """Share of ``test`` expressions whose value is the most frequent value in ``train``."""
+    values, counts = np.unique([arithmetic.value(e) for e in train], return_counts=True)
+    return float(np.mean([arithmetic.value(e) == values[np.argmax(counts)] for e in test]))
 
 
 def _used_text(used, args):
@@ -408,7 +486,8 @@ def _finish(args, report, line):
 
 
 RUNNERS = {"adding": run_adding, "multiplication": run_multiplication,
-           "temporal_order": run_temporal_order, "frequency": run_frequency, "real": run_real}
+           "temporal_order": run_temporal_order, "frequency": run_frequency, "real": run_real,
+           "arithmetic": run_arithmetic}
 
 
 def _real_baselines(text):
@@ -448,8 +527,12 @@ def build_parser():
     tasks = parser.add_subparsers(dest="task", required=True)
     for name in ("adding", "multiplication"):
         tasks.add_parser(name, parents=[common]).add_argument("--T", type=int, default=100)
-    tasks.add_parser("temporal_order", parents=[common]).add_argument(
-        "--variant", choices=("6a", "6b"), default="6a")
+    temporal_order = tasks.add_parser("temporal_order", parents=[common])
+    temporal_order.add_argument("--variant", choices=("6a", "6b"), default="6a")
+    temporal_order.add_argument("--loss", choices=("l2", "xent"), default="l2",
+                                help="l2 on the one-hot target (configs/temporal_order_6a.toml) "
+                                     "or softmax cross-entropy (..._xent.toml)")
+    tasks.add_parser("arithmetic", parents=[common])
     tasks.add_parser("frequency", parents=[common]).add_argument(
         "--only", choices=("lstm", "clock"), help="train one of the two nets")
     real_task = tasks.add_parser("real", parents=[common])
@@ -484,6 +567,7 @@ def resolve(args):
         args.limits.append(f"{TARGET_OPTION[args.criterion_on]}={args.criterion:g}")
     suffix = "".join(f"-{getattr(args, a)}" for a in ("T", "variant", "series", "transform")
                      if getattr(args, a, None) is not None)
+    suffix += f"-{args.loss}" if getattr(args, "loss", "l2") != "l2" else ""
     args.work = args.work or Path(tempfile.gettempdir()) / "sophia-repro" / f"{args.task}{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
     return args

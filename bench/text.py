@@ -4,7 +4,7 @@ baselines, and samples at several temperatures.
 It makes the ``text`` task's dataset (``sophia-data make text``: the built-in corpus,
 or ``--corpus FILE``), trains ``--config`` through ``train.py``'s command line
 (:func:`reproduce.train`), runs the best model over every whole dev sequence
-(:func:`reproduce.infer_split`) and reports, in bits per character (the mean of
+(:func:`reproduce.evaluate_split`, through sophia-eval) and reports, in bits per character (the mean of
 ``-log2 p(next character)`` over every dev frame):
 
 - the model's;
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         limits += ["frames_per_epoch=4000"] if args.quick else []
         reproduce.train(data, ws, args.config, args.seed, limits + args.set)
     vocab = read_vocab(data / "vocab.json")
-    outputs, targets = reproduce.infer_split(ws, data, "dev")
+    _, outputs, targets = reproduce.evaluate_split(ws, data, "dev")
     generator = Generator.load(str(ws))
     report = {"config": str(args.config), "corpus": args.corpus, "vocab_size": len(vocab),
               "dev_bpc": bits_per_character(outputs, targets), **{

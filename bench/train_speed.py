@@ -27,7 +27,9 @@ the columns and how to install PyTorch's CPU build.
 :data:`OPTION_SETS` on the reference model (mode ``auto``), a cold and a warm
 process each, and prints their compile times, frames/s, the ratio to the plain
 model measured in the same run, the engines the training graph runs and each
-process's peak RSS. With ``torch`` importable, the ``layer_norm`` row is followed by
+process's peak RSS. The sets ``l2_10`` and ``xent`` give the reference model a
+10-wide output trained with l2 and with softmax cross-entropy (one-hot targets):
+their ratio is the cost of the loss. With ``torch`` importable, the ``layer_norm`` row is followed by
 the layer-norm LSTM a PyTorch user writes (a Python loop over ``Linear`` +
 ``LayerNorm`` per frame, :func:`torch_layer_norm_worker`) and Sophia's ratio to it.
 
@@ -61,12 +63,18 @@ OPTION_SETS = {          # ModelOptions overrides of the reference model, by nam
     "layer_norm+peephole+clock": dict(layer_norm=True, peephole=True, learn_clock_params=True),
     "gru": dict(unit_type="gru"),
     "gru+layer_norm": dict(unit_type="gru", layer_norm=True),
+    # the loss: l2 and xent on the same 10-wide output (xent: softmax, one-hot targets)
+    "l2_10": dict(target_dim=10),
+    "xent": dict(target_dim=10, loss_type="xent"),
 }
+TRAIN_OVERRIDES = ("loss_type",)      # names in an option set that are TrainOptions, not ModelOptions
 MODEL = dict(input_dim=44, target_dim=1, width=256, depth=2, batch=64, window=128, step=64)
 
 
-def _windows(rng, n, dtype="float32"):
-    """``n`` random windows (input, time, id, target) shaped like the reference model's."""
+def _windows(rng, n, target_dim=MODEL["target_dim"], loss_type="l2", dtype="float32"):
+    """``n`` random windows (input, time, target) shaped like the reference model's, with
+    ``target_dim`` wide targets: Gaussian, or one-hot random classes for a categorical
+    ``loss_type`` (xent)."""
     import numpy as np
 
     m, out = MODEL, []
@@ -74,7 +82,10 @@ def _windows(rng, n, dtype="float32"):
         x = rng.standard_normal((m["window"], m["batch"], m["input_dim"])).astype(dtype)
         # time signal of streams well inside their sequences: no reset in the window
         t = (k * m["step"] + 1 + np.arange(m["window"])[:, None] + rng.integers(0, 1000, m["batch"])).astype(dtype)
-        y = rng.standard_normal((m["window"], m["batch"], m["target_dim"])).astype(dtype)
+        if loss_type == "xent":
+            y = np.eye(target_dim, dtype=dtype)[rng.integers(0, target_dim, (m["window"], m["batch"]))]
+        else:
+            y = rng.standard_normal((m["window"], m["batch"], target_dim)).astype(dtype)
         out.append((x, t, y))
     return out
 
@@ -93,26 +104,29 @@ def _speed(call, steps, repeats):
 
 
 def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
-    """Compile and train the reference model (with ``overrides`` of its ModelOptions) in
-    this process; returns a result dict with the training graph's engines and peak RSS."""
+    """Compile and train the reference model (with ``overrides`` of its ModelOptions, and
+    of its TrainOptions' :data:`TRAIN_OVERRIDES`) in this process; returns a result dict
+    with the training graph's engines and peak RSS."""
     import sophia  # noqa: F401  first, as train.py: it sets OpenBLAS's environment before numpy loads
     import numpy as np
     from sophia.graph.net import Net
-    from sophia.options import ModelOptions, TrainOptions
+    from sophia.options import ModelOptions, TrainOptions, with_output_activation
     from sophia.training.memory import keep_freed_memory
 
     keep_freed_memory()       # as the trainer does
 
     m = MODEL
     start = time.perf_counter()
-    options = {**dict(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
-                      net_width=m["width"], net_depth=m["depth"]), **(overrides or {})}
-    net = Net(ModelOptions(**options), dtype="float32")
+    overrides = dict(overrides or {})
+    train_overrides = {name: overrides.pop(name) for name in TRAIN_OVERRIDES if name in overrides}
     options = TrainOptions(batch_size=m["batch"], window_size=m["window"], step_size=m["step"],
-                           force_type="adam", compile_mode=mode)
+                           force_type="adam", compile_mode=mode, **train_overrides)
+    model = ModelOptions(**{**dict(input_dim=m["input_dim"], target_dim=m["target_dim"], unit_type="lstm",
+                                   net_width=m["width"], net_depth=m["depth"]), **overrides})
+    net = Net(with_output_activation(model, options.loss_type), dtype="float32")
     f_train_step, _, _ = net.compile_train_step(options, engine=None if recurrence == "auto" else recurrence)
     compiled = time.perf_counter()
-    windows = _windows(np.random.default_rng(0), 4)
+    windows = _windows(np.random.default_rng(0), 4, model.target_dim, options.loss_type)
     ids = np.zeros((m["window"], m["batch"]), "int32")
     lr = np.float32(1e-4)
 
@@ -409,7 +423,7 @@ def measure_option_sets(o):
     print(f"{steps} calls x {repeats} repeats per process; {os.cpu_count()} CPUs; cpu: {_cpu_model()}")
     print(f"\n{'option set':<27}{'cold s':>8}{'warm s':>8}{'warm f/s':>10}{'vs plain':>9}"
           f"{'peak MiB':>10}   training engines")
-    plain = None
+    plain, warm_fps = None, {}
     for name in names:
         with tempfile.TemporaryDirectory(prefix="sophia-bench-") as tmp:
             env = {"PYTENSOR_FLAGS": _pytensor_flags(os.path.join(tmp, "pytensor"), o.blas_ldflags),
@@ -421,6 +435,7 @@ def measure_option_sets(o):
             print(f"{name:<27}failed: {warm['error']}", flush=True)
             continue
         plain = warm["frames_per_s"] if name == "plain" else plain
+        warm_fps[name] = warm["frames_per_s"]
         ratio = f"{warm['frames_per_s'] / plain:.2f}x" if plain else "-"
         print(f"{name:<27}{cold['compile_s']:8.1f}{warm['compile_s']:8.1f}{warm['frames_per_s']:10,.0f}"
               f"{ratio:>9}{max(cold['peak_rss_mib'], warm['peak_rss_mib']):10,.0f}   {warm['engines']}",
@@ -431,6 +446,8 @@ def measure_option_sets(o):
                   + (f"{torch_ln['frames_per_s']:10,.0f}   layer_norm / loop = "
                      f"{warm['frames_per_s'] / torch_ln['frames_per_s']:.2f}x"
                      if "error" not in torch_ln else f"failed: {torch_ln['error']}"), flush=True)
+    if "xent" in warm_fps and "l2_10" in warm_fps:
+        print(f"\nthe loss alone: xent / l2_10 warm frames/s = {warm_fps['xent'] / warm_fps['l2_10']:.2f}x")
     return 0
 
 

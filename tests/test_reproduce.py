@@ -144,3 +144,39 @@ def test_a_net_trained_on_elnino_beats_persistence(tmp_path):
     report = reproduce.main(["real", "--series", "elnino", "--baselines", "persistence",
                              "--max_epochs", "6", "--work", str(tmp_path), "--seed", "1"])
     assert report["rmse"]["model"] < 0.9 * report["rmse"]["persistence"]
+
+
+def test_temporal_order_with_xent_takes_its_config_and_its_own_work_directory(tmp_path):
+    parser = reproduce.build_parser()
+    args = reproduce.resolve(parser.parse_args(["temporal_order", "--variant", "6b", "--loss", "xent",
+                                                "--stop_at_criterion", "--work", str(tmp_path)]))
+    assert (args.loss, args.criterion_on, args.criterion) == ("xent", "dev_loss", 0.01)
+    for variant, classes in (("6a", 4), ("6b", 8)):
+        xent = reproduce.cli.read_config(_PATH.parents[1] / "configs" / f"temporal_order_{variant}_xent.toml")
+        l2 = reproduce.cli.read_config(_PATH.parents[1] / "configs" / f"temporal_order_{variant}.toml")
+        assert xent.pop("loss_type") == "xent" and xent == l2 and xent["target_dim"] == classes
+    default = reproduce.resolve(parser.parse_args(["temporal_order", "--variant", "6b"]))
+    assert default.work.name == "temporal_order-6b" and default.loss == "l2"
+    assert reproduce.resolve(parser.parse_args(["temporal_order", "--loss", "xent"])).work.name \
+        == "temporal_order-6a-xent"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["temporal_order", "--loss", "l1"])
+
+
+def test_tiny_arithmetic_run_end_to_end(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--train, --dev and --test do not apply"):
+        reproduce.main(["arithmetic", "--train", "100", "--work", str(tmp_path)])
+    report = reproduce.main(["arithmetic", "--max_epochs", "1", "--work", str(tmp_path),
+                             "--set", "net_width=8", "--set", "net_depth=1", "--set", "frames_per_epoch=200",
+                             "--set", "compile_mode=FAST_COMPILE"])
+    assert report["test"] == 400 and 0 <= report["exact_match"] <= 1
+    # greedy decoding through the serving step scores what the teacher-forced pass scores
+    assert report["greedy_exact_match"] == pytest.approx(report["exact_match"])
+    test = reproduce.split_expressions(tmp_path / "data", "test")
+    train = reproduce.split_expressions(tmp_path / "data", "train")
+    assert len(test) == 400 and len(train) == 3200 and not set(test) & set(train)
+    values = [reproduce.arithmetic.value(e) for e in train]
+    most = [v for v in set(values) if values.count(v) == max(map(values.count, set(values)))]
+    assert report["majority_answer_exact_match"] in [
+        pytest.approx(np.mean([reproduce.arithmetic.value(e) == v for e in test])) for v in most]
+    assert "arithmetic: exact match on 400 held-out expressions" in capsys.readouterr().out

@@ -10,7 +10,9 @@ Tasks: ``adding``, ``multiplication``, ``xor``, ``temporal_order``,
 ``permutation``, ``memorization``, ``frequency`` (synthetic:
 ``--train/--dev/--test`` give the number of sequences), ``real`` (a
 series shipped with statsmodels; its sizes follow from the series) and
-``text`` (characters of a UTF-8 text, token inputs, with a ``vocab.json``).
+``text`` (characters of a UTF-8 text, token inputs, with a ``vocab.json``) and
+``arithmetic`` (``3+7*2`` -> ``17`` on token inputs, with a ``vocab.json``; its
+splits hold every expression once, dev and test held out from train).
 Every split draws from its own stream of the seed, so the same seed and
 options give identical bytes, and changing ``--dev`` leaves train unchanged.
 ``DIR`` must be missing or empty. The dataset root gets a ``README.txt``
@@ -47,7 +49,7 @@ def make_dataset(task_name, out, seed=0, counts=None, **options):
         Seed of every random draw.
     counts : dict, optional
         ``{split: number of sequences}`` for synthetic tasks (default
-        :data:`DEFAULT_COUNTS`); ignored by ``real`` and ``text``.
+        :data:`DEFAULT_COUNTS`); ignored by ``real``, ``text`` and ``arithmetic``.
     **options
         The task's own options.
 

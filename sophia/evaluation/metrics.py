@@ -4,6 +4,8 @@
 - :func:`point_metrics` -- RMSE, MAE, MASE, largest absolute error, count wrong
   at a tolerance, over the target values that are not NaN.
 - :data:`POINT_METRICS` -- their names, in the order tables print them.
+- :func:`exact_match` -- of categorical outputs: the sequences whose every target
+  frame has the target's class as its argmax.
 
 A probabilistic model is scored here on its point forecast; its log score or
 pinball loss and interval coverage are :mod:`sophia.evaluation.probabilistic`'s.
@@ -14,6 +16,10 @@ Example
 >>> m = point_metrics(np.array([[1.0], [2.0]]), np.array([[1.0], [4.0]]), scale=2.0, tolerance=0.5)
 >>> m["mae"], m["mase"], m["num_wrong"]
 (1.0, 0.5, 1)
+>>> nan = float("nan")
+>>> exact_match([np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.6, 0.4]])],
+...             [np.array([[nan, nan], [0.0, 1.0]]), np.array([[0.0, 1.0]])])
+{'exact_match': 0.5, 'num_exact': 1, 'sequences': 2}
 """
 from __future__ import annotations
 
@@ -69,3 +75,32 @@ def point_metrics(prediction_tk, target_tk, scale, tolerance) -> dict:
                 max_abs_error=float(np.max(abs_n)),
                 num_wrong=int(np.sum(~(abs_n <= tolerance))),   # a NaN prediction is wrong
                 count=int(error_n.size))
+
+
+def exact_match(outputs, targets) -> dict:
+    """Sequence exact match of categorical outputs (class probabilities or logits).
+
+    Parameters
+    ----------
+    outputs, targets : lists of arrays [T][k], one pair per sequence
+        One-hot target frames; an all-NaN frame has no target.
+
+    Returns
+    -------
+    dict
+        ``sequences``: the sequences with at least one target frame; ``num_exact``:
+        those whose output argmax equals the target's class at every target frame;
+        ``exact_match``: their ratio (NaN without sequences). A NaN output is wrong.
+    """
+    num_exact = count = 0
+    for output_tk, target_tk in zip(outputs, targets, strict=True):
+        target_tk = np.asarray(target_tk)
+        judged_t = ~np.all(np.isnan(target_tk), axis=-1)
+        if not judged_t.any():
+            continue
+        output_tk = np.asarray(output_tk)[judged_t]
+        right_t = (np.argmax(output_tk, axis=-1) == np.nanargmax(target_tk[judged_t], axis=-1))
+        num_exact += bool(np.all(right_t & ~np.any(np.isnan(output_tk), axis=-1)))
+        count += 1
+    return dict(exact_match=num_exact / count if count else float("nan"), num_exact=num_exact,
+                sequences=count)

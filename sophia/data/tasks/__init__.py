@@ -6,7 +6,7 @@ own command-line options, all with defaults) and either
 - ``generate(rng, n, **options)`` — a synthetic task: an iterator over `n`
   sequences ``(input_tj, target_tk, time_t or None)``; or
 - ``write_dataset(writer, rng, **options)`` — a task that decides its own
-  splits and sizes (``real``, ``text``).
+  splits and sizes (``real``, ``text``, ``arithmetic``).
 
 Its docstring, up to the ``Example`` section, describes the data; it is
 copied into each dataset's ``README.txt``.
@@ -17,8 +17,8 @@ Example
 >>> from sophia.data.tasks import TASKS
 >>> input_tj, target_tk, time_t = next(TASKS["adding"].generate(np.random.default_rng(0), 1))
 """
-from . import (adding, frequency, lookahead, memorization, multiplication, permutation, real,
-               temporal_order, text, xor)
+from . import (adding, arithmetic, frequency, lookahead, memorization, multiplication, permutation,
+               real, temporal_order, text, xor)
 
 TASKS = {
     "adding": adding,
@@ -31,4 +31,5 @@ TASKS = {
     "lookahead": lookahead,
     "real": real,
     "text": text,
+    "arithmetic": arithmetic,
 }
