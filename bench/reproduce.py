@@ -499,28 +499,35 @@ def widths(task, options, T):
     return input_tj.shape[1], target_tk.shape[1]
 
 
-def pathological_sets(problem, method, T):
+def pathological_sets(problem, method, T, user_sets=()):
     """The ``--set`` overrides a problem and T give a method's config: widths, loss,
     window and step, epoch size (and for the LSTM the forget-gate bias), then the
-    entries of ``configs/pathological/<method>_<problem>.toml`` where it exists."""
+    entries of ``configs/pathological/<method>_<problem>.toml`` where it exists.
+
+    An HF epoch is :data:`HF_STEPS_PER_EPOCH` steps of the batch size in force: the
+    config's, the pair's or one of ``user_sets`` (``NAME=VALUE`` texts, which the
+    caller passes on after these).
+    """
     task, options, kind, _ = PATHOLOGICAL[problem]
-    config = cli.read_config(PATHOLOGICAL_CONFIGS / f"{method}.toml")
+    pair_path = PATHOLOGICAL_CONFIGS / f"{method}_{problem}.toml"
+    pair = cli.read_config(pair_path) if pair_path.exists() else {}
+    config = {**cli.read_config(PATHOLOGICAL_CONFIGS / f"{method}.toml"), **pair,
+              **cli.parse_sets(list(user_sets))}
     longest = longest_sequence(task, T)
     input_dim, target_dim = widths(task, options, T)
     sets = [f"input_dim={input_dim}", f"target_dim={target_dim}"]
     if method == "hf":               # whole sequences, zero states: one window holds one
+        batch = int(config.get("batch_size", 16))
         sets += [f"window_size={longest}", f"step_size={longest}",
-                 f"frames_per_epoch={HF_STEPS_PER_EPOCH * config.get('batch_size', 16) * longest}"]
+                 f"frames_per_epoch={HF_STEPS_PER_EPOCH * batch * longest}"]
     else:                            # any target in the step reaches back to its frame 0
-        per_epoch = config.get("frames_per_epoch", 100_000) * max(1, T // 100)
+        per_epoch = int(config.get("frames_per_epoch", 100_000)) * max(1, T // 100)
         sets += [f"loss_type={FIRST_ORDER_LOSS[kind]}", f"step_size={longest}",
                  f"window_size={2 * longest}", f"frames_per_epoch={per_epoch}"]
         if config.get("unit_type") == "lstm":     # half a cell kept over T frames at the start
-            sets.append(f"forget_bias={max(config.get('forget_bias', 1.0), round(math.log(T / math.log(2)), 2))}")
-    pair = PATHOLOGICAL_CONFIGS / f"{method}_{problem}.toml"
-    if pair.exists():
-        sets += [f"{name}={_set_value(value)}" for name, value in cli.read_config(pair).items()]
-    return sets
+            bias = max(float(config.get("forget_bias", 1.0)), round(math.log(T / math.log(2)), 2))
+            sets.append(f"forget_bias={bias}")
+    return sets + [f"{name}={_set_value(value)}" for name, value in pair.items()]
 
 
 def _set_value(value):
@@ -534,7 +541,7 @@ def run_pathological(args):
     training sequences, wall time, and the success rate."""
     task, options, kind, scored = PATHOLOGICAL[args.problem]
     config = PATHOLOGICAL_CONFIGS / f"{args.method}.toml"
-    sets = pathological_sets(args.problem, args.method, args.T) + list(args.set)
+    sets = pathological_sets(args.problem, args.method, args.T, args.set) + list(args.set)
     tolerance = DEV_TOLERANCE[kind]
     limits = args.limits + [f"target_dev_max_error={tolerance:g}"]
     runs = []

@@ -80,11 +80,21 @@ def test_every_problem_and_method_gives_valid_options(problem, method):
     if method == "hf":
         assert options.update_type == "hessian_free" and options.window_size == longest
         assert options.loss_type == "l2" and model.unit_type == "rnn" and model.init_type == "sparse"
+        assert options.frames_per_epoch == reproduce.HF_STEPS_PER_EPOCH * options.batch_size * longest
     else:
         assert options.window_size == 2 * longest
         assert options.loss_type == {"real": "l2", "binary": "bce", "class": "xent"}[kind]
     if (method, problem) == ("hf", "memorization_5"):
         assert options.batch_size == 32                     # the pair's own config
+
+
+def test_an_hf_epoch_is_five_steps_of_the_batch_in_force():
+    def per_epoch(problem, user_sets=()):
+        sets = dict(s.split("=") for s in reproduce.pathological_sets(problem, "hf", 100, user_sets))
+        return int(sets["frames_per_epoch"])
+    assert per_epoch("adding") == 5 * 1000 * 110             # configs/pathological/hf.toml
+    assert per_epoch("memorization_5") == 5 * 32 * 100       # its pair config's batch
+    assert per_epoch("adding", ["batch_size=300"]) == 5 * 300 * 110
 
 
 def test_seeds_parse_and_bad_seeds_are_refused(capsys):
