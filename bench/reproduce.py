@@ -25,6 +25,10 @@ prints our figure beside the paper's and writes ``<work>/report.json``.
 ``arithmetic``         exact match on held-out expressions (``3+7*2=17.``), read
                        teacher-forced and decoded greedily through
                        ``sophia-generate``'s step; no paper figure
+``pathological``       Martens & Sutskever 2011's long-lag problems, one
+                       ``--problem`` at ``--T``, with ``--method hf |
+                       lstm_adam | rnn_nesterov`` over ``--seeds``: success
+                       per seed and the success rate (:data:`PATHOLOGICAL`)
 =====================  ======================================================
 
 "Training sequences used" is frames trained (from ``metrics.jsonl``) divided
@@ -41,6 +45,7 @@ Example
     python bench/reproduce.py frequency --train 2000 --max_epochs 20
     python bench/reproduce.py temporal_order --variant 6b --loss xent --max_hours 0.2
     python bench/reproduce.py arithmetic --max_hours 0.4
+    python bench/reproduce.py pathological --problem adding --T 100 --method hf --seeds 1,2,3
 """
 from __future__ import annotations
 
@@ -478,6 +483,177 @@ def _length_sets(config, T):
     return sets
 
 
+# -- Martens & Sutskever 2011's pathological problems ------------------------------
+# problem: (task, generator options, answer kind, scored frames at the end of a sequence).
+# Kinds: "real" is right within ADDING_TOLERANCE, "binary" on the target's side of 0.5,
+# "class" when the argmax is the one-hot target's. Permutation trains on its answer only
+# (its other targets are fresh random symbols, which no dev criterion could meet); the
+# memorization problems keep every frame's target, as the paper, and score the last k.
+PATHOLOGICAL = {
+    "adding": ("adding", {}, "real", 1),
+    "multiplication": ("multiplication", {}, "real", 1),
+    "xor": ("xor", {}, "binary", 1),
+    "temporal_order": ("temporal_order", {"variant": "ms2"}, "class", 1),
+    "temporal_order_3bit": ("temporal_order", {"variant": "ms3"}, "class", 1),
+    "permutation": ("permutation", {"targets": "answer"}, "class", 1),
+    "memorization_5": ("memorization", {"bits": 5}, "class", 5),
+    "memorization_20": ("memorization", {"bits": 20}, "class", 10),
+}
+METHODS = ("hf", "lstm_adam", "rnn_nesterov")
+PATHOLOGICAL_CONFIGS = REPO_ROOT / "configs" / "pathological"
+HF_STEPS_PER_EPOCH = 5                 # HF steps between dev evaluations
+FIRST_ORDER_LOSS = {"real": "l2", "binary": "bce", "class": "xent"}
+# The dev stop: every dev target element within this of its target. For "binary" and
+# one-hot targets 0.5 is sufficient for a right answer (the true class then has the
+# largest output), not necessary, so the stop may come a little late.
+DEV_TOLERANCE = {"real": ADDING_TOLERANCE, "binary": 0.5, "class": 0.5}
+PATHOLOGICAL_SIZES = {"permutation": (dict(train=5000, dev=256, test=1000),
+                                      dict(train=2000, dev=128, test=500, max_hours=0.15))}
+PATHOLOGICAL_DEFAULT_SIZES = (dict(train=20_000, dev=256, test=2560),
+                              dict(train=5000, dev=256, test=2560, max_hours=0.15))
+
+
+def right_answers(kind, scored, outputs, targets):
+    """Whether each sequence's answer is right: a bool array, one per sequence.
+
+    ``outputs`` and ``targets`` hold one [T][k] array per sequence; the answer is
+    the last ``scored`` frames, and it is right when every one of them is: within
+    ``ADDING_TOLERANCE`` (``kind`` "real", the paper's |error| < 0.04 rule, applied
+    to each element), on the target's side of 0.5 ("binary"), or with the target's
+    argmax ("class").
+    """
+    right = []
+    for output_tk, target_tk in zip(outputs, targets):
+        out, tgt = np.asarray(output_tk)[-scored:], np.asarray(target_tk)[-scored:]
+        if kind == "real":
+            ok = bool(np.all(np.abs(out - tgt) <= ADDING_TOLERANCE))
+        elif kind == "binary":
+            ok = bool(np.all((out > 0.5) == (tgt > 0.5)))
+        else:
+            ok = bool(np.all(np.argmax(out, axis=1) == np.argmax(tgt, axis=1)))
+        right.append(ok)
+    return np.array(right, dtype=bool)
+
+
+def longest_sequence(task, T):
+    """Frames of the longest sequence of a problem at ``T``: T + T//10 for the tasks
+    of the 1997 layout, T for permutation and memorization (fixed length)."""
+    return T if task in ("permutation", "memorization") else T + T // 10
+
+
+def widths(task, options, T):
+    """``(input_dim, target_dim)`` of a problem, from one generated sequence."""
+    from sophia.data.tasks import TASKS
+
+    input_tj, target_tk, _ = next(TASKS[task].generate(np.random.default_rng(0), 1, T=T, **options))
+    return input_tj.shape[1], target_tk.shape[1]
+
+
+def pathological_sets(problem, method, T, user_sets=()):
+    """The ``--set`` overrides a problem and T give a method's config: widths, loss,
+    window and step, epoch size (and for the LSTM the forget-gate bias), then the
+    entries of ``configs/pathological/<method>_<problem>.toml`` where it exists.
+
+    An HF epoch is :data:`HF_STEPS_PER_EPOCH` steps of the batch size in force: the
+    config's, the pair's or one of ``user_sets`` (``NAME=VALUE`` texts, which the
+    caller passes on after these).
+    """
+    task, options, kind, _ = PATHOLOGICAL[problem]
+    pair_path = PATHOLOGICAL_CONFIGS / f"{method}_{problem}.toml"
+    pair = cli.read_config(pair_path) if pair_path.exists() else {}
+    config = {**cli.read_config(PATHOLOGICAL_CONFIGS / f"{method}.toml"), **pair,
+              **cli.parse_sets(list(user_sets))}
+    longest = longest_sequence(task, T)
+    input_dim, target_dim = widths(task, options, T)
+    sets = [f"input_dim={input_dim}", f"target_dim={target_dim}"]
+    if method == "hf":               # whole sequences, zero states: one window holds one
+        batch = int(config.get("batch_size", 16))
+        sets += [f"window_size={longest}", f"step_size={longest}",
+                 f"frames_per_epoch={HF_STEPS_PER_EPOCH * batch * longest}"]
+    else:                            # any target in the step reaches back to its frame 0
+        per_epoch = int(config.get("frames_per_epoch", 100_000)) * max(1, T // 100)
+        sets += [f"loss_type={FIRST_ORDER_LOSS[kind]}", f"step_size={longest}",
+                 f"window_size={2 * longest}", f"frames_per_epoch={per_epoch}"]
+        if config.get("unit_type") == "lstm":     # half a cell kept over T frames at the start
+            bias = max(float(config.get("forget_bias", 1.0)), round(math.log(T / math.log(2)), 2))
+            sets.append(f"forget_bias={bias}")
+    return sets + [f"{name}={_set_value(value)}" for name, value in pair.items()]
+
+
+def _set_value(value):
+    """A config value as ``--set`` text (TOML booleans are lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def run_pathological(args):
+    """One problem at one T with one method over several seeds: success per seed
+    (every test answer right, or at most ``--allowed_wrong_fraction`` wrong),
+    training sequences, wall time, and the success rate."""
+    task, options, kind, scored = PATHOLOGICAL[args.problem]
+    config = PATHOLOGICAL_CONFIGS / f"{args.method}.toml"
+    sets = pathological_sets(args.problem, args.method, args.T, args.set) + list(args.set)
+    tolerance = DEV_TOLERANCE[kind]
+    limits = args.limits + [f"target_dev_max_error={tolerance:g}"]
+    runs = []
+    for seed in args.seeds:
+        data, ws = args.work / f"seed{seed}" / "data", args.work / f"seed{seed}" / "ws"
+        run = dict(seed=seed)
+        start = time.monotonic()
+        try:
+            if not args.eval_only:
+                make_data(task, data, seed, args.counts, T=args.T, **options)
+                run["train_seconds"] = round(train(data, ws, config, seed, sets + limits))
+            else:
+                run["train_seconds"] = round(train_seconds(ws))
+            _, outputs, targets = evaluate_split(ws, data)
+        except (RuntimeError, ValueError, OSError) as error:
+            run.update(success=False, error=f"{type(error).__name__}: {error}",
+                       wall_seconds=round(time.monotonic() - start))
+            print(f"seed {seed}: FAILED to run: {run['error']}", flush=True)
+            runs.append(run)
+            continue
+        right = right_answers(kind, scored, outputs, targets)
+        wrong = int((~right).sum())
+        used = sequences_used(ws, data, criterion=tolerance, measure="dev_max_error")
+        records = Workspace(ws, create=False).read_metrics()
+        run.update(success=wrong <= args.allowed_wrong_fraction * len(right), wrong=wrong, test=len(right),
+                   wall_seconds=round(time.monotonic() - start), last_decision=_last_decision(records),
+                   **{f"sequences_{k}": v for k, v in used.items()})
+        met = "never" if used["to_criterion"] is None else f"{used['to_criterion']:,}"
+        print(f"seed {seed}: {'success' if run['success'] else 'failure'}, wrong {wrong}/{len(right)}; "
+              f"training sequences: {met} to every dev answer right, {used['total']:,} in all; "
+              f"{run['train_seconds']} s training", flush=True)
+        runs.append(run)
+    successes = sum(r["success"] for r in runs)
+    report = dict(task="pathological", problem=args.problem, T=args.T, method=args.method, **_provenance(),
+                  generator=dict(task=task, **options), answer=kind, scored_frames=scored,
+                  allowed_wrong_fraction=args.allowed_wrong_fraction, success_rate=f"{successes}/{len(runs)}",
+                  runs=runs, counts=args.counts, limits=limits, sets=sets)
+    (args.work / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"{args.problem} T={args.T} {args.method}: success {successes}/{len(runs)} seeds", flush=True)
+    return report
+
+
+def _provenance():
+    """``{date, commit}``: when the report was written (UTC) and the checkout's commit
+    (``git describe --always --dirty``; None outside a git checkout)."""
+    import datetime
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, text=True,
+                                capture_output=True, timeout=10).stdout.strip() or None
+    except OSError:
+        commit = None
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                commit=commit)
+
+
+def _last_decision(records):
+    """The annealing decision of the last epoch in ``metrics.jsonl`` ('' if none)."""
+    return str(records[-1].get("decision", "")) if records else ""
+
+
 def _finish(args, report, line):
     report.update(seed=args.seed, counts=args.counts, limits=args.limits, sets=list(args.set))
     (args.work / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -487,7 +663,7 @@ def _finish(args, report, line):
 
 RUNNERS = {"adding": run_adding, "multiplication": run_multiplication,
            "temporal_order": run_temporal_order, "frequency": run_frequency, "real": run_real,
-           "arithmetic": run_arithmetic}
+           "arithmetic": run_arithmetic, "pathological": run_pathological}
 
 
 def _real_baselines(text):
@@ -501,17 +677,20 @@ def _real_baselines(text):
 
 def build_parser():
     """The command line: one sub-command per task, shared size and limit flags."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--work", type=Path, help="data and workspace directory "
-                        "(default: sophia-repro/TASK... in the system's temporary directory)")
-    common.add_argument("--seed", type=int, default=0, help="data, initialisation and shuffling seed")
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument("--work", type=Path, help="data and workspace directory "
+                      "(default: sophia-repro/TASK... in the system's temporary directory)")
     for split in ("train", "dev", "test"):
-        common.add_argument(f"--{split}", type=int, help=f"number of {split} sequences")
-    common.add_argument("--max_hours", type=float, help="passed to train.py (--set max_hours=)")
-    common.add_argument("--max_epochs", type=int, help="passed to train.py (--set max_epochs=)")
-    common.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
-    common.add_argument("--eval_only", action="store_true", help="evaluate the existing data and "
-                        "workspace of --work (e.g. of a run stopped early) without training")
+        base.add_argument(f"--{split}", type=int, help=f"number of {split} sequences")
+    base.add_argument("--max_hours", type=float, help="passed to train.py (--set max_hours=)")
+    base.add_argument("--max_epochs", type=int, help="passed to train.py (--set max_epochs=)")
+    base.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    base.add_argument("--eval_only", action="store_true", help="evaluate the existing data and "
+                      "workspace of --work (e.g. of a run stopped early) without training")
+    base.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="extra option override for train.py (repeatable)")
+    common = argparse.ArgumentParser(add_help=False, parents=[base])
+    common.add_argument("--seed", type=int, default=0, help="data, initialisation and shuffling seed")
     common.add_argument("--criterion", type=float, help="value that counts as solved, for the "
                         "training-sequence count (default per task, see CRITERION)")
     common.add_argument("--criterion_on", choices=tuple(TARGET_OPTION), help="what --criterion "
@@ -521,8 +700,6 @@ def build_parser():
     common.add_argument("--stop_at_criterion", action="store_true", help="stop training at the first "
                         "epoch that meets --criterion (target_dev_loss, target_dev_max_error or "
                         "target_train_streak), so the evaluated model is that one")
-    common.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra option override for train.py (repeatable)")
     parser = argparse.ArgumentParser(prog="bench/reproduce.py", description=__doc__.split("\n\n")[0])
     tasks = parser.add_subparsers(dest="task", required=True)
     for name in ("adding", "multiplication"):
@@ -545,7 +722,29 @@ def build_parser():
     real_task.add_argument("--baselines", type=_real_baselines,
                            default=REAL_BASELINES, help="comma-separated, from "
                            f"{','.join(REAL_BASELINES)} (all by default)")
+    long_lag = tasks.add_parser("pathological", parents=[base], help="Martens & Sutskever 2011, sec. 5")
+    long_lag.add_argument("--problem", choices=tuple(PATHOLOGICAL), required=True)
+    long_lag.add_argument("--T", type=int, default=100, help="minimal sequence length (100 or 200 in "
+                          "the paper)")
+    long_lag.add_argument("--method", choices=METHODS, required=True, help="hf: tanh RNN, Hessian-free; "
+                          "lstm_adam: LSTM, Adam; rnn_nesterov: tanh RNN, Nesterov momentum "
+                          "(configs/pathological/METHOD.toml)")
+    long_lag.add_argument("--seeds", type=_seed_list, default=[1, 2, 3],
+                          help="comma-separated seeds, one run each (default 1,2,3)")
+    long_lag.add_argument("--allowed_wrong_fraction", type=float, default=0.0, help="a run succeeds "
+                          "with at most this fraction of wrong test answers (default 0: all right)")
     return parser
+
+
+def _seed_list(text):
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (argparse type)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
+    return seeds
 
 
 def resolve(args):
@@ -573,12 +772,29 @@ def resolve(args):
     return args
 
 
+def resolve_pathological(args):
+    """Fill in the sizes, limits and work directory of a ``pathological`` run."""
+    full, quick = PATHOLOGICAL_SIZES.get(args.problem, PATHOLOGICAL_DEFAULT_SIZES)
+    sizes = dict(quick if args.quick else full)
+    for key in ("train", "dev", "test", "max_hours", "max_epochs"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    args.counts = {s: sizes[s] for s in ("train", "dev", "test")}
+    args.limits = [f"{k}={sizes[k]}" for k in ("max_hours", "max_epochs") if k in sizes]
+    args.work = (args.work or Path(tempfile.gettempdir()) / "sophia-repro"
+                 / f"pathological-{args.problem}-{args.T}-{args.method}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
 def main(argv=None):
     """Run one task's reproduction; print and return its report."""
-    args = resolve(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    args = resolve_pathological(args) if args.task == "pathological" else resolve(args)
     start = time.monotonic()
     report = RUNNERS[args.task](args)
-    print(f"seed {args.seed}, {time.monotonic() - start:.0f} s in all; report in {args.work / 'report.json'}")
+    seeds = ",".join(map(str, args.seeds)) if args.task == "pathological" else args.seed
+    print(f"seed {seeds}, {time.monotonic() - start:.0f} s in all; report in {args.work / 'report.json'}")
     return report
 
 
