@@ -19,7 +19,7 @@ found its reply.
 Example::
 
     from sophia.serving import protocol as proto
-    results = drive("ipc:///tmp/s.sock", proto.format_handshake(["lstm0"], 1, [[0]]),
+    results = drive("tcp://127.0.0.1:5555", proto.format_handshake(["lstm0"], 1, [[0]]),
                     [proto.format_frames(np.zeros((1, 1, 44)))] * 64, seconds=5)
     steps = sum(len(r["latencies_us"]["0"]) for r in results)
 """
