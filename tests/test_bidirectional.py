@@ -301,6 +301,7 @@ def test_labels_ahead_need_the_backward_direction(tmp_path):
     assert result["bi"]["dev_loss"] < 0.2 * result["uni"]["dev_loss"]
 
 
+@pytest.mark.slow          # a training measurement (bench/bidirectional.py records it)
 def test_labels_behind_are_learned_alike(tmp_path):
     """Labels 3 frames behind need no future: the two nets tie."""
     result = bench.compare(-3, str(tmp_path), epochs=10)

@@ -284,6 +284,7 @@ def test_train_py_learns_the_adding_problem(tmp_path):
     assert "best model" in out and "baseline" in out
 
 
+@pytest.mark.slow          # two full training runs in parallel processes (about 25 s)
 def test_two_runs_at_once_same_seed_same_losses(tiny_data, tmp_path):
     """Concurrent instances (one compile cache, fresh and shared) finish; same seed, same run."""
     env = dict(os.environ, PYTENSOR_FLAGS=f"compiledir={tmp_path / 'cache'}")
