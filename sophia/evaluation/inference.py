@@ -58,6 +58,14 @@ def run_model(model, dataset, ids, streams: int = 8) -> list[np.ndarray]:
     ValueError
         For ``streams < 1``; :class:`~sophia.data.dataset.DatasetError` for bad timestamps.
     """
+    return run_in_groups(model, dataset, ids, streams, _run_group)
+
+
+def run_in_groups(model, dataset, ids, streams, run_group) -> list[np.ndarray]:
+    """Outputs [T][output_dim] of every sequence of ``dataset``, in its order: the
+    non-empty sequences, longest first, go to ``run_group(model, dataset, group,
+    id_rows, outputs)`` ``streams`` at a time, which fills ``outputs[i]`` for each
+    index ``i`` of ``group``. Raises ValueError for ``streams < 1``."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1, got {streams}")
     rows = id_indices(dataset, ids)
@@ -66,7 +74,7 @@ def run_model(model, dataset, ids, streams: int = 8) -> list[np.ndarray]:
                    key=lambda i: -dataset.sequences[i].length)
     for start in range(0, len(order), streams):
         group = order[start:start + streams]
-        _run_group(model, dataset, group, [rows[i] for i in group], outputs)
+        run_group(model, dataset, group, [rows[i] for i in group], outputs)
     return outputs
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sophia.evaluation.inference import id_indices
+from sophia.evaluation.inference import run_in_groups
 from sophia.graph.output_layout import num_channels
 from sophia.serving.model import load_workspace_net
 from sophia.training.iterator import PAD_TIME
@@ -66,23 +66,19 @@ def run_whole_sequences(model: WholeSequenceModel, dataset, ids, streams: int = 
     a float32 [T][output_dim] output per sequence, in the dataset's order.
     Raises ValueError for ``streams < 1``, DatasetError for bad timestamps.
     """
-    if streams < 1:
-        raise ValueError(f"streams must be >= 1, got {streams}")
-    rows = id_indices(dataset, ids)
-    outputs = [np.zeros((s.length, model.output_dim), np.float32) for s in dataset.sequences]
-    order = sorted((i for i, s in enumerate(dataset.sequences) if s.length),
-                   key=lambda i: -dataset.sequences[i].length)
-    for start in range(0, len(order), streams):
-        group = order[start:start + streams]
-        steps = dataset.sequences[group[0]].length
-        input_tbj = np.zeros((steps, len(group), model.input_dim), np.float32)
-        time_tb = np.full((steps, len(group)), PAD_TIME, np.float32)
-        id_tb = np.tile(np.asarray([rows[i] for i in group], np.int32), (steps, 1))
-        for b, i in enumerate(group):
-            length = dataset.sequences[i].length
-            input_tbj[:length, b] = dataset.input(i)
-            time_tb[:length, b] = dataset.time_signal(i)
-        output_tbk = model.infer(input_tbj, time_tb, id_tb)
-        for b, i in enumerate(group):
-            outputs[i][:] = output_tbk[:dataset.sequences[i].length, b]
-    return outputs
+    return run_in_groups(model, dataset, ids, streams, _run_whole_group)
+
+
+def _run_whole_group(model, dataset, group, id_rows, outputs):
+    """One padded window of the sequences of ``group`` (longest first), from zero states."""
+    steps = dataset.sequences[group[0]].length
+    input_tbj = np.zeros((steps, len(group), model.input_dim), np.float32)
+    time_tb = np.full((steps, len(group)), PAD_TIME, np.float32)
+    id_tb = np.tile(np.asarray(id_rows, np.int32), (steps, 1))
+    for b, i in enumerate(group):
+        length = dataset.sequences[i].length
+        input_tbj[:length, b] = dataset.input(i)
+        time_tb[:length, b] = dataset.time_signal(i)
+    output_tbk = model.infer(input_tbj, time_tb, id_tb)
+    for b, i in enumerate(group):
+        outputs[i][:] = output_tbk[:dataset.sequences[i].length, b]
