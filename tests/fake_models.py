@@ -162,3 +162,20 @@ def running_server(endpoint, models_dir, loader=None, **options):
         thread.join(timeout=5)
         if thread.is_alive():
             raise RuntimeError("server thread did not stop within 5 s")
+
+
+def stream_through_client(endpoint, names, client, frames, stamps, start):
+    """Stream one client's frames [T][N][B][J] (and timestamps [T][B] or None) through
+    a real ``SophiaClient`` after ``start`` is set, resetting the streams
+    ``client["resets"][t]`` before frame t; returns its outputs [T][N][B][K]."""
+    from sophia.serving.client import SophiaClient
+
+    ids = client["ids"]
+    with SophiaClient(endpoint, names, len(ids[0]), ids, timeout=30) as session:
+        start.wait(timeout=30)
+        out = []
+        for t in range(len(frames)):
+            if t in client["resets"]:
+                session.reset(client["resets"][t])
+            out.append(session.step(frames[t], None if stamps is None else stamps[t]))
+    return np.stack(out)

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import zmq
 
-from fake_models import running_server
+from fake_models import running_server, stream_through_client
 from model_workspaces import INPUT_DIM, write_workspaces
 from sophia.serving import protocol as proto
-from sophia.serving.client import SophiaClient
 from sophia.serving.ensemble import Ensemble, step_together
 from sophia.serving.model import load_model
 
@@ -100,15 +99,7 @@ def test_step_together_equals_each_session_alone(models):
 
 
 def stream_client(endpoint, k, results, start):
-    frames, stamps = client_frames(k)
-    with SophiaClient(endpoint, NAMES, len(CLIENTS[k]["ids"][0]), CLIENTS[k]["ids"], timeout=30) as client:
-        start.wait(timeout=30)
-        out = []
-        for t in range(FRAMES):
-            if t in CLIENTS[k]["resets"]:
-                client.reset(CLIENTS[k]["resets"][t])
-            out.append(client.step(frames[t], None if stamps is None else stamps[t]))
-    results[k] = np.stack(out)
+    results[k] = stream_through_client(endpoint, NAMES, CLIENTS[k], *client_frames(k), start)
 
 
 def serve_clients(short_dir, models, delay_us, extra=None):

@@ -12,10 +12,9 @@ import threading
 import numpy as np
 import pytest
 
-from fake_models import FAKES, FakeModel, running_server
+from fake_models import FAKES, FakeModel, running_server, stream_through_client
 from model_workspaces import INPUT_DIM, write_workspace, write_workspaces
 from sophia.serving import snapshot
-from sophia.serving.client import SophiaClient
 from sophia.serving.ensemble import Ensemble, step_together
 from sophia.serving.joint import join
 from sophia.serving.model import MODE, load_model
@@ -184,16 +183,7 @@ def test_states_and_outputs_handed_back_are_not_the_functions_buffers(models, jo
 
 
 def stream_client(endpoint, k, results, start):
-    frames, stamps = client_inputs(k)
-    ids = CLIENTS[k]["ids"]
-    with SophiaClient(endpoint, NAMES, len(ids[0]), ids, timeout=30) as client:
-        start.wait(timeout=30)
-        out = []
-        for t in range(FRAMES):
-            if t in CLIENTS[k]["resets"]:
-                client.reset(CLIENTS[k]["resets"][t])
-            out.append(client.step(frames[t], None if stamps is None else stamps[t]))
-    results[k] = np.stack(out)
+    results[k] = stream_through_client(endpoint, NAMES, CLIENTS[k], *client_inputs(k), start)
 
 
 @pytest.mark.parametrize("delay_us", [0, 50_000])
