@@ -21,6 +21,7 @@ Example
 -------
     python bench/text.py --config configs/text_gru.toml --max_hours 0.5
     python bench/text.py --config configs/text_lstm.toml --quick
+    python bench/text.py --config configs/text_lstm.toml --max_chars 0 --max_hours 0.3   # the whole corpus
 """
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="bench/text.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="configs/text_lstm.toml or text_gru.toml")
     parser.add_argument("--corpus", default="python-reference", help="a built-in corpus or a UTF-8 file")
+    parser.add_argument("--max_chars", type=int, help="characters of the corpus used (the text task's "
+                        "--max-chars; default: its default, 50,000; 0: all). The vocabulary then "
+                        "has another size: vocab_size is set from the dataset's vocab.json")
     parser.add_argument("--work", type=Path, help="data and workspace directory (default: "
                         "sophia-repro/text-CONFIG in the system's temporary directory)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and sampling seed")
@@ -102,15 +106,18 @@ def main(argv=None) -> dict:
     data, ws = work / "data", work / "workspace"
     start = time.monotonic()
     if not args.eval_only:
-        reproduce.make_data("text", data, args.seed, None, corpus=args.corpus)
+        corpus = {"corpus": args.corpus} | ({} if args.max_chars is None else {"max_chars": args.max_chars})
+        reproduce.make_data("text", data, args.seed, None, **corpus)
+        vocab_size = [f"vocab_size={len(read_vocab(data / 'vocab.json'))}"]
         limits = [f"max_epochs={2 if args.quick else args.max_epochs}"] if args.quick or args.max_epochs else []
         limits += [f"max_hours={args.max_hours}"] if args.max_hours else []
         limits += ["frames_per_epoch=4000"] if args.quick else []
-        reproduce.train(data, ws, args.config, args.seed, limits + args.set)
+        reproduce.train(data, ws, args.config, args.seed, vocab_size + limits + args.set)
     vocab = read_vocab(data / "vocab.json")
     _, outputs, targets = reproduce.evaluate_split(ws, data, "dev")
     generator = Generator.load(str(ws))
-    report = {"config": str(args.config), "corpus": args.corpus, "vocab_size": len(vocab),
+    report = {"config": str(args.config), "corpus": args.corpus, "max_chars": args.max_chars,
+              "vocab_size": len(vocab),
               "dev_bpc": bits_per_character(outputs, targets), **{
                   f"{name}_bpc": value for name, value in ngram_baselines(data, len(vocab)).items()},
               "train_seconds": reproduce.train_seconds(ws), "seed": args.seed,
