@@ -341,13 +341,13 @@ def run_arithmetic(args):
         raise SystemExit("arithmetic: its splits hold every expression once (dev and test held "
                          "out from train); --train, --dev and --test do not apply")
     data, ws = args.work / "data", args.work / "ws"
-    _data(args, "arithmetic", data, None)
+    _data(args, "arithmetic", data, None, reads=args.reads)
     seconds = _train(args, data, ws, REPO_ROOT / "configs" / "arithmetic.toml", args.set)
     _, outputs, targets = evaluate_split(ws, data)
     forced = exact_match(outputs, targets)
     test = split_expressions(data, "test")
     generator = Generator.load(str(ws))
-    answers = [greedy_answer(generator, expression) for expression in test]
+    answers = [greedy_answer(generator, expression, args.reads) for expression in test]
     wrong = [f"{e}={a}" for a, e in zip(answers, test) if a != str(arithmetic.value(e))]
     greedy = 1 - len(wrong) / len(test)
     majority = majority_answer_rate(split_expressions(data, "train"), test)
@@ -371,10 +371,11 @@ def split_expressions(data_dir, split):
     return [text.split(arithmetic.EQUALS)[0] for text in texts]
 
 
-def greedy_answer(generator, expression):
-    """The answer a generator gives greedily after ``EXPRESSION=``, up to its end symbol
-    (marked ``(no end)`` when none comes within one symbol more than the true answer)."""
-    prime = expression + arithmetic.EQUALS
+def greedy_answer(generator, expression, reads=1):
+    """The answer a generator gives greedily after ``EXPRESSION=`` (read ``reads`` times),
+    up to its end symbol (marked ``(no end)`` when none comes within one symbol more
+    than the true answer)."""
+    prime = arithmetic.question(expression, reads)
     longest = len(str(arithmetic.value(expression))) + 1
     text = generator.generate(prime, longest + 1, GREEDY_TEMPERATURE, seed=0)[len(prime):]
     return text.split(arithmetic.END)[0] if arithmetic.END in text else text + "(no end)"
@@ -420,7 +421,7 @@ def run_real(args):
     """A real series: sophia-eval's test metrics of the net beside its baselines.
 
     The data are written with the series' :data:`REAL_SERIES` options (``--transform``,
-    ``--min_len``, ``--max_len`` override them) and ``--whole-eval``: the test split is
+    ``--min_len``, ``--max_len``, ``--lags`` override them; ``--lags`` sets ``input_dim``) and ``--whole-eval``: the test split is
     one sequence, which the net runs through carrying its state, as a served stream
     would, and whose history every baseline keeps. The first ``warmup`` frames are
     predicted from but not scored. The net trains with ``configs/real_<series>.toml``.
@@ -429,13 +430,15 @@ def run_real(args):
     it gives).
     """
     setup = dict(REAL_SERIES[args.series])
-    for key in ("transform", "min_len", "max_len"):
+    for key in ("transform", "min_len", "max_len", "lags"):
         if getattr(args, key) is not None:
             setup[key] = getattr(args, key)
+    lags = setup.get("lags", 1)
     data, ws = args.work / "data", args.work / "ws"
     _data(args, "real", data, None, series=args.series, transform=setup["transform"],
-          min_len=setup["min_len"], max_len=setup["max_len"], whole_eval=True)
-    seconds = _train(args, data, ws, REPO_ROOT / "configs" / f"real_{args.series}.toml", args.set)
+          min_len=setup["min_len"], max_len=setup["max_len"], whole_eval=True, lags=lags)
+    seconds = _train(args, data, ws, REPO_ROOT / "configs" / f"real_{args.series}.toml",
+                     [f"input_dim={lags}"] + list(args.set))
     baselines = tuple(b for b in REAL_BASELINES if b in args.baselines)
     report, _, _ = evaluate_split(ws, data, baselines=baselines, season=setup["season"],
                                   max_ar=setup["max_ar"], warmup=setup["warmup"])
@@ -709,7 +712,9 @@ def build_parser():
     temporal_order.add_argument("--loss", choices=("l2", "xent"), default="l2",
                                 help="l2 on the one-hot target (configs/temporal_order_6a.toml) "
                                      "or softmax cross-entropy (..._xent.toml)")
-    tasks.add_parser("arithmetic", parents=[common])
+    tasks.add_parser("arithmetic", parents=[common]).add_argument(
+        "--reads", type=int, default=1, help="times each expression is read before its answer "
+        "(the task's --reads; sophia/data/tasks/arithmetic.py); default 1")
     tasks.add_parser("frequency", parents=[common]).add_argument(
         "--only", choices=("lstm", "clock"), help="train one of the two nets")
     real_task = tasks.add_parser("real", parents=[common])
@@ -719,6 +724,8 @@ def build_parser():
                                 "(sophia/data/tasks/real.py); default per series, REAL_SERIES")
     real_task.add_argument("--min_len", type=int, help="shortest training sequence (frames)")
     real_task.add_argument("--max_len", type=int, help="longest training sequence (frames)")
+    real_task.add_argument("--lags", type=int, help="values an input frame holds (the real task's "
+                           "--lags; sets input_dim); default per series, REAL_SERIES, else 1")
     real_task.add_argument("--baselines", type=_real_baselines,
                            default=REAL_BASELINES, help="comma-separated, from "
                            f"{','.join(REAL_BASELINES)} (all by default)")

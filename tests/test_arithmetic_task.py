@@ -83,6 +83,10 @@ def test_the_vocabulary_and_the_layout_of_a_sequence(tmp_path):
     assert [SYMBOLS[int(x)] for x in input_t1[:, 0]] == list("3+7*2=17")
     assert np.isnan(target_tk[:5]).all()
     np.testing.assert_array_equal(target_tk[5:], np.eye(14)[[vocab["1"], vocab["7"], vocab["."]]])
+    input_t1, target_tk = arithmetic.encode("3+7*2", vocab, reads=2)      # the question twice
+    assert [SYMBOLS[int(x)] for x in input_t1[:, 0]] == list("3+7*2=3+7*2=17")
+    assert np.isnan(target_tk[:11]).all() and arithmetic.question("3+7*2", 2) == "3+7*2=3+7*2="
+    np.testing.assert_array_equal(target_tk[11:], np.eye(14)[[vocab["1"], vocab["7"], vocab["."]]])
 
 
 @pytest.mark.parametrize("options, reason", [
@@ -90,6 +94,7 @@ def test_the_vocabulary_and_the_layout_of_a_sequence(tmp_path):
     ({"holdout_fraction": 0.0}, "--holdout-fraction must be in (0, 1)"),
     ({"holdout_fraction": 1.0}, "--holdout-fraction must be in (0, 1)"),
     ({"max_operand": 1, "holdout_fraction": 0.2}, "at least 2 of the 4 expressions held out"),
+    ({"reads": 0}, "--reads must be >= 1"),
 ])
 def test_bad_options_are_refused(tmp_path, capsys, options, reason):
     with pytest.raises(ValueError, match=re.escape(reason)):

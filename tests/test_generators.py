@@ -458,3 +458,25 @@ def test_real_whole_eval_writes_dev_and_test_as_one_sequence_each(tmp_path, monk
     monkeypatch.setattr(real, "load_series", lambda name: series_t - 2.0)
     with pytest.raises(ValueError, match="positive"):
         make_dataset("real", tmp_path / "e", seed=0, transform="log_change")
+
+
+def test_real_lags_give_each_frame_the_values_before_it_across_split_starts(tmp_path, monkeypatch):
+    series_t = np.random.default_rng(5).normal(size=200).cumsum()
+    monkeypatch.setattr(real, "load_series", lambda name: series_t)
+    make_dataset("real", tmp_path / "d", seed=0, series="sunspots", min_len=10, max_len=20,
+                 whole_eval=True, lags=4)
+    mean = np.fromfile(tmp_path / "d" / "mean.matrix", "<f4")[0]
+    std = np.fromfile(tmp_path / "d" / "std.matrix", "<f4")[0]
+    train = read_split(tmp_path / "d", "train", 4, 1)
+    first_input_tj = train[0][1] * std + mean
+    np.testing.assert_allclose(first_input_tj[0], series_t[3::-1], rtol=1e-4, atol=1e-4)
+    for split, begin in (("dev", 140), ("test", 170)):                 # 200 values: 140 / 30 / 30
+        ((_, input_tj, target_tk, _),) = read_split(tmp_path / "d", split, 4, 1)
+        index_tj = begin + np.arange(len(input_tj))[:, None] - np.arange(4)[None, :]
+        np.testing.assert_allclose(input_tj * std + mean, series_t[index_tj], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(target_tk[:, 0] * std + mean, series_t[index_tj[:, 0] + 1],
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="--lags must be >= 1"):
+        make_dataset("real", tmp_path / "e", seed=0, lags=0)
+    with pytest.raises(ValueError, match="leaves the 140 training values no sequence"):
+        make_dataset("real", tmp_path / "e", seed=0, lags=140)

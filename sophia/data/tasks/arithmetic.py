@@ -21,6 +21,12 @@ true previous characters, a sequence whose every target frame has the right
 argmax is exactly a sequence that greedy decoding answers right: teacher-forced
 exact match is the exact match of free-running greedy answers.
 
+``--reads R`` (default 1) writes the question R times before the answer,
+``3+7*2=3+7*2=17.``, with targets from the last ``=`` on: a causal net reads the
+expression a second time already knowing all of it (which operator follows an
+operand, so where ``*`` binds), as Zaremba & Sutskever's *Learning to Execute*
+(2014) fed its programs twice. The prime is then ``3+7*2=3+7*2=``.
+
 The vocabulary, written as ``vocab.json``, is :data:`SYMBOLS` numbered in code
 point order (``*`` 0, ``+`` 1, ``.`` 2, ``0``-``9`` 3-12, ``=`` 13). Train on it
 with ``vocab_size`` 14 and ``loss_type = "xent"``.
@@ -59,6 +65,9 @@ def add_arguments(parser):
     """Add this task's options to an argparse `parser`."""
     parser.add_argument("--max-operand", type=int, default=10,
                         help="operands are the integers 1..this (default 10: 4000 expressions)")
+    parser.add_argument("--reads", type=int, default=1,
+                        help="times each expression (with its =) is read before the answer; "
+                             "default 1")
     parser.add_argument("--holdout-fraction", type=float, default=0.2,
                         help="fraction of the expressions kept out of train, half for dev and "
                              "half for test; default 0.2")
@@ -76,13 +85,20 @@ def value(expression: str) -> int:
     return sum(math.prod(int(factor) for factor in term.split("*")) for term in expression.split("+"))
 
 
-def encode(expression: str, vocab: dict[str, int]):
-    """``(input_t1, target_tk)`` of ``EXPRESSION=ANSWER.`` (see the module docstring):
-    float32 token indices, and one-hot next characters from the ``=`` frame on, NaN before."""
-    text = f"{expression}{EQUALS}{value(expression)}{END}"
+def question(expression: str, reads: int = 1) -> str:
+    """What is read before the answer: ``EXPRESSION=`` ``reads`` times (the prime)."""
+    return f"{expression}{EQUALS}" * reads
+
+
+def encode(expression: str, vocab: dict[str, int], reads: int = 1):
+    """``(input_t1, target_tk)`` of ``EXPRESSION=ANSWER.`` (the question read ``reads``
+    times; see the module docstring): float32 token indices, and one-hot next
+    characters from the last ``=`` frame on, NaN before."""
+    asked = question(expression, reads)
+    text = f"{asked}{value(expression)}{END}"
     tokens = np.array([vocab[c] for c in text])
     target_tk = np.full((len(text) - 1, len(vocab)), np.nan, dtype=np.float32)
-    answering = np.arange(len(expression), len(text) - 1)          # frames reading '=' and the answer
+    answering = np.arange(len(asked) - 1, len(text) - 1)            # frames reading the last '=' and the answer
     target_tk[answering] = np.eye(len(vocab), dtype=np.float32)[tokens[answering + 1]]
     return tokens[:-1, None].astype(np.float32), target_tk
 
@@ -105,7 +121,7 @@ def split_expressions(rng, max_operand: int = 10, holdout_fraction: float = 0.2)
     return {"train": shuffled[n_held:], "dev": shuffled[:n_dev], "test": shuffled[n_dev:n_held]}
 
 
-def write_dataset(writer, rng, max_operand=10, holdout_fraction=0.2):
+def write_dataset(writer, rng, max_operand=10, holdout_fraction=0.2, reads=1):
     """Write every expression to its split, and ``vocab.json``.
 
     Parameters
@@ -116,8 +132,14 @@ def write_dataset(writer, rng, max_operand=10, holdout_fraction=0.2):
         Shuffles the expressions (so chooses the held-out ones).
     max_operand, holdout_fraction
         As for :func:`split_expressions`.
+    reads : int
+        Times the question is read (>= 1), as for :func:`encode`.
+
+    Raises ValueError on ``reads`` below 1, and as :func:`split_expressions`.
     """
+    if reads < 1:
+        raise ValueError(f"--reads must be >= 1, got {reads}")
     for split, members in split_expressions(rng, max_operand, holdout_fraction).items():
         for index, expression in enumerate(members):
-            writer.add(split, sequence_path(split, index), *encode(expression, VOCAB))
+            writer.add(split, sequence_path(split, index), *encode(expression, VOCAB, reads))
     write_vocab(writer.root / VOCAB_FILE, VOCAB)

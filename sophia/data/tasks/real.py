@@ -29,6 +29,13 @@ and history through the whole split, as one served stream would. In a
 sequence of t frames, input = value at frame i, target = value at frame i + 1
 (no NaN targets).
 
+``--lags P`` (default 1) widens each input frame to the last P values: frame i
+reads [value i, value i - 1, ..., value i - P + 1], the lags an AR(P) model reads,
+so the net sees a window as well as its state (a serving client sends the same
+P values a frame). Column 0 is still the current value. Lags reach back across
+a split's start into the values before it (known history, as the baselines keep
+it); the training split's first P - 1 values are read only as lags.
+
 ``--transform change`` writes the series of consecutive changes instead of
 the levels: a trending series such as co2 leaves the training range in the
 test split, where a net with bounded units cannot follow it, while its
@@ -41,7 +48,7 @@ All values are normalised with the training split's statistics,
 ``std.matrix``: one float32 ('<f4') each, the same for input and target, so
 a prediction maps back to the series as ``x = z * std + mean``.
 
-Input [t][1], target [t][1].
+Input [t][P] (P = ``lags``, default 1), target [t][1].
 
 Example
 -------
@@ -50,6 +57,10 @@ Example
 >>> split, input_tj, target_tk, time_t = next(items)
 >>> split, bool(np.allclose(input_tj[1:], target_tk[:-1]))
 ('train', True)
+>>> _, items = sequences(np.random.default_rng(0), np.arange(100.0), 5, 9, lags=3)
+>>> split, input_tj, target_tk, _ = next(items)
+>>> input_tj.shape[1], bool(np.allclose(input_tj[1:, 1:], input_tj[:-1, :-1]))
+(3, True)
 """
 from __future__ import annotations
 
@@ -87,6 +98,9 @@ def add_arguments(parser):
                         help="fraction of the series for test (the end); default 0.15")
     parser.add_argument("--whole-eval", action="store_true",
                         help="write the dev and test splits as one sequence each")
+    parser.add_argument("--lags", type=int, default=1,
+                        help="values an input frame holds: the current one and the P - 1 "
+                             "before it (input_dim = P); default 1")
 
 
 def load_series(name):
@@ -126,7 +140,7 @@ def load_series(name):
 
 
 def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fraction=0.15,
-              whole_eval=False):
+              whole_eval=False, lags=1):
     """Split, normalise and cut a series into one-step-ahead sequences.
 
     Parameters
@@ -141,6 +155,8 @@ def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fra
         Fractions of the series for dev and test, each in [0, 1), sum < 1.
     whole_eval : bool
         Write the dev and test splits as one sequence each.
+    lags : int
+        Values per input frame: the current one and the ``lags - 1`` before it (>= 1).
 
     Returns
     -------
@@ -156,6 +172,8 @@ def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fra
     """
     values_t = np.asarray(values_t, dtype=np.float64)
     _check_options(values_t, min_len, max_len, dev_fraction, test_fraction)
+    if lags < 1:
+        raise ValueError(f"--lags must be >= 1, got {lags}")
     n_values = len(values_t)
     n_test = int(round(n_values * test_fraction))
     n_dev = int(round(n_values * dev_fraction))
@@ -165,12 +183,14 @@ def sequences(rng, values_t, min_len=20, max_len=60, dev_fraction=0.15, test_fra
     mean = float(values_t[:n_train].mean())
     std = float(values_t[:n_train].std()) or 1.0
     z_t = (values_t - mean) / std
-    bounds = {"train": (0, n_train), "dev": (n_train, n_train + n_dev),
+    if n_train - (lags - 1) < 2:
+        raise ValueError(f"--lags {lags} leaves the {n_train} training values no sequence")
+    bounds = {"train": (lags - 1, n_train), "dev": (n_train, n_train + n_dev),
               "test": (n_train + n_dev, n_values)}
-    return (mean, std), _items(rng, z_t, bounds, min_len, max_len, whole_eval)
+    return (mean, std), _items(rng, z_t, bounds, min_len, max_len, whole_eval, lags)
 
 
-def _items(rng, z_t, bounds, min_len, max_len, whole_eval):
+def _items(rng, z_t, bounds, min_len, max_len, whole_eval, lags):
     for split, (begin, end) in bounds.items():
         start = begin
         while end - start >= 2:  # a sequence of L frames needs L + 1 values
@@ -178,8 +198,9 @@ def _items(rng, z_t, bounds, min_len, max_len, whole_eval):
                 n_frames = end - start - 1
             else:
                 n_frames = min(int(rng.integers(min_len, max_len + 1)), end - start - 1)
-            chunk = z_t[start:start + n_frames + 1, None].astype(np.float32)
-            yield split, chunk[:-1], chunk[1:], None
+            frame_tj = np.arange(start, start + n_frames)[:, None] - np.arange(lags)[None, :]
+            target_t1 = z_t[start + 1:start + n_frames + 1, None]
+            yield split, z_t[frame_tj].astype(np.float32), target_t1.astype(np.float32), None
             start += n_frames
 
 
@@ -204,7 +225,7 @@ def _fill_gaps(values_t):
 
 
 def write_dataset(writer, rng, series="co2", transform="level", min_len=20, max_len=60,
-                  dev_fraction=0.15, test_fraction=0.15, whole_eval=False):
+                  dev_fraction=0.15, test_fraction=0.15, whole_eval=False, lags=1):
     """Load `series`, write its sequences and ``mean.matrix``/``std.matrix``.
 
     Parameters
@@ -212,7 +233,7 @@ def write_dataset(writer, rng, series="co2", transform="level", min_len=20, max_
     writer : sophia.data.writer.DatasetWriter
         Side effect: receives every sequence and the two statistics files.
     rng : numpy.random.Generator
-    series, min_len, max_len, dev_fraction, test_fraction, whole_eval
+    series, min_len, max_len, dev_fraction, test_fraction, whole_eval, lags
         As for :func:`load_series` and :func:`sequences`.
     transform : str
         ``level`` writes the values, ``change`` the differences of consecutive
@@ -233,7 +254,7 @@ def write_dataset(writer, rng, series="co2", transform="level", min_len=20, max_
     if transform != "level":
         values_t = np.diff(values_t)
     (mean, std), items = sequences(rng, values_t, min_len, max_len, dev_fraction, test_fraction,
-                                   whole_eval)
+                                   whole_eval, lags)
     counts = {}
     for split, input_tj, target_tk, time_t in items:
         index = counts[split] = counts.get(split, -1) + 1
