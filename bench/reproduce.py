@@ -196,7 +196,8 @@ def train_seconds(workspace):
 
 
 def evaluate_split(workspace, data_dir, split="test", out=None, baselines=(), **options):
-    """Evaluate the best model of ``workspace`` with sophia-eval on a split.
+    """Evaluate the best model of ``workspace`` (or of a list of them: one ensemble)
+    with sophia-eval on a split.
 
     ``out`` (default ``<workspace>/../eval``) receives sophia-eval's files;
     ``options`` go to :func:`~sophia.evaluation.evaluate.evaluate`. Returns
@@ -204,7 +205,8 @@ def evaluate_split(workspace, data_dir, split="test", out=None, baselines=(), **
     split, in its order, the model's output [T][output_dim] (read back from the
     ``.output`` files) and the target [T][k].
     """
-    out = Path(out or Path(workspace).parent / "eval")
+    first = workspace if isinstance(workspace, (str, Path)) else workspace[0]
+    out = Path(out or Path(first).parent / "eval")
     report = evaluate(workspace, data_dir, split, baselines=baselines, out=out,
                       streams=EVAL_STREAMS, **options)
     ds = Dataset.open(data_dir, split, report["input_dim"], report["target_dim"])
@@ -262,10 +264,10 @@ def _data(args, task, data, counts, **options):
         make_data(task, data, args.seed, counts, **options)
 
 
-def _train(args, data, ws, config, sets):
+def _train(args, data, ws, config, sets, seed=None):
     if args.eval_only:
         return train_seconds(ws)
-    return train(data, ws, config, args.seed, list(sets) + args.limits)
+    return train(data, ws, config, args.seed if seed is None else seed, list(sets) + args.limits)
 
 
 def run_adding(args, task="adding"):
@@ -421,14 +423,18 @@ def run_real(args):
     """A real series: sophia-eval's test metrics of the net beside its baselines.
 
     The data are written with the series' :data:`REAL_SERIES` options (``--transform``,
-    ``--min_len``, ``--max_len``, ``--lags`` override them; ``--lags`` sets ``input_dim``) and ``--whole-eval``: the test split is
-    one sequence, which the net runs through carrying its state, as a served stream
-    would, and whose history every baseline keeps. The first ``warmup`` frames are
+    ``--min_len``, ``--max_len``, ``--lags`` override them; ``--lags`` sets
+    ``input_dim``) and ``--whole-eval``: the test split is one sequence, which the net
+    runs through carrying its state, as a served stream would, and whose history every baseline keeps. The first ``warmup`` frames are
     predicted from but not scored. The net trains with ``configs/real_<series>.toml``.
     RMSE is also given in the units of the series (of its changes, or log changes, for
     those transforms; a change forecast's error is the error of the level forecast
-    it gives).
+    it gives). With ``--members N`` the config trains with N seeds (``--seed`` and the
+    N - 1 after it, on the same data) and sophia-eval scores their ensemble; each
+    member's RMSE is reported beside it.
     """
+    if args.members < 1:
+        raise SystemExit(f"real: --members must be >= 1, got {args.members}")
     setup = dict(REAL_SERIES[args.series])
     for key in ("transform", "min_len", "max_len", "lags"):
         if getattr(args, key) is not None:
@@ -437,12 +443,19 @@ def run_real(args):
     data, ws = args.work / "data", args.work / "ws"
     _data(args, "real", data, None, series=args.series, transform=setup["transform"],
           min_len=setup["min_len"], max_len=setup["max_len"], whole_eval=True, lags=lags)
-    seconds = _train(args, data, ws, REPO_ROOT / "configs" / f"real_{args.series}.toml",
-                     [f"input_dim={lags}"] + list(args.set))
+    config = REPO_ROOT / "configs" / f"real_{args.series}.toml"
+    seeds = [args.seed + m for m in range(args.members)]
+    workspaces = [ws] + [args.work / f"ws_seed{seed}" for seed in seeds[1:]]
+    seconds = sum(_train(args, data, w, config, [f"input_dim={lags}"] + list(args.set), seed)
+                  for w, seed in zip(workspaces, seeds))
     baselines = tuple(b for b in REAL_BASELINES if b in args.baselines)
-    report, _, _ = evaluate_split(ws, data, baselines=baselines, season=setup["season"],
-                                  max_ar=setup["max_ar"], warmup=setup["warmup"])
+    scoring = dict(season=setup["season"], max_ar=setup["max_ar"], warmup=setup["warmup"])
+    report, _, _ = evaluate_split(workspaces, data, baselines=baselines, **scoring)
     std = float(np.fromfile(data / "std.matrix", "<f4")[0])
+    if len(workspaces) > 1:
+        setup["member_rmse_series_units"] = [
+            std * evaluate_split(w, data, out=args.work / f"eval_seed{seed}", **scoring)[0][
+                "overall"]["model"]["rmse"] for w, seed in zip(workspaces, seeds)]
     overall = report["overall"]
     result = dict(task="real", series=args.series, **setup, std=std, train_seconds=round(seconds),
                   rmse={m: overall[m]["rmse"] for m in report["methods"]},
@@ -458,6 +471,8 @@ def run_real(args):
                 f"{m} {v:.4g}" for m, v in result["rmse_series_units"].items()))
     if result["coverage"] is not None:
         line += f"; the net's 80% interval covers {100 * result['coverage']:.1f}%"
+    if len(workspaces) > 1:
+        line += ("; the members alone: " + ", ".join(f"{v:.4g}" for v in setup["member_rmse_series_units"]))
     return _finish(args, result, line)
 
 
@@ -726,6 +741,8 @@ def build_parser():
     real_task.add_argument("--max_len", type=int, help="longest training sequence (frames)")
     real_task.add_argument("--lags", type=int, help="values an input frame holds (the real task's "
                            "--lags; sets input_dim); default per series, REAL_SERIES, else 1")
+    real_task.add_argument("--members", type=int, default=1, help="seeds trained and scored as "
+                           "one ensemble (sophia-eval's); default 1")
     real_task.add_argument("--baselines", type=_real_baselines,
                            default=REAL_BASELINES, help="comma-separated, from "
                            f"{','.join(REAL_BASELINES)} (all by default)")

@@ -15,6 +15,8 @@ values (docs/EVALUATION.md).
 - :mod:`sophia.evaluation.metrics` -- RMSE, MAE, MASE, largest error, count wrong.
 - :mod:`sophia.evaluation.probabilistic` -- NLL or pinball loss, and interval
   coverage, of gaussian and quantile models.
+- :mod:`sophia.evaluation.ensemble` -- several workspaces' outputs combined into one
+  (an ensemble's forecast, by output layout).
 - :mod:`sophia.evaluation.evaluate` -- :func:`~sophia.evaluation.evaluate.evaluate`:
   all of it, and the ``.output`` files, ``report.json`` and table it writes.
 - :mod:`sophia.evaluation.plot` -- targets against predictions, as a PNG.

@@ -1,6 +1,6 @@
 """``sophia-eval``: evaluate a workspace on a dataset split (also ``python -m sophia.evaluation``).
 
-``sophia-eval WORKSPACE --data_dir DIR [--split test] [--baselines mean,persistence,seasonal,ar]
+``sophia-eval WORKSPACE [WORKSPACE ...] --data_dir DIR [--split test] [--baselines mean,persistence,seasonal,ar]
 [--season P] [--max_ar N] [--tolerance X] [--warmup N] [--out DIR] [--plot] [--streams B]``
 
 Prints a table of the overall metrics and writes ``.output`` files,
@@ -54,7 +54,9 @@ def _tolerance(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sophia-eval", description=__doc__.split("\n")[0])
-    parser.add_argument("workspace", help="a training run's workspace (options.json, params.npz)")
+    parser.add_argument("workspace", nargs="+", help="a training run's workspace (options.json, "
+                        "params.npz); several are scored as one ensemble, their outputs combined "
+                        "(sophia/evaluation/ensemble.py)")
     parser.add_argument("--data_dir", required=True, help="dataset directory (train.list, dev.list, ...)")
     parser.add_argument("--split", default="test", help="split to evaluate; default test")
     parser.add_argument("--baselines", type=_baselines, default=BASELINES,
@@ -68,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="a value is wrong when |error| > this; default 0.04")
     parser.add_argument("--warmup", type=_non_negative_int, default=0,
                         help="frames at the start of each sequence that are not scored; default 0")
-    parser.add_argument("--out", help="output directory; default WORKSPACE/eval/SPLIT")
+    parser.add_argument("--out", help="output directory; default WORKSPACE/eval/SPLIT (of the "
+                        "first workspace; for an ensemble WORKSPACE/eval/SPLIT-ensemble)")
     parser.add_argument("--plot", action="store_true", help="also write predictions.png (matplotlib)")
     parser.add_argument("--streams", type=_positive_int, default=8,
                         help="sequences run together as streams of one session; default 8")
@@ -78,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run ``sophia-eval``; returns the exit status (argparse exits 2 on bad options)."""
     args = _parser().parse_args(argv)
-    out = args.out or os.path.join(args.workspace, "eval", args.split)
+    suffix = "-ensemble" if len(args.workspace) > 1 else ""
+    out = args.out or os.path.join(args.workspace[0], "eval", args.split + suffix)
     try:
         report = evaluate(args.workspace, args.data_dir, args.split, args.baselines, args.season,
                           args.max_ar, args.tolerance, out, args.plot, args.streams,
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
     except EvalError as error:
         print(f"sophia-eval: error: {error}", file=sys.stderr)
         return 1
-    print(f"{args.workspace} on {args.data_dir} {args.split}: {len(report['sequences'])} sequences")
+    print(f"{' + '.join(args.workspace)} on {args.data_dir} {args.split}: {len(report['sequences'])} sequences")
     print(format_table(report))
     print(f"wrote {out}")
     return 0

@@ -1,7 +1,9 @@
 """One evaluation: the model through the serving step, the baselines, the metrics, the files.
 
 A bidirectional model, which the server refuses, runs over whole sequences instead
-(:mod:`sophia.evaluation.whole`).
+(:mod:`sophia.evaluation.whole`). Several workspaces are scored as one ensemble: each
+member runs on its own and their outputs are combined by
+:func:`sophia.evaluation.ensemble.combine`.
 
 - :data:`BASELINES` -- the baselines run by default; :data:`ALL_BASELINES` adds
   the optional classical ones (:mod:`sophia.evaluation.classical`).
@@ -31,6 +33,7 @@ from sophia.data.dataset import Dataset, DatasetError, check_tokens, infer_dims
 from sophia.evaluation import EvalError
 from sophia.evaluation import baselines as bl
 from sophia.evaluation import classical
+from sophia.evaluation.ensemble import check_members, combine
 from sophia.evaluation.inference import id_indices, run_model
 from sophia.evaluation.metrics import POINT_METRICS, mase_scale, point_metrics
 from sophia.evaluation.plot import plot_predictions, require_matplotlib
@@ -144,10 +147,49 @@ def _score_distribution(outputs, targets, options, overall, per_sequence) -> Non
         per_sequence[n]["model"].update(probabilistic_metrics(output_tK, target_tk, options))
 
 
+def _load_members(workspaces, mode):
+    """``[(path, model, run, ids)]`` per workspace (absolute paths), checked to agree
+    (:func:`~sophia.evaluation.ensemble.check_members`). Raises EvalError naming the
+    file or field."""
+    members = []
+    for workspace in workspaces:
+        workspace = os.path.abspath(workspace)
+        try:
+            model, run = _load(workspace, mode)
+            ws = Workspace(workspace, create=False)
+            members.append((workspace, model, run, load_ids(ws, load_model_options(ws))))
+        except (ModelLoadError, WorkspaceError) as error:
+            raise EvalError(str(error)) from None
+    try:
+        check_members([(os.path.join(path, OPTIONS + ".json"), model.net.options)
+                       for path, model, _, _ in members])
+    except ValueError as error:
+        raise EvalError(str(error)) from None
+    return members
+
+
+def _run_members(members, dataset, streams):
+    """The outputs [T][output_dim] per sequence: the one member's, or the ensemble's
+    combination of every member's."""
+    try:
+        runs = [run(model, dataset, ids, streams) for _, model, run, ids in members]
+    except DatasetError as error:
+        raise EvalError(str(error)) from None
+    if len(runs) == 1:
+        return runs[0]
+    options = members[0][1].net.options
+    return [combine([r[n] for r in runs], options) for n in range(len(dataset))]
+
+
 def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, season: int = 1,
              max_ar: int = 24, tolerance: float = 0.04, out=None, plot: bool = False,
              streams: int = 8, mode: str = MODE, warmup: int = 0) -> dict:
-    """Evaluate a workspace's model on a split, beside the chosen baselines.
+    """Evaluate a workspace's model, or an ensemble's, on a split, beside the chosen baselines.
+
+    ``workspace`` is one path or a list of them: several are one ensemble (their
+    outputs combined, :mod:`sophia.evaluation.ensemble`), which must agree on
+    :data:`~sophia.evaluation.ensemble.AGREE`; the report's ``workspace`` is the
+    first, ``members`` all of them.
 
     Side effects, under ``out`` (when given): ``<path>.output`` for each sequence
     (float32 little-endian [T][output_dim], every channel of a probabilistic model,
@@ -181,21 +223,16 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         raise EvalError(f"--tolerance must be >= 0, got {tolerance}")
     if plot:
         require_matplotlib()
-    workspace = os.path.abspath(workspace)
-    try:
-        model, run = _load(workspace, mode)
-        ws = Workspace(workspace, create=False)
-        ids = load_ids(ws, load_model_options(ws))
-    except (ModelLoadError, WorkspaceError) as error:
-        raise EvalError(str(error)) from None
+    workspaces = [workspace] if isinstance(workspace, (str, os.PathLike)) else list(workspace)
+    if not workspaces:
+        raise EvalError("no workspace given")
+    members = _load_members(workspaces, mode)
+    workspace, model, _, ids = members[0]
     dataset = open_split(data_dir, split, model, workspace)
     train_targets = _targets(open_split(data_dir, "train", model, workspace))
     needs_dev = any(b in NEEDS_DEV for b in baselines)
     dev_targets = _targets(open_split(data_dir, "dev", model, workspace)) if needs_dev else []
-    try:
-        outputs = run(model, dataset, ids, streams)
-    except DatasetError as error:
-        raise EvalError(str(error)) from None
+    outputs = _run_members(members, dataset, streams)
     targets = _targets(dataset)
     options = model.net.options
     probabilistic = options.output_activation in PROBABILISTIC_METRICS
@@ -214,7 +251,8 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         _score_distribution(outputs, scored, options, overall, per_sequence)
     rows = id_indices(dataset, ids)
     report = {
-        "format": FORMAT, "workspace": workspace, "data_dir": os.path.abspath(data_dir),
+        "format": FORMAT, "workspace": workspace, "members": [m[0] for m in members],
+        "data_dir": os.path.abspath(data_dir),
         "split": split, "input_dim": model.input_dim, "target_dim": model.target_dim,
         "output_activation": options.output_activation, "output_dim": model.output_dim,
         "channels": channel_names(options),
