@@ -728,8 +728,9 @@ def build_parser():
                                 help="l2 on the one-hot target (configs/temporal_order_6a.toml) "
                                      "or softmax cross-entropy (..._xent.toml)")
     tasks.add_parser("arithmetic", parents=[common]).add_argument(
-        "--reads", type=int, default=1, help="times each expression is read before its answer "
-        "(the task's --reads; sophia/data/tasks/arithmetic.py); default 1")
+        "--reads", type=int, default=3, help="times each expression is read before its answer "
+        "(the task's --reads; sophia/data/tasks/arithmetic.py); default 3, as "
+        "configs/arithmetic.toml's window is sized for")
     tasks.add_parser("frequency", parents=[common]).add_argument(
         "--only", choices=("lstm", "clock"), help="train one of the two nets")
     real_task = tasks.add_parser("real", parents=[common])
