@@ -4,6 +4,7 @@ Datasets are written to disk and read back with plain numpy ('<f4'), the way
 the training programs read them, and the task semantics are checked on what
 was read.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -458,6 +459,25 @@ def test_real_whole_eval_writes_dev_and_test_as_one_sequence_each(tmp_path, monk
     monkeypatch.setattr(real, "load_series", lambda name: series_t - 2.0)
     with pytest.raises(ValueError, match="positive"):
         make_dataset("real", tmp_path / "e", seed=0, transform="log_change")
+
+
+def test_forecast_peer_reads_back_the_whole_normalised_series(tmp_path, monkeypatch):
+    """bench/forecast_peer.py's history is the splits' values end to end, so the
+    peer sees the series the net and the baselines saw (it needs neuralforecast only
+    to fit)."""
+    spec = importlib.util.spec_from_file_location(
+        "forecast_peer", Path(__file__).resolve().parents[1] / "bench" / "forecast_peer.py")
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    series_t = np.random.default_rng(6).normal(size=150).cumsum()
+    monkeypatch.setattr(real, "load_series", lambda name: series_t)
+    make_dataset("real", tmp_path / "d", seed=3, series="elnino", min_len=10, max_len=20,
+                 whole_eval=True)
+    mean = np.fromfile(tmp_path / "d" / "mean.matrix", "<f4")[0]
+    std = np.fromfile(tmp_path / "d" / "std.matrix", "<f4")[0]
+    values = [peer.split_values(tmp_path / "d", split) for split in ("train", "dev", "test")]
+    assert [len(v) for v in values] == [106, 22, 22]                 # 70 / 15 / 15 %
+    np.testing.assert_allclose(np.concatenate(values) * std + mean, series_t, rtol=1e-4, atol=1e-4)
 
 
 def test_real_lags_give_each_frame_the_values_before_it_across_split_starts(tmp_path, monkeypatch):
