@@ -4,7 +4,6 @@ Datasets are written to disk and read back with plain numpy ('<f4'), the way
 the training programs read them, and the task semantics are checked on what
 was read.
 """
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench_modules import load_bench
 from sophia.data import cli as data_cli
 from sophia.data.make import make_dataset
 from sophia.data.tasks import TASKS, adding, frequency, multiplication, real, temporal_order
@@ -465,10 +465,7 @@ def test_forecast_peer_reads_back_the_whole_normalised_series(tmp_path, monkeypa
     """bench/forecast_peer.py's history is the splits' values end to end, so the
     peer sees the series the net and the baselines saw (it needs neuralforecast only
     to fit)."""
-    spec = importlib.util.spec_from_file_location(
-        "forecast_peer", Path(__file__).resolve().parents[1] / "bench" / "forecast_peer.py")
-    peer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peer)
+    peer = load_bench("forecast_peer")
     series_t = np.random.default_rng(6).normal(size=150).cumsum()
     monkeypatch.setattr(real, "load_series", lambda name: series_t)
     make_dataset("real", tmp_path / "d", seed=3, series="elnino", min_len=10, max_len=20,

@@ -1,25 +1,20 @@
 """bench/poller_clients.py, the load generator of serve_clients.py: one thread polling
 many clients' sockets must give each client its own session's outputs, end every
 session, and return by itself when the server goes silent."""
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from bench_modules import load_bench
 from fake_models import INPUT_DIM, make_models_dir, reference_outputs, running_server
 from sophia.serving import protocol as proto
 
 
 def load_poller_clients():
-    spec = importlib.util.spec_from_file_location(
-        "bench_poller_clients", Path(__file__).resolve().parents[1] / "bench" / "poller_clients.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("poller_clients")
 
 
 DRIVER = load_poller_clients()

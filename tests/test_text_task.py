@@ -1,14 +1,13 @@
 """The ``text`` task: characters of a UTF-8 text as token sequences with a vocab.json,
 the built-in corpus, and a short run from it to ``sophia-generate``."""
-import importlib.util
 import io
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench_modules import load_bench
 from sophia.data import cli as data_cli
 from sophia.data.dataset import Dataset, check_dataset
 from sophia.data.make import make_dataset
@@ -95,11 +94,7 @@ def test_a_short_run_on_the_corpus_generates_text_in_its_vocabulary(tmp_path):
 
 
 def load_bench_text():
-    spec = importlib.util.spec_from_file_location(
-        "bench_text", Path(__file__).resolve().parents[1] / "bench" / "text.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("text")
 
 
 def test_bench_bits_per_character_and_ngram_baselines_on_known_cases(tmp_path):
