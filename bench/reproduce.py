@@ -335,20 +335,28 @@ def run_arithmetic(args):
     :class:`~sophia.serving.generate.Generator` from the prime ``EXPRESSION=``; the
     two agree by construction (see :mod:`sophia.data.tasks.arithmetic`). Beside
     them the trivial baseline: always answering the training split's most frequent
-    answer.
+    answer. With ``--members N`` the config trains with N seeds (``--seed`` and the
+    N - 1 after it, on the same data: ``--seed`` draws the held-out expressions) and
+    both scores are the ensemble's (the mean of the members' probabilities, frame by
+    frame); each member's teacher-forced exact match is reported beside it.
     """
     from sophia.serving.generate import Generator
 
     if args.counts:
         raise SystemExit("arithmetic: its splits hold every expression once (dev and test held "
                          "out from train); --train, --dev and --test do not apply")
+    if args.members < 1:
+        raise SystemExit(f"arithmetic: --members must be >= 1, got {args.members}")
     data, ws = args.work / "data", args.work / "ws"
     _data(args, "arithmetic", data, None, reads=args.reads)
-    seconds = _train(args, data, ws, REPO_ROOT / "configs" / "arithmetic.toml", args.set)
-    _, outputs, targets = evaluate_split(ws, data)
+    seeds = [args.seed + m for m in range(args.members)]
+    workspaces = [ws] + [args.work / f"ws_seed{seed}" for seed in seeds[1:]]
+    seconds = sum(_train(args, data, w, REPO_ROOT / "configs" / "arithmetic.toml", args.set, seed)
+                  for w, seed in zip(workspaces, seeds))
+    _, outputs, targets = evaluate_split(workspaces, data)
     forced = exact_match(outputs, targets)
     test = split_expressions(data, "test")
-    generator = Generator.load(str(ws))
+    generator = Generator.load([str(w) for w in workspaces])
     answers = [greedy_answer(generator, expression, args.reads) for expression in test]
     wrong = [f"{e}={a}" for a, e in zip(answers, test) if a != str(arithmetic.value(e))]
     greedy = 1 - len(wrong) / len(test)
@@ -362,6 +370,14 @@ def run_arithmetic(args):
             f"{100 * forced['exact_match']:.2f}% teacher-forced, {100 * greedy:.2f}% greedy "
             f"through sophia-generate's step (always the most frequent training answer: "
             f"{100 * majority:.2f}%); {_used_text(used, args)}; wrong: {', '.join(wrong[:10]) or 'none'}")
+    if len(workspaces) > 1:
+        report["members"] = [dict(seed=seed, exact_match=exact_match(*evaluate_split(
+            w, data, out=args.work / f"eval_seed{seed}")[1:])["exact_match"],
+            **{f"sequences_{k}": v for k, v in sequences_used(w, data).items()})
+            for w, seed in zip(workspaces, seeds)]
+        line = (f"ensemble of {len(workspaces)} (seeds {', '.join(map(str, seeds))}): " + line +
+                "; the members alone (teacher-forced): " + ", ".join(
+                    f"{100 * m['exact_match']:.2f}%" for m in report["members"]))
     return _finish(args, report, line)
 
 
@@ -727,10 +743,13 @@ def build_parser():
     temporal_order.add_argument("--loss", choices=("l2", "xent"), default="l2",
                                 help="l2 on the one-hot target (configs/temporal_order_6a.toml) "
                                      "or softmax cross-entropy (..._xent.toml)")
-    tasks.add_parser("arithmetic", parents=[common]).add_argument(
+    arithmetic_task = tasks.add_parser("arithmetic", parents=[common])
+    arithmetic_task.add_argument(
         "--reads", type=int, default=3, help="times each expression is read before its answer "
         "(the task's --reads; sophia/data/tasks/arithmetic.py); default 3, as "
         "configs/arithmetic.toml's window is sized for")
+    arithmetic_task.add_argument("--members", type=int, default=1, help="seeds trained on the same "
+                                 "data and scored as one ensemble; default 1")
     tasks.add_parser("frequency", parents=[common]).add_argument(
         "--only", choices=("lstm", "clock"), help="train one of the two nets")
     real_task = tasks.add_parser("real", parents=[common])

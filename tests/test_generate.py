@@ -9,7 +9,7 @@ from model_workspaces import write_workspace
 from sophia.data.vocab import write_vocab
 from sophia.serving import generate as gen
 from sophia.serving.generate import GenerationError, Generator, sample, tokenize
-from sophia.serving.model import Model
+from sophia.serving.model import Model, load_model
 from sophia.workspace import Workspace, load_net
 
 VOCAB = {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "th": 5}
@@ -29,6 +29,28 @@ def workspace(tmp_path_factory):
     Workspace(path, create=False).save_arrays("params", values)
     write_vocab(os.path.join(path, "vocab.json"), VOCAB)
     return path
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory):
+    """Another GRU on the same tokens, with other weights: a second ensemble member."""
+    path = write_workspace(tmp_path_factory.mktemp("models") / "text2", seed=7, input_dim=1,
+                           target_dim=6, vocab_size=6, token_embedding_dim=4, unit_type="gru",
+                           output_activation="softmax")
+    net, _ = load_net(path)
+    Workspace(path, create=False).save_arrays("params", {
+        k: v * 4 if k.startswith("output") else v for k, v in net.get_values().items()})
+    write_vocab(os.path.join(path, "vocab.json"), VOCAB)
+    return path
+
+
+def offline_probabilities(workspace, tokens):
+    """``f_infer``'s softmax outputs [T][K] over the whole token sequence at once."""
+    net, _ = load_net(workspace)
+    f_infer, v_states = net.compile_infer(window_size=len(tokens), mode=MODE)
+    net.reset_states(v_states, batch_size=1)
+    return f_infer(tokens[:, None, None], np.arange(len(tokens), dtype=np.float32)[:, None],
+                   np.zeros((len(tokens), 1), np.int32))[:, 0]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +83,31 @@ def test_a_low_temperature_follows_the_likeliest_token_of_offline_inference(work
     p_tk = f_infer(tokens[:, None, None], np.arange(len(tokens), dtype=np.float32)[:, None],
                    np.zeros((len(tokens), 1), np.int32))[:, 0]
     np.testing.assert_array_equal(tokens[2:], p_tk[1:-1].argmax(axis=1))
+
+
+def test_an_ensemble_follows_the_argmax_of_its_members_mean_probability(workspace, second):
+    """Two members at T → 0: every sampled token is the argmax of the mean of the two
+    nets' offline probabilities, and the text differs from either member's alone."""
+    both = Generator.load([workspace, second], mode=MODE)
+    text = both.generate("ca", 25, 1e-4, seed=0)
+    tokens = np.array(tokenize(text, VOCAB), np.float32)
+    mean_tk = (offline_probabilities(workspace, tokens) + offline_probabilities(second, tokens)) / 2
+    np.testing.assert_array_equal(tokens[2:], mean_tk[1:-1].argmax(axis=1))
+    alone = {Generator.load(w, mode=MODE).generate("ca", 25, 1e-4, seed=0) for w in (workspace, second)}
+    assert text not in alone
+
+
+def test_an_ensemble_needs_one_vocabulary(workspace, second, tmp_path):
+    other = write_workspace(tmp_path / "other", input_dim=1, target_dim=6, vocab_size=6,
+                            token_embedding_dim=4, output_activation="softmax")
+    write_vocab(os.path.join(other, "vocab.json"), {**VOCAB, "a": 5, "th": 0})
+    with pytest.raises(GenerationError, match="vocab.json differs from .*text"):
+        Generator.load([workspace, other], mode=MODE)
+    small = write_workspace(tmp_path / "small", input_dim=1, target_dim=5, vocab_size=5,
+                            token_embedding_dim=4, output_activation="softmax")
+    models = [load_model(w, mode=MODE) for w in (workspace, small)]
+    with pytest.raises(GenerationError, match=r"differ in vocab_size: '.*text': 6, '.*small': 5"):
+        Generator(models, VOCAB, [workspace, small])
 
 
 def test_every_frame_goes_through_the_serving_models_step(generator, monkeypatch):

@@ -180,3 +180,21 @@ def test_tiny_arithmetic_run_end_to_end(tmp_path, capsys):
     assert report["majority_answer_exact_match"] in [
         pytest.approx(np.mean([reproduce.arithmetic.value(e) == v for e in test])) for v in most]
     assert "arithmetic: exact match on 400 held-out expressions" in capsys.readouterr().out
+
+
+def test_an_arithmetic_ensemble_decodes_greedily_what_its_mean_probability_scores(tmp_path, capsys):
+    """Two seeds on one dataset: the greedy answers of sophia-generate's ensemble step
+    (the mean of the members' probabilities fed back) score what sophia-eval's
+    ensemble scores teacher-forced, and each member is scored alone beside it."""
+    report = reproduce.main(["arithmetic", "--max_epochs", "8", "--members", "2", "--reads", "1",
+                             "--work", str(tmp_path), "--set", "net_width=32", "--set", "net_depth=1",
+                             "--set", "frames_per_epoch=20000", "--set", "step_size=16",
+                             "--set", "window_size=32", "--set", "compile_mode=FAST_COMPILE"])
+    assert report["exact_match"] > 0            # some answers right, so the two can differ
+    assert report["greedy_exact_match"] == pytest.approx(report["exact_match"])
+    assert [m["seed"] for m in report["members"]] == [0, 1]
+    assert all(0 <= m["exact_match"] <= 1 for m in report["members"])
+    assert (tmp_path / "ws_seed1" / "params.npz").exists()
+    assert "ensemble of 2 (seeds 0, 1)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--members must be >= 1"):
+        reproduce.main(["arithmetic", "--members", "0", "--work", str(tmp_path)])

@@ -1,23 +1,27 @@
 """``sophia-generate``: sample text from a token model, through the serving step.
 
-``sophia-generate WORKSPACE --prime TEXT --length N --temperature T [--seed S]``
-loads a workspace's token model (``vocab_size`` > 0, softmax outputs over the
+``sophia-generate WORKSPACE [WORKSPACE ...] --prime TEXT --length N --temperature T
+[--seed S]`` loads a workspace's token model (``vocab_size`` > 0, softmax outputs over the
 ``vocab_size`` tokens: trained with ``loss_type = "xent"`` to predict the next
 token) and its ``vocab.json``; feeds the prime one token a frame; then ``N`` times
 samples the next token from ``softmax(log p / T)`` of the model's last output
 ``p`` and feeds it back. It prints the prime followed by the sampled symbols
 (symbols are concatenated as they are: a character vocabulary gives text).
 
+Several workspaces generate as one ensemble: ``p`` is the mean of the members'
+probabilities (:func:`sophia.evaluation.ensemble.combine`, the rule
+``sophia-eval`` scores an ensemble by). The members must share one vocabulary.
+
 Every frame goes through :meth:`sophia.serving.ensemble.Ensemble.step`, the step
-the server runs for a client (here an ensemble of one model and one stream):
-the sampled text is what a client of ``sophia.py`` would get.
+the server runs for a client (here an ensemble of the given models and one
+stream): the sampled text is what a client of ``sophia.py`` would get.
 
 Contents
 --------
 - :class:`GenerationError` -- a model, prime or setting that cannot generate.
 - :func:`tokenize` -- text to token indices (longest symbol first).
 - :func:`sample` -- one draw from ``softmax(log p / T)``.
-- :class:`Generator` -- a loaded model and vocabulary; :meth:`Generator.generate`.
+- :class:`Generator` -- loaded models and their vocabulary; :meth:`Generator.generate`.
 - :func:`main` -- the command line.
 
 The same seed, model and arguments give the same text. ``T`` < 1 sharpens the
@@ -38,6 +42,7 @@ import numpy as np
 
 from sophia.data.vocab import symbols_by_index
 from sophia.data.dataset import DatasetError
+from sophia.evaluation.ensemble import combine
 from sophia.serving.ensemble import Ensemble
 from sophia.serving.model import MODE, load_model
 from sophia.serving.paths import ModelLoadError
@@ -83,50 +88,72 @@ def sample(p_k: np.ndarray, temperature: float, rng: np.random.Generator) -> int
 
 
 class Generator:
-    """A token model and its symbols, ready to generate.
+    """Token models and their symbols, ready to generate.
 
     Parameters
     ----------
-    model : sophia.serving.model.Model
-        With ``vocab_size`` > 0 and ``target_dim == vocab_size``.
+    models : Model or sequence of Model
+        Each with ``vocab_size`` > 0 and ``target_dim == vocab_size``; several
+        generate as one ensemble (the mean of their probabilities).
     vocab : dict of str to int
         ``{symbol: index}``, a symbol for every index in ``[0, vocab_size)``.
-    name : str
-        The workspace, for messages.
+    names : str or sequence of str
+        The workspaces, for messages; one per model.
 
     Raises
     ------
     GenerationError
         For a model without token inputs, outputs that are not one probability per
-        token, or a vocabulary that leaves an index without a symbol.
+        token, members that differ in vocab_size, or a vocabulary that leaves an
+        index without a symbol.
     """
 
-    def __init__(self, model, vocab: dict[str, int], name: str = "model"):
-        _check_model(model, name)
+    def __init__(self, models, vocab: dict[str, int], names="model"):
+        models = list(models) if isinstance(models, (list, tuple)) else [models]
+        names = [names] if isinstance(names, str) else list(names)
+        for model, name in zip(models, names):
+            _check_model(model, name)
+        sizes = {name: model.vocab_size for model, name in zip(models, names)}
+        if len(set(sizes.values())) > 1:
+            raise GenerationError("the workspaces differ in vocab_size: " + ", ".join(
+                f"{name!r}: {size}" for name, size in sizes.items()))
         try:
-            self.symbols = symbols_by_index(vocab, model.vocab_size)
+            self.symbols = symbols_by_index(vocab, models[0].vocab_size)
         except DatasetError as error:
-            raise GenerationError(f"{name}: {error}") from None
-        self.model, self.vocab, self.name = model, vocab, name
+            raise GenerationError(f"{names[0]}: {error}") from None
+        self.models, self.vocab, self.names = models, vocab, names
 
     @classmethod
-    def load(cls, workspace: str, mode: str = MODE) -> "Generator":
-        """Load a workspace's model (:func:`~sophia.serving.model.load_model`) and its
-        ``vocab.json``. Raises GenerationError naming the file for either."""
+    def load(cls, workspaces, mode: str = MODE) -> "Generator":
+        """Load one workspace's model, or several as an ensemble
+        (:func:`~sophia.serving.model.load_model`), and the ``vocab.json`` they share.
+
+        Raises GenerationError naming the file for a model or vocabulary that does
+        not load, or the two workspaces whose vocabularies differ.
+        """
+        workspaces = [str(workspaces)] if isinstance(workspaces, (str, bytes)) or not hasattr(
+            workspaces, "__iter__") else [str(w) for w in workspaces]
+        models, vocab = [], None
         try:
-            model = _check_model(load_model(workspace, mode=mode), str(workspace))
-            vocab = load_vocab(Workspace(workspace, create=False),
-                               load_model_options(Workspace(workspace, create=False)))
+            for workspace in workspaces:
+                models.append(_check_model(load_model(workspace, mode=mode), workspace))
+                ws = Workspace(workspace, create=False)
+                own = load_vocab(ws, load_model_options(ws))
+                if vocab is not None and own != vocab:
+                    raise GenerationError(f"{workspace}: its vocab.json differs from "
+                                          f"{workspaces[0]}'s; an ensemble's members share one")
+                vocab = own
         except (ModelLoadError, WorkspaceError) as error:
             raise GenerationError(str(error)) from None
-        return cls(model, vocab, str(workspace))
+        return cls(models, vocab, workspaces)
 
     def generate(self, prime: str, length: int, temperature: float, seed: int | None = None) -> str:
         """The prime followed by ``length`` sampled symbols.
 
         The prime is fed frame by frame from the initial state; each sampled token
-        is fed back. Raises GenerationError for an empty prime or one with symbols
-        outside the vocabulary, ``length`` < 0, or ``temperature`` <= 0.
+        is fed back (to every member of an ensemble). Raises GenerationError for an
+        empty prime or one with symbols outside the vocabulary, ``length`` < 0, or
+        ``temperature`` <= 0.
         """
         if not temperature > 0:
             raise GenerationError(f"--temperature must be > 0, got {temperature}")
@@ -136,12 +163,13 @@ class Generator:
             raise GenerationError("the prime is empty: give at least one symbol to start from")
         tokens = tokenize(prime, self.vocab)
         rng = np.random.default_rng(seed)
-        ensemble = Ensemble([self.name], [self.model], [[0]])
-        frame_nbj = np.zeros((1, 1, 1), np.float32)
+        ensemble = Ensemble(self.names, self.models, [[0]] * len(self.models))
+        frame_nbj = np.zeros((len(self.models), 1, 1), np.float32)
+        options = self.models[0].net.options
         sampled = []
         for n in range(len(tokens) + length - 1):
-            frame_nbj[0, 0, 0] = tokens[n] if n < len(tokens) else sampled[-1]
-            p_k = ensemble.step(frame_nbj)[0, 0]
+            frame_nbj[:, 0, 0] = tokens[n] if n < len(tokens) else sampled[-1]
+            p_k = combine(ensemble.step(frame_nbj)[:, :1], options)[0]     # [N][1][K] → [K]
             if n + 1 >= len(tokens):
                 sampled.append(sample(p_k, temperature, rng))
         return prime + "".join(self.symbols[t] for t in sampled)
@@ -163,7 +191,8 @@ def _check_model(model, name: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sophia-generate", description=__doc__.split("\n")[0])
-    parser.add_argument("workspace", help="a trained token model's workspace (with vocab.json)")
+    parser.add_argument("workspace", nargs="+", help="a trained token model's workspace (with "
+                        "vocab.json); several generate as one ensemble")
     parser.add_argument("--prime", required=True, help="text to start from (at least one symbol)")
     parser.add_argument("--length", type=int, required=True, help="number of symbols to sample")
     parser.add_argument("--temperature", type=float, default=1.0,
