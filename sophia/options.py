@@ -77,6 +77,7 @@ class ModelOptions:
     batch_norm_steps: int = _opt(200, "time steps with their own population statistics")
     batch_norm_momentum: float = _opt(0.1, "running-average rate of population statistics")
     residual_gate: bool = _opt(False, "out = g*layer(x) + (1-g)*x where widths match")
+    input_skip: bool = _opt(False, "a linear path from each input frame straight to the outputs (before the output activation), beside the layers (LSTNet's highway, Lai et al. 2018); a new run starts it at the least-squares fit of the training targets, the output layer's weights at 0, so the net starts as that linear model (an AR model when frames carry lags); regression outputs and real-vector inputs only")
     bidirectional: bool = _opt(False, "each recurrent layer also runs backward over every sequence; outputs side by side (2*net_width); needs whole sequences (step_size = window_size >= the longest); not servable")
     learn_init_states: bool = _opt(True, "learned initial h (and c); zeros otherwise")
     learn_id_embedding: bool = _opt(False, "learned embedding of each stream's sequence ID, fed to every layer")
@@ -128,6 +129,13 @@ class ModelOptions:
         if self.vocab_size and self.input_dim not in (0, 1):
             raise OptionError(f"vocab_size {self.vocab_size} makes each input frame one token index, "
                               f"so input_dim must be 1 (or 0, from the data); got {self.input_dim}")
+        if self.input_skip and self.vocab_size:
+            raise OptionError("input_skip is a linear map of real-vector input frames; a token "
+                              f"model's frames are indices (vocab_size {self.vocab_size})")
+        if self.input_skip and self.output_activation in ("softmax", "sigmoid"):
+            raise OptionError("input_skip starts a regression's outputs at a least-squares fit; "
+                              f"{self.output_activation} outputs (loss_type xent or bce) are "
+                              "class probabilities, so it does not apply")
         if self.bidirectional and self.unit_type == "fc":
             raise OptionError("bidirectional needs a recurrent unit_type (rnn, lstm or gru), not fc")
         if self.bidirectional and self.batch_norm:

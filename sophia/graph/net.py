@@ -12,6 +12,16 @@ With ``ModelOptions.bidirectional`` each unit layer is a
 recurrence, 2·net_width outputs); such a net is right only on windows of whole
 sequences (see that module).
 
+With ``ModelOptions.input_skip`` the output layer's pre-activation also gets
+``input_tbj · v_input_skip_jK``, a learned linear map of the input frame (after
+``input_noise``; built at zero, and a new training run starts it at the
+least-squares fit, :mod:`sophia.training.linear_start`): a linear autoregression
+on whatever a frame carries (its lags, with the real task's ``--lags``) beside the
+recurrent layers,
+LSTNet's highway (Lai et al., *Modeling Long- and Short-Term Temporal Patterns
+with Deep Neural Networks*, SIGIR 2018). It is outside every recurrence, so any
+engine runs the layers as before.
+
 The output activation (``ModelOptions.output_activation``) is identity for
 regression, a softmax over the k units (class probabilities) for ``xent`` and k
 sigmoids for ``bce``; the loss stage reads the logits before it, so
@@ -196,6 +206,11 @@ class Net:
             # one row per token; the first layer reads the row of each frame's index
             table = Uniform(options.init_scale)((options.vocab_size, options.token_embedding_dim), rng)
             self.v_token_embedding_ve = fixed_shared(table.astype(dtype), "token_embedding")
+        self.v_input_skip_jK = None
+        if options.input_skip:
+            # zero until a training run starts it at the least-squares fit
+            zeros = np.zeros((options.input_dim, self.output_width), dtype)
+            self.v_input_skip_jK = fixed_shared(zeros, "input_skip")
 
     # -- parameters -------------------------------------------------------------
     @property
@@ -207,6 +222,8 @@ class Net:
             params["id_embedding"] = self.v_id_embedding_ne
         if self.v_token_embedding_ve is not None:
             params["token_embedding"] = self.v_token_embedding_ve
+        if self.v_input_skip_jK is not None:
+            params["input_skip"] = self.v_input_skip_jK
         return params
 
     @property
@@ -290,6 +307,7 @@ class Net:
             s_below = _rows(self.v_token_embedding_ve, tt.cast(ports.p_input_tbj[:, :, 0], "int32"))
         if input_noise:                             # on the input frames, or on token models' embeddings
             s_below = noise.gaussian(s_below, input_noise)
+        s_input_tbj = s_below
         updates, next_states, n = {}, [], 0
         for layer in self.layers + [self.output_layer]:
             width = len(layer.state_widths)
@@ -302,6 +320,8 @@ class Net:
                 s_below = noise.dropout(s_below, dropout)
             next_states += out.s_next_states
             updates.update(out.updates)
+        if self.v_input_skip_jK is not None:
+            s_below = s_below + tt.dot(s_input_tbj, self.v_input_skip_jK)
         if noise is not None:
             updates.update(noise.updates)
         return Forward(self._activate(s_below), next_states, updates, s_below)

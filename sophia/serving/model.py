@@ -61,7 +61,7 @@ NOT_CAUSAL = ("the model is bidirectional: its output at a frame depends on the 
               "sequences (sophia-eval)")
 # Model options added since 0.2.0, left out of a fingerprint while at their default, so
 # that a model's fingerprint (and so the state snapshots saved with it) is 0.2.0's.
-OPTIONS_SINCE_0_2 = ("vocab_size", "token_embedding_dim", "quantiles", "bidirectional")
+OPTIONS_SINCE_0_2 = ("vocab_size", "token_embedding_dim", "quantiles", "bidirectional", "input_skip")
 
 
 def load_model(workspace_path, mode: str = MODE) -> "Model":

@@ -85,6 +85,7 @@ from sophia.training.baselines import (categorical_baseline, gaussian_baseline, 
                                        quantile_baseline)
 from sophia.data.vocab import VOCAB_FILE, read_vocab
 from sophia.training.iterator import BPTTIterator
+from sophia.training.linear_start import start_linear
 from sophia.training.memory import keep_freed_memory
 from sophia.training.metrics import format_epoch_line, plot_learning_curve
 from sophia.training.progress import Progress
@@ -226,6 +227,8 @@ class Trainer:
                                   f"{self.model_options.output_activation!r} outputs (another "
                                   "output layer): train a new model")
             set_params(source, self.net, init_values)
+        elif self.model_options.input_skip:         # a new net starts as the least-squares fit
+            self.linear_start = start_linear(self.net, self.train_set)
         self.ws = Workspace(save_to)
         same = init_from is not None and Path(init_from).resolve() == self.ws.path.resolve()
         if not same and self.ws.has(METRICS):
@@ -281,7 +284,7 @@ class Trainer:
     def _prepare(self, train_options, seed, data_dir, out, progress) -> None:
         self.train_options, self.seed, self.data_dir = train_options.validate(), seed, data_dir
         self.out, self.progress = out or sys.stdout, progress or sys.stderr
-        self._checkpoint, self.hf = None, None
+        self._checkpoint, self.hf, self.linear_start = None, None, None
         self.v_noise_rng = noise.shared_generator(seed)   # dropout and input_noise draw from it
 
     def _open(self, model_options: ModelOptions, ids: list[str] | None) -> None:
@@ -347,6 +350,10 @@ class Trainer:
                  f"  data: {len(t)} train / {len(d)} dev sequences ({t.num_frames} / {d.num_frames} "
                  f"frames), input_dim {t.input_dim}, target_dim {t.target_dim}, {len(self.ids)} IDs",
                  f"  seed {self.seed}, {self.net.num_weights():,} weights"]
+        if self.linear_start is not None:
+            rms = ", ".join(f"{v:.4g}" for v in self.linear_start["rms"])
+            lines.append(f"  input_skip: starts at the least-squares fit of the training targets on "
+                         f"the input frames (training RMS {rms}); the output layer's weights at 0")
         hf = self.train_options.update_type == "hessian_free"
         for title, options in (("model", self.model_options), ("train", self.train_options)):
             text = " ".join(f"{k}={v}" for k, v in to_dict(options).items()
