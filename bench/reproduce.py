@@ -82,14 +82,18 @@ from sophia.workspace import Workspace, load_run_options  # noqa: E402
 
 ADDING_TOLERANCE = 0.04              # the paper's "wrong": |error| > 0.04
 EVAL_STREAMS = 256                   # test sequences run side by side (speed only)
-# Each real series: how its data are written (sophia-data make real), the season of
-# seasonal naive and ETS, the largest AR order tried, and the frames of the test split
-# (one sequence: --whole-eval) that warm every method up before scoring starts.
+# Each real series: how its data are written (sophia-data make real: lags = the values
+# an input frame holds, which its config's input_skip starts as that AR model), the
+# season of seasonal naive and ETS, the largest AR order tried, and the frames of the
+# test split (one sequence: --whole-eval) that warm every method up before scoring starts.
 REAL_SERIES = {
     "co2": dict(transform="change", min_len=60, max_len=120, season=52, max_ar=52, warmup=52),
-    "sunspots": dict(transform="level", min_len=20, max_len=60, season=11, max_ar=24, warmup=11),
-    "elnino": dict(transform="level", min_len=40, max_len=100, season=12, max_ar=24, warmup=12),
-    "taylor": dict(transform="level", min_len=96, max_len=336, season=48, max_ar=48, warmup=48),
+    "sunspots": dict(transform="level", min_len=20, max_len=60, season=11, max_ar=24, warmup=11,
+                     lags=20),
+    "elnino": dict(transform="level", min_len=40, max_len=100, season=12, max_ar=24, warmup=12,
+                   lags=13),
+    "taylor": dict(transform="level", min_len=96, max_len=336, season=48, max_ar=48, warmup=48,
+                   lags=48),
     "msft": dict(transform="log_change", min_len=60, max_len=250, season=5, max_ar=24, warmup=24),
 }
 # On (log) changes, "mean" is the drift forecast and "persistence" repeats the last change.
