@@ -89,7 +89,7 @@ EVAL_STREAMS = 256                   # test sequences run side by side (speed on
 REAL_SERIES = {
     "co2": dict(transform="change", min_len=60, max_len=120, season=52, max_ar=52, warmup=52),
     "sunspots": dict(transform="level", min_len=20, max_len=60, season=11, max_ar=24, warmup=11,
-                     lags=20),
+                     lags=9),
     "elnino": dict(transform="level", min_len=40, max_len=100, season=12, max_ar=24, warmup=12,
                    lags=13),
     "taylor": dict(transform="level", min_len=96, max_len=336, season=48, max_ar=48, warmup=48,
