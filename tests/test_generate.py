@@ -97,6 +97,12 @@ def test_an_ensemble_follows_the_argmax_of_its_members_mean_probability(workspac
     assert text not in alone
 
 
+def test_the_command_takes_several_workspaces_as_one_ensemble(workspace, second, capsys):
+    assert gen.main([workspace, second, "--prime", "ab", "--length", "9", "--seed", "2"]) == 0
+    expected = Generator.load([workspace, second], mode=MODE).generate("ab", 9, 1.0, seed=2)
+    assert capsys.readouterr().out == expected + "\n"
+
+
 def test_an_ensemble_needs_one_vocabulary(workspace, second, tmp_path):
     other = write_workspace(tmp_path / "other", input_dim=1, target_dim=6, vocab_size=6,
                             token_embedding_dim=4, output_activation="softmax")
