@@ -17,10 +17,9 @@ With ``ModelOptions.input_skip`` the output layer's pre-activation also gets
 ``input_noise``; built at zero, and a new training run starts it at the
 least-squares fit, :mod:`sophia.training.linear_start`): a linear autoregression
 on whatever a frame carries (its lags, with the real task's ``--lags``) beside the
-recurrent layers,
-LSTNet's highway (Lai et al., *Modeling Long- and Short-Term Temporal Patterns
-with Deep Neural Networks*, SIGIR 2018). It is outside every recurrence, so any
-engine runs the layers as before.
+recurrent layers, LSTNet's highway (Lai et al., *Modeling Long- and Short-Term
+Temporal Patterns with Deep Neural Networks*, SIGIR 2018). It is outside every
+recurrence, so any engine runs the layers as before.
 
 The output activation (``ModelOptions.output_activation``) is identity for
 regression, a softmax over the k units (class probabilities) for ``xent`` and k
