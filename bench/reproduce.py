@@ -349,12 +349,9 @@ def run_arithmetic(args):
     if args.counts:
         raise SystemExit("arithmetic: its splits hold every expression once (dev and test held "
                          "out from train); --train, --dev and --test do not apply")
-    if args.members < 1:
-        raise SystemExit(f"arithmetic: --members must be >= 1, got {args.members}")
-    data, ws = args.work / "data", args.work / "ws"
+    seeds, workspaces = _members(args, "arithmetic")
+    data, ws = args.work / "data", workspaces[0]
     _data(args, "arithmetic", data, None, reads=args.reads)
-    seeds = [args.seed + m for m in range(args.members)]
-    workspaces = [ws] + [args.work / f"ws_seed{seed}" for seed in seeds[1:]]
     seconds = sum(_train(args, data, w, REPO_ROOT / "configs" / "arithmetic.toml", args.set, seed)
                   for w, seed in zip(workspaces, seeds))
     _, outputs, targets = evaluate_split(workspaces, data)
@@ -453,19 +450,16 @@ def run_real(args):
     N - 1 after it, on the same data) and sophia-eval scores their ensemble; each
     member's RMSE is reported beside it.
     """
-    if args.members < 1:
-        raise SystemExit(f"real: --members must be >= 1, got {args.members}")
+    seeds, workspaces = _members(args, "real")
     setup = dict(REAL_SERIES[args.series])
     for key in ("transform", "min_len", "max_len", "lags"):
         if getattr(args, key) is not None:
             setup[key] = getattr(args, key)
     lags = setup.get("lags", 1)
-    data, ws = args.work / "data", args.work / "ws"
+    data = args.work / "data"
     _data(args, "real", data, None, series=args.series, transform=setup["transform"],
           min_len=setup["min_len"], max_len=setup["max_len"], whole_eval=True, lags=lags)
     config = REPO_ROOT / "configs" / f"real_{args.series}.toml"
-    seeds = [args.seed + m for m in range(args.members)]
-    workspaces = [ws] + [args.work / f"ws_seed{seed}" for seed in seeds[1:]]
     seconds = sum(_train(args, data, w, config, [f"input_dim={lags}"] + list(args.set), seed)
                   for w, seed in zip(workspaces, seeds))
     baselines = tuple(b for b in REAL_BASELINES if b in args.baselines)
@@ -494,6 +488,15 @@ def run_real(args):
     if len(workspaces) > 1:
         line += ("; the members alone: " + ", ".join(f"{v:.4g}" for v in setup["member_rmse_series_units"]))
     return _finish(args, result, line)
+
+
+def _members(args, task):
+    """The seeds and workspaces of ``--members N``: ``--seed`` and the N - 1 after it,
+    trained in ``<work>/ws`` and ``<work>/ws_seed<S>``. SystemExit for N < 1."""
+    if args.members < 1:
+        raise SystemExit(f"{task}: --members must be >= 1, got {args.members}")
+    seeds = [args.seed + m for m in range(args.members)]
+    return seeds, [args.work / "ws"] + [args.work / f"ws_seed{seed}" for seed in seeds[1:]]
 
 
 def _length_sets(config, T):
