@@ -36,6 +36,7 @@ Example
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -131,8 +132,8 @@ class Generator:
         Raises GenerationError naming the file for a model or vocabulary that does
         not load, or the two workspaces whose vocabularies differ.
         """
-        workspaces = [str(workspaces)] if isinstance(workspaces, (str, bytes)) or not hasattr(
-            workspaces, "__iter__") else [str(w) for w in workspaces]
+        one = isinstance(workspaces, (str, os.PathLike))
+        workspaces = [str(w) for w in ([workspaces] if one else workspaces)]
         models, vocab = [], None
         try:
             for workspace in workspaces:
