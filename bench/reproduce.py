@@ -19,7 +19,7 @@ prints our figure beside the paper's and writes ``<work>/report.json``.
                        (``configs/temporal_order_<variant>_xent.toml``)
 ``frequency``          accuracy without and with ``learn_clock_params`` on
                        asynchronously sampled waves; Neil et al. 2016
-``real``               test RMSE, MAE and 80% coverage beside sophia-eval's
+``real``               test RMSE, MAE and 80% coverage (and tracked) beside sophia-eval's
                        baselines (mean, persistence, seasonal naive, AR(p),
                        ETS, ARIMA), ``--series``, ``configs/real_<series>.toml``
 ``arithmetic``         exact match on held-out expressions (``3+7*2=17.``), read
@@ -475,7 +475,8 @@ def run_real(args):
                   rmse={m: overall[m]["rmse"] for m in report["methods"]},
                   rmse_series_units={m: std * overall[m]["rmse"] for m in report["methods"]},
                   mae={m: overall[m]["mae"] for m in report["methods"]},
-                  coverage=overall["model"].get("coverage"), interval=report["interval"],
+                  coverage=overall["model"].get("coverage"),
+                  coverage_tracked=overall["model"].get("coverage_tracked"), interval=report["interval"],
                   scored=overall["model"]["count"], chosen={k: report["baselines"][k]
                                                             for k in ("ar", "ets", "arima")
                                                             if k in report["baselines"]})
@@ -484,7 +485,8 @@ def run_real(args):
             f"{result['scored']} frames: " + ", ".join(
                 f"{m} {v:.4g}" for m, v in result["rmse_series_units"].items()))
     if result["coverage"] is not None:
-        line += f"; the net's 80% interval covers {100 * result['coverage']:.1f}%"
+        line += (f"; the net's 80% interval covers {100 * result['coverage']:.1f}%, tracked "
+                 f"{100 * result['coverage_tracked']:.1f}%")
     if len(workspaces) > 1:
         line += ("; the members alone: " + ", ".join(f"{v:.4g}" for v in setup["member_rmse_series_units"]))
     return _finish(args, result, line)

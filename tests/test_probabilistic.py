@@ -327,10 +327,12 @@ def test_sophia_eval_reports_nll_and_coverage_and_plots_the_band(gaussian_run, h
     report = evaluate(ws, hetero_data, "test", baselines=("mean", "persistence"), out=str(out),
                       plot=True, mode="FAST_COMPILE")
     assert report["output_activation"] == "gaussian" and report["channels"] == ["mean", "log_variance"]
-    assert report["output_dim"] == 2 and report["interval"] == {"lower": 0.1, "upper": 0.9}
-    assert {"nll", "coverage"} <= set(report["metrics"])
+    assert report["output_dim"] == 2 and report["interval"] == {"lower": 0.1, "upper": 0.9,
+                                                             "track_step": 0.1}
+    assert {"nll", "coverage", "coverage_tracked"} <= set(report["metrics"])
     model = report["overall"]["model"]
     assert 0.68 < model["coverage"] < 0.92                     # nominal 0.8
+    assert 0.68 < model["coverage_tracked"] < 0.92
     assert model["rmse"] < report["overall"]["mean"]["rmse"]
     assert all("coverage" in s["metrics"]["model"] for s in report["sequences"])
     assert "nll" not in report["overall"]["mean"]
@@ -339,7 +341,7 @@ def test_sophia_eval_reports_nll_and_coverage_and_plots_the_band(gaussian_run, h
     assert np.isfinite(written).all()
     assert (out / "predictions.png").stat().st_size > 0
     table = format_table(report)
-    assert "NLL" in table and "cover[0.1,0.9]" in table
+    assert "NLL" in table and "cover[0.1,0.9]" in table and "tracked" in table
 
 
 @pytest.fixture(scope="module")

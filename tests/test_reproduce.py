@@ -132,7 +132,8 @@ def test_tiny_real_run_is_scored_by_sophia_eval(tmp_path, capsys, monkeypatch):
     for method, rmse in report["rmse"].items():
         assert rmse == eval_report["overall"][method]["rmse"]
         assert report["rmse_series_units"][method] == pytest.approx(std * rmse)
-    assert 0 <= report["coverage"] <= 1 and report["chosen"]["arima"][0]["chosen"]["order"] == [1, 0, 0]
+    assert 0 <= report["coverage"] <= 1 and 0 <= report["coverage_tracked"] <= 1
+    assert report["chosen"]["arima"][0]["chosen"]["order"] == [1, 0, 0]
     out = capsys.readouterr().out
     assert "real (elnino, level), test RMSE in the series' units over" in out and "arima" in out
 

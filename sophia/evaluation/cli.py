@@ -1,7 +1,8 @@
 """``sophia-eval``: evaluate a workspace on a dataset split (also ``python -m sophia.evaluation``).
 
 ``sophia-eval WORKSPACE [WORKSPACE ...] --data_dir DIR [--split test] [--baselines mean,persistence,seasonal,ar]
-[--season P] [--max_ar N] [--tolerance X] [--warmup N] [--out DIR] [--plot] [--streams B]``
+[--season P] [--max_ar N] [--tolerance X] [--warmup N] [--track_step S] [--out DIR] [--plot]
+[--streams B]``
 
 Prints a table of the overall metrics and writes ``.output`` files,
 ``report.json`` and (``--plot``) ``predictions.png`` under ``--out``
@@ -20,6 +21,7 @@ import sys
 
 from sophia.evaluation import EvalError
 from sophia.evaluation.evaluate import ALL_BASELINES, BASELINES, evaluate, format_table
+from sophia.evaluation.tracking import DEFAULT_STEP, check_step
 
 
 def _baselines(text: str) -> tuple[str, ...]:
@@ -52,6 +54,15 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _step(text: str) -> float:
+    try:
+        value = float(text)
+        check_step(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}") from None
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sophia-eval", description=__doc__.split("\n")[0])
     parser.add_argument("workspace", nargs="+", help="a training run's workspace (options.json, "
@@ -70,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="a value is wrong when |error| > this; default 0.04")
     parser.add_argument("--warmup", type=_non_negative_int, default=0,
                         help="frames at the start of each sequence that are not scored; default 0")
+    parser.add_argument("--track_step", type=_step, default=DEFAULT_STEP,
+                        help="step of a probabilistic model's tracked interval, scored as "
+                             "coverage_tracked (sophia/evaluation/tracking.py; 0: not tracked); "
+                             f"default {DEFAULT_STEP}")
     parser.add_argument("--out", help="output directory; default WORKSPACE/eval/SPLIT (of the "
                         "first workspace; for an ensemble WORKSPACE/eval/SPLIT-ensemble)")
     parser.add_argument("--plot", action="store_true", help="also write predictions.png (matplotlib)")
@@ -86,7 +101,7 @@ def main(argv=None) -> int:
     try:
         report = evaluate(args.workspace, args.data_dir, args.split, args.baselines, args.season,
                           args.max_ar, args.tolerance, out, args.plot, args.streams,
-                          warmup=args.warmup)
+                          warmup=args.warmup, track_step=args.track_step)
     except EvalError as error:
         print(f"sophia-eval: error: {error}", file=sys.stderr)
         return 1

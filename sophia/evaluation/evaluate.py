@@ -39,6 +39,7 @@ from sophia.evaluation.metrics import POINT_METRICS, mase_scale, point_metrics
 from sophia.evaluation.plot import plot_predictions, require_matplotlib
 from sophia.evaluation.probabilistic import (PROBABILISTIC_METRICS, central_interval, interval_bounds,
                                              probabilistic_metrics)
+from sophia.evaluation.tracking import DEFAULT_STEP, check_step, tracked_inside
 from sophia.graph.output_layout import channel_names, channels_tck, point_channel
 from sophia.evaluation.whole import WholeSequenceModel, run_whole_sequences
 from sophia.serving.model import MODE, load_model
@@ -137,14 +138,26 @@ def _score(predictions, targets, scale, tolerance):
     return overall, per_sequence
 
 
-def _score_distribution(outputs, targets, options, overall, per_sequence) -> None:
-    """Add the model's probabilistic metrics to its overall and per-sequence entries."""
+def _score_distribution(outputs, targets, options, overall, per_sequence, track_step) -> None:
+    """Add the model's probabilistic metrics to its overall and per-sequence entries;
+    with ``track_step`` > 0 also ``coverage_tracked`` (each sequence tracked from its
+    first frame, :mod:`sophia.evaluation.tracking`)."""
     width = targets[0].shape[1] if targets else options.target_dim
     stacked = np.concatenate(outputs) if outputs else np.zeros((0, len(channel_names(options)) * width))
     all_targets = np.concatenate(targets) if targets else np.zeros((0, width))
     overall["model"].update(probabilistic_metrics(stacked, all_targets, options))
+    inside = []
     for n, (output_tK, target_tk) in enumerate(zip(outputs, targets)):
         per_sequence[n]["model"].update(probabilistic_metrics(output_tK, target_tk, options))
+        if track_step > 0:
+            inside.append(tracked_inside(output_tK, target_tk, options, track_step))
+            per_sequence[n]["model"]["coverage_tracked"] = _share(inside[-1])
+    if track_step > 0:
+        overall["model"]["coverage_tracked"] = _share(np.concatenate(inside) if inside else [])
+
+
+def _share(inside) -> float:
+    return float(np.mean(inside)) if len(inside) else math.nan
 
 
 def _load_members(workspaces, mode):
@@ -183,7 +196,8 @@ def _run_members(members, dataset, streams):
 
 def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, season: int = 1,
              max_ar: int = 24, tolerance: float = 0.04, out=None, plot: bool = False,
-             streams: int = 8, mode: str = MODE, warmup: int = 0) -> dict:
+             streams: int = 8, mode: str = MODE, warmup: int = 0,
+             track_step: float = DEFAULT_STEP) -> dict:
     """Evaluate a workspace's model, or an ensemble's, on a split, beside the chosen baselines.
 
     ``workspace`` is one path or a list of them: several are one ensemble (their
@@ -200,10 +214,14 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
     ``baselines`` are names from :data:`ALL_BASELINES` (``ets`` and ``arima``
     need statsmodels). Every method is scored on the target values from frame
     ``warmup`` of each sequence on; the frames before are still predicted from.
+    A probabilistic model's interval is also tracked (:mod:`sophia.evaluation.tracking`,
+    from the first scored frame, with ``track_step``; 0: not) and scored as
+    ``coverage_tracked``.
 
     Raises :class:`EvalError` naming the file or field for a missing or bad
     workspace, a missing split, dims that differ from the model's, an unknown
-    baseline, ``ets``/``arima`` without statsmodels, bad numbers, or ``plot``
+    baseline, ``ets``/``arima`` without statsmodels, bad numbers (``track_step``
+    included), or ``plot``
     without matplotlib.
     """
     unknown = [b for b in baselines if b not in ALL_BASELINES]
@@ -221,6 +239,10 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
             raise EvalError(f"{name} must be >= {low}, got {value}")
     if not tolerance >= 0:
         raise EvalError(f"--tolerance must be >= 0, got {tolerance}")
+    try:
+        check_step(track_step)
+    except ValueError as error:
+        raise EvalError(f"--track_step: {error}") from None
     if plot:
         require_matplotlib()
     workspaces = [workspace] if isinstance(workspace, (str, os.PathLike)) else list(workspace)
@@ -248,7 +270,8 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
     metric_names = list(POINT_METRICS)
     if probabilistic:
         metric_names += PROBABILISTIC_METRICS[options.output_activation]
-        _score_distribution(outputs, scored, options, overall, per_sequence)
+        metric_names += ["coverage_tracked"] if track_step > 0 else []
+        _score_distribution(outputs, scored, options, overall, per_sequence, track_step)
     rows = id_indices(dataset, ids)
     report = {
         "format": FORMAT, "workspace": workspace, "members": [m[0] for m in members],
@@ -256,7 +279,8 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         "split": split, "input_dim": model.input_dim, "target_dim": model.target_dim,
         "output_activation": options.output_activation, "output_dim": model.output_dim,
         "channels": channel_names(options),
-        "interval": dict(zip(("lower", "upper"), central_interval(options))) if probabilistic else None,
+        "interval": ({**dict(zip(("lower", "upper"), central_interval(options))),
+                      "track_step": track_step} if probabilistic else None),
         "season": season, "max_ar": max_ar, "tolerance": tolerance, "warmup": warmup,
         "mase_scale": scale,
         "methods": list(predictions), "metrics": metric_names, "baselines": params,
@@ -311,7 +335,8 @@ def format_table(report) -> str:
     extra = [k for k in report["metrics"] if k not in POINT_METRICS]
     interval = report.get("interval") or {}
     names = {"nll": "NLL", "pinball": "pinball",
-             "coverage": f"cover[{interval.get('lower', 0.1):g},{interval.get('upper', 0.9):g}]"}
+             "coverage": f"cover[{interval.get('lower', 0.1):g},{interval.get('upper', 0.9):g}]",
+             "coverage_tracked": "tracked"}
     header = (["method", "RMSE", "MAE", "MASE", "max|err|", f"wrong@{report['tolerance']:g}", "N"]
               + [names.get(k, k) for k in extra])
     lines = [header]

@@ -8,6 +8,8 @@ A probabilistic model's output [T][C·k] is split into channels
   (gaussian: μ ± 1.2816 σ; quantile: [q0.1, q0.9]), or, for quantile levels without
   both 0.1 and 0.9, the interval between the lowest and the highest level.
 - :func:`interval_bounds` -- that interval's lower and upper bounds [T][k].
+- :func:`interval_center` -- the point it is scaled about when tracked
+  (:mod:`sophia.evaluation.tracking`): the mean or the median [T][k].
 - :func:`probabilistic_metrics` -- ``nll`` (gaussian: mean negative log-likelihood per
   target value, ``½ log 2π`` included) or ``pinball`` (quantile: mean pinball loss
   per target value and level), and ``coverage``, the share of target values inside
@@ -54,6 +56,20 @@ def interval_bounds(output_tK, options) -> tuple[np.ndarray, np.ndarray]:
     lower, upper = central_interval(options)
     levels = list(options.quantiles)
     return out_tck[:, _nearest(levels, lower)], out_tck[:, _nearest(levels, upper)]
+
+
+def interval_center(output_tK, options) -> np.ndarray:
+    """The centre [T][k] about which the interval is scaled (:mod:`sophia.evaluation.tracking`):
+    the Gaussian's mean; the quantile model's 0.5 level, or without one the middle of
+    :func:`interval_bounds`."""
+    out_tck = channels_tck(np.asarray(output_tK, np.float64), num_channels(options))
+    if options.output_activation == "gaussian":
+        return out_tck[:, 0]
+    levels = list(options.quantiles)
+    if any(abs(q - 0.5) < 1e-9 for q in levels):
+        return out_tck[:, _nearest(levels, 0.5)]
+    lower_tk, upper_tk = interval_bounds(output_tK, options)
+    return 0.5 * (lower_tk + upper_tk)
 
 
 def probabilistic_metrics(output_tK, target_tk, options) -> dict:
