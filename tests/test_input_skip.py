@@ -121,7 +121,7 @@ def test_a_linear_start_also_zeroes_a_weight_normed_output_layer(data):
         start_linear(Net(ModelOptions(input_dim=3, target_dim=2, net_width=4)), Dataset.open(data, "train"))
 
 
-@pytest.mark.parametrize("unit_type, loss_type", [("lstm", "l2"), ("gru", "gaussian")])
+@pytest.mark.parametrize("unit_type, loss_type", [("lstm", "l2"), ("gru", "gaussian"), ("fc", "gaussian")])
 def test_gradients_through_the_skip_match_finite_differences(unit_type, loss_type):
     activation = "gaussian" if loss_type == "gaussian" else "identity"
     net = make_net(unit_type=unit_type, input_skip=True, output_activation=activation)
