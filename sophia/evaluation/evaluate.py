@@ -39,7 +39,7 @@ from sophia.evaluation.metrics import POINT_METRICS, mase_scale, point_metrics
 from sophia.evaluation.plot import plot_predictions, require_matplotlib
 from sophia.evaluation.probabilistic import (PROBABILISTIC_METRICS, central_interval, interval_bounds,
                                              probabilistic_metrics)
-from sophia.evaluation.tracking import DEFAULT_STEP, check_step, tracked_inside
+from sophia.evaluation.tracking import DEFAULT_STEP, check_step, tracked_inside, tracked_interval
 from sophia.graph.output_layout import channel_names, channels_tck, point_channel
 from sophia.evaluation.whole import WholeSequenceModel, run_whole_sequences
 from sophia.serving.model import MODE, load_model
@@ -295,8 +295,10 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         _write(Path(out), dataset, outputs, report)
         if plot:
             bands = [interval_bounds(o, options) for o in outputs] if probabilistic else None
+            tracked = ([tracked_interval(o, t, options, track_step) for o, t in zip(outputs, scored)]
+                       if probabilistic and track_step > 0 else None)
             plot_predictions(Path(out) / PLOT, [s.path for s in dataset.sequences], targets,
-                             predictions, bands=bands)
+                             predictions, bands=bands, tracked=tracked)
     return report
 
 

@@ -3,7 +3,8 @@
 - :func:`require_matplotlib` -- raise :class:`~sophia.evaluation.EvalError` naming
   the extra to install when matplotlib is missing.
 - :func:`plot_predictions` -- one panel per sequence, the first target element, with
-  the model's interval as a shaded band where it has one.
+  the model's interval as a shaded band where it has one, and its tracked interval as
+  dashed lines.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def require_matplotlib() -> None:
         raise EvalError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
 
 
-def plot_predictions(path, names, targets, predictions, count: int = 3, bands=None) -> int:
+def plot_predictions(path, names, targets, predictions, count: int = 3, bands=None,
+                     tracked=None) -> int:
     """Draw target element 0 and each method's prediction for the first ``count`` sequences.
 
     Parameters
@@ -35,6 +37,9 @@ def plot_predictions(path, names, targets, predictions, count: int = 3, bands=No
         Each method's predictions, sequence by sequence (``"model"`` first).
     bands : list of (ndarray [T][k], ndarray [T][k]), optional
         The model's interval (lower, upper) per sequence, drawn shaded.
+    tracked : list of (ndarray [T][k], ndarray [T][k]), optional
+        The tracked interval per sequence (:mod:`sophia.evaluation.tracking`), drawn
+        as dashed lines.
 
     Returns the number of panels drawn. Raises :class:`EvalError` without matplotlib.
     """
@@ -51,6 +56,10 @@ def plot_predictions(path, names, targets, predictions, count: int = 3, bands=No
             lower_tk, upper_tk = bands[n]
             ax.fill_between(range(len(lower_tk)), lower_tk[:, 0], upper_tk[:, 0], color="C0",
                             alpha=0.2, linewidth=0, label="model interval")
+        if tracked is not None:
+            lower_tk, upper_tk = tracked[n]
+            ax.plot(lower_tk[:, 0], "--", color="C0", linewidth=0.8, label="tracked interval")
+            ax.plot(upper_tk[:, 0], "--", color="C0", linewidth=0.8)
         ax.plot(targets[n][:, 0], "k.", markersize=3, label="target")
         for method, outputs in predictions.items():
             ax.plot(outputs[n][:, 0], linewidth=1.2 if method == "model" else 0.8,

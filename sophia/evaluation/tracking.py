@@ -23,8 +23,8 @@ trades how fast it follows a change against how much it wanders (default
 
 - :class:`IntervalTracker` -- the streaming form, for a client of the server.
 - :func:`tracked_bounds` -- the same over a whole sequence [T][k].
-- :func:`tracked_inside` -- which targets a model output's tracked interval holds:
-  ``sophia-eval``'s ``coverage_tracked``.
+- :func:`tracked_interval` -- a model output's tracked interval over one sequence.
+- :func:`tracked_inside` -- which targets it holds: ``sophia-eval``'s ``coverage_tracked``.
 
 Example
 -------
@@ -102,17 +102,23 @@ def tracked_bounds(lower_tk, center_tk, upper_tk, target_tk, miss_rate: float,
     return out_lower, out_upper
 
 
-def tracked_inside(output_tK, target_tk, options, step: float = DEFAULT_STEP) -> np.ndarray:
-    """Whether each non-NaN target of one sequence [T][k] lies inside the tracked interval
-    of a probabilistic model's output [T][C·k] (bounds included), in row-major order:
-    a bool vector whose mean is the tracked coverage. ``options``: the model's
-    ModelOptions (gaussian or quantile)."""
-    target_tk = np.asarray(target_tk, np.float64)
-    seen = ~np.isnan(target_tk)
+def tracked_interval(output_tK, target_tk, options, step: float = DEFAULT_STEP):
+    """The tracked ``(lower_tk, upper_tk)`` [T][k] of a probabilistic model's output
+    [T][C·k] over one sequence with targets [T][k]. ``options``: the model's ModelOptions
+    (gaussian or quantile); the miss rate is 1 minus the interval's width in levels."""
     lower_level, upper_level = central_interval(options)
     lower_tk, upper_tk = interval_bounds(output_tK, options)
-    lower_tk, upper_tk = tracked_bounds(lower_tk, interval_center(output_tK, options), upper_tk,
-                                        target_tk, 1.0 - (upper_level - lower_level), step)
+    return tracked_bounds(lower_tk, interval_center(output_tK, options), upper_tk, target_tk,
+                          1.0 - (upper_level - lower_level), step)
+
+
+def tracked_inside(output_tK, target_tk, options, step: float = DEFAULT_STEP) -> np.ndarray:
+    """Whether each non-NaN target of one sequence [T][k] lies inside
+    :func:`tracked_interval` (bounds included), in row-major order: a bool vector whose
+    mean is the tracked coverage."""
+    target_tk = np.asarray(target_tk, np.float64)
+    seen = ~np.isnan(target_tk)
+    lower_tk, upper_tk = tracked_interval(output_tK, target_tk, options, step)
     return (lower_tk[seen] <= target_tk[seen]) & (target_tk[seen] <= upper_tk[seen])
 
 
