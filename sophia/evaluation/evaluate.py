@@ -37,9 +37,9 @@ from sophia.evaluation.ensemble import check_members, combine
 from sophia.evaluation.inference import id_indices, run_model
 from sophia.evaluation.metrics import POINT_METRICS, mase_scale, point_metrics
 from sophia.evaluation.plot import plot_predictions, require_matplotlib
-from sophia.evaluation.probabilistic import (PROBABILISTIC_METRICS, central_interval, interval_bounds,
-                                             probabilistic_metrics)
-from sophia.evaluation.tracking import DEFAULT_STEP, check_step, tracked_inside, tracked_interval
+from sophia.evaluation.probabilistic import (PROBABILISTIC_METRICS, central_interval, inside,
+                                             interval_bounds, probabilistic_metrics)
+from sophia.evaluation.tracking import DEFAULT_STEP, check_step, tracked_interval
 from sophia.graph.output_layout import channel_names, channels_tck, point_channel
 from sophia.evaluation.whole import WholeSequenceModel, run_whole_sequences
 from sophia.serving.model import MODE, load_model
@@ -138,26 +138,25 @@ def _score(predictions, targets, scale, tolerance):
     return overall, per_sequence
 
 
-def _score_distribution(outputs, targets, options, overall, per_sequence, track_step) -> None:
+def _score_distribution(outputs, targets, options, overall, per_sequence, tracked) -> None:
     """Add the model's probabilistic metrics to its overall and per-sequence entries;
-    with ``track_step`` > 0 also ``coverage_tracked`` (each sequence tracked from its
-    first frame, :mod:`sophia.evaluation.tracking`)."""
+    with ``tracked`` (each sequence's tracked ``(lower_tk, upper_tk)``,
+    :mod:`sophia.evaluation.tracking`) also ``coverage_tracked``."""
     width = targets[0].shape[1] if targets else options.target_dim
     stacked = np.concatenate(outputs) if outputs else np.zeros((0, len(channel_names(options)) * width))
     all_targets = np.concatenate(targets) if targets else np.zeros((0, width))
     overall["model"].update(probabilistic_metrics(stacked, all_targets, options))
-    inside = []
     for n, (output_tK, target_tk) in enumerate(zip(outputs, targets)):
         per_sequence[n]["model"].update(probabilistic_metrics(output_tK, target_tk, options))
-        if track_step > 0:
-            inside.append(tracked_inside(output_tK, target_tk, options, track_step))
-            per_sequence[n]["model"]["coverage_tracked"] = _share(inside[-1])
-    if track_step > 0:
-        overall["model"]["coverage_tracked"] = _share(np.concatenate(inside) if inside else [])
+    if tracked is not None:
+        hits = [inside(lower_tk, upper_tk, t) for (lower_tk, upper_tk), t in zip(tracked, targets)]
+        for n, hits_n in enumerate(hits):
+            per_sequence[n]["model"]["coverage_tracked"] = _share(hits_n)
+        overall["model"]["coverage_tracked"] = _share(np.concatenate(hits) if hits else [])
 
 
-def _share(inside) -> float:
-    return float(np.mean(inside)) if len(inside) else math.nan
+def _share(hits) -> float:
+    return float(np.mean(hits)) if len(hits) else math.nan
 
 
 def _load_members(workspaces, mode):
@@ -266,12 +265,14 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         baselines, targets, train_targets, dev_targets, mean_k, season, max_ar)
     predictions = {"model": point_outputs, **baseline_predictions}
     scored = [_after_warmup(t, warmup) for t in targets]
+    tracked = ([tracked_interval(o, t, options, track_step) for o, t in zip(outputs, scored)]
+               if probabilistic and track_step > 0 else None)
     overall, per_sequence = _score(predictions, scored, scale, tolerance)
     metric_names = list(POINT_METRICS)
     if probabilistic:
         metric_names += PROBABILISTIC_METRICS[options.output_activation]
-        metric_names += ["coverage_tracked"] if track_step > 0 else []
-        _score_distribution(outputs, scored, options, overall, per_sequence, track_step)
+        metric_names += ["coverage_tracked"] if tracked is not None else []
+        _score_distribution(outputs, scored, options, overall, per_sequence, tracked)
     rows = id_indices(dataset, ids)
     report = {
         "format": FORMAT, "workspace": workspace, "members": [m[0] for m in members],
@@ -295,8 +296,6 @@ def evaluate(workspace, data_dir, split: str = "test", baselines=BASELINES, seas
         _write(Path(out), dataset, outputs, report)
         if plot:
             bands = [interval_bounds(o, options) for o in outputs] if probabilistic else None
-            tracked = ([tracked_interval(o, t, options, track_step) for o, t in zip(outputs, scored)]
-                       if probabilistic and track_step > 0 else None)
             plot_predictions(Path(out) / PLOT, [s.path for s in dataset.sequences], targets,
                              predictions, bands=bands, tracked=tracked)
     return report

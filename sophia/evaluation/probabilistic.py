@@ -10,6 +10,7 @@ A probabilistic model's output [T][C·k] is split into channels
 - :func:`interval_bounds` -- that interval's lower and upper bounds [T][k].
 - :func:`interval_center` -- the point it is scaled about when tracked
   (:mod:`sophia.evaluation.tracking`): the mean or the median [T][k].
+- :func:`inside` -- which targets an interval holds (``coverage`` is their share).
 - :func:`probabilistic_metrics` -- ``nll`` (gaussian: mean negative log-likelihood per
   target value, ``½ log 2π`` included) or ``pinball`` (quantile: mean pinball loss
   per target value and level), and ``coverage``, the share of target values inside
@@ -89,9 +90,15 @@ def probabilistic_metrics(output_tK, target_tk, options) -> dict:
         levels = np.asarray(options.quantiles, np.float64)
         u_nc = y[:, None] - np.stack([out_tck[:, c][seen] for c in range(len(levels))], axis=1)
         value = float(np.mean(np.maximum(levels * u_nc, (levels - 1.0) * u_nc)))
-    lower_tk, upper_tk = interval_bounds(output_tK, options)
-    inside = (lower_tk[seen] <= y) & (y <= upper_tk[seen])
-    return {score: value, "coverage": float(np.mean(inside))}
+    return {score: value, "coverage": float(np.mean(inside(*interval_bounds(output_tK, options), target_tk)))}
+
+
+def inside(lower_tk, upper_tk, target_tk) -> np.ndarray:
+    """Whether each non-NaN target [T][k] lies in ``[lower_tk, upper_tk]`` (bounds
+    included), in row-major order: a bool vector whose mean is the coverage."""
+    target_tk = np.asarray(target_tk, np.float64)
+    seen = ~np.isnan(target_tk)
+    return (lower_tk[seen] <= target_tk[seen]) & (target_tk[seen] <= upper_tk[seen])
 
 
 def _nearest(levels, level) -> int:

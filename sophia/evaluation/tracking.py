@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from sophia.evaluation.probabilistic import central_interval, interval_bounds, interval_center
+from sophia.evaluation.probabilistic import central_interval, inside, interval_bounds, interval_center
 
 DEFAULT_STEP = 0.1
 
@@ -116,10 +116,7 @@ def tracked_inside(output_tK, target_tk, options, step: float = DEFAULT_STEP) ->
     """Whether each non-NaN target of one sequence [T][k] lies inside
     :func:`tracked_interval` (bounds included), in row-major order: a bool vector whose
     mean is the tracked coverage."""
-    target_tk = np.asarray(target_tk, np.float64)
-    seen = ~np.isnan(target_tk)
-    lower_tk, upper_tk = tracked_interval(output_tK, target_tk, options, step)
-    return (lower_tk[seen] <= target_tk[seen]) & (target_tk[seen] <= upper_tk[seen])
+    return inside(*tracked_interval(output_tK, target_tk, options, step), target_tk)
 
 
 def check_step(step) -> None:
