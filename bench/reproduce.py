@@ -125,7 +125,7 @@ TARGET_OPTION = {"dev_loss": "target_dev_loss", "dev_max_error": "target_dev_max
                  "train_streak": "target_train_streak"}
 CRITERION_TEXT = {"dev_loss": "the first dev loss <= {:g}",
                   "dev_max_error": "the first dev max |error| <= {:g}",
-                  "train_streak": f"{{:g}} training sequences in a row with |error| <= {ADDING_TOLERANCE}"}
+                  "train_streak": "{:g} training sequences in a row with |error| <= {tolerance:g}"}
 # Sizes: {task: (full, quick)}; --train/--dev/--test/--max_* override them.
 SIZES = {
     "adding": (dict(train=100_000, dev=256, test=2560),
@@ -406,11 +406,23 @@ def majority_answer_rate(train, test):
     return float(np.mean([arithmetic.value(e) == values[np.argmax(counts)] for e in test]))
 
 
+def _streak_tolerance(args):
+    """The run's ``streak_tolerance``, as its workspace's options.json saved it (the
+    config's or a ``--set``), else the paper's 0.04."""
+    saved = args.work / "ws" / "options.json"
+    if saved.exists():
+        sections = json.loads(saved.read_text()).values()
+        return next((float(section["streak_tolerance"]) for section in sections
+                     if isinstance(section, dict) and "streak_tolerance" in section), ADDING_TOLERANCE)
+    return ADDING_TOLERANCE
+
+
 def _used_text(used, args):
     if args.criterion is None:
         return f"training sequences: {used['to_best']:,} to the best model, {used['total']:,} in all"
     met = ("never" if used["to_criterion"] is None else f"{used['to_criterion']:,}")
-    text = (f"training sequences: {met} to {CRITERION_TEXT[args.criterion_on].format(args.criterion)}, "
+    criterion = CRITERION_TEXT[args.criterion_on].format(args.criterion, tolerance=_streak_tolerance(args))
+    text = (f"training sequences: {met} to {criterion}, "
             f"{used['to_best']:,} to the best model, {used['total']:,} in all")
     split = (args.counts or {}).get("train")
     if args.criterion_on == "train_streak" and split and used["total"] > split:

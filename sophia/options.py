@@ -40,7 +40,7 @@ OUTPUT_OF_LOSS = {"l2": "identity", "l1": "identity", "huber": "identity",
                   "xent": "softmax", "bce": "sigmoid", "gaussian": "gaussian", "quantile": "quantile"}
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 UPDATE_TYPES = ("sgd", "momentum", "nesterov", "hessian_free")
-FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam")
+FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam", "amsgrad")
 # Options the hessian_free update does not read (the first-order optimizer's, the
 # regularisation of its training graph, and the training streak, which HF steps do
 # not count): a non-default value would be ignored.
@@ -158,12 +158,12 @@ class TrainOptions:
     step_size: int = _opt(32, "h': new frames per window (loss covers these)")
     update_type: str = _opt("sgd", "sgd | momentum | nesterov (first-order, with force_type) | hessian_free (Martens 2010; the hf_* options; loss l2, step_size = window_size)")
     update_mu: float = _opt(0.9, "momentum coefficient")
-    force_type: str = _opt("adam", "vanilla | adadelta | rmsprop | adam")
+    force_type: str = _opt("adam", "vanilla | adadelta | rmsprop | adam | amsgrad (Adam with the largest second moment so far)")
     rms_decay: float = _opt(0.9, "rmsprop decay of the squared-gradient average")
     adadelta_decay: float = _opt(0.95, "adadelta decay of both running averages")
-    adam_beta1: float = _opt(0.9, "adam first-moment decay")
-    adam_beta2: float = _opt(0.999, "adam second-moment decay")
-    force_epsilon: float = _opt(1e-6, "denominator guard of adadelta/rmsprop/adam")
+    adam_beta1: float = _opt(0.9, "adam/amsgrad first-moment decay")
+    adam_beta2: float = _opt(0.999, "adam/amsgrad second-moment decay")
+    force_epsilon: float = _opt(1e-6, "denominator guard of adadelta/rmsprop/adam/amsgrad")
     grad_norm_clip: float = _opt(0.0, "clip the gradient's global norm to this; 0 = off")
     ema_decay: float = _opt(0.0, "evaluate and save a bias-corrected running average of the weights (training goes on from the live ones); 0 = off")
     dropout: float = _opt(0.0, "training only: drop each element of every hidden layer's output (the input of the layer above and of the output layer; not the recurrent path, not the input frames) with this probability, the rest scaled by 1/(1-dropout); 0 = off")

@@ -30,7 +30,7 @@ def compile_regression(force_type, update_type, **kwargs):
     return f_step, opt, (v_w, v_b)
 
 
-LEARNING_RATES = {"vanilla": 0.05, "rmsprop": 0.01, "adadelta": 1.0, "adam": 0.05}
+LEARNING_RATES = {"vanilla": 0.05, "rmsprop": 0.01, "adadelta": 1.0, "adam": 0.05, "amsgrad": 0.05}
 EPSILONS = {"adadelta": 1e-3}   # Adadelta's first steps are ~sqrt(ε): 1e-6 needs thousands of steps
 
 
@@ -61,6 +61,29 @@ def test_adam_follows_the_paper_update_rule():
         w = w - 0.1 * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
         f_step(0.1)
         np.testing.assert_allclose(v_w.get_value(), w, rtol=1e-12)
+
+
+def test_amsgrad_divides_by_the_largest_second_moment_so_far():
+    """Reddi, Kale & Kumar (2018), AMSGrad with Adam's bias correction (PyTorch's rule), on
+    gradients that shrink 100-fold after three steps: Adam's step grows then, AMSGrad's not."""
+    v_w = th.shared(np.zeros(2), name="w")
+    p_g, p_lr = tt.vector("p_g", dtype="float64"), tt.scalar("p_lr", dtype="float64")
+    b1, b2, eps = 0.9, 0.99, 1e-8
+    opt = Optimizer([v_w], [p_g], p_lr, force_type="amsgrad", update_type="sgd",
+                    adam_beta1=b1, adam_beta2=b2, force_epsilon=eps)
+    f_step = th.function([p_g, p_lr], [], updates=opt.updates, mode=MODE)
+    w, m, v, v_max, steps = np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), []
+    for t in range(1, 31):
+        g = np.array([1.0, -0.5]) * (1.0 if t <= 3 else 0.01)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+        v_max = np.maximum(v_max, v)
+        step = 0.1 * (m / (1 - b1 ** t)) / (np.sqrt(v_max / (1 - b2 ** t)) + eps)
+        w = w - step
+        steps.append(np.abs(step).max())
+        f_step(g, 0.1)
+        np.testing.assert_allclose(v_w.get_value(), w, rtol=1e-12)
+    assert max(steps[3:]) <= steps[2]        # shrinking gradients never enlarge the step
+    assert {v.name for v in opt.v_state} == {"adam.t", "params.m", "params.v", "params.v_max"}
 
 
 def test_reset_clears_all_optimizer_state():

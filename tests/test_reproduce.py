@@ -68,14 +68,24 @@ def test_adding_stops_by_a_training_streak_and_the_others_by_dev_loss(tmp_path):
     assert "target_dev_loss=0.0139" in args.limits
 
 
-def test_a_streak_over_recycled_sequences_is_flagged():
-    args = argparse.Namespace(criterion=2000, criterion_on="train_streak", counts={"train": 20_000})
+def test_a_streak_over_recycled_sequences_is_flagged(tmp_path):
+    args = argparse.Namespace(criterion=2000, criterion_on="train_streak", counts={"train": 20_000},
+                              work=tmp_path)
     used = dict(to_criterion=37_035, to_best=37_035, total=37_035)
     text = reproduce._used_text(used, args)
-    assert text.startswith("training sequences: 37,035 to 2000 training sequences in a row")
+    assert text.startswith("training sequences: 37,035 to 2000 training sequences in a row "
+                           "with |error| <= 0.04")
     assert "more than the 20,000 training sequences" in text
     args.counts = {"train": 100_000}
     assert "NOTE" not in reproduce._used_text(used, args)
+
+
+def test_the_streak_names_the_runs_own_tolerance(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "options.json").write_text('{"model": {}, "train": {"streak_tolerance": 0.3}}')
+    args = argparse.Namespace(criterion=5000, criterion_on="train_streak", counts=None, work=tmp_path)
+    text = reproduce._used_text(dict(to_criterion=9_113, to_best=9_113, total=9_113), args)
+    assert "to 5000 training sequences in a row with |error| <= 0.3," in text
 
 
 def test_tiny_adding_run_end_to_end(tmp_path, capsys):

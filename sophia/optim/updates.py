@@ -1,7 +1,7 @@
 """Optimizers as a *force* (the direction of a step) times an *update* rule.
 
 A force turns gradients into directions: ``vanilla`` (the gradient), ``rmsprop``,
-``adadelta`` or ``adam``. An update rule moves the parameters along them, scaled
+``adadelta``, ``adam`` or ``amsgrad``. An update rule moves the parameters along them, scaled
 by the learning rate: ``sgd``, ``momentum`` or ``nesterov``. Any force combines
 with any update. Gradient-norm clipping is a separate step before the force. Decoupled
 weight decay (``weight_decay``; AdamW, Loshchilov & Hutter 2019) shrinks the weight
@@ -114,6 +114,21 @@ def adam(g, state, opts):
     return m_hat / (tt.sqrt(v_hat) + eps), OrderedDict({v_t: t, v_m: m, v_v: v})
 
 
+def amsgrad(g, state, opts):
+    """Reddi, Kale & Kumar 2018: Adam whose denominator is the largest second moment so
+    far, max(v_max, v) bias-corrected as Adam's (PyTorch's ``amsgrad=True``). A step
+    never grows because recent gradients shrank, as Adam's do near a solved task."""
+    b1, b2, eps = opts["adam_beta1"], opts["adam_beta2"], opts["force_epsilon"]
+    v_t, v_m, v_v, v_vmax = (state.scalar("adam.t"), state.vector("m"), state.vector("v"),
+                             state.vector("v_max"))
+    t = v_t + 1
+    m = b1 * v_m + (1 - b1) * g
+    v = b2 * v_v + (1 - b2) * tt.sqr(g)
+    v_max = tt.maximum(v_vmax, v)
+    m_hat, v_hat = m / (1 - b1 ** t), v_max / (1 - b2 ** t)
+    return m_hat / (tt.sqrt(v_hat) + eps), OrderedDict({v_t: t, v_m: m, v_v: v, v_vmax: v_max})
+
+
 # An update rule maps the direction d to the change of the flat parameter vector:
 # update(d, s_lr, state, mu) -> (change, updates).
 def sgd(d, s_lr, state, mu):
@@ -135,7 +150,8 @@ def nesterov(d, s_lr, state, mu):
     return mu * vel - s_lr * d, OrderedDict({v_vel: vel})
 
 
-FORCES = {"vanilla": vanilla, "rmsprop": rmsprop, "adadelta": adadelta, "adam": adam}
+FORCES = {"vanilla": vanilla, "rmsprop": rmsprop, "adadelta": adadelta, "adam": adam,
+          "amsgrad": amsgrad}
 UPDATES = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov}
 
 
