@@ -193,6 +193,7 @@ def test_tiny_arithmetic_run_end_to_end(tmp_path, capsys):
     assert "arithmetic: exact match on 400 held-out expressions" in capsys.readouterr().out
 
 
+@pytest.mark.slow      # two arithmetic trainings (~40 s); tests/test_eval_ensemble.py covers the rule
 def test_an_arithmetic_ensemble_decodes_greedily_what_its_mean_probability_scores(tmp_path, capsys):
     """Two seeds on one dataset: the greedy answers of sophia-generate's ensemble step
     (the mean of the members' probabilities fed back) score what sophia-eval's
