@@ -647,7 +647,7 @@ def run_pathological(args):
     task, options, kind, scored = PATHOLOGICAL[args.problem]
     config = PATHOLOGICAL_CONFIGS / f"{args.method}.toml"
     sets = pathological_sets(args.problem, args.method, args.T, args.set) + list(args.set)
-    tolerance = DEV_TOLERANCE[kind]
+    tolerance = DEV_TOLERANCE[kind] if args.dev_tolerance is None else args.dev_tolerance
     limits = args.limits + [f"target_dev_max_error={tolerance:g}"]
     runs = []
     for seed in args.seeds:
@@ -796,9 +796,23 @@ def build_parser():
                           "(configs/pathological/METHOD.toml)")
     long_lag.add_argument("--seeds", type=_seed_list, default=[1, 2, 3],
                           help="comma-separated seeds, one run each (default 1,2,3)")
+    long_lag.add_argument("--dev_tolerance", type=_positive_float, help="stop at the first epoch whose every "
+                          "dev target element is within this of its target (default per answer "
+                          "kind, DEV_TOLERANCE: 0.04 for numbers, 0.5 for bits and classes)")
     long_lag.add_argument("--allowed_wrong_fraction", type=float, default=0.0, help="a run succeeds "
                           "with at most this fraction of wrong test answers (default 0: all right)")
     return parser
+
+
+def _positive_float(text):
+    """A float above 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def _seed_list(text):

@@ -105,6 +105,10 @@ def test_seeds_parse_and_bad_seeds_are_refused(capsys):
         reproduce.build_parser().parse_args(["pathological", "--problem", "xor", "--method", "hf",
                                              "--seeds", "one"])
     assert "--seeds takes comma-separated integers, got 'one'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.build_parser().parse_args(["pathological", "--problem", "xor", "--method", "hf",
+                                             "--dev_tolerance", "0"])
+    assert "expected a number above 0, got '0'" in capsys.readouterr().err
 
 
 TINY = ["--train", "24", "--dev", "4", "--test", "6", "--max_epochs", "1",
@@ -117,7 +121,7 @@ TINY = ["--train", "24", "--dev", "4", "--test", "6", "--max_epochs", "1",
                                                     ("rnn_nesterov", "xor", "5")])
 def test_tiny_run_end_to_end_reports_success_per_seed(tmp_path, capsys, method, problem, seeds):
     T = 12 if problem == "memorization_5" else 11
-    extra = ["--set", "hf_max_cg_iters=3"] if method == "hf" else []
+    extra = {"hf": ["--set", "hf_max_cg_iters=3"], "rnn_nesterov": ["--dev_tolerance", "0.2"]}.get(method, [])
     report = reproduce.main(["pathological", "--problem", problem, "--T", str(T), "--method", method,
                              "--seeds", seeds, "--work", str(tmp_path)] + TINY + extra)
     runs = report["runs"]
@@ -139,3 +143,5 @@ def test_tiny_run_end_to_end_reports_success_per_seed(tmp_path, capsys, method, 
     assert f"{problem} T={T} {method}: success {successes}/{len(runs)} seeds" in out
     if method == "hf":
         assert "HF step on the scan engine" in out
+    tolerance = 0.2 if method == "rnn_nesterov" else reproduce.DEV_TOLERANCE[reproduce.PATHOLOGICAL[problem][2]]
+    assert report["limits"][-1] == f"target_dev_max_error={tolerance:g}"
