@@ -121,7 +121,8 @@ TINY = ["--train", "24", "--dev", "4", "--test", "6", "--max_epochs", "1",
                                                     ("rnn_nesterov", "xor", "5")])
 def test_tiny_run_end_to_end_reports_success_per_seed(tmp_path, capsys, method, problem, seeds):
     T = 12 if problem == "memorization_5" else 11
-    extra = {"hf": ["--set", "hf_max_cg_iters=3"], "rnn_nesterov": ["--dev_tolerance", "0.2"]}.get(method, [])
+    extra = {"hf": ["--set", "hf_max_cg_iters=3"],
+             "rnn_nesterov": ["--stop", "dev", "--dev_tolerance", "0.2"]}.get(method, [])
     report = reproduce.main(["pathological", "--problem", problem, "--T", str(T), "--method", method,
                              "--seeds", seeds, "--work", str(tmp_path)] + TINY + extra)
     runs = report["runs"]
@@ -143,5 +144,21 @@ def test_tiny_run_end_to_end_reports_success_per_seed(tmp_path, capsys, method, 
     assert f"{problem} T={T} {method}: success {successes}/{len(runs)} seeds" in out
     if method == "hf":
         assert "HF step on the scan engine" in out
-    tolerance = 0.2 if method == "rnn_nesterov" else reproduce.DEV_TOLERANCE[reproduce.PATHOLOGICAL[problem][2]]
-    assert report["limits"][-1] == f"target_dev_max_error={tolerance:g}"
+    if method == "lstm_adam":           # first-order default: the training streak
+        frames = reproduce.target_frames("memorization", {"bits": 5}, T)
+        assert frames == T                # memorization has a target at every frame
+        assert report["stop"] == "streak"
+        assert report["limits"][-2:] == [f"target_train_streak={5000 * frames}", "streak_tolerance=0.3"]
+    else:
+        tolerance = 0.2 if method == "rnn_nesterov" else reproduce.DEV_TOLERANCE["real"]
+        assert report["stop"] == "dev"
+        assert report["limits"][-1] == f"target_dev_max_error={tolerance:g}"
+
+
+@pytest.mark.parametrize("method, flags, message", [
+    ("hf", ["--stop", "streak"], "--stop streak needs a first-order method"),
+    ("lstm_adam", ["--dev_tolerance", "0.2"], "pass --stop dev with it")])
+def test_a_stop_that_cannot_apply_is_refused(tmp_path, method, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        reproduce.main(["pathological", "--problem", "adding", "--T", "11", "--method", method,
+                        "--work", str(tmp_path)] + TINY + flags)
