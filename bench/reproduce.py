@@ -630,7 +630,8 @@ def stop_limits(args, task, options, kind):
     dev target element is within the dev tolerance (``--stop dev``), or the first
     :data:`STREAK_SEQUENCES` training sequences in a row whose every target element is
     within :data:`STREAK_TOLERANCE` (``--stop streak``; the streak counts target frames,
-    so it is that many sequences' worth of them)."""
+    so it is that many sequences' worth of them). A ``--set`` of ``target_train_streak``
+    or ``streak_tolerance`` replaces its default."""
     if args.stop == "dev":
         tolerance = DEV_TOLERANCE[kind] if args.dev_tolerance is None else args.dev_tolerance
         return [f"target_dev_max_error={tolerance:g}"], "dev_max_error", tolerance
@@ -639,9 +640,13 @@ def stop_limits(args, task, options, kind):
                          "training streak (use --stop dev)")
     if args.dev_tolerance is not None:
         raise SystemExit("--dev_tolerance sets the dev stop's tolerance: pass --stop dev with it")
-    frames = STREAK_SEQUENCES * target_frames(task, options, args.T)
-    return ([f"target_train_streak={frames}", f"streak_tolerance={STREAK_TOLERANCE[kind]:g}"],
-            "train_streak", frames)
+    user = cli.parse_sets(list(args.set))     # a --set of either wins over the default
+    try:
+        frames = int(user.get("target_train_streak", STREAK_SEQUENCES * target_frames(task, options, args.T)))
+    except ValueError:
+        raise SystemExit(f"--set target_train_streak takes an integer, got {user['target_train_streak']!r}")
+    limits = [f"target_train_streak={frames}", f"streak_tolerance={STREAK_TOLERANCE[kind]:g}"]
+    return [entry for entry in limits if entry.split("=")[0] not in user], "train_streak", frames
 
 
 def pathological_sets(problem, method, T, user_sets=()):

@@ -155,6 +155,17 @@ def test_tiny_run_end_to_end_reports_success_per_seed(tmp_path, capsys, method, 
         assert report["limits"][-1] == f"target_dev_max_error={tolerance:g}"
 
 
+def test_a_set_streak_replaces_the_default_stop():
+    args = reproduce.build_parser().parse_args(
+        ["pathological", "--problem", "adding", "--method", "lstm_adam", "--stop", "streak",
+         "--set", "streak_tolerance=0.02"])
+    limits, measure, criterion = reproduce.stop_limits(args, "adding", {}, "real")
+    assert limits == ["target_train_streak=5000"] and (measure, criterion) == ("train_streak", 5000)
+    args.set = ["target_train_streak=300"]
+    assert reproduce.stop_limits(args, "adding", {}, "real") == (
+        ["streak_tolerance=0.04"], "train_streak", 300)
+
+
 @pytest.mark.parametrize("method, flags, message", [
     ("hf", ["--stop", "streak"], "--stop streak needs a first-order method"),
     ("lstm_adam", ["--dev_tolerance", "0.2"], "pass --stop dev with it")])
