@@ -407,14 +407,12 @@ def majority_answer_rate(train, test):
 
 
 def _streak_tolerance(args):
-    """The run's ``streak_tolerance``, as its workspace's options.json saved it (the
-    config's or a ``--set``), else the paper's 0.04."""
-    saved = args.work / "ws" / "options.json"
-    if saved.exists():
-        sections = json.loads(saved.read_text()).values()
-        return next((float(section["streak_tolerance"]) for section in sections
-                     if isinstance(section, dict) and "streak_tolerance" in section), ADDING_TOLERANCE)
-    return ADDING_TOLERANCE
+    """The run's ``streak_tolerance``, as its workspace saved it (the config's or a
+    ``--set``), else the paper's 0.04 (no workspace yet)."""
+    ws = args.work / "ws"
+    if not (ws / "options.json").exists():
+        return ADDING_TOLERANCE
+    return load_run_options(Workspace(ws, create=False)).train.streak_tolerance
 
 
 def _used_text(used, args):

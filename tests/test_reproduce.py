@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sophia.workspace import load_net
+from sophia.options import ModelOptions, TrainOptions
+from sophia.workspace import RunOptions, Workspace, load_net, save_run_options
 
 _PATH = Path(__file__).resolve().parents[1] / "bench" / "reproduce.py"
 _spec = importlib.util.spec_from_file_location("reproduce", _PATH)
@@ -81,8 +82,9 @@ def test_a_streak_over_recycled_sequences_is_flagged(tmp_path):
 
 
 def test_the_streak_names_the_runs_own_tolerance(tmp_path):
-    (tmp_path / "ws").mkdir()
-    (tmp_path / "ws" / "options.json").write_text('{"model": {}, "train": {"streak_tolerance": 0.3}}')
+    saved = RunOptions(ModelOptions(input_dim=8, target_dim=4), TrainOptions(streak_tolerance=0.3),
+                       seed=1, data_dir=str(tmp_path))
+    save_run_options(Workspace(tmp_path / "ws"), saved)
     args = argparse.Namespace(criterion=5000, criterion_on="train_streak", counts=None, work=tmp_path)
     text = reproduce._used_text(dict(to_criterion=9_113, to_best=9_113, total=9_113), args)
     assert "to 5000 training sequences in a row with |error| <= 0.3," in text
