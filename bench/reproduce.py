@@ -555,7 +555,9 @@ PATHOLOGICAL = {
 METHODS = ("hf", "lstm_adam", "rnn_nesterov")
 PATHOLOGICAL_CONFIGS = REPO_ROOT / "configs" / "pathological"
 HF_STEPS_PER_EPOCH = 5                 # HF steps between dev evaluations
-FIRST_ORDER_LOSS = {"real": "l2", "binary": "bce", "class": "xent"}
+# The loss of an answer kind, for every method: sigmoid bits (the authors' code scores
+# xor by the sign of its pre-sigmoid output) and softmax classes, as the paper.
+LOSS_OF_KIND = {"real": "l2", "binary": "bce", "class": "xent"}
 # The dev stop: every dev target element within this of its target. For "binary" and
 # one-hot targets 0.5 is sufficient for a right answer (the true class then has the
 # largest output), not necessary, so the stop may come a little late.
@@ -663,14 +665,14 @@ def pathological_sets(problem, method, T, user_sets=()):
               **cli.parse_sets(list(user_sets))}
     longest = longest_sequence(task, T)
     input_dim, target_dim = widths(task, options, T)
-    sets = [f"input_dim={input_dim}", f"target_dim={target_dim}"]
+    sets = [f"input_dim={input_dim}", f"target_dim={target_dim}", f"loss_type={LOSS_OF_KIND[kind]}"]
     if method == "hf":               # whole sequences, zero states: one window holds one
         batch = int(config.get("batch_size", 16))
         sets += [f"window_size={longest}", f"step_size={longest}",
                  f"frames_per_epoch={HF_STEPS_PER_EPOCH * batch * longest}"]
     else:                            # any target in the step reaches back to its frame 0
         per_epoch = int(config.get("frames_per_epoch", 100_000)) * max(1, T // 100)
-        sets += [f"loss_type={FIRST_ORDER_LOSS[kind]}", f"step_size={longest}",
+        sets += [f"step_size={longest}",
                  f"window_size={2 * longest}", f"frames_per_epoch={per_epoch}"]
         if config.get("unit_type") == "lstm":     # half a cell kept over T frames at the start
             bias = max(float(config.get("forget_bias", 1.0)), round(math.log(T / math.log(2)), 2))

@@ -47,7 +47,7 @@ FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam", "amsgrad")
 HF_UNUSED = ("force_type", "rms_decay", "adadelta_decay", "adam_beta1", "adam_beta2",
                     "force_epsilon", "update_mu", "grad_norm_clip", "ema_decay",
                     "dropout", "weight_decay", "input_noise", "target_train_streak")
-HF_LOSS_TYPES = ("l2",)              # the losses whose output Hessian hessian_free builds
+HF_LOSS_TYPES = ("l2", "xent", "bce")  # matching losses: hessian_free builds their output Hessian
 COMPILE_MODES = ("auto", "FAST_COMPILE", "FAST_RUN", "CVM", "NUMBA", "JAX")
 
 
@@ -156,7 +156,7 @@ class TrainOptions:
     eval_batch_size: int = _opt(0, "streams evaluated in parallel (dev loss); 0 = batch_size")
     window_size: int = _opt(64, "h: frames of each BPTT window")
     step_size: int = _opt(32, "h': new frames per window (loss covers these)")
-    update_type: str = _opt("sgd", "sgd | momentum | nesterov (first-order, with force_type) | hessian_free (Martens 2010; the hf_* options; loss l2, step_size = window_size)")
+    update_type: str = _opt("sgd", "sgd | momentum | nesterov (first-order, with force_type) | hessian_free (Martens 2010; the hf_* options; loss l2, xent or bce, step_size = window_size)")
     update_mu: float = _opt(0.9, "momentum coefficient")
     force_type: str = _opt("adam", "vanilla | adadelta | rmsprop | adam | amsgrad (Adam with the largest second moment so far)")
     rms_decay: float = _opt(0.9, "rmsprop decay of the squared-gradient average")

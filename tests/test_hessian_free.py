@@ -3,6 +3,7 @@ backtracking, the line search, the damping rule and the driver on a tiny net."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytensor as th
@@ -62,6 +63,99 @@ def test_gauss_newton_product_equals_explicit_jacobians(tiny, structural):
     v = np.random.default_rng(3).standard_normal(j_o.shape[1])
     gv = functions.f_gv(v, structural, *window)
     np.testing.assert_allclose(gv, g @ v, rtol=1e-5, atol=1e-8)
+
+
+def _categorical_window(net, loss_type, frames=5, batch=3, seed=4):
+    """A window whose targets fit ``loss_type``: one-hot frames (xent) or bits (bce), with
+    NaN frames (xent) or NaN elements (bce)."""
+    input_tbj, time_tb, id_tb, _ = make_window(net, frames=frames, batch=batch, seed=seed)
+    rng = np.random.default_rng(seed)
+    k = net.options.target_dim
+    if loss_type == "xent":
+        target = np.eye(k)[rng.integers(0, k, (frames, batch))]
+        target[rng.random((frames, batch)) < 0.3] = np.nan
+    else:
+        target = rng.integers(0, 2, (frames, batch, k)).astype(float)
+        target[rng.random(target.shape) < 0.3] = np.nan
+    return input_tbj, time_tb, id_tb, target.astype(net.dtype)
+
+
+def _output_hessian(loss_type, logit_tbk, target_tbk):
+    """H_L of the loss per target frame w.r.t. the logits, written out: block-diagonal per
+    frame, (diag(p) − p pᵀ)/n for xent, diag(p (1 − p))/n for bce, 0 off target."""
+    k = logit_tbk.shape[-1]
+    valid = ~np.isnan(target_tbk)
+    n_frames = max(valid.any(axis=-1).sum(), 1)
+    blocks = []
+    for z, ok in zip(logit_tbk.reshape(-1, k), valid.reshape(-1, k)):
+        if loss_type == "xent":
+            p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            block = (np.diag(p) - np.outer(p, p)) * ok.any()
+        else:
+            p = 1 / (1 + np.exp(-z))
+            block = np.diag(p * (1 - p) * ok)
+        blocks.append(block / n_frames)
+    h = np.zeros((len(blocks) * k,) * 2)
+    for n, block in enumerate(blocks):
+        h[n * k:(n + 1) * k, n * k:(n + 1) * k] = block
+    return h
+
+
+@pytest.mark.parametrize("loss_type, activation", [("xent", "softmax"), ("bce", "sigmoid")])
+@pytest.mark.parametrize("structural", [0.0, 0.7])
+def test_gauss_newton_product_of_a_matching_loss_equals_explicit_jacobians(loss_type, activation, structural):
+    """xent and bce: G = Jᵀ H_L J with J the Jacobian of the logits, H_L the softmax's or
+    the sigmoid's (a matching loss), and the structural term as for l2."""
+    net = make_net("float64", target_dim=3, output_activation=activation)
+    graph = build_net_graph(net, step_size=STEP, loss_type=loss_type)
+    functions = compile_functions(graph, mode=MODE)
+    f_out = th.function(graph.inputs, [graph.s_output_tbk.flatten(),
+                                       tt.concatenate([h.flatten() for h in graph.s_hidden])],
+                        mode=MODE, on_unused_input="ignore")
+    window = _categorical_window(net, loss_type)
+    hf = HessianFree(graph.params, functions)
+    j_o, j_h = _jacobians(hf, f_out, window)
+    target_tbk = window[3][-STEP:]
+    logit_tbk = f_out(*window)[0].reshape(target_tbk.shape)
+    n_frames = max((~np.isnan(target_tbk)).any(axis=-1).sum(), 1)
+    g = j_o.T @ _output_hessian(loss_type, logit_tbk, target_tbk) @ j_o + structural * j_h.T @ j_h / n_frames
+    v = np.random.default_rng(5).standard_normal(j_o.shape[1])
+    np.testing.assert_allclose(functions.f_gv(v, structural, *window), g @ v, rtol=1e-5, atol=1e-8)
+    # and the cost is the loss the trainer trains: cross-entropy on the logits
+    cost, grad_j = functions.f_grad(*window)
+    assert float(functions.f_cost(*window)) == pytest.approx(float(cost))
+    theta, h = hf.get_flat(), 1e-6
+    e = np.zeros_like(theta)
+    e[0] = h
+    hf.set_flat(theta + e)
+    plus = float(functions.f_cost(*window))
+    hf.set_flat(theta - e)
+    minus = float(functions.f_cost(*window))
+    hf.set_flat(theta)
+    assert grad_j[0] == pytest.approx((plus - minus) / (2 * h), rel=1e-5, abs=1e-9)
+
+
+def test_hf_steps_lower_a_cross_entropy_and_never_raise_it():
+    net = make_net("float64", target_dim=3, output_activation="softmax")
+    graph = build_net_graph(net, step_size=STEP, loss_type="xent")
+    functions = compile_functions(graph, mode=MODE)
+    hf = HessianFree(graph.params, functions, HFSettings(max_cg_iters=30, init_damping=0.1))
+    window = _categorical_window(net, "xent", batch=6, seed=9)
+    reports = [hf.step(window, curvature_slice(window, 0.5)) for _ in range(4)]
+    accepted = [r for r in reports if r.accepted]
+    assert accepted and all(r.loss_after <= r.loss_before for r in accepted)
+    assert reports[-1].loss_after < 0.8 * reports[0].loss_before
+
+
+@pytest.mark.parametrize("loss_type, activation, message", [
+    ("huber", "identity", "supports loss_type l2 | xent | bce; got 'huber'"),
+    ("xent", "identity", "loss_type 'xent' trains 'softmax' outputs, but this net's output_activation is 'identity'"),
+    ("l2", "sigmoid", "loss_type 'l2' trains 'identity' outputs, but this net's output_activation is 'sigmoid'"),
+])
+def test_hf_graph_refuses_a_loss_without_its_output_hessian_or_activation(loss_type, activation, message):
+    net = make_net("float64", output_activation=activation)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_net_graph(net, step_size=STEP, loss_type=loss_type)
 
 
 def test_softmax_hessian_times_matches_the_hessian_of_cross_entropy():

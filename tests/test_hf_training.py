@@ -52,7 +52,7 @@ def test_hf_settings_are_the_hf_options_one_to_one_with_the_papers_defaults():
      "update_type 'hessian_free' does not use force_type, ema_decay: leave them at their defaults"),
     ({**HF, "grad_norm_clip": 1.0, "update_mu": 0.5},
      "does not use update_mu, grad_norm_clip"),
-    ({**HF, "loss_type": "huber"}, "supports loss_type l2, not 'huber'"),
+    ({**HF, "loss_type": "huber"}, r"supports loss_type l2 \| xent \| bce, not 'huber'"),
     ({**HF, "step_size": 4},
      r"needs step_size = window_size \(got 4 and 8\): HF starts every window from zero states, "
      "so no state is carried between windows"),
@@ -172,3 +172,23 @@ def test_an_hf_run_stopped_and_resumed_ends_as_the_run_left_alone(hf_run, data_d
     a, b = (Workspace(w, create=False).load_arrays("params") for w in (alone, ws))
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow                      # 75 s: the GN products of xent are checked fast in test_hessian_free.py
+def test_an_hf_run_with_cross_entropy_learns_temporal_order(tmp_path):
+    """loss_type xent under HF (softmax outputs, the paper's for its categorical problems):
+    the dev cross-entropy falls well below the class prior's and most dev answers are right."""
+    data = str(tmp_path / "data")
+    make_dataset("temporal_order", data, seed=1, counts={"train": 400, "dev": 50, "test": 1},
+                 T=10, variant="ms2")
+    run = {**RUN, "batch_size": 100, "window_size": 11, "step_size": 11, "frames_per_epoch": 4400,
+           "max_epochs": 4, "loss_type": "xent", "input_dim": 8, "target_dim": 4}
+    import contextlib
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--data_dir", data, "--save_to", str(tmp_path / "ws"), "--seed", "2", *sets(**run)]) == 0
+    ws = Workspace(str(tmp_path / "ws"), create=False)
+    records = ws.read_metrics()
+    assert min(r["dev_loss"] for r in records[1:]) < 0.7 * records[0]["baseline"]
+    assert max(r["dev_accuracy"] for r in records[1:]) >= 0.5          # chance: 0.25
+    assert all(r["hf_steps"] > 0 for r in records[1:])
+    assert load_run_options(ws).model.output_activation == "softmax"

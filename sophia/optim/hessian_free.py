@@ -7,8 +7,11 @@ What is in it:
 - :func:`build_net_graph` → :class:`HFGraph` — the net's window graph on the scan
   engine (the fused and oneDNN engines have no second-order derivatives), with the
   hidden layers' outputs kept for structural damping.
-- :func:`output_hessian_times` — H_L·r for the loss w.r.t. the outputs (``l2``; and
-  :func:`softmax_hessian_times` for a softmax over logits, for a future ``xent``).
+- :func:`output_hessian_times` — H_L·r for the loss w.r.t. the output layer's
+  pre-activations: ``l2`` on identity outputs, ``xent`` on softmax logits
+  (:func:`softmax_hessian_times`), ``bce`` on sigmoid logits. Each is a matching loss
+  (Schraudolph 2002): loss ∘ activation is convex in the pre-activations, so G is
+  positive semi-definite, as Martens & Sutskever 2011 use softmax outputs.
 - :func:`compile_functions` → :class:`HFFunctions` — ``f_cost``, ``f_grad`` and the
   Gauss–Newton–vector product ``f_gv(v_j, p_structural, *window)``
   = Jᵀ H_L J v + p_structural · J_hᵀ J_h v / n_frames, built as an L-op of H_L times
@@ -55,9 +58,10 @@ import numpy as np
 import pytensor as th
 import pytensor.tensor as tt
 from pytensor.gradient import pullback, pushforward
+from pytensor.tensor.special import softmax
 
 from sophia.optim.losses import masked_loss
-from sophia.options import TrainOptions
+from sophia.options import HF_LOSS_TYPES, OUTPUT_OF_LOSS, TrainOptions
 
 
 def _default(name: str):
@@ -101,7 +105,8 @@ class HFGraph:
     inputs : the window's ports (``input_tbj, time_tb, id_tb, target_tbk``)
     s_output_tbk, s_target_tbk : outputs and targets of the loss frames
     s_hidden : hidden layers' outputs over the whole window, each [T][B][i]
-    loss_type : 'l2' (the only loss with a Gauss–Newton matrix here so far)
+    loss_type : one of :data:`HF_LOSS_TYPES`; for xent and bce ``s_output_tbk`` holds
+        the logits (the output activation belongs to the loss, as in ``masked_loss``)
     """
 
     params: list
@@ -115,9 +120,15 @@ class HFGraph:
 def build_net_graph(net, step_size: int, loss_type: str = "l2", window_size=None) -> HFGraph:
     """:class:`HFGraph` of ``net`` on the scan engine, loss on the last ``step_size``
     frames, from zero states; the layers are built one by one as ``Net.forward`` does,
-    so their outputs (the hidden states) are at hand."""
-    if loss_type != "l2":
-        raise ValueError(f"Hessian-free supports loss_type 'l2' so far; got {loss_type!r}")
+    so their outputs (the hidden states) are at hand. The output layer's pre-activations
+    are the graph's outputs: the loss applies the activation (``net`` must have the one
+    ``loss_type`` trains: identity, softmax, sigmoid)."""
+    if loss_type not in HF_LOSS_TYPES:
+        raise ValueError(f"Hessian-free supports loss_type {' | '.join(HF_LOSS_TYPES)}; got {loss_type!r}")
+    wanted = OUTPUT_OF_LOSS[loss_type]
+    if net.options.output_activation != wanted:
+        raise ValueError(f"loss_type {loss_type!r} trains {wanted!r} outputs, but this net's "
+                         f"output_activation is {net.options.output_activation!r}")
     with th.config.change_flags(floatX=net.dtype):
         ports = net.ports(window_size)
         choices = net.choose_engines("auto", training=True, prefer="scan")
@@ -143,22 +154,33 @@ def build_net_graph(net, step_size: int, loss_type: str = "l2", window_size=None
 
 
 def output_hessian_times(s_output_tbk, s_target_tbk, s_r_tbk, loss_type="l2"):
-    """H_L · r, H_L the Hessian of the loss per target frame w.r.t. the outputs.
+    """H_L · r, H_L the Hessian of the loss per target frame (``masked_loss``'s sum /
+    its n_frames) w.r.t. the output layer's pre-activations z, on frames and elements
+    that carry a target (0 elsewhere):
 
-    For ``l2`` (``masked_loss``: Σ (y − t)² over non-NaN targets, / n_frames) H_L is
-    2 / n_frames on the target elements and 0 elsewhere.
+    - ``l2`` (z = y): 2 r / n_frames;
+    - ``xent`` (z the softmax logits, p = softmax(z)): (diag(p) − p pᵀ) r / n_frames;
+    - ``bce`` (z the sigmoid logits, p = σ(z)): p (1 − p) r / n_frames.
     """
-    if loss_type != "l2":
+    if loss_type not in HF_LOSS_TYPES:
         raise ValueError(f"no output Hessian for loss_type {loss_type!r}")
-    _, s_n_frames = masked_loss(s_output_tbk, s_target_tbk, "l2")
+    _, s_n_frames = masked_loss(s_output_tbk, s_target_tbk, loss_type)
+    s_scale = 1.0 / tt.maximum(s_n_frames, 1.0)
     s_valid = ~tt.isnan(s_target_tbk)
-    return tt.switch(s_valid, 2.0 * s_r_tbk, 0.0) / tt.maximum(s_n_frames, 1.0)
+    if loss_type == "xent":
+        s_frame = tt.any(s_valid, axis=-1, keepdims=True)
+        s_hr = softmax_hessian_times(softmax(s_output_tbk, axis=-1), s_r_tbk)
+        return tt.switch(s_frame, s_hr, 0.0) * s_scale
+    if loss_type == "bce":
+        s_p = tt.sigmoid(s_output_tbk)
+        return tt.switch(s_valid, s_p * (1.0 - s_p) * s_r_tbk, 0.0) * s_scale
+    return tt.switch(s_valid, 2.0 * s_r_tbk, 0.0) * s_scale
 
 
 def softmax_hessian_times(s_prob_tbk, s_r_tbk):
     """(diag(p) − p pᵀ) r per frame: the Hessian of cross-entropy on softmax logits
-    w.r.t. the logits, as a function of the probabilities ``p`` (a future ``xent``
-    divides by its n_frames and masks as ``l2`` does)."""
+    w.r.t. the logits (for a one-hot or any target summing to 1), as a function of the
+    probabilities ``p``."""
     return s_prob_tbk * s_r_tbk - s_prob_tbk * tt.sum(s_prob_tbk * s_r_tbk, axis=-1, keepdims=True)
 
 
@@ -194,7 +216,7 @@ def gauss_newton_product(graph: HFGraph, p_v_j, p_structural):
     s_hjv = output_hessian_times(graph.s_output_tbk, graph.s_target_tbk, s_jv, graph.loss_type)
     s_gv = pullback(graph.s_output_tbk, graph.params, s_hjv, disconnected_inputs="ignore")
     if graph.s_hidden:
-        _, s_n_frames = masked_loss(graph.s_output_tbk, graph.s_target_tbk, "l2")
+        _, s_n_frames = masked_loss(graph.s_output_tbk, graph.s_target_tbk, graph.loss_type)
         s_scale = p_structural / tt.maximum(s_n_frames, 1.0)
         for s_h in graph.s_hidden:
             s_jhv = pushforward(s_h, graph.params, s_v, disconnected_outputs="ignore")
