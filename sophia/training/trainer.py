@@ -490,7 +490,7 @@ class Trainer:
             hf_fields = {}
         else:
             train_loss, frames, seconds, finite, hf_fields = self._hf_frames(f"epoch {epoch}")
-            train_accuracy = math.nan           # HF steps count no hits: no train accuracy
+            train_accuracy = None               # HF steps count no hits: no train accuracy
         start = time.monotonic()
         live = self._use_average()
         dev_loss, dev_max_error, dev_accuracy = (self.measure(self.dev_set) if finite
