@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pytensor as th
 import pytensor.tensor as tt
-from pytensor.gradient import pullback, pushforward
+from pytensor.gradient import disconnected_grad, pushforward
 from pytensor.tensor.special import softmax
 
 from sophia.optim.losses import masked_loss
@@ -210,18 +210,28 @@ def _flatten(tensors):
 
 
 def gauss_newton_product(graph: HFGraph, p_v_j, p_structural):
-    """Symbolic flat G v + p_structural · J_hᵀ J_h v / n_frames (see the module docstring)."""
+    """Symbolic flat G v + p_structural · J_hᵀ J_h v / n_frames (see the module docstring).
+
+    The R-ops give J v of the outputs and of every hidden layer; one reverse sweep pulls
+    back all their cotangents together (H_L J v, and the structural term's scaled J_h v)
+    rather than one L-op each (``bench/hf_step.py`` times the product against a gradient).
+    """
     s_v = _unflatten(p_v_j, graph.params)
-    s_jv = pushforward(graph.s_output_tbk, graph.params, s_v, disconnected_outputs="ignore")
-    s_hjv = output_hessian_times(graph.s_output_tbk, graph.s_target_tbk, s_jv, graph.loss_type)
-    s_gv = pullback(graph.s_output_tbk, graph.params, s_hjv, disconnected_inputs="ignore")
+    s_outputs = [graph.s_output_tbk] + list(graph.s_hidden)
+    # one pushforward per output: given the list, PyTensor 3.0.7's returned another tangent
+    # for the output than alone (alone it matches explicit Jacobians, tests/test_hessian_free.py)
+    s_jvs = [pushforward(s_y, graph.params, s_v, disconnected_outputs="ignore") for s_y in s_outputs]
+    s_cotangents = [output_hessian_times(graph.s_output_tbk, graph.s_target_tbk, s_jvs[0], graph.loss_type)]
     if graph.s_hidden:
         _, s_n_frames = masked_loss(graph.s_output_tbk, graph.s_target_tbk, graph.loss_type)
         s_scale = p_structural / tt.maximum(s_n_frames, 1.0)
-        for s_h in graph.s_hidden:
-            s_jhv = pushforward(s_h, graph.params, s_v, disconnected_outputs="ignore")
-            s_term = pullback(s_h, graph.params, s_scale * s_jhv, disconnected_inputs="ignore")
-            s_gv = [a + b for a, b in zip(s_gv, s_term)]
+        s_cotangents += [s_scale * s_jhv for s_jhv in s_jvs[1:]]
+    # Σ ⟨c_i, y_i⟩ with the cotangents held constant: its gradient is Σ J_iᵀ c_i, one reverse
+    # sweep (pullback's known_grads would take a hidden layer's cotangent as its whole
+    # gradient and drop what flows into it from the layers above).
+    s_cotangents = [disconnected_grad(c) for c in s_cotangents]
+    s_pairing = sum(tt.sum(c * y) for c, y in zip(s_cotangents, s_outputs))
+    s_gv = tt.grad(s_pairing, graph.params, disconnected_inputs="ignore")
     return _flatten(s_gv)
 
 
