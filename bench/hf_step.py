@@ -4,8 +4,9 @@ The reference model is Martens & Sutskever's (2011): a tanh RNN of ``--width`` 1
 units with sparse initialisation, whole sequences of ``--T`` + T/10 frames (the
 1997 layout's longest, here T = 200: 220 frames) from zero states, input 2 and
 output 1 (the adding problem's widths), a gradient batch of ``--batch`` 1000
-sequences and a curvature batch of ``--curvature_fraction`` 0.2 of them, float32.
-``--unit lstm`` times Sophia's LSTM instead.
+sequences and a curvature batch of ``--curvature_fraction`` 0.2 of them, float32,
+window and batch sizes static in the functions' types as in training (``--mode JAX``
+needs them). ``--unit lstm`` times Sophia's LSTM instead.
 
 Per step it prints the seconds spent in each piece, counted by wrapping the
 compiled functions (the step itself is :meth:`HessianFree.step`, unchanged):
@@ -40,7 +41,7 @@ class TimedFunctions:
 
     def _timed(self, name, function, *args):
         start = time.perf_counter()
-        result = function(*args)
+        result = _ready(function(*args))
         self.events.append((name, time.perf_counter() - start))
         return result
 
@@ -69,12 +70,20 @@ def step_pieces(events):
     return {piece: (len(calls), sum(s for _, s in calls)) for piece, calls in pieces.items()}
 
 
+def _ready(result):
+    """``result`` as numpy arrays: waits for JAX's asynchronous outputs, so a call's
+    time is its computation's."""
+    if isinstance(result, (list, tuple)):
+        return [np.asarray(x) for x in result]
+    return np.asarray(result)
+
+
 def _median_seconds(call, repeats):
-    call()
+    _ready(call())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        call()
+        _ready(call())
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -90,7 +99,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="calls per median")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--mode", default="auto", help="compile mode: auto or a PyTensor mode")
+    parser.add_argument("--mode", default="auto", help="compile mode, as compile_mode: auto | FAST_COMPILE | CVM | JAX ...")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, FAST_COMPILE, one step")
     a = parser.parse_args(argv)
     if a.quick:
@@ -99,7 +108,7 @@ def main(argv=None):
     from sophia.graph.modes import compile_mode
     from sophia.graph.net import Net
     from sophia.optim.hessian_free import (HessianFree, HFSettings, build_net_graph, compile_functions,
-                                           curvature_slice)
+                                           curvature_rows, curvature_slice)
     from sophia.options import ModelOptions
 
     frames = a.T + a.T // 10
@@ -108,9 +117,9 @@ def main(argv=None):
         model.update(init_type="sparse", init_scale=0.258, orthogonal_recurrent=False)
     net = Net(ModelOptions(**model), dtype=a.dtype)
     start = time.perf_counter()
-    graph = build_net_graph(net, step_size=frames)
-    mode = compile_mode(a.mode, looped=True) if a.mode == "auto" else a.mode
-    functions = compile_functions(graph, mode=mode)
+    graph, curvature_graph = (build_net_graph(net, step_size=frames, window_size=frames, batch_size=batch)
+                              for batch in (a.batch, curvature_rows(a.batch, a.curvature_fraction)))
+    functions = compile_functions(graph, mode=compile_mode(a.mode, looped=True), curvature_graph=curvature_graph)
     compile_seconds = time.perf_counter() - start
 
     rng = np.random.default_rng(0)
@@ -125,9 +134,10 @@ def main(argv=None):
     print(f"compile_s {compile_seconds:.2f}")
     v_j = rng.standard_normal(net.num_weights()).astype(a.dtype)
     structural = np.asarray(0.03, a.dtype)
-    gv = _median_seconds(lambda: functions.f_gv(v_j, structural, *curvature), a.repeats)
-    grad = _median_seconds(lambda: functions.f_grad(*curvature), a.repeats)
-    cost = _median_seconds(lambda: functions.f_cost(*curvature), a.repeats)
+    on_curvature = compile_functions(curvature_graph, mode=compile_mode(a.mode, looped=True))
+    gv = _median_seconds(lambda: on_curvature.f_gv(v_j, structural, *curvature), a.repeats)
+    grad = _median_seconds(lambda: on_curvature.f_grad(*curvature), a.repeats)
+    cost = _median_seconds(lambda: on_curvature.f_cost(*curvature), a.repeats)
     print(f"curvature batch, median of {a.repeats}: G·v {1e3 * gv:.1f} ms, gradient {1e3 * grad:.1f} ms, "
           f"forward {1e3 * cost:.1f} ms; G·v / gradient {gv / grad:.2f}, G·v / forward {gv / cost:.2f}, "
           f"gradient / forward {grad / cost:.2f}")

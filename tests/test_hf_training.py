@@ -1,6 +1,7 @@
 """update_type = "hessian_free" through the trainer: its options, the batches HF sees,
 a rollback, a real run on a tiny adding problem, and --resume of one."""
 import dataclasses
+import importlib.util
 import io
 from dataclasses import fields
 
@@ -192,3 +193,20 @@ def test_an_hf_run_with_cross_entropy_learns_temporal_order(tmp_path):
     assert max(r["dev_accuracy"] for r in records[1:]) >= 0.5          # chance: 0.25
     assert all(r["hf_steps"] > 0 and "train_accuracy" not in r for r in records[1:])   # HF counts no hits
     assert load_run_options(ws).model.output_activation == "softmax"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_an_hf_epoch_under_jax_matches_fast_compile(data_dir, tmp_path):
+    """compile_mode JAX: the HF functions' window and batch sizes are static (the gradient
+    and the curvature batch each), so JAX traces them, and an epoch ends where
+    FAST_COMPILE's does."""
+    import contextlib
+    records = {}
+    for mode in ("FAST_COMPILE", "JAX"):
+        ws = str(tmp_path / mode)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["--data_dir", data_dir, "--save_to", ws, "--seed", "2",
+                         *sets(**{**RUN, "compile_mode": mode, "max_epochs": 1})]) == 0
+        records[mode] = Workspace(ws, create=False).read_metrics()[-1]
+    for field in ("train_loss", "dev_loss", "hf_damping", "hf_cg_iterations"):
+        assert records["JAX"][field] == pytest.approx(records["FAST_COMPILE"][field], rel=1e-3), field

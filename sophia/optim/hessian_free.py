@@ -117,12 +117,14 @@ class HFGraph:
     loss_type: str = "l2"
 
 
-def build_net_graph(net, step_size: int, loss_type: str = "l2", window_size=None) -> HFGraph:
+def build_net_graph(net, step_size: int, loss_type: str = "l2", window_size=None,
+                    batch_size=None) -> HFGraph:
     """:class:`HFGraph` of ``net`` on the scan engine, loss on the last ``step_size``
     frames, from zero states; the layers are built one by one as ``Net.forward`` does,
     so their outputs (the hidden states) are at hand. The output layer's pre-activations
     are the graph's outputs: the loss applies the activation (``net`` must have the one
-    ``loss_type`` trains: identity, softmax, sigmoid)."""
+    ``loss_type`` trains: identity, softmax, sigmoid). ``window_size`` and ``batch_size``
+    (None: any) go into the ports' types, as in ``f_train_step``: JAX needs them static."""
     if loss_type not in HF_LOSS_TYPES:
         raise ValueError(f"Hessian-free supports loss_type {' | '.join(HF_LOSS_TYPES)}; got {loss_type!r}")
     wanted = OUTPUT_OF_LOSS[loss_type]
@@ -130,7 +132,7 @@ def build_net_graph(net, step_size: int, loss_type: str = "l2", window_size=None
         raise ValueError(f"loss_type {loss_type!r} trains {wanted!r} outputs, but this net's "
                          f"output_activation is {net.options.output_activation!r}")
     with th.config.change_flags(floatX=net.dtype):
-        ports = net.ports(window_size)
+        ports = net.ports(window_size, batch_size)
         choices = net.choose_engines("auto", training=True, prefer="scan")
         if any(c.engine != "scan" for c in choices):
             raise ValueError("Hessian-free needs the scan engine for every layer; got "
@@ -235,8 +237,10 @@ def gauss_newton_product(graph: HFGraph, p_v_j, p_structural):
     return _flatten(s_gv)
 
 
-def compile_functions(graph: HFGraph, mode=None) -> HFFunctions:
-    """Compile :class:`HFFunctions` for ``graph`` (``mode``: a PyTensor compile mode)."""
+def compile_functions(graph: HFGraph, mode=None, curvature_graph: HFGraph | None = None) -> HFFunctions:
+    """Compile :class:`HFFunctions` for ``graph`` (``mode``: a PyTensor compile mode);
+    ``f_gv`` from ``curvature_graph`` where given (the same net with the curvature
+    batch's static size: :func:`curvature_rows`), else from ``graph``."""
     dtype = graph.params[0].dtype
     with th.config.change_flags(floatX=dtype):
         s_loss_sum, s_n_frames = masked_loss(graph.s_output_tbk, graph.s_target_tbk, graph.loss_type)
@@ -244,11 +248,12 @@ def compile_functions(graph: HFGraph, mode=None) -> HFFunctions:
         s_grad_j = _flatten(tt.grad(s_cost, graph.params, disconnected_inputs="ignore"))
         p_v_j = tt.vector("p_v_j", dtype=dtype)
         p_structural = tt.scalar("p_structural", dtype=dtype)
-        s_gv_j = gauss_newton_product(graph, p_v_j, p_structural)
+        curvature = curvature_graph or graph
+        s_gv_j = gauss_newton_product(curvature, p_v_j, p_structural)
         kw = dict(mode=mode, on_unused_input="ignore")
         return HFFunctions(th.function(graph.inputs, s_cost, name="f_hf_cost", **kw),
                            th.function(graph.inputs, [s_cost, s_grad_j], name="f_hf_grad", **kw),
-                           th.function([p_v_j, p_structural] + graph.inputs, s_gv_j, name="f_hf_gv", **kw))
+                           th.function([p_v_j, p_structural] + curvature.inputs, s_gv_j, name="f_hf_gv", **kw))
 
 
 # -- the numerical pieces -------------------------------------------------------------
@@ -340,10 +345,14 @@ def levenberg_marquardt(damping, rho, settings: HFSettings):
     return damping
 
 
+def curvature_rows(batch_size: int, fraction: float) -> int:
+    """Streams of the curvature batch: ceil(fraction · B), at least 1."""
+    return max(1, math.ceil(fraction * batch_size))
+
+
 def curvature_slice(batch, fraction):
-    """The first ceil(fraction · B) streams of a window ``(input_tbj, time_tb, id_tb, target_tbk)``."""
-    rows = max(1, math.ceil(fraction * batch[0].shape[1]))
-    return tuple(a[:, :rows] for a in batch)
+    """The first :func:`curvature_rows` streams of a window ``(input_tbj, time_tb, id_tb, target_tbk)``."""
+    return tuple(a[:, :curvature_rows(batch[0].shape[1], fraction)] for a in batch)
 
 
 # -- the driver -----------------------------------------------------------------------

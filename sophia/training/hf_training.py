@@ -35,21 +35,25 @@ import numpy as np
 
 from sophia.graph.modes import compile_mode
 from sophia.optim.hessian_free import (HessianFree, HFSettings, build_net_graph,
-                                       compile_functions, curvature_slice)
+                                       compile_functions, curvature_rows, curvature_slice)
 
 ENGINE_NOTE = "HF step on the scan engine (the fused/oneDNN engines have no R-op)"
 
 
 def compile_hf(net, train_options) -> HessianFree:
     """Build and compile the HF graph of ``net`` (loss over the whole window:
-    ``step_size == window_size``) in the run's compile mode; return the driver.
+    ``step_size == window_size``) in the run's compile mode; return the driver. Window
+    and batch sizes are static in its functions' types, as in ``f_train_step`` (the
+    gradient batch: ``batch_size`` streams; the curvature products: their
+    ``hf_curvature_batch_fraction``), which JAX needs.
 
     ``auto`` compiles as for any graph that keeps a scan (:mod:`sophia.graph.modes`).
     """
     o = train_options
-    graph = build_net_graph(net, step_size=o.step_size, loss_type=o.loss_type,
-                            window_size=o.window_size)
-    functions = compile_functions(graph, mode=compile_mode(o.compile_mode, looped=True))
+    graph, curvature = (build_net_graph(net, step_size=o.step_size, loss_type=o.loss_type,
+                                        window_size=o.window_size, batch_size=batch)
+                        for batch in (o.batch_size, curvature_rows(o.batch_size, o.hf_curvature_batch_fraction)))
+    functions = compile_functions(graph, mode=compile_mode(o.compile_mode, looped=True), curvature_graph=curvature)
     return HessianFree(graph.params, functions, HFSettings.from_options(o))
 
 
