@@ -220,9 +220,7 @@ def gauss_newton_product(graph: HFGraph, p_v_j, p_structural):
     """
     s_v = _unflatten(p_v_j, graph.params)
     s_outputs = [graph.s_output_tbk] + list(graph.s_hidden)
-    # one pushforward per output: given the list, PyTensor 3.0.7's returned another tangent
-    # for the output than alone (alone it matches explicit Jacobians, tests/test_hessian_free.py)
-    s_jvs = [pushforward(s_y, graph.params, s_v, disconnected_outputs="ignore") for s_y in s_outputs]
+    s_jvs = [_jacobian_times(s_y, graph.params, s_v) for s_y in s_outputs]
     s_cotangents = [output_hessian_times(graph.s_output_tbk, graph.s_target_tbk, s_jvs[0], graph.loss_type)]
     if graph.s_hidden:
         _, s_n_frames = masked_loss(graph.s_output_tbk, graph.s_target_tbk, graph.loss_type)
@@ -235,6 +233,19 @@ def gauss_newton_product(graph: HFGraph, p_v_j, p_structural):
     s_pairing = sum(tt.sum(c * y) for c, y in zip(s_cotangents, s_outputs))
     s_gv = tt.grad(s_pairing, graph.params, disconnected_inputs="ignore")
     return _flatten(s_gv)
+
+
+def _jacobian_times(s_y, params, s_v):
+    """J v of ``s_y`` w.r.t. ``params``: one forward-mode sweep through the Ops' own
+    pushforwards (Scan's), which under JAX costs 0.6× PyTensor's default, two pullbacks
+    (``bench/hf_step.py``); the default where an Op has none (the bidirectional layer's
+    per-sequence reversal). One output per call: given a list, the default returned
+    another tangent for the output than alone (alone it matches explicit Jacobians,
+    tests/test_hessian_free.py)."""
+    try:
+        return pushforward(s_y, params, s_v, disconnected_outputs="ignore", use_op_pushforward=True)
+    except NotImplementedError:
+        return pushforward(s_y, params, s_v, disconnected_outputs="ignore")
 
 
 def compile_functions(graph: HFGraph, mode=None, curvature_graph: HFGraph | None = None) -> HFFunctions:
