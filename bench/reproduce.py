@@ -569,6 +569,10 @@ DEV_TOLERANCE = {"real": ADDING_TOLERANCE, "binary": 0.5, "class": 0.5}
 # (a right answer with a margin).
 STREAK_SEQUENCES = 5000
 STREAK_TOLERANCE = {"real": ADDING_TOLERANCE, "binary": 0.3, "class": 0.3}
+# A run succeeds when fewer than this fraction of its test answers are wrong: the
+# authors' released HF-RNN code stops HF once the test zero-one loss is below 0.001
+# (with 2560 test sequences: at most 2 wrong). --allowed_wrong_fraction 0 asks for all.
+SUCCESS_WRONG_FRACTION = 0.001
 STOP_TEXT = {"dev": "every dev answer right",
              "streak": f"{STREAK_SEQUENCES} training sequences in a row right"}
 PATHOLOGICAL_SIZES = {"permutation": (dict(train=5000, dev=256, test=1000),
@@ -597,6 +601,14 @@ def right_answers(kind, scored, outputs, targets):
             ok = bool(np.all(np.argmax(out, axis=1) == np.argmax(tgt, axis=1)))
         right.append(ok)
     return np.array(right, dtype=bool)
+
+
+def succeeded(wrong: int, answers: int, allowed_wrong_fraction: float) -> bool:
+    """Whether a run with ``wrong`` of ``answers`` test answers wrong succeeds: fewer
+    than ``allowed_wrong_fraction`` of them wrong, or none where it is 0."""
+    if allowed_wrong_fraction == 0:
+        return wrong == 0
+    return wrong < allowed_wrong_fraction * answers
 
 
 def longest_sequence(task, T):
@@ -687,7 +699,7 @@ def _set_value(value):
 
 def run_pathological(args):
     """One problem at one T with one method over several seeds: success per seed
-    (every test answer right, or at most ``--allowed_wrong_fraction`` wrong),
+    (fewer than ``--allowed_wrong_fraction`` of the test answers wrong, :func:`succeeded`),
     training sequences, wall time, and the success rate."""
     task, options, kind, scored = PATHOLOGICAL[args.problem]
     config = PATHOLOGICAL_CONFIGS / f"{args.method}.toml"
@@ -718,7 +730,8 @@ def run_pathological(args):
         wrong = int((~right).sum())
         used = sequences_used(ws, data, criterion=criterion, measure=measure)
         records = Workspace(ws, create=False).read_metrics()
-        run.update(success=wrong <= args.allowed_wrong_fraction * len(right), wrong=wrong, test=len(right),
+        run.update(success=succeeded(wrong, len(right), args.allowed_wrong_fraction), all_right=wrong == 0,
+                   wrong=wrong, test=len(right),
                    wall_seconds=round(time.monotonic() - start), last_decision=_last_decision(records),
                    **{f"sequences_{k}": v for k, v in used.items()})
         met = "never" if used["to_criterion"] is None else f"{used['to_criterion']:,}"
@@ -731,12 +744,15 @@ def run_pathological(args):
               f"{run['train_seconds']} s training", flush=True)
         runs.append(run)
     successes = sum(r["success"] for r in runs)
+    all_right = sum(r.get("all_right", False) for r in runs)
     report = dict(task="pathological", problem=args.problem, T=args.T, method=args.method, **_provenance(),
                   generator=dict(task=task, **options), answer=kind, scored_frames=scored,
                   allowed_wrong_fraction=args.allowed_wrong_fraction, stop=args.stop, success_rate=f"{successes}/{len(runs)}",
-                  runs=runs, counts=args.counts, limits=limits, sets=sets)
+                  all_right_rate=f"{all_right}/{len(runs)}", runs=runs, counts=args.counts, limits=limits, sets=sets)
     (args.work / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{args.problem} T={args.T} {args.method}: success {successes}/{len(runs)} seeds", flush=True)
+    print(f"{args.problem} T={args.T} {args.method}: success {successes}/{len(runs)} seeds "
+          f"(fewer than {args.allowed_wrong_fraction:g} of the answers wrong; all right: {all_right}/{len(runs)})",
+          flush=True)
     return report
 
 
@@ -854,9 +870,21 @@ def build_parser():
     long_lag.add_argument("--dev_tolerance", type=_positive_float, help="stop at the first epoch whose every "
                           "dev target element is within this of its target (default per answer "
                           "kind, DEV_TOLERANCE: 0.04 for numbers, 0.5 for bits and classes)")
-    long_lag.add_argument("--allowed_wrong_fraction", type=float, default=0.0, help="a run succeeds "
-                          "with at most this fraction of wrong test answers (default 0: all right)")
+    long_lag.add_argument("--allowed_wrong_fraction", type=_fraction, default=SUCCESS_WRONG_FRACTION,
+                          help="a run succeeds with fewer than this fraction of its test answers wrong "
+                          "(default 0.001, the authors' stop; 0: every answer right)")
     return parser
+
+
+def _fraction(text):
+    """A float in [0, 1) (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
 
 
 def _positive_float(text):

@@ -173,3 +173,20 @@ def test_a_stop_that_cannot_apply_is_refused(tmp_path, method, flags, message):
     with pytest.raises(SystemExit, match=message):
         reproduce.main(["pathological", "--problem", "adding", "--T", "11", "--method", method,
                         "--work", str(tmp_path)] + TINY + flags)
+
+
+def test_success_is_fewer_than_the_allowed_fraction_wrong_and_all_right_at_zero():
+    assert reproduce.SUCCESS_WRONG_FRACTION == 0.001                   # the authors' HF stop
+    assert [reproduce.succeeded(w, 2560, 0.001) for w in (0, 2, 3)] == [True, True, False]
+    assert [reproduce.succeeded(w, 1000, 0.001) for w in (0, 1)] == [True, False]   # below, not at
+    assert [reproduce.succeeded(w, 2560, 0.0) for w in (0, 1)] == [True, False]
+    args = reproduce.build_parser().parse_args(["pathological", "--problem", "xor", "--method", "hf"])
+    assert args.allowed_wrong_fraction == 0.001
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "some"])
+def test_an_allowed_wrong_fraction_outside_0_to_1_is_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.build_parser().parse_args(["pathological", "--problem", "xor", "--method", "hf",
+                                             "--allowed_wrong_fraction", value])
+    assert f"expected a number in [0, 1), got {value!r}" in capsys.readouterr().err
