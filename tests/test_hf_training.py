@@ -151,7 +151,7 @@ def test_an_hf_run_lowers_the_dev_loss_and_writes_the_workspace(hf_run):
     assert min(r["dev_loss"] for r in records[1:]) < 0.5 * initial
     for r in records[1:]:
         assert r["hf_steps"] > 0 and r["hf_damping"] > 0 and r["hf_cg_iterations"] >= 1
-    assert "HF step on the scan engine (the fused/oneDNN engines have no R-op)" in log
+    assert "HF step on the scan engine (the fused/oneDNN engines have no R-op), compiled FAST_COMPILE" in log
     assert " HF " in log and "steps" in log
     assert ws.has(PARAMS) and load_run_options(ws).train.update_type == "hessian_free"
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pytensor.link.basic import PerformLinker
 
+from sophia.graph import modes
 from sophia.graph.modes import AUTO_FUSED, AUTO_LOOPED, compile_mode, resolve
 from sophia.options import OptionError, TrainOptions
 from tests.graph_support import make_net, make_window
@@ -120,3 +121,12 @@ def test_without_a_blas_the_c_backend_keeps_plain_products_and_does_not_warn(cap
         np.testing.assert_allclose(f(*args), args[0] @ args[1] + 2 * args[2], rtol=1e-5)
     assert not any(isinstance(node.op, Gemm) for node in f.maker.fgraph.toposort())
     assert not [r for r in caplog.records if "BLAS" in r.getMessage()]
+
+
+def test_hessian_free_runs_under_jax_in_auto_where_jax_is_installed(monkeypatch):
+    assert modes.hessian_free_mode("CVM") == "CVM"
+    assert modes.hessian_free_mode("FAST_COMPILE") == "FAST_COMPILE"
+    found = importlib.util.find_spec("jax") is not None
+    assert modes.hessian_free_mode("auto") == ("JAX" if found else modes.AUTO_LOOPED)
+    monkeypatch.setattr(modes.importlib.util, "find_spec", lambda name: None)
+    assert modes.hessian_free_mode("auto") == modes.AUTO_LOOPED

@@ -1,7 +1,9 @@
 """Compile modes: the linker and rewrites every ``f_`` function is compiled with.
 
 ``auto`` picks the mode measured fastest for Sophia's graphs on a CPU (see
-``bench/train_speed.py`` and the README); the others are PyTensor's own modes:
+``bench/train_speed.py``, ``bench/hf_step.py`` and their figures in
+``bench/README.md``; :func:`hessian_free_mode` for Hessian-free's functions); the
+others are PyTensor's own modes:
 
 - ``FAST_COMPILE`` — few rewrites, Python implementations: quickest to compile
   (tests use it);
@@ -56,6 +58,17 @@ def resolve(name: str, looped: bool = False) -> str:
     if name == "auto":
         return AUTO_LOOPED if looped else AUTO_FUSED
     return name
+
+
+def hessian_free_mode(name: str) -> str:
+    """The concrete mode of Hessian-free's functions for ``compile_mode`` ``name``:
+    ``auto`` is JAX where the jax package is installed (XLA compiles the scan and its
+    R-op as one loop; an HF step took a third of the C backend's time on a 2-core CPU,
+    ``bench/hf_step.py``, figures in ``bench/README.md``), else what ``auto`` gives any
+    graph that keeps a scan."""
+    if name == "auto":
+        return "JAX" if importlib.util.find_spec("jax") is not None else resolve(name, looped=True)
+    return resolve(name, looped=True)
 
 
 def compile_mode(name: str, looped: bool = False):

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from sophia.graph.modes import compile_mode
+from sophia.graph.modes import compile_mode, hessian_free_mode
 from sophia.optim.hessian_free import (HessianFree, HFSettings, build_net_graph,
                                        compile_functions, curvature_rows, curvature_slice)
 
@@ -47,13 +47,15 @@ def compile_hf(net, train_options) -> HessianFree:
     gradient batch: ``batch_size`` streams; the curvature products: their
     ``hf_curvature_batch_fraction``), which JAX needs.
 
-    ``auto`` compiles as for any graph that keeps a scan (:mod:`sophia.graph.modes`).
+    ``auto`` compiles them under JAX where it is installed, else as any graph that keeps
+    a scan (:func:`sophia.graph.modes.hessian_free_mode`).
     """
     o = train_options
     graph, curvature = (build_net_graph(net, step_size=o.step_size, loss_type=o.loss_type,
                                         window_size=o.window_size, batch_size=batch)
                         for batch in (o.batch_size, curvature_rows(o.batch_size, o.hf_curvature_batch_fraction)))
-    functions = compile_functions(graph, mode=compile_mode(o.compile_mode, looped=True), curvature_graph=curvature)
+    functions = compile_functions(graph, mode=compile_mode(hessian_free_mode(o.compile_mode), looped=True),
+                                  curvature_graph=curvature)
     return HessianFree(graph.params, functions, HFSettings.from_options(o))
 
 

@@ -72,7 +72,7 @@ import numpy as np
 
 from sophia.graph import noise
 from sophia.graph.engines import describe
-from sophia.graph.modes import compile_mode
+from sophia.graph.modes import compile_mode, hessian_free_mode
 from sophia.graph.net import Net
 from sophia.graph.output_layout import num_channels
 from sophia.optim.losses import CATEGORICAL
@@ -382,7 +382,8 @@ class Trainer:
                   f"f_fwd_propagate {time.monotonic() - middle:.1f} s")
         for graph, training in (("training", True), ("evaluation", False)):
             if training and self.hf is not None:
-                self._log(f"  training engines: {hf_training.ENGINE_NOTE}")
+                self._log(f"  training engines: {hf_training.ENGINE_NOTE}, "
+                          f"compiled {hessian_free_mode(mode)}")
                 continue
             choices = self.net.choose_engines(mode, training=training, unroll=o.unroll_scan)
             self._log(f"  {graph} engines: {describe(choices)}")
