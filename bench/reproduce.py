@@ -701,6 +701,7 @@ def run_pathological(args):
     """One problem at one T with one method over several seeds: success per seed
     (fewer than ``--allowed_wrong_fraction`` of the test answers wrong, :func:`succeeded`),
     training sequences, wall time, and the success rate."""
+    provenance = _provenance()          # the code that runs: a checkout may move on meanwhile
     task, options, kind, scored = PATHOLOGICAL[args.problem]
     config = PATHOLOGICAL_CONFIGS / f"{args.method}.toml"
     sets = pathological_sets(args.problem, args.method, args.T, args.set) + list(args.set)
@@ -745,7 +746,7 @@ def run_pathological(args):
         runs.append(run)
     successes = sum(r["success"] for r in runs)
     all_right = sum(r.get("all_right", False) for r in runs)
-    report = dict(task="pathological", problem=args.problem, T=args.T, method=args.method, **_provenance(),
+    report = dict(task="pathological", problem=args.problem, T=args.T, method=args.method, **provenance,
                   generator=dict(task=task, **options), answer=kind, scored_frames=scored,
                   allowed_wrong_fraction=args.allowed_wrong_fraction, stop=args.stop, success_rate=f"{successes}/{len(runs)}",
                   all_right_rate=f"{all_right}/{len(runs)}", runs=runs, counts=args.counts, limits=limits, sets=sets)
@@ -757,8 +758,9 @@ def run_pathological(args):
 
 
 def _provenance():
-    """``{date, commit}``: when the report was written (UTC) and the checkout's commit
-    (``git describe --always --dirty``; None outside a git checkout)."""
+    """``{date, commit}``: now (UTC) and the checkout's commit (``git describe --always
+    --dirty``; None outside a git checkout). The pathological runner takes them when it
+    starts: the code that runs is the checkout's then."""
     import datetime
     import subprocess
 
