@@ -252,6 +252,16 @@ def test_backtrack_returns_the_best_kept_iterate_not_the_last():
     assert f == min(np.sum((x - x_star) ** 2) for _, x in result.iterates)
 
 
+def test_backtrack_never_chooses_an_iterate_whose_objective_is_nan():
+    """A far-out CG iterate can overflow the loss (NaN); NaN compares false with
+    everything, so kept first it would stay the best. It counts as +inf instead."""
+    values = {1: math.nan, 2: 3.0, 4: 2.0, 6: math.nan}
+    iterates = [(i, np.array([float(i)])) for i in values]
+    assert backtrack(iterates, lambda x: values[int(x[0])])[0] == 4
+    i, _, f = backtrack([(1, np.zeros(1))], lambda x: math.nan)
+    assert (i, f) == (1, math.inf)                 # all NaN: rho is then -inf and λ grows
+
+
 def test_armijo_line_search_shrinks_until_sufficient_decrease():
     f = lambda alpha: (alpha - 0.1) ** 2            # slope at 0: −0.2, f0 = 0.01
     alpha, f_alpha = armijo_line_search(f, 0.01, -0.2)

@@ -323,10 +323,15 @@ def backtrack(iterates, objective):
     Martens 2010 §4.6 walks back from the last iterate and stops at the first
     increase; this evaluates every kept iterate (≈ log₁.₃ of the iterations) and
     takes the best, which is never worse.
+
+    A NaN objective (an iterate so far out that the loss overflows) counts as +inf, so it
+    is never chosen over a finite one.
     """
     best = None
     for i, x in iterates:
         f = objective(x)
+        if math.isnan(f):
+            f = math.inf
         if best is None or f < best[2]:
             best = (i, x, f)
     return best
