@@ -279,6 +279,31 @@ def test_levenberg_marquardt_on_scripted_rhos():
     np.testing.assert_allclose(seen, [2 / 3, 1.0, 1.0, 1.5, 2.25])
 
 
+def test_every_curvature_product_of_a_step_is_taken_at_the_steps_parameters(tiny):
+    """CG's products and the reduction ratio's model use G at θ, the parameters the step
+    started from, though backtracking evaluates the loss elsewhere in between."""
+    net, graph, functions, _, _ = tiny
+    start = {n: v.get_value().copy() for n, v in net.v_params.items()}
+    seen = []
+
+    class Recording:
+        f_cost, f_grad = functions.f_cost, functions.f_grad
+
+        def f_gv(self, *args):
+            seen.append(hf.get_flat())
+            return functions.f_gv(*args)
+
+    hf = HessianFree(graph.params, Recording(), HFSettings(max_cg_iters=10, init_damping=0.1))
+    window = make_window(net, frames=5, batch=5, seed=7)
+    theta = hf.get_flat()
+    hf.step(window, curvature_slice(window, 0.4))
+    assert len(seen) > 2
+    for point in seen:
+        np.testing.assert_array_equal(point, theta)
+    for n, v in net.v_params.items():
+        v.set_value(start[n])
+
+
 def test_hf_steps_never_increase_the_objective(tiny):
     net, graph, functions, _, _ = tiny
     start = {n: v.get_value().copy() for n, v in net.v_params.items()}

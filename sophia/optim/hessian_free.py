@@ -440,6 +440,7 @@ class HessianFree:
                                 s.cg_decay * self.direction_j, s.max_cg_iters, s.cg_epsilon, s.backtrack_base)
         self.direction_j = cg.x                 # the next run starts from the last iterate, not the chosen one
         chosen, p_j, f_p = backtrack(cg.iterates, objective)
+        self.set_flat(theta_j)                  # backtracking left the last iterate's; G is θ's
         q = grad_j @ p_j + 0.5 * p_j @ gv(p_j, 0.0)     # the undamped model (HF-RNN divides by the damped one)
         rho = (f_p - f0) / q if q < 0 else float("-inf")
         alpha, f_alpha = armijo_line_search(lambda a: objective(a * p_j), f0, grad_j @ p_j, f1=f_p,
