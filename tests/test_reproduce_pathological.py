@@ -192,3 +192,13 @@ def test_an_allowed_wrong_fraction_outside_0_to_1_is_refused(value, capsys):
         reproduce.build_parser().parse_args(["pathological", "--problem", "xor", "--method", "hf",
                                              "--allowed_wrong_fraction", value])
     assert f"expected a number in [0, 1), got {value!r}" in capsys.readouterr().err
+
+
+def test_hfs_dev_stop_reads_as_many_dev_answers_as_the_test_scores(tmp_path):
+    def counts(*argv):
+        args = reproduce.build_parser().parse_args(["pathological", "--work", str(tmp_path), *argv])
+        return reproduce.resolve_pathological(args).counts
+    assert counts("--problem", "adding", "--method", "hf") == dict(train=20_000, dev=2560, test=2560)
+    assert counts("--problem", "permutation", "--method", "hf")["dev"] == 1000
+    assert counts("--problem", "adding", "--method", "hf", "--dev", "300")["dev"] == 300
+    assert counts("--problem", "adding", "--method", "lstm_adam")["dev"] == 256
