@@ -107,8 +107,8 @@ def main(argv=None):
 
     from sophia.graph.modes import compile_mode
     from sophia.graph.net import Net
-    from sophia.optim.hessian_free import (HessianFree, HFSettings, build_net_graph, compile_functions,
-                                           curvature_rows, curvature_slice)
+    from sophia.optim.hessian_free import (HessianFree, HFSettings, build_batch_graphs, compile_functions,
+                                           curvature_slice)
     from sophia.options import ModelOptions
 
     frames = a.T + a.T // 10
@@ -117,8 +117,7 @@ def main(argv=None):
         model.update(init_type="sparse", init_scale=0.258, orthogonal_recurrent=False)
     net = Net(ModelOptions(**model), dtype=a.dtype)
     start = time.perf_counter()
-    graph, curvature_graph = (build_net_graph(net, step_size=frames, window_size=frames, batch_size=batch)
-                              for batch in (a.batch, curvature_rows(a.batch, a.curvature_fraction)))
+    graph, curvature_graph = build_batch_graphs(net, frames, "l2", frames, a.batch, a.curvature_fraction)
     functions = compile_functions(graph, mode=compile_mode(a.mode, looped=True), curvature_graph=curvature_graph)
     compile_seconds = time.perf_counter() - start
 

@@ -6,7 +6,8 @@ What is in it:
   the ``hf_*`` training options; :meth:`HFSettings.from_options`).
 - :func:`build_net_graph` → :class:`HFGraph` — the net's window graph on the scan
   engine (the fused and oneDNN engines have no second-order derivatives), with the
-  hidden layers' outputs kept for structural damping.
+  hidden layers' outputs kept for structural damping; :func:`build_batch_graphs`, one
+  with the gradient batch's static size and one with the curvature batch's.
 - :func:`output_hessian_times` — H_L·r for the loss w.r.t. the output layer's
   pre-activations: ``l2`` on identity outputs, ``xent`` on softmax logits
   (:func:`softmax_hessian_times`), ``bce`` on sigmoid logits. Each is a matching loss
@@ -153,6 +154,15 @@ def build_net_graph(net, step_size: int, loss_type: str = "l2", window_size=None
             s_hidden.append(s_below)
         return HFGraph(list(net.v_params.values()), ports.inputs(), s_below[-step_size:],
                        ports.p_target_tbk[-step_size:], s_hidden[:-1], loss_type)
+
+
+def build_batch_graphs(net, step_size: int, loss_type: str, window_size: int, batch_size: int,
+                       curvature_fraction: float) -> tuple[HFGraph, HFGraph]:
+    """``(graph, curvature_graph)``: :func:`build_net_graph` with the gradient batch's
+    static size and with the curvature batch's (:func:`curvature_rows`), for
+    :func:`compile_functions`."""
+    return tuple(build_net_graph(net, step_size, loss_type, window_size, batch)
+                 for batch in (batch_size, curvature_rows(batch_size, curvature_fraction)))
 
 
 def output_hessian_times(s_output_tbk, s_target_tbk, s_r_tbk, loss_type="l2"):

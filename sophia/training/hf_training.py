@@ -34,8 +34,8 @@ from typing import Callable
 import numpy as np
 
 from sophia.graph.modes import compile_mode, hessian_free_mode
-from sophia.optim.hessian_free import (HessianFree, HFSettings, build_net_graph,
-                                       compile_functions, curvature_rows, curvature_slice)
+from sophia.optim.hessian_free import (HessianFree, HFSettings, build_batch_graphs,
+                                       compile_functions, curvature_slice)
 
 ENGINE_NOTE = "HF step on the scan engine (the fused/oneDNN engines have no R-op)"
 
@@ -51,9 +51,8 @@ def compile_hf(net, train_options) -> HessianFree:
     a scan (:func:`sophia.graph.modes.hessian_free_mode`).
     """
     o = train_options
-    graph, curvature = (build_net_graph(net, step_size=o.step_size, loss_type=o.loss_type,
-                                        window_size=o.window_size, batch_size=batch)
-                        for batch in (o.batch_size, curvature_rows(o.batch_size, o.hf_curvature_batch_fraction)))
+    graph, curvature = build_batch_graphs(net, o.step_size, o.loss_type, o.window_size, o.batch_size,
+                                          o.hf_curvature_batch_fraction)
     functions = compile_functions(graph, mode=compile_mode(hessian_free_mode(o.compile_mode), looped=True),
                                   curvature_graph=curvature)
     return HessianFree(graph.params, functions, HFSettings.from_options(o))
