@@ -1,9 +1,11 @@
 """The cell kernels' machine-code cache (sophia/graph/engines/native.py): a later process loads
 the kernels from disk without compiling them, and they compute what Numba's kernels do."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -83,7 +85,7 @@ def test_native_kernels_compute_what_numba_kernels_do(name, dtype, tmp_path, mon
     arrays = kernel_arrays(name, dtype)
     for got, want in zip(run_native(name, dtype, arrays), run_numba(name, dtype, arrays)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert len(os.listdir(tmp_path)) == 1
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".o")]) == 1
     native.kernel.cache_clear()
 
 
@@ -116,7 +118,7 @@ def test_a_later_process_loads_the_kernels_without_compiling(tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         results.append(dict(np.load(path)))
-    assert len(os.listdir(tmp_path / "compiledir" / "sophia_kernels")) == len(GATES)
+    assert len([f for f in os.listdir(tmp_path / "compiledir" / "sophia_kernels") if f.endswith(".o")]) == len(GATES)
     assert results[0].keys() == results[1].keys()
     for key in results[0]:
         np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
@@ -127,7 +129,7 @@ def test_a_damaged_cache_file_is_compiled_again(tmp_path, monkeypatch):
     native.kernel.cache_clear()
     arrays = kernel_arrays("gru_cell", "float32")
     want = run_native("gru_cell", "float32", arrays)
-    (path,) = tmp_path.iterdir()
+    (path,) = tmp_path.glob("*.o")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF                     # one flipped byte in the machine code
     path.write_bytes(bytes(data[:-100]))             # and a truncated file
@@ -163,3 +165,90 @@ def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert [p.name for p in tmp_path.iterdir()] == ["not_a_folder"]
     native.kernel.cache_clear()
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty kernel cache, no kernels handed to helpers yet, two cores."""
+    monkeypatch.setattr(native, "cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(native, "_PREFETCHED", set())
+    monkeypatch.setattr(native, "_HELPERS", [])
+    monkeypatch.setattr(native, "_cores", lambda: 2)
+    native.kernel.cache_clear()
+    yield tmp_path
+    native.kernel.cache_clear()
+
+
+def refuse_to_compile(monkeypatch):
+    def refuse(*args):
+        raise RuntimeError("compiled although a helper stored the kernel")
+    monkeypatch.setattr(native, "_compile", refuse)
+
+
+NORM = ["layer_norm_rows", "layer_norm_rows_grad"]
+
+
+def test_prefetch_stores_the_missing_kernels_from_a_helper_process(fresh_cache, monkeypatch):
+    native.prefetch(NORM, "float32")
+    (helper,) = native._HELPERS
+    assert helper.args[-2:] == NORM
+    assert helper.wait(timeout=300) == 0
+    assert len(list(fresh_cache.glob("*.o"))) == 2
+    native.prefetch(NORM, "float32")                  # all cached: no second helper
+    assert len(native._HELPERS) == 1
+    refuse_to_compile(monkeypatch)
+    for name in NORM:
+        arrays = kernel_arrays(name, "float32")
+        for got, want in zip(run_native(name, "float32", arrays), run_numba(name, "float32", arrays)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_prefetch_starts_nothing_for_one_kernel_or_one_core(fresh_cache, monkeypatch):
+    native.prefetch(NORM[:1], "float32")
+    monkeypatch.setattr(native, "_cores", lambda: 1)
+    native.prefetch(NORM, "float32")
+    assert native._HELPERS == []
+
+
+def test_a_kernel_compiling_in_another_process_is_waited_for_then_loaded(fresh_cache, tmp_path_factory,
+                                                                        monkeypatch):
+    """While another process holds a kernel's lock, kernel() waits and loads what that
+    process stores instead of compiling it again; a helper skips a locked kernel."""
+    elsewhere = str(tmp_path_factory.mktemp("elsewhere"))
+    native.compile_into(elsewhere, "float32", "layer_norm_rows")
+    (stored,) = [os.path.join(elsewhere, f) for f in os.listdir(elsewhere) if f.endswith(".o")]
+    path = os.path.join(str(fresh_cache), os.path.basename(stored))
+    held, release = threading.Event(), threading.Event()
+
+    def other_process():                              # flock: another open file conflicts, as another process would
+        with native._locked(path):
+            held.set()
+            release.wait(30)
+            shutil.copy(stored, path)
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    held.wait(30)
+    native.compile_into(str(fresh_cache), "float32", "layer_norm_rows")
+    assert not os.path.exists(path)                   # the helper left the locked kernel alone
+    refuse_to_compile(monkeypatch)
+    threading.Timer(0.3, release.set).start()
+    arrays = kernel_arrays("layer_norm_rows", "float32")
+    got = run_native("layer_norm_rows", "float32", arrays)
+    other.join()
+    for got, want in zip(got, run_numba("layer_norm_rows", "float32", arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_compiling_a_function_prefetches_its_kernels_forward_ones_first(fresh_cache):
+    import pytensor as th
+    import pytensor.tensor as tt
+    from sophia.graph.engines.fused_norm import layer_norm
+    from sophia.graph.modes import compile_mode
+
+    x, gamma, beta = tt.matrix("x"), tt.vector("gamma"), tt.vector("beta")
+    y = layer_norm(x, gamma, beta)
+    th.function([x, gamma, beta], [y, th.grad((y ** 2).sum(), gamma)], mode=compile_mode("auto"))
+    (helper,) = native._HELPERS
+    assert helper.args[-2:] == NORM
+    assert helper.wait(timeout=300) == 0

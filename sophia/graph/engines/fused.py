@@ -165,9 +165,11 @@ class _RecurrenceGrad(Op):
         return np.asarray(time_tb) <= 0, W, inits, stored, forward, d_states
 
 
-class LSTMRecurrence(_Recurrence):
+class LSTMRecurrence(native.CallsKernel, _Recurrence):
     """LSTM over a window: ``(xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi)``
     → ``(h_tbi, c_tbi, act_tbg)``, act = the activated gates σ(i), σ(f), σ(o), tanh(g)."""
+
+    kernel_name = "lstm_cell"
 
     n_states, n_saved = 2, 1
 
@@ -224,8 +226,10 @@ def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
     return h_seq, c_seq, act
 
 
-class LSTMRecurrenceGrad(_RecurrenceGrad):
+class LSTMRecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
     """Backpropagation through time of :class:`LSTMRecurrence`."""
+
+    kernel_name = "lstm_cell_grad"
 
     n_states, n_saved = 2, 1
 
@@ -296,9 +300,11 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
     return d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc
 
 
-class GRURecurrence(_Recurrence):
+class GRURecurrence(native.CallsKernel, _Recurrence):
     """GRU over a window: ``(xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi)`` → ``(h_tbi,
     act_tbg, hn_tbi)``, act = σ(r), σ(z), tanh(n) and hn = the candidate's recurrent product."""
+
+    kernel_name = "gru_cell"
 
     n_states, n_saved = 1, 2
 
@@ -349,8 +355,10 @@ class GRURecurrence(_Recurrence):
         output_storage[0][0], output_storage[1][0], output_storage[2][0] = h_seq, act, hn_seq
 
 
-class GRURecurrenceGrad(_RecurrenceGrad):
+class GRURecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
     """Backpropagation through time of :class:`GRURecurrence`."""
+
+    kernel_name = "gru_cell_grad"
 
     n_states, n_saved = 1, 2
 

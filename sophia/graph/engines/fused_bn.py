@@ -91,7 +91,7 @@ def _statistics(training, stats, population, step_tb, dummy):
     return [Frames(r) for r in rows], rows
 
 
-class LSTMBatchNormRecurrence(WindowRecurrence):
+class LSTMBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
     """Batch-normalised LSTM over a window, with or without peepholes and the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
@@ -100,6 +100,8 @@ class LSTMBatchNormRecurrence(WindowRecurrence):
     then ``k_tbi`` (clock). Outputs: ``h_tbi, c_tbi``, the saved arrays, then the batch
     statistics ``mean_h, var_h`` [T][4i] and ``mean_c, var_c`` [T][i].
     """
+
+    kernel_name = "lstm_bn_cell"
 
     __props__ = ("peephole", "clock", "training")
     n_states = 2
@@ -146,8 +148,10 @@ class LSTMBatchNormRecurrence(WindowRecurrence):
             storage[0] = value
 
 
-class LSTMBatchNormRecurrenceGrad(WindowRecurrenceGrad):
+class LSTMBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMBatchNormRecurrence` (training)."""
+
+    kernel_name = "lstm_bn_cell_grad"
 
     __props__ = ("peephole", "clock", "given")
     forward = LSTMBatchNormRecurrence
@@ -191,13 +195,15 @@ class LSTMBatchNormRecurrenceGrad(WindowRecurrenceGrad):
             storage[0] = value
 
 
-class GRUBatchNormRecurrence(WindowRecurrence):
+class GRUBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
     """Batch-normalised GRU over a window, with or without the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h`` [3i], at
     inference ``step_tb`` and the population ``mean_h, var_h`` [S][3i], then ``k_tbi``
     (clock). Outputs: ``h_tbi``, the saved arrays, then ``mean_h, var_h`` [T][3i].
     """
+
+    kernel_name = "gru_bn_cell"
 
     __props__ = ("clock", "training")
     n_states = 1
@@ -237,8 +243,10 @@ class GRUBatchNormRecurrence(WindowRecurrence):
             storage[0] = value
 
 
-class GRUBatchNormRecurrenceGrad(WindowRecurrenceGrad):
+class GRUBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUBatchNormRecurrence` (training)."""
+
+    kernel_name = "gru_bn_cell_grad"
 
     __props__ = ("clock", "given")
     forward = GRUBatchNormRecurrence

@@ -37,9 +37,11 @@ def openness(gate, s_time_tb, training: bool):
         s_time_tb, gate.v_tau_i, gate.v_shift_i, gate.v_r_on_i)
 
 
-class ClockOpenness(Op):
+class ClockOpenness(native.CallsKernel, Op):
     """``(time_tb, tau_i, shift_i, r_on_i)`` → k [T][B][i], with the leak α of the
     closed phase as a property (0 for inference). Requires the native kernels (Numba)."""
+
+    kernel_name = "clock_openness"
 
     __props__ = ("leak",)
 
@@ -76,9 +78,11 @@ class ClockOpenness(Op):
         return [disconnected_type(), *ClockOpennessGrad(self.leak)(*inputs, output_grads[0])]
 
 
-class ClockOpennessGrad(Op):
+class ClockOpennessGrad(native.CallsKernel, Op):
     """``(time_tb, tau_i, shift_i, r_on_i, dk_tbi)`` → the gradients of tau, shift
     and r_on [i]: the backward of :class:`ClockOpenness`."""
+
+    kernel_name = "clock_openness_grad"
 
     __props__ = ("leak",)
 

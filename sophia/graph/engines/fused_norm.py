@@ -44,10 +44,12 @@ def layer_norm(s_x, v_gamma_g, v_beta_g):
     return LayerNormRows()(s_x, v_gamma_g, v_beta_g)[0]
 
 
-class LayerNormRows(Op):
+class LayerNormRows(native.CallsKernel, Op):
     """``(x, gamma_g, beta_g)`` → ``(y, n, rstd)``: y = γ n + β, the normalised rows n
     (x's shape) and 1 / sd per row (x's shape without its last axis), kept for the
     gradient. Requires the native kernels (Numba)."""
+
+    kernel_name = "layer_norm_rows"
 
     __props__ = ()
 
@@ -95,9 +97,11 @@ class _NormGrad(Op):
         return [shapes[0], shapes[3], shapes[3]]
 
 
-class LayerNormRowsGrad(_NormGrad):
+class LayerNormRowsGrad(native.CallsKernel, _NormGrad):
     """``(dy, n, rstd, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the backward of
     :class:`LayerNormRows` from the gradient of its y."""
+
+    kernel_name = "layer_norm_rows_grad"
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
@@ -122,11 +126,13 @@ def batch_norm(s_x_tbg, v_gamma_g, v_beta_g=None):
     return y, mean, var
 
 
-class BatchNormFrames(Op):
+class BatchNormFrames(native.CallsKernel, Op):
     """``(x_tbg, gamma_g, beta_g)`` → ``(y, n, mean_tg, var_tg)``: y = γ n + β per frame
     with n = (x − mean) / sqrt(var + ε), the mean and biased variance over the batch
     axis of each frame; n is kept for the gradient, the statistics have none (they
     feed the population updates). Requires the native kernels (Numba)."""
+
+    kernel_name = "batch_norm_frame"
 
     __props__ = ()
 
@@ -163,9 +169,11 @@ class BatchNormFrames(Op):
         return BatchNormFramesGrad()(output_grads[0], outputs[1], outputs[3], inputs[1])
 
 
-class BatchNormFramesGrad(_NormGrad):
+class BatchNormFramesGrad(native.CallsKernel, _NormGrad):
     """``(dy, n, var_tg, gamma_g)`` → ``(dx, d_gamma_g, d_beta_g)``: the backward of
     :class:`BatchNormFrames` (batch statistics) from the gradient of its y."""
+
+    kernel_name = "batch_norm_frame_grad"
 
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype

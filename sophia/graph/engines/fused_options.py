@@ -84,13 +84,15 @@ def _flags(peephole=False, layer_norm=False, clock=False) -> int:
     return (kernels.PEEPHOLE * peephole) | (kernels.LAYER_NORM * layer_norm) | (kernels.CLOCK * clock)
 
 
-class LSTMOptionsRecurrence(WindowRecurrence):
+class LSTMOptionsRecurrence(native.CallsKernel, WindowRecurrence):
     """LSTM over a window with peepholes, layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
     [3i] (peephole), ``gamma_h, beta_h`` [4i] and ``gamma_c, beta_c`` [i] (layer
     norm), ``k_tbi`` (clock). Outputs: ``h_tbi, c_tbi``, then the saved arrays.
     """
+
+    kernel_name = "lstm_options_cell"
 
     __props__ = ("peephole", "layer_norm", "clock")
     n_states = 2
@@ -130,8 +132,10 @@ class LSTMOptionsRecurrence(WindowRecurrence):
             storage[0] = value
 
 
-class LSTMOptionsRecurrenceGrad(WindowRecurrenceGrad):
+class LSTMOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMOptionsRecurrence`."""
+
+    kernel_name = "lstm_options_cell_grad"
 
     __props__ = ("peephole", "layer_norm", "clock", "given")
     forward = LSTMOptionsRecurrence
@@ -178,12 +182,14 @@ class LSTMOptionsRecurrenceGrad(WindowRecurrenceGrad):
             storage[0] = value
 
 
-class GRUOptionsRecurrence(WindowRecurrence):
+class GRUOptionsRecurrence(native.CallsKernel, WindowRecurrence):
     """GRU over a window with layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h, beta_h``
     [3i] (layer norm), ``k_tbi`` (clock). Outputs: ``h_tbi``, then the saved arrays.
     """
+
+    kernel_name = "gru_options_cell"
 
     __props__ = ("layer_norm", "clock")
     n_states = 1
@@ -221,8 +227,10 @@ class GRUOptionsRecurrence(WindowRecurrence):
             storage[0] = value
 
 
-class GRUOptionsRecurrenceGrad(WindowRecurrenceGrad):
+class GRUOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUOptionsRecurrence`."""
+
+    kernel_name = "gru_options_cell_grad"
 
     __props__ = ("layer_norm", "clock", "given")
     forward = GRUOptionsRecurrence
