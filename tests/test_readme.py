@@ -8,7 +8,6 @@ that must print its "serving on" line), Python blocks in a fresh interpreter.
 Command 2 is the command running these tests: the test checks that ``.ci/run``
 runs exactly it.
 """
-import os
 import re
 import shlex
 import shutil

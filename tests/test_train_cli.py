@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sophia.data.make import make_dataset
-from sophia.options import ModelOptions, OptionError, TrainOptions, option_names
+from sophia.options import ModelOptions, OptionError, TrainOptions
 from sophia.data.dataset import check_dataset
 from sophia.training import cli
 from sophia.training.cli import DEMO_CONFIG, main, merge_options, parse_sets, read_config
