@@ -108,6 +108,25 @@ def test_resume_errors_name_what_differs_and_the_alternative(data_dir, tmp_path,
     assert "has no resumable state" in err and f"--load_from {ws}" in err
 
 
+def test_a_resume_that_fails_leaves_the_workspace_as_it_was(data_dir, tmp_path, capsys):
+    """A resume whose saved state does not fit (here: a data folder with fewer
+    sequences than the saved iterator names) changes neither the saved options nor
+    the data folder, so the same resume, with the right data, then goes on."""
+    from sophia.training.cli import main
+    ws = tmp_path / "old"
+    finish(train_py("--data_dir", data_dir, "--save_to", str(ws), *sets(**{**RUN, "max_epochs": 1})))
+    saved = (ws / "options.json").read_text()
+    fewer = tmp_path / "fewer"
+    make_dataset("adding", fewer, seed=2, counts={"train": 6, "dev": 6, "test": 1}, T=12)
+
+    assert main(["--resume", str(ws), "--data_dir", str(fewer), "--set", "max_epochs=2"]) == 1
+    assert "the saved training state does not fit this run" in capsys.readouterr().err
+    assert (ws / "options.json").read_text() == saved
+
+    assert main(["--resume", str(ws), "--set", "max_epochs=2"]) == 0
+    assert [r["epoch"] for r in Workspace(ws, create=False).read_metrics()] == [0, 1, 2]
+
+
 # Hessian-free: whole sequences in a window, no patience, so it rolls back too (the
 # reset of lambda and the CG direction takes part); HF's state is in the checkpoint.
 RUN_HF = dict(unit_type="rnn", init_type="sparse", orthogonal_recurrent="false", net_width=6,

@@ -244,8 +244,9 @@ class Trainer:
 
         ``train_options`` (default: the saved ones) may change what does not shape
         the saved state (:data:`FIXED_ON_RESUME` lists what does); ``data_dir``
-        (default: the saved one) must hold the same data. Writes nothing until
-        :meth:`run`, except ``options.json`` when the training options changed.
+        (default: the saved one) must hold the same data. Writes nothing: changed
+        training options go to ``options.json`` once :meth:`run` has restored the
+        saved state, so a resume that fails leaves the workspace as it was.
         Raises WorkspaceError for a workspace without a checkpoint (naming
         ``--load_from``), OptionError for a change of a fixed option, DatasetError.
         """
@@ -273,7 +274,7 @@ class Trainer:
         set_params(ws, self.net, saved.net, RESUME)
         self.ws, self._checkpoint = ws, saved
         if train_options != run.train:
-            save_run_options(ws, RunOptions(run.model, train_options, run.seed, self.data_dir))
+            self._changed_options = RunOptions(run.model, train_options, run.seed, self.data_dir)
         return self
 
     @property
@@ -285,6 +286,7 @@ class Trainer:
         self.train_options, self.seed, self.data_dir = train_options.validate(), seed, data_dir
         self.out, self.progress = out or sys.stdout, progress or sys.stderr
         self._checkpoint, self.hf, self.linear_start = None, None, None
+        self._changed_options = None        # a resume's new training options, saved once its state fits
         self.v_noise_rng = noise.shared_generator(seed)   # dropout and input_noise draw from it
 
     def _open(self, model_options: ModelOptions, ids: list[str] | None) -> None:
@@ -455,8 +457,9 @@ class Trainer:
 
     def _restore(self, saved: checkpoint.Checkpoint, windows: BPTTIterator, annealer: Annealer) -> None:
         """Continue from ``saved``: the iterator, annealer, stored states, optimizer
-        (or HF) state and metrics log as they were (the parameters were set by :meth:`resume`).
-        Raises WorkspaceError if the checkpoint does not fit this run."""
+        (or HF) state and metrics log as they were (the parameters were set by :meth:`resume`),
+        then save the resume's changed training options. Raises WorkspaceError if the
+        checkpoint does not fit this run (nothing written then)."""
         path = self.ws.file(RESUME, ".npz")
         meta = saved.meta
         try:
@@ -478,6 +481,8 @@ class Trainer:
                 raise WorkspaceError(f"{path}: the {kind} do not fit this run's net and options")
             for v, value in zip(variables, values):
                 v.set_value(np.asarray(value, dtype=v.dtype))
+        if self._changed_options is not None:
+            save_run_options(self.ws, self._changed_options)
         self.ws.keep_metrics(records)
         self._records = records
         plot_learning_curve(self.ws.read_metrics(), self.ws.file(CURVE))
