@@ -323,7 +323,7 @@ class GRURecurrence(native.CallsKernel, _Recurrence):
         h_seq, hn_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
         act, ha = np.empty_like(xw), np.empty((batch, gates), dtype)
         one = act.dtype.type(1)
-        cell = native.kernel("gru_cell", dtype) if kernels.AVAILABLE else None
+        cell = native.kernel(self.kernel_name, dtype) if kernels.AVAILABLE else None
         if cell is not None:
             addr_xw, addr_act, addr_hn, addr_h = map(Frames, (xw, act, hn_seq, h_seq))
             addr_ha, addr_bias, addr_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
@@ -373,7 +373,7 @@ class GRURecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
         tmp, back = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
         W_T = np.ascontiguousarray(W.T)
         one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
-        cell_grad = native.kernel("gru_cell_grad", dtype) if kernels.AVAILABLE else None
+        cell_grad = native.kernel(self.kernel_name, dtype) if kernels.AVAILABLE else None
         if cell_grad is not None:
             addr_act, addr_h, addr_hn, addr_d, addr_d_ha = map(Frames, (act, h_seq, hn_seq, d_pre, d_ha))
             addr_dh, addr_db, addr_h_bi = (x.ctypes.data for x in (dh, db, h_bi))

@@ -142,7 +142,7 @@ class LSTMBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
                 mean_h, var_h, Frames(n_h), mean_c, var_c, Frames(n_c), *(frames(x, dummy) for x in (c_new, h_new)),
                 Frames(c_seq), Frames(h_seq), np.empty((2, gates), np.float64), batch, i, act.dtype.type(1),
                 _flags(self.peephole, self.clock, self.training)]
-        window.forward(native.kernel("lstm_bn_cell", dtype), args, W, act, (h_bi, c_bi), (h0, c0),
+        window.forward(native.kernel(self.kernel_name, dtype), args, W, act, (h_bi, c_bi), (h0, c0),
                        (h_seq, c_seq), reset)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved, *stats]):
             storage[0] = value
@@ -185,7 +185,7 @@ class LSTMBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
                 *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), np.empty((2, gates), np.float64), db, d_peep,
                 d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, act.dtype.type(1),
                 _flags(self.peephole, self.clock)]
-        dW = window.backward(native.kernel("lstm_bn_cell_grad", dtype), args, W, d_ha, (h_bi, c_bi), (h0, c0),
+        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi, c_bi), (h0, c0),
                              (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
         grads += [d_peep.astype(dtype)] if self.peephole else []
@@ -238,7 +238,7 @@ class GRUBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
         args = [ha, Frames(xw), bias, None, gamma_h, frames(k, dummy), mean_h, var_h,
                 *(frames(x, dummy) for x in (n_h, act, hn, h_new, h_seq)), np.empty((2, gates), np.float64),
                 batch, i, act.dtype.type(1), _flags(clock=self.clock, training=self.training)]
-        window.forward(native.kernel("gru_bn_cell", dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
+        window.forward(native.kernel(self.kernel_name, dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
         for storage, value in zip(output_storage, [h_seq, *saved, *stats]):
             storage[0] = value
 
@@ -272,7 +272,7 @@ class GRUBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         args = [dh, Frames(dh_out, zero_bi), Frames(act), None, *(frames(x, dummy) for x in (hn, h_new, n_h, var_h)),
                 gamma_h, *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), np.empty((2, gates), np.float64), db,
                 d_gamma_h, d_beta_h, batch, i, act.dtype.type(1), _flags(clock=self.clock)]
-        dW = window.backward(native.kernel("gru_bn_cell_grad", dtype), args, W, d_ha, (h_bi,), (h0,), (h_seq,), reset,
+        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi,), (h0,), (h_seq,), reset,
                              (dh,), (dh0,))
         grads = [d_pre, dW, db.astype(dtype), dh0, dh, d_gamma_h.astype(dtype)] + ([d_k] if self.clock else [])
         for storage, value in zip(output_storage, grads):

@@ -66,7 +66,7 @@ class ClockOpenness(native.CallsKernel, Op):
         k = np.empty((steps, batch, tau.size), dtype)
         leak = np.array([self.leak], dtype)
         if k.size:
-            native.kernel("clock_openness", dtype)(
+            native.kernel(self.kernel_name, dtype)(
                 time.ctypes.data, tau.ctypes.data, shift.ctypes.data, r_on.ctypes.data, leak.ctypes.data,
                 k.ctypes.data, steps * batch, tau.size, k.dtype.type(1))
         output_storage[0][0] = k
@@ -102,7 +102,7 @@ class ClockOpennessGrad(native.CallsKernel, Op):
         grads = [np.zeros(tau.size, np.float64) for _ in range(3)]
         leak = np.array([self.leak], dtype)
         if dk.size:
-            native.kernel("clock_openness_grad", dtype)(
+            native.kernel(self.kernel_name, dtype)(
                 time.ctypes.data, tau.ctypes.data, shift.ctypes.data, r_on.ctypes.data, leak.ctypes.data,
                 dk.ctypes.data, *[g.ctypes.data for g in grads], time.size, tau.size, dk.dtype.type(1))
         for storage, value in zip(output_storage, grads):

@@ -71,7 +71,7 @@ class LayerNormRows(native.CallsKernel, Op):
         rows = x.size // width if width else 0
         y, n, rstd = np.empty_like(x), np.empty_like(x), np.empty(x.shape[:-1], dtype)
         if rows:
-            native.kernel("layer_norm_rows", dtype)(
+            native.kernel(self.kernel_name, dtype)(
                 x.ctypes.data, gamma.ctypes.data, beta.ctypes.data, n.ctypes.data, rstd.ctypes.data,
                 y.ctypes.data, rows, width, x.dtype.type(1))
         for storage, value in zip(output_storage, (y, n, rstd)):
@@ -111,7 +111,7 @@ class LayerNormRowsGrad(native.CallsKernel, _NormGrad):
         dx = np.empty_like(dy)
         d_gamma, d_beta = np.zeros(width, np.float64), np.zeros(width, np.float64)
         if rows:
-            native.kernel("layer_norm_rows_grad", dtype)(
+            native.kernel(self.kernel_name, dtype)(
                 dy.ctypes.data, n.ctypes.data, rstd.ctypes.data, gamma.ctypes.data, dx.ctypes.data,
                 d_gamma.ctypes.data, d_beta.ctypes.data, rows, width, dy.dtype.type(1))
         for storage, value in zip(output_storage, (dx, d_gamma.astype(dtype), d_beta.astype(dtype))):
@@ -155,7 +155,7 @@ class BatchNormFrames(native.CallsKernel, Op):
         mean, var = np.empty((steps, width), dtype), np.empty((steps, width), dtype)
         if x.size:
             scratch = np.empty((2, width), np.float64)
-            frame = native.kernel("batch_norm_frame", dtype)
+            frame = native.kernel(self.kernel_name, dtype)
             addr = [Frames(a) for a in (x, n, mean, var, y)]
             for t in range(steps):
                 frame(addr[0][t], gamma.ctypes.data, beta.ctypes.data, addr[1][t], addr[2][t], addr[3][t],
@@ -183,7 +183,7 @@ class BatchNormFramesGrad(native.CallsKernel, _NormGrad):
         d_gamma, d_beta = np.zeros(width, np.float64), np.zeros(width, np.float64)
         if dy.size:
             scratch = np.empty((2, width), np.float64)
-            frame_grad = native.kernel("batch_norm_frame_grad", dtype)
+            frame_grad = native.kernel(self.kernel_name, dtype)
             addr = [Frames(a) for a in (dy, n, var, dx)]
             for t in range(steps):
                 frame_grad(addr[0][t], addr[1][t], addr[2][t], gamma.ctypes.data, addr[3][t], scratch.ctypes.data,

@@ -126,7 +126,7 @@ class LSTMOptionsRecurrence(native.CallsKernel, WindowRecurrence):
         args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, beta_h, gamma_c, beta_c,
                 *(frames(x, dummy) for x in (k, n_h, rstd_h, n_c, rstd_c, c_new, h_new)), Frames(c_seq),
                 Frames(h_seq), batch, i, act.dtype.type(1), _flags(self.peephole, self.layer_norm, self.clock)]
-        window.forward(native.kernel("lstm_options_cell", dtype), args, W, act, (h_bi, c_bi), (h0, c0),
+        window.forward(native.kernel(self.kernel_name, dtype), args, W, act, (h_bi, c_bi), (h0, c0),
                        (h_seq, c_seq), reset)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved]):
             storage[0] = value
@@ -169,7 +169,7 @@ class LSTMOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
                 *(frames(x, dummy) for x in (n_h, rstd_h, n_c, rstd_c)), peep, gamma_h, gamma_c, beta_c,
                 *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), db, d_peep, d_gamma_h, d_gamma_c, d_beta_c,
                 batch, i, act.dtype.type(1), _flags(self.peephole, self.layer_norm, self.clock)]
-        dW = window.backward(native.kernel("lstm_options_cell_grad", dtype), args, W, d_ha, (h_bi, c_bi),
+        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi, c_bi),
                              (h0, c0), (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
         if self.peephole:
@@ -222,7 +222,7 @@ class GRUOptionsRecurrence(native.CallsKernel, WindowRecurrence):
         args = [ha, Frames(xw), bias, None, gamma_h, beta_h,
                 *(frames(x, dummy) for x in (k, n_h, rstd_h, act, hn, h_new, h_seq)),
                 batch, i, act.dtype.type(1), _flags(layer_norm=self.layer_norm, clock=self.clock)]
-        window.forward(native.kernel("gru_options_cell", dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
+        window.forward(native.kernel(self.kernel_name, dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
         for storage, value in zip(output_storage, [h_seq, *saved]):
             storage[0] = value
 
@@ -260,7 +260,7 @@ class GRUOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
                 *(frames(x, dummy) for x in (hn, h_new, n_h, rstd_h)), gamma_h,
                 *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), db, d_gamma_h, d_beta_h,
                 batch, i, act.dtype.type(1), _flags(layer_norm=self.layer_norm, clock=self.clock)]
-        dW = window.backward(native.kernel("gru_options_cell_grad", dtype), args, W, d_ha, (h_bi,), (h0,),
+        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi,), (h0,),
                              (h_seq,), reset, (dh,), (dh0,))
         grads = [d_pre, dW, db.astype(dtype), dh0, dh]
         if self.layer_norm:
