@@ -13,7 +13,8 @@ setup(
                       # oneDNN's LSTM for training steps (sophia/graph/engines/onednn.py); elsewhere the fused Ops
                       "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     extras_require={
-        "test": ["pytest>=8", "matplotlib>=3.7",    # tests check the learning-curve PNG
+        "test": ["pytest>=8", "pytest-xdist>=3.5",  # the suite runs on every core (pytest.ini)
+                 "matplotlib>=3.7",                     # tests check the learning-curve PNG
                  "jax>=0.4.30",                         # and the JAX compile mode
                  "statsmodels>=0.14"],                  # and the ETS/ARIMA baselines, real series
         "jax": ["jax>=0.4.30"],                         # compile_mode JAX (CPU; GPUs with jax[cuda12])
