@@ -42,11 +42,13 @@ DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 UPDATE_TYPES = ("sgd", "momentum", "nesterov", "hessian_free")
 FORCE_TYPES = ("vanilla", "adadelta", "rmsprop", "adam", "amsgrad")
 # Options the hessian_free update does not read (the first-order optimizer's, the
-# regularisation of its training graph, and the training streak, which HF steps do
-# not count): a non-default value would be ignored.
+# regularisation of its training graph, the training streak, which HF steps do not
+# count, and label smoothing: HF minimises the plain loss): a non-default value would
+# be ignored.
 HF_UNUSED = ("force_type", "rms_decay", "adadelta_decay", "adam_beta1", "adam_beta2",
                     "force_epsilon", "update_mu", "grad_norm_clip", "ema_decay",
-                    "dropout", "weight_decay", "input_noise", "target_train_streak")
+                    "dropout", "weight_decay", "input_noise", "target_train_streak",
+                    "label_smoothing")
 HF_LOSS_TYPES = ("l2", "xent", "bce")  # matching losses: hessian_free builds their output Hessian
 COMPILE_MODES = ("auto", "FAST_COMPILE", "FAST_RUN", "CVM", "NUMBA", "JAX")
 
@@ -152,6 +154,7 @@ class TrainOptions:
 
     loss_type: str = _opt("l2", "l2 | l1 | huber | xent (softmax cross-entropy, one-hot targets) | bce (sigmoid binary cross-entropy, targets in {0, 1}) | gaussian (negative log-likelihood of a mean and variance) | quantile (pinball loss at the levels of quantiles)")
     huber_delta: float = _opt(1.0, "where huber turns from quadratic to linear")
+    label_smoothing: float = _opt(0.0, "xent only: train against (1 − ε)·one-hot + ε/k (Szegedy et al. 2016), 0 ≤ ε < 1; the losses reported stay plain cross-entropy")
     batch_size: int = _opt(16, "streams trained in parallel")
     eval_batch_size: int = _opt(0, "streams evaluated in parallel (dev loss); 0 = batch_size")
     window_size: int = _opt(64, "h: frames of each BPTT window")
@@ -217,6 +220,10 @@ class TrainOptions:
         _check_range("lr_lower_bound", self.lr_lower_bound, lo=0.0)
         _check_range("lr_decay_rate", self.lr_decay_rate, lo=0.0, hi=1.0, lo_open=True)
         _check_range("huber_delta", self.huber_delta, lo=0.0, lo_open=True)
+        _check_range("label_smoothing", self.label_smoothing, lo=0.0, hi=1.0, hi_open=True)
+        if self.label_smoothing and self.loss_type != "xent":
+            raise OptionError(f"label_smoothing ({self.label_smoothing}) smooths one-hot targets and needs "
+                              f"loss_type xent; got {self.loss_type!r}")
         for name in ("update_mu", "rms_decay", "adadelta_decay", "adam_beta1", "adam_beta2"):
             _check_range(name, getattr(self, name), lo=0.0, hi=1.0)
         for name in ("force_epsilon", "grad_norm_clip", "max_hours", "target_dev_loss",

@@ -2,6 +2,7 @@
 learns, served and offline probabilities, and old workspaces that mean identity outputs."""
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -168,3 +169,41 @@ def test_sophia_data_check_with_a_loss_type_names_the_bad_target_frame(tmp_path,
     assert main(["check", root, "--input_dim", "2", "--target_dim", "3", "--loss_type", "xent"]) == 1
     err = capsys.readouterr().err
     assert f"{root}/bad.target" in err and f"target frame {frame}" in err, err
+
+
+# -- label smoothing -----------------------------------------------------------------------
+def test_a_smoothed_step_descends_the_smoothed_targets_and_reports_the_plain_loss():
+    """One SGD step with label_smoothing ε moves the weights as a plain xent step on the
+    targets (1 − ε)·one-hot + ε/k does; the loss it reports is the plain cross-entropy."""
+    from graph_support import make_net, make_window
+
+    epsilon, lr, k = 0.3, np.float32(0.5), 2
+    rng = np.random.default_rng(4)
+    x, time, ids, _ = make_window(make_net("float32"), frames=5, batch=2)
+    one_hot = np.eye(k, dtype="float32")[rng.integers(0, k, (5, 2))]
+    one_hot[:2] = np.nan                                            # frames without a target
+    smoothed = (1 - epsilon) * one_hot + epsilon / k
+    window = dict(batch_size=2, window_size=5, step_size=5, compile_mode="FAST_COMPILE",
+                  loss_type="xent", force_type="vanilla", update_type="sgd")
+    results = {}
+    for name, eps, target in [("smoothing", epsilon, one_hot), ("by hand", 0.0, smoothed),
+                              ("plain", 0.0, one_hot)]:
+        net = make_net("float32", output_activation="softmax")
+        f_train_step, _, _ = net.compile_train_step(TrainOptions(label_smoothing=eps, **window))
+        loss_sum = f_train_step(x, time, ids, target, lr)[0]
+        results[name] = loss_sum, {p: v.get_value() for p, v in net.v_params.items()}
+    for p, value in results["smoothing"][1].items():
+        np.testing.assert_allclose(value, results["by hand"][1][p], rtol=1e-5, atol=1e-6, err_msg=p)
+    assert results["smoothing"][0] == pytest.approx(results["plain"][0], rel=1e-6)
+    assert not np.allclose(results["smoothing"][1]["output.W"], results["plain"][1]["output.W"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(loss_type="l2", label_smoothing=0.1),
+     "label_smoothing (0.1) smooths one-hot targets and needs loss_type xent; got 'l2'"),
+    (dict(loss_type="xent", label_smoothing=1.0), "option 'label_smoothing' must be >= 0.0 and < 1.0; got 1.0"),
+    (dict(loss_type="xent", label_smoothing=-0.1), "option 'label_smoothing' must be >= 0.0 and < 1.0; got -0.1"),
+])
+def test_label_smoothing_outside_xent_or_its_range_is_an_error(overrides, message):
+    with pytest.raises(OptionError, match=re.escape(message)):
+        TrainOptions(**overrides).validate()

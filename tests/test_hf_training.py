@@ -53,6 +53,8 @@ def test_hf_settings_are_the_hf_options_one_to_one_with_the_papers_defaults():
      "update_type 'hessian_free' does not use force_type, ema_decay: leave them at their defaults"),
     ({**HF, "grad_norm_clip": 1.0, "update_mu": 0.5},
      "does not use update_mu, grad_norm_clip"),
+    ({**HF, "loss_type": "xent", "label_smoothing": 0.1},
+     "update_type 'hessian_free' does not use label_smoothing: leave them at their defaults"),
     ({**HF, "loss_type": "huber"}, r"supports loss_type l2 \| xent \| bce, not 'huber'"),
     ({**HF, "step_size": 4},
      r"needs step_size = window_size \(got 4 and 8\): HF starts every window from zero states, "

@@ -36,6 +36,23 @@ def test_xent_matches_numpy_with_masked_frames():
     assert n_correct == (z.argmax(-1) == np.nan_to_num(t).argmax(-1))[valid].sum()
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.2])
+def test_smoothed_xent_matches_numpy_with_masked_frames(epsilon):
+    """Label smoothing ε trains against (1 − ε)·one-hot + ε/k; frames without a target stay out."""
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((5, 3, 4)) * 3
+    t = one_hot_targets(rng, (5, 3), 4)
+    s_z, s_t = tt.tensor3(), tt.tensor3()
+    f = th.function([s_z, s_t], list(masked_loss(s_z, s_t, "xent", label_smoothing=epsilon)), mode=MODE)
+    loss_sum, n_frames = f(z, t)
+    valid = ~np.isnan(t).all(-1)
+    logp = z - z.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    smoothed = (1 - epsilon) * np.nan_to_num(t) + epsilon / 4
+    assert loss_sum == pytest.approx(-(smoothed * logp).sum(-1)[valid].sum(), rel=1e-12)
+    assert n_frames == valid.sum()
+
+
 def test_bce_matches_numpy_with_masked_elements():
     rng = np.random.default_rng(1)
     z = rng.standard_normal((5, 3, 4)) * 3

@@ -340,16 +340,18 @@ class Net:
                                      output_layout.point_channel(self.options))
 
     @_in_own_dtype
-    def loss(self, forward: Forward, ports: Ports, step_size: int, loss_type: str, huber_delta=1.0):
+    def loss(self, forward: Forward, ports: Ports, step_size: int, loss_type: str, huber_delta=1.0,
+             label_smoothing=0.0):
         """Loss stage: (s_loss_sum, s_n_frames) over the last ``step_size`` frames.
 
         xent and bce read the logits and need the output activation they train
-        (softmax, sigmoid); the regression losses read the outputs.
+        (softmax, sigmoid); the regression losses read the outputs; ``label_smoothing``
+        smooths xent's targets (:func:`~sophia.optim.losses.masked_loss`).
         Raises OptionError for a loss that does not fit the output activation."""
         self._check_loss(loss_type)
         s_out = forward.s_logit_tbk if loss_type in CATEGORICAL else forward.s_output_tbk
         return masked_loss(s_out[-step_size:], ports.p_target_tbk[-step_size:], loss_type, huber_delta,
-                           self.options.quantiles)
+                           self.options.quantiles, label_smoothing)
 
     @_in_own_dtype
     def hits(self, forward: Forward, ports: Ports, step_size: int, loss_type: str) -> list:
@@ -417,11 +419,14 @@ class Net:
         fwd = self.forward(ports, v_states, carry_frame=o.step_size - 1, training=True, unroll=o.unroll_scan,
                            choices=choices, noise=noise, dropout=o.dropout, input_noise=o.input_noise)
         s_loss_sum, s_n_frames = self.loss(fwd, ports, o.step_size, o.loss_type, o.huber_delta)
+        s_trained_sum = s_loss_sum          # what the gradient descends; the reported loss stays plain
+        if o.label_smoothing:
+            s_trained_sum, _ = self.loss(fwd, ports, o.step_size, o.loss_type, label_smoothing=o.label_smoothing)
         s_max_error = masked_max_error(self.point(fwd.s_output_tbk)[-o.step_size:],
                                        ports.p_target_tbk[-o.step_size:])
         p_lr = tt.scalar("p_lr", dtype=self.dtype)
         optimizer = Optimizer.from_options(list(self.v_params.values()),
-                                           self.grads(s_loss_sum, s_n_frames), p_lr, o)
+                                           self.grads(s_trained_sum, s_n_frames), p_lr, o)
         updates = OrderedDict(optimizer.updates)
         updates.update(fwd.updates)
         updates.update(zip(v_states, fwd.s_next_states))

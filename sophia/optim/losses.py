@@ -11,7 +11,9 @@ The categorical losses take the output layer's *logits* (before the output
 activation) and are computed in the stable forms:
 
 - ``xent``: softmax cross-entropy ``-Σ_k t_k · log_softmax(z)_k`` per target frame
-  against a one-hot target frame; an all-NaN frame has no target.
+  against a one-hot target frame; an all-NaN frame has no target. With label
+  smoothing ε the target is ``(1 − ε) t + ε / k`` (Szegedy et al. 2016, §7), which
+  keeps the logits finite at the optimum.
 - ``bce``: binary cross-entropy of independent sigmoids, ``softplus(z) − t·z`` per
   target element in {0, 1} (= ``−t log σ(z) − (1−t) log(1−σ(z))``); NaN elements
   are masked as in the regression losses.
@@ -66,7 +68,7 @@ HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float = 1.0,
-                quantiles=()):
+                quantiles=(), label_smoothing: float = 0.0):
     """Summed loss over the target elements that are not NaN, and the number of target frames.
 
     Parameters
@@ -77,6 +79,7 @@ def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float =
     loss_type : 'l2' (squared error), 'l1' (absolute error), 'huber', 'xent', 'bce',
         'gaussian' or 'quantile'
     quantiles : the levels of the quantile channels, ascending (loss_type quantile)
+    label_smoothing : ε of the smoothed one-hot target (loss_type xent; 0: none)
 
     Returns
     -------
@@ -90,7 +93,7 @@ def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float =
     if loss_type == "quantile":
         return _pinball(s_output_tbk, s_target_tbk, quantiles)
     if loss_type == "xent":
-        return _xent(s_output_tbk, s_target_tbk)
+        return _xent(s_output_tbk, s_target_tbk, label_smoothing)
     if loss_type == "bce":
         return _bce(s_output_tbk, s_target_tbk)
     s_valid, s_err = _masked_error(s_output_tbk, s_target_tbk)
@@ -99,9 +102,12 @@ def masked_loss(s_output_tbk, s_target_tbk, loss_type: str, huber_delta: float =
     return tt.sum(s_elementwise), s_n_frames
 
 
-def _xent(s_logit_tbk, s_target_tbk):
+def _xent(s_logit_tbk, s_target_tbk, label_smoothing=0.0):
     s_valid_tb = tt.any(~tt.isnan(s_target_tbk), axis=-1)
     s_target = tt.switch(tt.isnan(s_target_tbk), 0.0, s_target_tbk)
+    if label_smoothing:
+        k = s_target_tbk.shape[-1].astype(s_logit_tbk.dtype)
+        s_target = (1.0 - label_smoothing) * s_target + label_smoothing / k
     s_loss_tb = -tt.sum(s_target * log_softmax(s_logit_tbk, axis=-1), axis=-1)
     s_n_frames = tt.sum(s_valid_tb).astype(s_logit_tbk.dtype)
     return tt.sum(tt.switch(s_valid_tb, s_loss_tb, 0.0)), s_n_frames
