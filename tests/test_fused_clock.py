@@ -6,11 +6,20 @@ import pytensor.tensor as tt
 import pytest
 
 from sophia.graph.clock import TimeGate
-from sophia.graph.engines import kernels
+from sophia.graph.engines import blocks, kernels
 from sophia.graph.engines.fused_clock import openness
 from sophia.options import ModelOptions
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+
+
+@pytest.fixture(params=[1, 3], ids=["one block", "three blocks"])
+def row_blocks(request, monkeypatch):
+    """The Ops' rows run as one block, or as three on three threads (however many
+    cores this machine has, and rows too few to be worth it otherwise)."""
+    monkeypatch.setattr(blocks, "cores", lambda: request.param)
+    monkeypatch.setattr(blocks, "MIN_BLOCK_ELEMENTS", 1)
+    return request.param
 
 
 def gate(dtype):
@@ -26,7 +35,7 @@ def gate(dtype):
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_the_op_computes_the_graph_openness_and_its_gradient(dtype, tol, training):
+def test_the_op_computes_the_graph_openness_and_its_gradient(dtype, tol, training, row_blocks):
     g = gate(dtype)
     time, weights = tt.matrix(dtype=dtype), tt.tensor3(dtype=dtype)
     params = [g.v_tau_i, g.v_shift_i, g.v_r_on_i]

@@ -6,11 +6,20 @@ import pytensor as th
 import pytensor.tensor as tt
 import pytest
 
-from sophia.graph.engines import kernels
+from sophia.graph.engines import blocks, kernels
 from sophia.graph.engines.fused_norm import batch_norm, layer_norm
 from sophia.graph.norms import BatchNorm, LayerNorm
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+
+
+@pytest.fixture(params=[1, 3], ids=["one block", "three blocks"])
+def row_blocks(request, monkeypatch):
+    """The Ops' rows run as one block, or as three on three threads (however many
+    cores this machine has, and rows too few to be worth it otherwise)."""
+    monkeypatch.setattr(blocks, "cores", lambda: request.param)
+    monkeypatch.setattr(blocks, "MIN_BLOCK_ELEMENTS", 1)
+    return request.param
 
 
 def graphs(dtype):
@@ -30,7 +39,7 @@ def graphs(dtype):
 
 
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_the_op_computes_the_graph_layer_norm_and_its_gradient(dtype, tol):
+def test_the_op_computes_the_graph_layer_norm_and_its_gradient(dtype, tol, row_blocks):
     (f_op, f_graph), _ = graphs(dtype)
     rng = np.random.default_rng(1)
     x = (3 * rng.standard_normal((4, 3, 6)) + 1).astype(dtype)
@@ -67,7 +76,7 @@ def test_the_op_gradient_matches_finite_differences():
 
 
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_the_batch_norm_op_computes_the_graph_batch_norm_and_its_gradient(dtype, tol):
+def test_the_batch_norm_op_computes_the_graph_batch_norm_and_its_gradient(dtype, tol, row_blocks):
     """Each frame normalised over its batch: y, the frame's statistics and the gradients
     of x, gamma and beta, as the graph BatchNorm of a training graph computes them."""
     norm = BatchNorm("bn", 6, 4, 0.1, dtype, with_beta=True)

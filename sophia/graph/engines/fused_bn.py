@@ -39,7 +39,7 @@ import numpy as np
 from sophia.graph.engines import kernels, native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import batch_norm
-from sophia.graph.engines.kernels_bn import POPULATION
+from sophia.graph.engines.kernels_bn import POPULATION, SCRATCH_ROWS
 from sophia.graph.engines.window import Frames, contiguous, frames
 from sophia.graph.engines.window_op import WindowRecurrence, WindowRecurrenceGrad
 
@@ -74,6 +74,11 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
         stats += [(norm, s_stats[2 * k], s_stats[2 * k + 1]) for k, norm in enumerate(inner)]
     updates = layer._population_updates(stats, s_step_tb[:, 0]) if training else {}
     return outputs[0], [s[carry_frame] for s in outputs[:n]], updates
+
+
+def _scratch(width: int):
+    """The float64 scratch of the batch-norm kernels for rows of ``width`` values."""
+    return np.empty((SCRATCH_ROWS, width), np.float64)
 
 
 def _flags(peephole=False, clock=False, training=True) -> int:
@@ -140,7 +145,7 @@ class LSTMBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
         (mean_h, var_h, mean_c, var_c), alive = _statistics(self.training, stats, population, step_tb, dummy)
         args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, gamma_c, beta_c, frames(k, dummy),
                 mean_h, var_h, Frames(n_h), mean_c, var_c, Frames(n_c), *(frames(x, dummy) for x in (c_new, h_new)),
-                Frames(c_seq), Frames(h_seq), np.empty((2, gates), np.float64), batch, i, act.dtype.type(1),
+                Frames(c_seq), Frames(h_seq), _scratch(gates), batch, i, act.dtype.type(1),
                 _flags(self.peephole, self.clock, self.training)]
         window.forward(native.kernel(self.kernel_name, dtype), args, W, act, (h_bi, c_bi), (h0, c0),
                        (h_seq, c_seq), reset)
@@ -182,7 +187,7 @@ class LSTMBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         args = [dh, dc, Frames(dh_out, zero_bi), Frames(dc_out, zero_bi),
                 *(frames(x, dummy) for x in (act, c_new, h_new)), None, None,
                 *(frames(x, dummy) for x in (n_h, var_h, n_c, var_c)), peep, gamma_h, gamma_c, beta_c,
-                *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), np.empty((2, gates), np.float64), db, d_peep,
+                *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db, d_peep,
                 d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, act.dtype.type(1),
                 _flags(self.peephole, self.clock)]
         dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi, c_bi), (h0, c0),
@@ -236,7 +241,7 @@ class GRUBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
         h_new = h_new if self.clock else h_seq
         (mean_h, var_h), alive = _statistics(self.training, stats, population, step_tb, dummy)   # alive: as in LSTM
         args = [ha, Frames(xw), bias, None, gamma_h, frames(k, dummy), mean_h, var_h,
-                *(frames(x, dummy) for x in (n_h, act, hn, h_new, h_seq)), np.empty((2, gates), np.float64),
+                *(frames(x, dummy) for x in (n_h, act, hn, h_new, h_seq)), _scratch(gates),
                 batch, i, act.dtype.type(1), _flags(clock=self.clock, training=self.training)]
         window.forward(native.kernel(self.kernel_name, dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
         for storage, value in zip(output_storage, [h_seq, *saved, *stats]):
@@ -270,7 +275,7 @@ class GRUBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         db, d_gamma_h, d_beta_h = (np.zeros(gates, np.float64) for _ in range(3))
         h_new = h_new if self.clock else h_seq
         args = [dh, Frames(dh_out, zero_bi), Frames(act), None, *(frames(x, dummy) for x in (hn, h_new, n_h, var_h)),
-                gamma_h, *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), np.empty((2, gates), np.float64), db,
+                gamma_h, *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db,
                 d_gamma_h, d_beta_h, batch, i, act.dtype.type(1), _flags(clock=self.clock)]
         dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi,), (h0,), (h_seq,), reset,
                              (dh,), (dh0,))

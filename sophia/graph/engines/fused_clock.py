@@ -27,7 +27,7 @@ from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
-from sophia.graph.engines import native
+from sophia.graph.engines import blocks, native
 from sophia.graph.engines.window import contiguous
 
 
@@ -66,9 +66,13 @@ class ClockOpenness(native.CallsKernel, Op):
         k = np.empty((steps, batch, tau.size), dtype)
         leak = np.array([self.leak], dtype)
         if k.size:
-            native.kernel(self.kernel_name, dtype)(
-                time.ctypes.data, tau.ctypes.data, shift.ctypes.data, r_on.ctypes.data, leak.ctypes.data,
-                k.ctypes.data, steps * batch, tau.size, k.dtype.type(1))
+            kernel, size, width = native.kernel(self.kernel_name, dtype), k.itemsize, tau.size
+
+            def block(_, start, stop):
+                kernel(time.ctypes.data + start * size, tau.ctypes.data, shift.ctypes.data, r_on.ctypes.data,
+                       leak.ctypes.data, k.ctypes.data + start * width * size, stop - start, width, k.dtype.type(1))
+
+            blocks.run(block, blocks.split(steps * batch, width))
         output_storage[0][0] = k
 
     def connection_pattern(self, node):
@@ -99,11 +103,18 @@ class ClockOpennessGrad(native.CallsKernel, Op):
     def perform(self, node, inputs, output_storage):
         dtype = node.outputs[0].dtype
         time, tau, shift, r_on, dk = contiguous(inputs, dtype)
-        grads = [np.zeros(tau.size, np.float64) for _ in range(3)]
+        width = tau.size
+        spans = blocks.split(time.size, width)
+        grads = [np.zeros((len(spans), width), np.float64) for _ in range(3)]
         leak = np.array([self.leak], dtype)
         if dk.size:
-            native.kernel(self.kernel_name, dtype)(
-                time.ctypes.data, tau.ctypes.data, shift.ctypes.data, r_on.ctypes.data, leak.ctypes.data,
-                dk.ctypes.data, *[g.ctypes.data for g in grads], time.size, tau.size, dk.dtype.type(1))
+            kernel, size = native.kernel(self.kernel_name, dtype), dk.itemsize
+
+            def block(k, start, stop):
+                kernel(time.ctypes.data + start * size, tau.ctypes.data, shift.ctypes.data, r_on.ctypes.data,
+                       leak.ctypes.data, dk.ctypes.data + start * width * size, *[g[k].ctypes.data for g in grads],
+                       stop - start, width, dk.dtype.type(1))
+
+            blocks.run(block, spans)
         for storage, value in zip(output_storage, grads):
-            storage[0] = value.astype(dtype)
+            storage[0] = value.sum(axis=0).astype(dtype)

@@ -34,7 +34,8 @@ from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
-from sophia.graph.engines import native
+from sophia.graph.engines import blocks, native
+from sophia.graph.engines.kernels_bn import SCRATCH_ROWS
 from sophia.graph.engines.window import Frames
 from sophia.graph.engines.window import contiguous
 
@@ -71,9 +72,14 @@ class LayerNormRows(native.CallsKernel, Op):
         rows = x.size // width if width else 0
         y, n, rstd = np.empty_like(x), np.empty_like(x), np.empty(x.shape[:-1], dtype)
         if rows:
-            native.kernel(self.kernel_name, dtype)(
-                x.ctypes.data, gamma.ctypes.data, beta.ctypes.data, n.ctypes.data, rstd.ctypes.data,
-                y.ctypes.data, rows, width, x.dtype.type(1))
+            kernel, size = native.kernel(self.kernel_name, dtype), x.itemsize
+
+            def block(k, start, stop):
+                at, row_at = start * width * size, start * size
+                kernel(x.ctypes.data + at, gamma.ctypes.data, beta.ctypes.data, n.ctypes.data + at,
+                       rstd.ctypes.data + row_at, y.ctypes.data + at, stop - start, width, x.dtype.type(1))
+
+            blocks.run(block, blocks.split(rows, width))
         for storage, value in zip(output_storage, (y, n, rstd)):
             storage[0] = value
 
@@ -109,11 +115,19 @@ class LayerNormRowsGrad(native.CallsKernel, _NormGrad):
         width = dy.shape[-1]
         rows = dy.size // width if width else 0
         dx = np.empty_like(dy)
-        d_gamma, d_beta = np.zeros(width, np.float64), np.zeros(width, np.float64)
+        spans = blocks.split(rows, width)
+        d_gamma, d_beta = np.zeros((len(spans), width), np.float64), np.zeros((len(spans), width), np.float64)
         if rows:
-            native.kernel(self.kernel_name, dtype)(
-                dy.ctypes.data, n.ctypes.data, rstd.ctypes.data, gamma.ctypes.data, dx.ctypes.data,
-                d_gamma.ctypes.data, d_beta.ctypes.data, rows, width, dy.dtype.type(1))
+            kernel, size = native.kernel(self.kernel_name, dtype), dy.itemsize
+
+            def block(k, start, stop):
+                at, row_at = start * width * size, start * size
+                kernel(dy.ctypes.data + at, n.ctypes.data + at, rstd.ctypes.data + row_at, gamma.ctypes.data,
+                       dx.ctypes.data + at, d_gamma[k].ctypes.data, d_beta[k].ctypes.data, stop - start, width,
+                       dy.dtype.type(1))
+
+            blocks.run(block, spans)
+        d_gamma, d_beta = d_gamma.sum(axis=0), d_beta.sum(axis=0)
         for storage, value in zip(output_storage, (dx, d_gamma.astype(dtype), d_beta.astype(dtype))):
             storage[0] = value
 
@@ -154,12 +168,17 @@ class BatchNormFrames(native.CallsKernel, Op):
         y, n = np.empty_like(x), np.empty_like(x)
         mean, var = np.empty((steps, width), dtype), np.empty((steps, width), dtype)
         if x.size:
-            scratch = np.empty((2, width), np.float64)
+            spans = blocks.split(steps, batch * width)
+            scratch = np.empty((len(spans), SCRATCH_ROWS, width), np.float64)
             frame = native.kernel(self.kernel_name, dtype)
             addr = [Frames(a) for a in (x, n, mean, var, y)]
-            for t in range(steps):
-                frame(addr[0][t], gamma.ctypes.data, beta.ctypes.data, addr[1][t], addr[2][t], addr[3][t],
-                      addr[4][t], scratch.ctypes.data, batch, width, x.dtype.type(1))
+
+            def block(k, start, stop):
+                for t in range(start, stop):
+                    frame(addr[0][t], gamma.ctypes.data, beta.ctypes.data, addr[1][t], addr[2][t], addr[3][t],
+                          addr[4][t], scratch[k].ctypes.data, batch, width, x.dtype.type(1))
+
+            blocks.run(block, spans)
         for storage, value in zip(output_storage, (y, n, mean, var)):
             storage[0] = value
 
@@ -180,13 +199,20 @@ class BatchNormFramesGrad(native.CallsKernel, _NormGrad):
         dy, n, var, gamma = contiguous(inputs, dtype)
         steps, batch, width = dy.shape
         dx = np.empty_like(dy)
-        d_gamma, d_beta = np.zeros(width, np.float64), np.zeros(width, np.float64)
+        spans = blocks.split(steps, batch * width)
+        d_gamma, d_beta = np.zeros((len(spans), width), np.float64), np.zeros((len(spans), width), np.float64)
         if dy.size:
-            scratch = np.empty((2, width), np.float64)
+            scratch = np.empty((len(spans), SCRATCH_ROWS, width), np.float64)
             frame_grad = native.kernel(self.kernel_name, dtype)
             addr = [Frames(a) for a in (dy, n, var, dx)]
-            for t in range(steps):
-                frame_grad(addr[0][t], addr[1][t], addr[2][t], gamma.ctypes.data, addr[3][t], scratch.ctypes.data,
-                           d_gamma.ctypes.data, d_beta.ctypes.data, batch, width, dy.dtype.type(1))
+
+            def block(k, start, stop):
+                for t in range(start, stop):
+                    frame_grad(addr[0][t], addr[1][t], addr[2][t], gamma.ctypes.data, addr[3][t],
+                               scratch[k].ctypes.data, d_gamma[k].ctypes.data, d_beta[k].ctypes.data, batch, width,
+                               dy.dtype.type(1))
+
+            blocks.run(block, spans)
+        d_gamma, d_beta = d_gamma.sum(axis=0), d_beta.sum(axis=0)
         for storage, value in zip(output_storage, (dx, d_gamma.astype(dtype), d_beta.astype(dtype))):
             storage[0] = value

@@ -16,8 +16,8 @@ of each row's time step (``POPULATION``: one row of statistics per batch row, gi
   kernels run them (``flags``: ``kernels.PEEPHOLE``, ``kernels.CLOCK``, :data:`POPULATION`).
 
 Conventions are those of :mod:`~sophia.graph.engines.kernels`: ``one`` is 1 in the
-arrays' dtype; sums over the batch run in float64, in the caller's ``scratch`` [2][g]
-(g the widest normalised row); gradient accumulators are float64. Statistics arrays
+arrays' dtype; sums over the batch and each unit's 1 / sd run in float64, in the caller's ``scratch``
+[:data:`SCRATCH_ROWS`][g] (g the widest normalised row); gradient accumulators are float64. Statistics arrays
 are [R][w], R = 1 in training (the frame's, written by the kernel) and R = B with
 ``POPULATION`` (read). The gradients are those of training graphs (batch statistics).
 Called as native code through :mod:`~sophia.graph.engines.native`.
@@ -29,6 +29,7 @@ import numpy as np
 from sophia.graph.engines.kernels import AVAILABLE, CLOCK, EPSILON, PEEPHOLE
 
 POPULATION = 8            # the statistics are the population's, one row per batch row
+SCRATCH_ROWS = 3          # float64 rows of the scratch: two sums over the batch, one per-unit factor
 
 if AVAILABLE:
     import numba
@@ -39,35 +40,39 @@ if AVAILABLE:
 
     @numba.njit(inline="always", **_JIT)
     def _bn_stats(x, mean, var, scratch, one):
-        """Mean and biased variance over the rows of x [B][w] into mean, var [w]."""
+        """Mean and biased variance over the rows of x [B][w] into mean, var [w], in one
+        pass: the float64 sums of x and x² (the variance their difference, never below 0)."""
         batch, width = x.shape
-        s = scratch[0]
+        s, q = scratch[0], scratch[1]
         for k in range(width):
-            s[k] = 0.0
+            s[k], q[k] = 0.0, 0.0
         for b in range(batch):
             xb = x[b]
             for k in range(width):
                 s[k] += xb[k]
+                q[k] += np.float64(xb[k]) * xb[k]
         for k in range(width):
-            mean[k] = _like(s[k] / batch, one)
-        for k in range(width):
-            s[k] = 0.0
-        for b in range(batch):
-            xb = x[b]
-            for k in range(width):
-                s[k] += (xb[k] - mean[k]) * (xb[k] - mean[k])
-        for k in range(width):
-            var[k] = _like(s[k] / batch, one)
+            m = s[k] / batch
+            mean[k] = _like(m, one)
+            var[k] = _like(max(q[k] / batch - m * m, 0.0), one)
 
     @numba.njit(inline="always", **_JIT)
-    def _bn_normalise(x, mean, var, n, one):
+    def _bn_normalise(x, mean, var, n, scratch, one):
         """n = (x − mean) / sqrt(var + ε) for the rows of x [B][w]; mean, var [R][w]
-        (R = 1: the same for every row)."""
+        (R = 1: the same for every row, its 1 / sd computed once into scratch[2])."""
         batch, width = x.shape
         eps = _like(EPSILON, one)
+        if mean.shape[0] == 1:
+            rstd, mb = scratch[2], mean[0]
+            for k in range(width):
+                rstd[k] = 1.0 / np.sqrt(var[0][k] + eps)
+            for b in range(batch):
+                xb, nb = x[b], n[b]
+                for k in range(width):
+                    nb[k] = (xb[k] - mb[k]) * _like(rstd[k], one)
+            return
         for b in range(batch):
-            row = b if mean.shape[0] > 1 else 0
-            xb, nb, mb, vb = x[b], n[b], mean[row], var[row]
+            xb, nb, mb, vb = x[b], n[b], mean[b], var[b]
             for k in range(width):
                 nb[k] = (xb[k] - mb[k]) / np.sqrt(vb[k] + eps)
 
@@ -93,22 +98,23 @@ if AVAILABLE:
             for k in range(width):
                 s1[k] += dyb[k]
                 s2[k] += dyb[k] * nb[k]
+        eps, scale = _like(EPSILON, one), scratch[2]
         for k in range(width):
             d_beta[k] += s1[k]
             d_gamma[k] += s2[k]
-            s1[k], s2[k] = s1[k] / batch, s2[k] / batch
-        eps = _like(EPSILON, one)
-        for b in range(batch):
+            scale[k] = gamma[k] / np.sqrt(var[k] + eps)
+            s1[k], s2[k] = scale[k] * s1[k] / batch, scale[k] * s2[k] / batch
+        for b in range(batch):                  # dx = γ / sd · (dy − mean(dy) − n mean(dy n))
             dyb, nb, dxb = dy[b], n[b], dx[b]
             for k in range(width):
-                dxb[k] = gamma[k] / np.sqrt(var[k] + eps) * (dyb[k] - _like(s1[k], one) - nb[k] * _like(s2[k], one))
+                dxb[k] = _like(scale[k], one) * dyb[k] - _like(s1[k], one) - nb[k] * _like(s2[k], one)
 
     @numba.njit(inline="always", **_JIT)
     def batch_norm_frame(x, gamma, beta, n, mean, var, y, scratch, one):
         """Batch norm of one frame x [B][w] with its own statistics: mean, var [w]
         written, n [B][w] kept for the gradient, y = γ n + β [B][w] (y may be x)."""
         _bn_stats(x, mean, var, scratch, one)
-        _bn_normalise(x, mean.reshape((1, -1)), var.reshape((1, -1)), n, one)
+        _bn_normalise(x, mean.reshape((1, -1)), var.reshape((1, -1)), n, scratch, one)
         _bn_scale(n, gamma, beta, y)
 
     @numba.njit(inline="always", **_JIT)
@@ -129,7 +135,7 @@ if AVAILABLE:
         peephole, clock, population = flags & PEEPHOLE, flags & CLOCK, flags & POPULATION
         if not population:
             _bn_stats(a, mean_h[0], var_h[0], scratch, one)
-        _bn_normalise(a, mean_h, var_h, n_h, one)
+        _bn_normalise(a, mean_h, var_h, n_h, scratch, one)
         for b in range(batch):
             ab, xb, nb, cp, cn = a[b], xa[b], n_h[b], c_prev[b], c_new[b]
             for q in range(4 * i):
@@ -137,7 +143,7 @@ if AVAILABLE:
             _lstm_new_cell(ab, cp, cn, peep, i, peephole)
         if not population:
             _bn_stats(c_new, mean_c[0], var_c[0], scratch, one)
-        _bn_normalise(c_new, mean_c, var_c, n_c, one)
+        _bn_normalise(c_new, mean_c, var_c, n_c, scratch, one)
         _bn_scale(n_c, gamma_c, beta_c, h_new)                           # h_new holds the norm's y
         for b in range(batch):
             s_o, cn, hn = a[b][2 * i:3 * i], c_new[b], h_new[b]
@@ -195,7 +201,7 @@ if AVAILABLE:
         then the cell of :func:`kernels.gru_options_cell` (the clock gate: CLOCK)."""
         if not flags & POPULATION:
             _bn_stats(ha, mean_h[0], var_h[0], scratch, one)
-        _bn_normalise(ha, mean_h, var_h, n_h, one)
+        _bn_normalise(ha, mean_h, var_h, n_h, scratch, one)
         for b in range(ha.shape[0]):
             hab, nb = ha[b], n_h[b]
             for q in range(ha.shape[1]):

@@ -65,6 +65,7 @@ except ImportError:                       # pragma: no cover - not POSIX: no loc
 import numpy as np
 
 from sophia.graph.engines import kernels, kernels_bn
+from sophia.graph.engines.kernels_bn import SCRATCH_ROWS
 
 MAGIC = b"sophia-kernel-1\n"
 
@@ -404,7 +405,7 @@ def _wrap_batch_norm_frame(carray):
     def batch_norm_frame(x, gamma, beta, n, mean, var, y, scratch, batch, i, one):
         shape = (batch, i)
         frame(carray(x, shape), carray(gamma, (i,)), carray(beta, (i,)), carray(n, shape), carray(mean, (i,)),
-              carray(var, (i,)), carray(y, shape), carray(scratch, (2, i)), one)
+              carray(var, (i,)), carray(y, shape), carray(scratch, (SCRATCH_ROWS, i)), one)
     return batch_norm_frame
 
 
@@ -414,7 +415,7 @@ def _wrap_batch_norm_frame_grad(carray):
     def batch_norm_frame_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, batch, i, one):
         shape = (batch, i)
         frame_grad(carray(dy, shape), carray(n, shape), carray(var, (i,)), carray(gamma, (i,)), carray(dx, shape),
-                   carray(scratch, (2, i)), carray(d_gamma, (i,)), carray(d_beta, (i,)), one)
+                   carray(scratch, (SCRATCH_ROWS, i)), carray(d_gamma, (i,)), carray(d_beta, (i,)), one)
     return batch_norm_frame_grad
 
 
@@ -428,7 +429,7 @@ def _wrap_lstm_bn_cell(carray):
              carray(c_prev, bi), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(gamma_c, (i,)),
              carray(beta_c, (i,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
              carray(n_h, (batch, g)), carray(mean_c, (rows, i)), carray(var_c, (rows, i)), carray(n_c, bi),
-             carray(c_new, bi), carray(h_new, bi), carray(c, bi), carray(h, bi), carray(scratch, (2, g)),
+             carray(c_new, bi), carray(h_new, bi), carray(c, bi), carray(h, bi), carray(scratch, (SCRATCH_ROWS, g)),
              one, flags)
     return lstm_bn_cell
 
@@ -445,7 +446,7 @@ def _wrap_lstm_bn_cell_grad(carray):
                   carray(c_in, bi), carray(n_h, (batch, g)), carray(var_h, (1, g)), carray(n_c, bi),
                   carray(var_c, (1, i)), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(gamma_c, (i,)),
                   carray(beta_c, (i,)), carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)),
-                  carray(dk, bi), carray(scratch, (2, g)), carray(db, (g,)), carray(d_peep, (3 * i,)),
+                  carray(dk, bi), carray(scratch, (SCRATCH_ROWS, g)), carray(db, (g,)), carray(d_peep, (3 * i,)),
                   carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)), carray(d_gamma_c, (i,)),
                   carray(d_beta_c, (i,)), one, flags)
     return lstm_bn_cell_grad
@@ -460,7 +461,7 @@ def _wrap_gru_bn_cell(carray):
         cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
              carray(gamma_h, (g,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
              carray(n_h, (batch, g)), carray(a, (batch, g)), carray(hn, bi), carray(h_new, bi), carray(h, bi),
-             carray(scratch, (2, g)), one, flags)
+             carray(scratch, (SCRATCH_ROWS, g)), one, flags)
     return gru_bn_cell
 
 
@@ -473,7 +474,7 @@ def _wrap_gru_bn_cell_grad(carray):
         cell_grad(carray(dh, bi), carray(dh_out, bi), carray(a, (batch, g)), carray(h_in, bi), carray(hn, bi),
                   carray(h_new, bi), carray(n_h, (batch, g)), carray(var_h, (1, g)), carray(gamma_h, (g,)),
                   carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)), carray(dk, bi),
-                  carray(scratch, (2, g)), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
+                  carray(scratch, (SCRATCH_ROWS, g)), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
                   one, flags)
     return gru_bn_cell_grad
 
