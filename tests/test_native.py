@@ -21,7 +21,7 @@ GATES = {"lstm_cell": 4, "lstm_cell_grad": 4, "gru_cell": 3, "gru_cell_grad": 3,
          "batch_norm_frame": 1, "batch_norm_frame_grad": 1, "lstm_bn_cell": 4, "lstm_bn_cell_grad": 4,
          "gru_bn_cell": 3, "gru_bn_cell_grad": 3}
 # per array: [B][i] (1), [B][g] ("g"), [g] (0), [i] ("i"), [3i] ("3i"), [B] ("b"), one value ("1"),
-# one row of batch statistics [1][g] ("1g") or [1][i] ("1i"), or batch-norm scratch [2][g] ("2g")
+# one row of batch statistics [1][g] ("1g") or [1][i] ("1i"), or batch-norm scratch [SCRATCH_ROWS][g] ("sg")
 SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
           "lstm_cell_grad": (1, 1, 1, 1, "g", 1, 1, "g", 0),
           "gru_cell": ("g", "g", 0, 1, "g", 1, 1),
@@ -35,14 +35,14 @@ SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
           "layer_norm_rows_grad": (1, 1, "b", "i", 1, "i", "i"),
           "clock_openness": ("b", "i", "i", "i", "1", 1),
           "clock_openness_grad": ("b", "i", "i", "i", "1", 1, "i", "i", "i"),
-          "batch_norm_frame": (1, "i", "i", 1, "i", "i", 1, "2g"),
-          "batch_norm_frame_grad": (1, 1, "i", "i", 1, "2g", "i", "i"),
+          "batch_norm_frame": (1, "i", "i", 1, "i", "i", 1, "sg"),
+          "batch_norm_frame_grad": (1, 1, "i", "i", 1, "sg", "i", "i"),
           "lstm_bn_cell": ("g", "g", 0, 1, 1, "3i", 0, "i", "i", 1, "1g", "1g", "g", "1i", "1i", 1, 1, 1, 1, 1,
-                           "2g"),
+                           "sg"),
           "lstm_bn_cell_grad": (1, 1, 1, 1, "g", 1, 1, 1, 1, "g", "1g", 1, "1i", "3i", 0, "i", "i", 1, "g", "g",
-                                1, "2g", 0, "3i", 0, 0, "i", "i"),
-          "gru_bn_cell": ("g", "g", 0, 1, 0, 1, "1g", "1g", "g", "g", 1, 1, 1, "2g"),
-          "gru_bn_cell_grad": (1, 1, "g", 1, 1, 1, "g", "1g", 0, 1, "g", "g", 1, "2g", 0, 0, 0)}
+                                1, "sg", 0, "3i", 0, 0, "i", "i"),
+          "gru_bn_cell": ("g", "g", 0, 1, 0, 1, "1g", "1g", "g", "g", 1, 1, 1, "sg"),
+          "gru_bn_cell_grad": (1, 1, "g", 1, 1, 1, "g", "1g", 0, 1, "g", "g", 1, "sg", 0, 0, 0)}
 # the option kernels run with every option their unit has
 FLAGS = {"lstm_options_cell": kernels.PEEPHOLE | kernels.LAYER_NORM | kernels.CLOCK,
          "gru_options_cell": kernels.LAYER_NORM | kernels.CLOCK,
@@ -56,7 +56,7 @@ def kernel_arrays(name, dtype, seed=0):
     rng = np.random.default_rng(seed)
     g = GATES[name] * WIDTH
     sizes = {1: (BATCH, WIDTH), "g": (BATCH, g), 0: (g,), "i": (WIDTH,), "3i": (3 * WIDTH,), "b": (BATCH,),
-             "1": (1,), "1g": (1, g), "1i": (1, WIDTH), "2g": (2, g)}
+             "1": (1,), "1g": (1, g), "1i": (1, WIDTH), "sg": (kernels_bn.SCRATCH_ROWS, g)}
     return [rng.uniform(0.05, 0.95, sizes[width]).astype(np.float64 if accumulator else dtype)
             for width, accumulator in zip(SHAPES[name], native._ARRAYS[name], strict=True)]
 
