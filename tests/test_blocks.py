@@ -1,5 +1,7 @@
 """Row blocks of the native kernels (sophia/graph/engines/blocks.py): how rows split, and
 that every block runs, in parallel threads, with errors passed on."""
+import os
+import signal
 import threading
 
 import pytest
@@ -49,3 +51,18 @@ def test_an_error_in_a_block_is_raised_after_all_blocks_finish():
     with pytest.raises(ValueError, match="block 1 failed"):
         blocks.run(call, blocks.split(3, blocks.MIN_BLOCK_ELEMENTS, workers=3))
     assert sorted(done) == [0, 2]
+
+
+def test_a_forked_child_runs_blocks_on_its_own_threads():
+
+    blocks.run(lambda k, start, stop: None, blocks.split(2, blocks.MIN_BLOCK_ELEMENTS, workers=2))  # parent's pool
+    pid = os.fork()
+    if pid == 0:                                         # the child: exit 0 only if both blocks ran
+        signal.alarm(20)                                 # a pool without threads would wait for ever
+        ran = []
+        try:
+            blocks.run(lambda k, start, stop: ran.append(k), blocks.split(2, blocks.MIN_BLOCK_ELEMENTS, workers=2))
+        finally:
+            os._exit(0 if sorted(ran) == [0, 1] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -59,7 +59,9 @@ def split(rows: int, width: int, workers: int | None = None) -> list:
 
 
 @functools.cache
-def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The pool of ``threads`` threads of process ``pid`` (a forked child, whose copy of
+    its parent's pool has no threads, gets its own)."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sophia-kernel")
 
 
@@ -70,7 +72,7 @@ def run(call, spans) -> None:
     if len(spans) == 1:
         call(0, *spans[0])
         return
-    futures = [_pool(len(spans) - 1).submit(call, k, *span) for k, span in enumerate(spans) if k]
+    futures = [_pool(len(spans) - 1, os.getpid()).submit(call, k, *span) for k, span in enumerate(spans) if k]
     try:
         call(0, *spans[0])
     finally:
