@@ -15,34 +15,7 @@ from sophia.graph.engines import kernels, kernels_bn, native
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
 
 BATCH, WIDTH = 3, 5
-GATES = {"lstm_cell": 4, "lstm_cell_grad": 4, "gru_cell": 3, "gru_cell_grad": 3,
-         "lstm_options_cell": 4, "lstm_options_cell_grad": 4, "gru_options_cell": 3, "gru_options_cell_grad": 3,
-         "layer_norm_rows": 1, "layer_norm_rows_grad": 1, "clock_openness": 1, "clock_openness_grad": 1,
-         "batch_norm_frame": 1, "batch_norm_frame_grad": 1, "lstm_bn_cell": 4, "lstm_bn_cell_grad": 4,
-         "gru_bn_cell": 3, "gru_bn_cell_grad": 3}
-# per array: [B][i] (1), [B][g] ("g"), [g] (0), [i] ("i"), [3i] ("3i"), [B] ("b"), one value ("1"),
-# one row of batch statistics [1][g] ("1g") or [1][i] ("1i"), or batch-norm scratch [SCRATCH_ROWS][g] ("sg")
-SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
-          "lstm_cell_grad": (1, 1, 1, 1, "g", 1, 1, "g", 0),
-          "gru_cell": ("g", "g", 0, 1, "g", 1, 1),
-          "gru_cell_grad": (1, 1, "g", 1, 1, "g", "g", 0),
-          "lstm_options_cell": ("g", "g", 0, 1, 1, "3i", 0, 0, "i", "i", 1, "g", "b", 1, "b", 1, 1, 1, 1),
-          "lstm_options_cell_grad": (1, 1, 1, 1, "g", 1, 1, 1, 1, "g", "b", 1, "b", "3i", 0, "i", "i", 1,
-                                     "g", "g", 1, 0, "3i", 0, "i", "i"),
-          "gru_options_cell": ("g", "g", 0, 1, 0, 0, 1, "g", "b", "g", 1, 1, 1),
-          "gru_options_cell_grad": (1, 1, "g", 1, 1, 1, "g", "b", 0, 1, "g", "g", 1, 0, 0, 0),
-          "layer_norm_rows": (1, "i", "i", 1, "b", 1),
-          "layer_norm_rows_grad": (1, 1, "b", "i", 1, "i", "i"),
-          "clock_openness": ("b", "i", "i", "i", "1", 1),
-          "clock_openness_grad": ("b", "i", "i", "i", "1", 1, "i", "i", "i"),
-          "batch_norm_frame": (1, "i", "i", 1, "i", "i", 1, "sg"),
-          "batch_norm_frame_grad": (1, 1, "i", "i", 1, "sg", "i", "i"),
-          "lstm_bn_cell": ("g", "g", 0, 1, 1, "3i", 0, "i", "i", 1, "1g", "1g", "g", "1i", "1i", 1, 1, 1, 1, 1,
-                           "sg"),
-          "lstm_bn_cell_grad": (1, 1, 1, 1, "g", 1, 1, 1, 1, "g", "1g", 1, "1i", "3i", 0, "i", "i", 1, "g", "g",
-                                1, "sg", 0, "3i", 0, 0, "i", "i"),
-          "gru_bn_cell": ("g", "g", 0, 1, 0, 1, "1g", "1g", "g", "g", 1, 1, 1, "sg"),
-          "gru_bn_cell_grad": (1, 1, "g", 1, 1, 1, "g", "1g", 0, 1, "g", "g", 1, "sg", 0, 0, 0)}
+GATES = native.GATES
 # the option kernels run with every option their unit has
 FLAGS = {"lstm_options_cell": kernels.PEEPHOLE | kernels.LAYER_NORM | kernels.CLOCK,
          "gru_options_cell": kernels.LAYER_NORM | kernels.CLOCK,
@@ -54,11 +27,8 @@ def kernel_arrays(name, dtype, seed=0):
     """Random inputs for kernel ``name``: values in (0, 1) (gate activations where the
     kernel reads activations), the gradient accumulators in float64."""
     rng = np.random.default_rng(seed)
-    g = GATES[name] * WIDTH
-    sizes = {1: (BATCH, WIDTH), "g": (BATCH, g), 0: (g,), "i": (WIDTH,), "3i": (3 * WIDTH,), "b": (BATCH,),
-             "1": (1,), "1g": (1, g), "1i": (1, WIDTH), "sg": (kernels_bn.SCRATCH_ROWS, g)}
-    return [rng.uniform(0.05, 0.95, sizes[width]).astype(np.float64 if accumulator else dtype)
-            for width, accumulator in zip(SHAPES[name], native._ARRAYS[name], strict=True)]
+    return [rng.uniform(0.05, 0.95, shape).astype(np.float64 if wide else dtype)
+            for shape, wide in native.array_shapes(name, BATCH, WIDTH)]
 
 
 def run_native(name, dtype, arrays):

@@ -94,6 +94,47 @@ _ARRAYS = {
 # The kernels that take the option bits (``kernels.PEEPHOLE`` | ...) after ``one``.
 _FLAGGED = frozenset(name for name in _ARRAYS if "_options_" in name or "_bn_cell" in name)
 
+# The gates per unit of each kernel's layer: its gate rows are g = GATES · i wide.
+GATES = {"lstm_cell": 4, "lstm_cell_grad": 4, "gru_cell": 3, "gru_cell_grad": 3,
+         "lstm_options_cell": 4, "lstm_options_cell_grad": 4, "gru_options_cell": 3, "gru_options_cell_grad": 3,
+         "layer_norm_rows": 1, "layer_norm_rows_grad": 1, "clock_openness": 1, "clock_openness_grad": 1,
+         "batch_norm_frame": 1, "batch_norm_frame_grad": 1, "lstm_bn_cell": 4, "lstm_bn_cell_grad": 4,
+         "gru_bn_cell": 3, "gru_bn_cell_grad": 3}
+# The shape of each array a kernel takes, in order: [B][i] (1), [B][g] ("g"), [g] (0), [i] ("i"),
+# [3i] ("3i"), [B] ("b"), one value ("1"), one row of batch statistics [1][g] ("1g") or [1][i]
+# ("1i"), the batch-norm scratch [SCRATCH_ROWS][g] ("sg"); B and i are the kernel's batch and i.
+SHAPES = {"lstm_cell": ("g", "g", 0, 1, 1, 1),
+          "lstm_cell_grad": (1, 1, 1, 1, "g", 1, 1, "g", 0),
+          "gru_cell": ("g", "g", 0, 1, "g", 1, 1),
+          "gru_cell_grad": (1, 1, "g", 1, 1, "g", "g", 0),
+          "lstm_options_cell": ("g", "g", 0, 1, 1, "3i", 0, 0, "i", "i", 1, "g", "b", 1, "b", 1, 1, 1, 1),
+          "lstm_options_cell_grad": (1, 1, 1, 1, "g", 1, 1, 1, 1, "g", "b", 1, "b", "3i", 0, "i", "i", 1,
+                                     "g", "g", 1, 0, "3i", 0, "i", "i"),
+          "gru_options_cell": ("g", "g", 0, 1, 0, 0, 1, "g", "b", "g", 1, 1, 1),
+          "gru_options_cell_grad": (1, 1, "g", 1, 1, 1, "g", "b", 0, 1, "g", "g", 1, 0, 0, 0),
+          "layer_norm_rows": (1, "i", "i", 1, "b", 1),
+          "layer_norm_rows_grad": (1, 1, "b", "i", 1, "i", "i"),
+          "clock_openness": ("b", "i", "i", "i", "1", 1),
+          "clock_openness_grad": ("b", "i", "i", "i", "1", 1, "i", "i", "i"),
+          "batch_norm_frame": (1, "i", "i", 1, "i", "i", 1, "sg"),
+          "batch_norm_frame_grad": (1, 1, "i", "i", 1, "sg", "i", "i"),
+          "lstm_bn_cell": ("g", "g", 0, 1, 1, "3i", 0, "i", "i", 1, "1g", "1g", "g", "1i", "1i", 1, 1, 1, 1, 1,
+                           "sg"),
+          "lstm_bn_cell_grad": (1, 1, 1, 1, "g", 1, 1, 1, 1, "g", "1g", 1, "1i", "3i", 0, "i", "i", 1, "g", "g",
+                                1, "sg", 0, "3i", 0, 0, "i", "i"),
+          "gru_bn_cell": ("g", "g", 0, 1, 0, 1, "1g", "1g", "g", "g", 1, 1, 1, "sg"),
+          "gru_bn_cell_grad": (1, 1, "g", 1, 1, 1, "g", "1g", 0, 1, "g", "g", 1, "sg", 0, 0, 0)}
+
+
+def array_shapes(name: str, batch: int, i: int) -> list:
+    """The shapes of kernel ``name``'s arrays, in order, for ``batch`` rows of width ``i``
+    (the ``batch`` and ``i`` it is called with), and whether each is float64: a list of
+    ``(shape, float64)``."""
+    g = GATES[name] * i
+    sizes = {1: (batch, i), "g": (batch, g), 0: (g,), "i": (i,), "3i": (3 * i,), "b": (batch,), "1": (1,),
+             "1g": (1, g), "1i": (1, i), "sg": (SCRATCH_ROWS, g)}
+    return [(sizes[code], wide) for code, wide in zip(SHAPES[name], _ARRAYS[name], strict=True)]
+
 
 @functools.cache
 def kernel(name: str, dtype) -> ctypes._CFuncPtr:
