@@ -16,10 +16,10 @@ of each row's time step (``POPULATION``: one row of statistics per batch row, gi
   kernels run them (``flags``: ``kernels.PEEPHOLE``, ``kernels.CLOCK``, :data:`POPULATION`).
 
 Conventions are those of :mod:`~sophia.graph.engines.kernels`: ``one`` is 1 in the
-arrays' dtype; sums over the batch and each unit's 1 / sd run in float64, in the caller's ``scratch``
-[:data:`SCRATCH_ROWS`][g] (g the widest normalised row); gradient accumulators are float64. Statistics arrays
-are [R][w], R = 1 in training (the frame's, written by the kernel) and R = B with
-``POPULATION`` (read). The gradients are those of training graphs (batch statistics).
+arrays' dtype; sums over the batch and each unit's 1 / sd run in float64, in the
+caller's ``scratch`` [:data:`SCRATCH_ROWS`][g] (g the widest normalised row); gradient
+accumulators are float64. Statistics arrays are [R][w], R = 1 in training (the frame's,
+written by the kernel) and R = B with ``POPULATION`` (read). The gradients are those of training graphs (batch statistics).
 Called as native code through :mod:`~sophia.graph.engines.native`.
 """
 from __future__ import annotations
