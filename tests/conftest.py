@@ -22,6 +22,8 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
+from sophia.graph.engines import blocks  # noqa: E402
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_tmpdir(tmp_path_factory):
@@ -34,6 +36,15 @@ def session_tmpdir(tmp_path_factory):
         patch.setattr(tempfile, "tempdir", path)
         patch.setenv("TMPDIR", path)
         yield path
+
+
+@pytest.fixture(params=[1, 3], ids=["one block", "three blocks"])
+def row_blocks(request, monkeypatch):
+    """The native kernels' rows run as one block, or as three on three threads (however many
+    cores this machine has, and rows too few to be worth it otherwise)."""
+    monkeypatch.setattr(blocks, "cores", lambda: request.param)
+    monkeypatch.setattr(blocks, "MIN_BLOCK_ELEMENTS", 1)
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -6,20 +6,11 @@ import pytensor as th
 import pytensor.tensor as tt
 import pytest
 
-from sophia.graph.engines import blocks, kernels
+from sophia.graph.engines import kernels
 from sophia.graph.engines.fused_norm import batch_norm, layer_norm
 from sophia.graph.norms import BatchNorm, LayerNorm
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
-
-
-@pytest.fixture(params=[1, 3], ids=["one block", "three blocks"])
-def row_blocks(request, monkeypatch):
-    """The Ops' rows run as one block, or as three on three threads (however many
-    cores this machine has, and rows too few to be worth it otherwise)."""
-    monkeypatch.setattr(blocks, "cores", lambda: request.param)
-    monkeypatch.setattr(blocks, "MIN_BLOCK_ELEMENTS", 1)
-    return request.param
 
 
 def graphs(dtype):
