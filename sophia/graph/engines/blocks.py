@@ -39,12 +39,16 @@ import os
 MIN_BLOCK_ELEMENTS = 1 << 15     # values a block must hold to be worth a thread
 
 
+def available() -> int:
+    """The cores this process may run on (its affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cores() -> int:
-    """The threads a kernel may use: the cores this process may run on, at most
-    ``OMP_NUM_THREADS`` where that is set to a positive integer."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The threads a kernel may use: :func:`available`, at most ``OMP_NUM_THREADS``
+    where that is set to a positive integer."""
     limit = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return max(1, min(available, int(limit))) if limit.isdigit() and int(limit) > 0 else available
+    return max(1, min(available(), int(limit))) if limit.isdigit() and int(limit) > 0 else available()
 
 
 def split(rows: int, width: int, workers: int | None = None) -> list:

@@ -64,7 +64,7 @@ except ImportError:                       # pragma: no cover - not POSIX: no loc
 
 import numpy as np
 
-from sophia.graph.engines import kernels, kernels_bn
+from sophia.graph.engines import blocks, kernels, kernels_bn
 from sophia.graph.engines.kernels_bn import SCRATCH_ROWS
 
 MAGIC = b"sophia-kernel-1\n"
@@ -285,7 +285,7 @@ def _locked(path: str, wait: bool = True):
 
 def _cores() -> int:
     """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return blocks.available()
 
 
 # -- compiling (cold cache) -------------------------------------------------------------
