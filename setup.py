@@ -10,6 +10,9 @@ setup(
     package_data={"sophia.training": ["demo.toml"]},     # train.py --demo's option overrides
     python_requires=">=3.11",
     install_requires=["pytensor>=2.30", "numpy>=1.26", "pyzmq>=25",
+                      # BLAS at one thread per block while the fused windows' row blocks run
+                      # side by side (sophia/graph/engines/blocks.py)
+                      "threadpoolctl>=3.1",
                       # oneDNN's LSTM for training steps (sophia/graph/engines/onednn.py); elsewhere the fused Ops
                       "onednn-cpu-gomp==2023.2.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     extras_require={

@@ -66,3 +66,17 @@ def test_a_forked_child_runs_blocks_on_its_own_threads():
             os._exit(0 if sorted(ran) == [0, 1] else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_blocks_that_call_blas_run_it_on_the_threads_they_ask_for():
+    """``blas_threads``: while the blocks run, each BLAS library loaded runs a call on at
+    most that many threads; on return its own setting is back."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+    before, seen = blas_threads(), []
+    blocks.run(lambda k, start, stop: seen.append(blas_threads()), [(0, 1), (1, 2)], blas_threads=1)
+    assert seen == [[1], [1]]
+    assert blas_threads() == before

@@ -123,3 +123,23 @@ def test_gradient_matches_finite_differences(engine, unit, name):
             numeric = (bumped[0] - bumped[1]) / (2 * eps)
             analytic = float(grads[pname][index])
             assert abs(numeric - analytic) <= tol * max(1.0, abs(numeric)), (pname, index, numeric, analytic)
+
+
+BLOCKED = [("lstm", "peephole"), ("lstm", "peephole_layer_norm_clock"), ("gru", "layer_norm_clock"), ("gru", "clock")]
+
+
+@pytest.mark.parametrize("unit, name", BLOCKED, ids=[f"{u}-{n}" for u, n in BLOCKED])
+def test_fused_windows_run_as_row_blocks_equal_scan(unit, name, row_blocks, monkeypatch):
+    """The option Ops run their streams in blocks of batch rows side by side
+    (``window.by_rows``): as one block or three, outputs and every parameter's gradient
+    equal scan's, with resets mid-window."""
+    from sophia.graph.engines import blocks
+    spans_seen, run = [], blocks.run
+    monkeypatch.setattr(blocks, "run", lambda call, spans, **kw: spans_seen.append(len(spans)) or run(call, spans, **kw))
+    net, window = net_and_window("fused", unit, name)
+    got = compile_cost(net, FRAMES, STEP, batch=BATCH, engine="fused")(*window)
+    want = compile_cost(net, FRAMES, STEP, batch=BATCH, engine="scan")(*window)
+    assert (max(spans_seen, default=1) == 3) == (row_blocks == 3)
+    np.testing.assert_allclose(got[3], want[3], rtol=1e-10, atol=1e-10, err_msg="outputs")
+    for pname, g, w in zip(net.v_params, got[4:], want[4:]):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-10, err_msg=pname)

@@ -33,6 +33,7 @@ Example
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import os
 
@@ -69,17 +70,36 @@ def _pool(threads: int, pid: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sophia-kernel")
 
 
-def run(call, spans) -> None:
+def run(call, spans, blas_threads: int | None = None) -> None:
     """Call ``call(k, start, stop)`` for each block k of ``spans`` (:func:`split`),
     block 0 in this thread and the others in a thread pool, and wait for all. An
-    exception in a block is raised here, after every block has finished."""
+    exception in a block is raised here, after every block has finished.
+
+    ``blas_threads``: where the blocks call BLAS (numpy's ``dot``), the threads each
+    call may use while they run side by side (threadpoolctl's limit on the BLAS
+    libraries this process has loaded, restored on return); None leaves BLAS as it is.
+    Blocks that each asked for every core would share them several times over."""
     if len(spans) == 1:
         call(0, *spans[0])
         return
-    futures = [_pool(len(spans) - 1, os.getpid()).submit(call, k, *span) for k, span in enumerate(spans) if k]
-    try:
-        call(0, *spans[0])
-    finally:
-        concurrent.futures.wait(futures)
+    with _blas_limit(blas_threads):
+        futures = [_pool(len(spans) - 1, os.getpid()).submit(call, k, *span) for k, span in enumerate(spans) if k]
+        try:
+            call(0, *spans[0])
+        finally:
+            concurrent.futures.wait(futures)
     for future in futures:
         future.result()
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the BLAS libraries loaded (numpy's, at the least): found once."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _blas_limit(threads: int | None):
+    """A context in which each BLAS call uses at most ``threads`` threads (None: no limit)."""
+    return contextlib.nullcontext() if threads is None else _blas_controller().limit(limits=threads)

@@ -190,8 +190,9 @@ class LSTMBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
                 *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db, d_peep,
                 d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, act.dtype.type(1),
                 _flags(self.peephole, self.clock)]
-        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi, c_bi), (h0, c0),
-                             (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
+        window.backward(native.kernel(self.kernel_name, dtype), args, np.ascontiguousarray(W.T), d_ha, (h_bi, c_bi),
+                        (h0, c0), (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
+        dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
         grads += [d_peep.astype(dtype)] if self.peephole else []
         grads += [x.astype(dtype) for x in (d_gamma_h, d_gamma_c, d_beta_c)]
@@ -277,8 +278,9 @@ class GRUBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         args = [dh, Frames(dh_out, zero_bi), Frames(act), None, *(frames(x, dummy) for x in (hn, h_new, n_h, var_h)),
                 gamma_h, *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db,
                 d_gamma_h, d_beta_h, batch, i, act.dtype.type(1), _flags(clock=self.clock)]
-        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi,), (h0,), (h_seq,), reset,
-                             (dh,), (dh0,))
+        window.backward(native.kernel(self.kernel_name, dtype), args, np.ascontiguousarray(W.T), d_ha, (h_bi,), (h0,),
+                        (h_seq,), reset, (dh,), (dh0,))
+        dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dh, d_gamma_h.astype(dtype)] + ([d_k] if self.clock else [])
         for storage, value in zip(output_storage, grads):
             storage[0] = value

@@ -7,7 +7,8 @@ frames (layer-normalised by the Op of :mod:`~sophia.graph.engines.fused_norm`
 where the layer says so), then one Op for the window's
 recurrence and one for its gradient, looping over the frames with one BLAS matmul
 and one cell kernel per frame (``kernels.lstm_options_cell`` and friends, which
-take the options as bits) — with what the scan step adds:
+take the options as bits), the streams in blocks of batch rows side by side, one
+per core (:func:`~sophia.graph.engines.window.by_rows`) — with what the scan step adds:
 
 - **peepholes**: the input and forget gates see the entering cell, the output gate
   the new one;
@@ -44,7 +45,7 @@ import numpy as np
 from sophia.graph.engines import kernels, native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import layer_norm
-from sophia.graph.engines.window import Frames, contiguous, frames
+from sophia.graph.engines.window import Frames, block, contiguous, frames
 from sophia.graph.engines.window_op import WindowRecurrence, WindowRecurrenceGrad
 
 OPTIONS = ("peephole", "layer_norm", "learn_clock_params")     # the options this module runs
@@ -123,11 +124,15 @@ class LSTMOptionsRecurrence(native.CallsKernel, WindowRecurrence):
         act, c_new, h_new, n_h, rstd_h, n_c, rstd_c = saved
         if not self.clock:                        # the new states are the frame's states
             c_new, h_new = c_seq, h_seq
-        args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, beta_h, gamma_c, beta_c,
-                *(frames(x, dummy) for x in (k, n_h, rstd_h, n_c, rstd_c, c_new, h_new)), Frames(c_seq),
-                Frames(h_seq), batch, i, act.dtype.type(1), _flags(self.peephole, self.layer_norm, self.clock)]
-        window.forward(native.kernel(self.kernel_name, dtype), args, W, act, (h_bi, c_bi), (h0, c0),
-                       (h_seq, c_seq), reset)
+        cell, flags, one = native.kernel(self.kernel_name, dtype), _flags(self.peephole, self.layer_norm, self.clock), act.dtype.type(1)
+
+        def rows(lo, hi):
+            act_b, h_b, c_b = (block(x, lo, hi) for x in (act, h_seq, c_seq))
+            args = [Frames(act_b), Frames(block(xw, lo, hi)), bias, None, None, peep, gamma_h, beta_h, gamma_c,
+                    beta_c, *(frames(block(x, lo, hi), dummy) for x in (k, n_h, rstd_h, n_c, rstd_c, c_new, h_new)),
+                    Frames(c_b), Frames(h_b), hi - lo, i, one, flags]
+            window.forward(cell, args, W, act_b, (h_bi[lo:hi], c_bi[lo:hi]), (h0, c0), (h_b, c_b), reset[:, lo:hi])
+        window.by_rows(rows, batch, steps * gates)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved]):
             storage[0] = value
 
@@ -164,13 +169,20 @@ class LSTMOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         d_gamma_h = np.zeros(gates if self.layer_norm else 1, np.float64)
         d_gamma_c, d_beta_c = (np.zeros(i if self.layer_norm else 1, np.float64) for _ in range(2))
         c_new = c_new if self.clock else c_seq
-        args = [dh, dc, Frames(dh_out, zero_bi), Frames(dc_out, zero_bi),
-                *(frames(x, dummy) for x in (act, c_new, h_new)), None, None,
-                *(frames(x, dummy) for x in (n_h, rstd_h, n_c, rstd_c)), peep, gamma_h, gamma_c, beta_c,
-                *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), db, d_peep, d_gamma_h, d_gamma_c, d_beta_c,
-                batch, i, act.dtype.type(1), _flags(self.peephole, self.layer_norm, self.clock)]
-        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi, c_bi),
-                             (h0, c0), (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
+        cell_grad, flags, one = native.kernel(self.kernel_name, dtype), _flags(self.peephole, self.layer_norm, self.clock), act.dtype.type(1)
+        W_gi = np.ascontiguousarray(W.T)
+
+        def rows(lo, hi, *sums):
+            d_ha_b = block(d_ha, lo, hi)
+            args = [dh[lo:hi], dc[lo:hi], Frames(block(dh_out, lo, hi), zero_bi), Frames(block(dc_out, lo, hi), zero_bi),
+                    *(frames(block(x, lo, hi), dummy) for x in (act, c_new, h_new)), None, None,
+                    *(frames(block(x, lo, hi), dummy) for x in (n_h, rstd_h, n_c, rstd_c)), peep, gamma_h, gamma_c, beta_c,
+                    *(frames(block(x, lo, hi), dummy) for x in (k, d_pre, d_ha, d_k)), *sums[:5],
+                    hi - lo, i, one, flags]
+            window.backward(cell_grad, args, W_gi, d_ha_b, (h_bi[lo:hi], c_bi[lo:hi]), (h0, c0),
+                            (block(h_seq, lo, hi), block(c_seq, lo, hi)), reset[:, lo:hi], (dh[lo:hi], dc[lo:hi]), sums[5:])
+        window.by_rows(rows, batch, steps * gates, (db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, dh0, dc0))
+        dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
         if self.peephole:
             grads.append(d_peep.astype(dtype))
@@ -217,12 +229,17 @@ class GRUOptionsRecurrence(native.CallsKernel, WindowRecurrence):
         k = next(extras) if self.clock else None
         (h_seq,), saved, _ = self._allocate(steps, batch, i, dtype)
         act, hn, h_new, n_h, rstd_h = saved
-        ha = np.empty((batch, gates), dtype)
         h_new = h_new if self.clock else h_seq
-        args = [ha, Frames(xw), bias, None, gamma_h, beta_h,
-                *(frames(x, dummy) for x in (k, n_h, rstd_h, act, hn, h_new, h_seq)),
-                batch, i, act.dtype.type(1), _flags(layer_norm=self.layer_norm, clock=self.clock)]
-        window.forward(native.kernel(self.kernel_name, dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
+        cell, flags, one = native.kernel(self.kernel_name, dtype), _flags(layer_norm=self.layer_norm, clock=self.clock), act.dtype.type(1)
+
+        def rows(lo, hi):
+            ha = np.empty((hi - lo, gates), dtype)          # the frame's h_prev W_h
+            h_b = block(h_seq, lo, hi)
+            args = [ha, Frames(block(xw, lo, hi)), bias, None, gamma_h, beta_h,
+                    *(frames(block(x, lo, hi), dummy) for x in (k, n_h, rstd_h, act, hn, h_new, h_seq)),
+                    hi - lo, i, one, flags]
+            window.forward(cell, args, W, ha, (h_bi[lo:hi],), (h0,), (h_b,), reset[:, lo:hi])
+        window.by_rows(rows, batch, steps * gates)
         for storage, value in zip(output_storage, [h_seq, *saved]):
             storage[0] = value
 
@@ -256,12 +273,18 @@ class GRUOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         dh, dh0 = np.zeros((batch, i), dtype), np.zeros(i, dtype)
         db = np.zeros(gates, np.float64)
         d_gamma_h, d_beta_h = (np.zeros(gates if self.layer_norm else 1, np.float64) for _ in range(2))
-        args = [dh, Frames(dh_out, zero_bi), Frames(act), None,
-                *(frames(x, dummy) for x in (hn, h_new, n_h, rstd_h)), gamma_h,
-                *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), db, d_gamma_h, d_beta_h,
-                batch, i, act.dtype.type(1), _flags(layer_norm=self.layer_norm, clock=self.clock)]
-        dW = window.backward(native.kernel(self.kernel_name, dtype), args, W, d_ha, (h_bi,), (h0,),
-                             (h_seq,), reset, (dh,), (dh0,))
+        cell_grad, flags, one = native.kernel(self.kernel_name, dtype), _flags(layer_norm=self.layer_norm, clock=self.clock), act.dtype.type(1)
+        W_gi = np.ascontiguousarray(W.T)
+
+        def rows(lo, hi, *sums):
+            args = [dh[lo:hi], Frames(block(dh_out, lo, hi), zero_bi), Frames(block(act, lo, hi)), None,
+                    *(frames(block(x, lo, hi), dummy) for x in (hn, h_new, n_h, rstd_h)), gamma_h,
+                    *(frames(block(x, lo, hi), dummy) for x in (k, d_pre, d_ha, d_k)), *sums[:3],
+                    hi - lo, i, one, flags]
+            window.backward(cell_grad, args, W_gi, block(d_ha, lo, hi), (h_bi[lo:hi],), (h0,), (block(h_seq, lo, hi),),
+                            reset[:, lo:hi], (dh[lo:hi],), sums[3:])
+        window.by_rows(rows, batch, steps * gates, (db, d_gamma_h, d_beta_h, dh0))
+        dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dh]
         if self.layer_norm:
             grads += [d_gamma_h.astype(dtype), d_beta_h.astype(dtype)]

@@ -8,11 +8,15 @@ and oneDNN's LSTM window (:mod:`~sophia.graph.engines.onednn_lstm`). Arrays are
 
 :func:`forward` and :func:`backward` run the frame loops of the option and batch-norm
 Ops: a cell kernel's arguments are laid out once per window (:func:`frame_args`), so
-a frame's call only fills in the addresses of its entering states.
+a frame's call only fills in the addresses of its entering states. :func:`by_rows` runs
+such a loop on blocks of the batch rows side by side, the weight gradient
+(:func:`weight_grad`) then over the whole window.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from sophia.graph.engines import blocks
 
 
 def contiguous(inputs, dtype):
@@ -105,15 +109,16 @@ def forward(cell, args, W_ig, product_tbg, stored, initial, seq, reset_tb):
         prev = [s[t] for s in seq]
 
 
-def backward(cell_grad, args, W_ig, d_ha_tbg, stored, initial, seq, reset_tb, d_states, d_initial):
+def backward(cell_grad, args, W_gi, d_ha_tbg, stored, initial, seq, reset_tb, d_states, d_initial):
     """Backpropagate through the frames of :func:`forward`, last first:
     ``cell_grad(*args)`` with the Nones of ``args`` replaced by the addresses of the
     entering states, then the gradient of the recurrent product, ``d_ha_tbg[t]``, sent
-    through W_ig into the entering h (``d_states[0]``), and a reset frame's entering
-    gradients (``d_states`` [B][i]) into ``d_initial`` [i]. On return ``d_states`` hold
-    those of the stored states. Returns the gradient of W_ig [i][g]."""
+    through ``W_gi`` (W_h transposed, C-contiguous) into the entering h
+    (``d_states[0]``), and a reset frame's entering gradients (``d_states`` [B][i]) into
+    ``d_initial`` [i]. On return ``d_states`` hold those of the stored states; the
+    gradient of W_h is :func:`weight_grad`'s."""
     rows, at = frame_args(args, len(reset_tb)), [n for n, a in enumerate(args) if a is None]
-    W_T, dh = np.ascontiguousarray(W_ig.T), d_states[0]
+    W_T, dh = W_gi, d_states[0]
     back = np.empty_like(dh)
     for t in reversed(range(len(rows))):
         row, h_in = rows[t], [entering(*x, reset_tb, t) for x in zip(stored, seq, initial)]
@@ -123,7 +128,33 @@ def backward(cell_grad, args, W_ig, d_ha_tbg, stored, initial, seq, reset_tb, d_
         dh += np.dot(d_ha_tbg[t], W_T, out=back)
         for d, d0 in zip(d_states, d_initial):
             route_reset(d, d0, reset_tb[t])
-    return weight_grad(stored[0], seq[0], initial[0], reset_tb, d_ha_tbg)
+
+
+def block(array, lo, hi):
+    """Rows ``lo:hi`` of every frame of ``array`` [T][B][·] (a view; None stays None)."""
+    return None if array is None else array[:, lo:hi]
+
+
+def by_rows(run, batch, width, totals=()):
+    """Run a window's frame loop on blocks of its batch rows side by side:
+    ``run(lo, hi, *sums)`` for each block of ``range(batch)`` (:func:`blocks.split`, rows
+    of ``width`` values: a window's frames times a row's gates), with ``sums`` zero
+    arrays like ``totals`` (the float64 accumulators and the initial states' gradients),
+    which are added into ``totals`` in block order once every block is done.
+
+    The rows of an LSTM or GRU window, without batch norm, never meet: each block runs
+    the whole recurrence of its streams, its products on one BLAS thread, with no
+    hand-off between frames. One block (a small batch, one core) runs ``run(0, batch,
+    *totals)`` here. ``bench/train_speed.py --option_sets`` measures the effect."""
+    spans = blocks.split(batch, width)
+    if len(spans) == 1:
+        run(0, batch, *totals)
+        return
+    parts = [[np.zeros_like(t) for t in totals] for _ in spans]
+    blocks.run(lambda k, lo, hi: run(lo, hi, *parts[k]), spans, blas_threads=1)
+    for part in parts:
+        for total, value in zip(totals, part):
+            total += value
 
 
 def entering_address(entering_bi, addr_stored, seq: Frames, reset_tb, t):
