@@ -68,8 +68,8 @@ def kernel_call(name, flags, batch, width, rng, frames=1):
     sets = [[rng.uniform(0.05, 0.95, shape).astype(np.float64 if wide else np.float32)
              for shape, wide in native.array_shapes(name, batch, width)] for _ in range(frames)]
     addresses = [[a.ctypes.data for a in arrays] for arrays in sets]
-    function = native.kernel(name, np.float32)
-    tail = (batch, width, 1.0) + (() if flags is None else (flags,))
+    function = native.kernel(name, np.float32, flags or 0)
+    tail = (batch, width, 1.0)
     at = [0]
 
     def call():

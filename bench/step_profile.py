@@ -41,10 +41,10 @@ def _timed_kernels(log):
 
     load = native.kernel.__wrapped__
 
-    def kernel(name, dtype):
+    def kernel(name, dtype, flags=0):
         start = time.perf_counter()
-        function = load(name, dtype)
-        log.append((f"{name} {dtype}", time.perf_counter() - start))
+        function = load(name, dtype, flags)
+        log.append((f"{name}{f' options {flags}' if flags else ''} {dtype}", time.perf_counter() - start))
         return function
     native.kernel = functools.cache(kernel)
 

@@ -34,8 +34,7 @@ def kernel_arrays(name, dtype, seed=0):
 def run_native(name, dtype, arrays):
     """Call the native kernel on copies of ``arrays``; returns the copies (written in place)."""
     out = [a.copy() for a in arrays]
-    flags = (FLAGS[name],) if name in FLAGS else ()
-    native.kernel(name, dtype)(*[a.ctypes.data for a in out], BATCH, WIDTH, float(np.dtype(dtype).type(1)), *flags)
+    native.kernel(name, dtype, FLAGS.get(name, 0))(*[a.ctypes.data for a in out], BATCH, WIDTH, float(np.dtype(dtype).type(1)))
     return out
 
 
@@ -155,19 +154,20 @@ def refuse_to_compile(monkeypatch):
     monkeypatch.setattr(native, "_compile", refuse)
 
 
-NORM = ["layer_norm_rows", "layer_norm_rows_grad"]
+NORM = [("layer_norm_rows", 0), ("layer_norm_rows_grad", 0)]
+NORM_ARGS = ["layer_norm_rows:0", "layer_norm_rows_grad:0"]     # as the helper is told
 
 
 def test_prefetch_stores_the_missing_kernels_from_a_helper_process(fresh_cache, monkeypatch):
     native.prefetch(NORM, "float32")
     (helper,) = native._HELPERS
-    assert helper.args[-2:] == NORM
+    assert helper.args[-2:] == NORM_ARGS
     assert helper.wait(timeout=300) == 0
     assert len(list(fresh_cache.glob("*.o"))) == 2
     native.prefetch(NORM, "float32")                  # all cached: no second helper
     assert len(native._HELPERS) == 1
     refuse_to_compile(monkeypatch)
-    for name in NORM:
+    for name, _ in NORM:
         arrays = kernel_arrays(name, "float32")
         for got, want in zip(run_native(name, "float32", arrays), run_numba(name, "float32", arrays)):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -185,7 +185,7 @@ def test_a_kernel_compiling_in_another_process_is_waited_for_then_loaded(fresh_c
     """While another process holds a kernel's lock, kernel() waits and loads what that
     process stores instead of compiling it again; a helper skips a locked kernel."""
     elsewhere = str(tmp_path_factory.mktemp("elsewhere"))
-    native.compile_into(elsewhere, "float32", "layer_norm_rows")
+    native.compile_into(elsewhere, "float32", "layer_norm_rows:0")
     (stored,) = [os.path.join(elsewhere, f) for f in os.listdir(elsewhere) if f.endswith(".o")]
     path = os.path.join(str(fresh_cache), os.path.basename(stored))
     held, release = threading.Event(), threading.Event()
@@ -199,7 +199,7 @@ def test_a_kernel_compiling_in_another_process_is_waited_for_then_loaded(fresh_c
     other = threading.Thread(target=other_process)
     other.start()
     held.wait(30)
-    native.compile_into(str(fresh_cache), "float32", "layer_norm_rows")
+    native.compile_into(str(fresh_cache), "float32", "layer_norm_rows:0")
     assert not os.path.exists(path)                   # the helper left the locked kernel alone
     refuse_to_compile(monkeypatch)
     threading.Timer(0.3, release.set).start()
@@ -220,5 +220,23 @@ def test_compiling_a_function_prefetches_its_kernels_forward_ones_first(fresh_ca
     y = layer_norm(x, gamma, beta)
     th.function([x, gamma, beta], [y, th.grad((y ** 2).sum(), gamma)], mode=compile_mode("auto"))
     (helper,) = native._HELPERS
-    assert helper.args[-2:] == NORM
+    assert helper.args[-2:] == NORM_ARGS
     assert helper.wait(timeout=300) == 0
+
+
+def test_an_option_kernel_is_compiled_and_cached_per_set_of_option_bits(fresh_cache):
+    """Each set of option bits is its own kernel (its own cache file), computing what the
+    Numba kernel computes with those bits; a kernel without options refuses bits."""
+    name = "gru_options_cell"
+    for flags in (kernels.LAYER_NORM, kernels.CLOCK):
+        arrays = kernel_arrays(name, "float64")
+        got = [a.copy() for a in arrays]
+        native.kernel(name, "float64", flags)(*[a.ctypes.data for a in got], BATCH, WIDTH, 1.0)
+        want = [a.copy() for a in arrays]
+        kernels.gru_options_cell(*want, 1.0, flags)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    stored = sorted(f.name.split("-")[0] for f in fresh_cache.glob("*.o"))
+    assert stored == [f"sophia_{name}_float64_options{kernels.LAYER_NORM}", f"sophia_{name}_float64_options{kernels.CLOCK}"]
+    with pytest.raises(ValueError, match="lstm_cell takes no option bits"):
+        native.kernel("lstm_cell", "float32", kernels.CLOCK)

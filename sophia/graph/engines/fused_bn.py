@@ -85,6 +85,15 @@ def _flags(peephole=False, clock=False, training=True) -> int:
     return (kernels.PEEPHOLE * peephole) | (kernels.CLOCK * clock) | (POPULATION * (not training))
 
 
+class _KernelFlags:
+    peephole = False
+
+    @property
+    def kernel_flags(self) -> int:
+        """The option bits the kernel is compiled for (gradients: training graphs only)."""
+        return _flags(self.peephole, self.clock, self.training)
+
+
 def _statistics(training, stats, population, step_tb, dummy):
     """:class:`Frames` of each inner norm's mean and var, and the arrays they address
     (to keep alive while they are used): the frames' rows of ``stats`` [T][w]
@@ -96,7 +105,7 @@ def _statistics(training, stats, population, step_tb, dummy):
     return [Frames(r) for r in rows], rows
 
 
-class LSTMBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
+class LSTMBatchNormRecurrence(_KernelFlags, native.CallsKernel, WindowRecurrence):
     """Batch-normalised LSTM over a window, with or without peepholes and the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
@@ -145,15 +154,14 @@ class LSTMBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
         (mean_h, var_h, mean_c, var_c), alive = _statistics(self.training, stats, population, step_tb, dummy)
         args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, gamma_c, beta_c, frames(k, dummy),
                 mean_h, var_h, Frames(n_h), mean_c, var_c, Frames(n_c), *(frames(x, dummy) for x in (c_new, h_new)),
-                Frames(c_seq), Frames(h_seq), _scratch(gates), batch, i, act.dtype.type(1),
-                _flags(self.peephole, self.clock, self.training)]
-        window.forward(native.kernel(self.kernel_name, dtype), args, W, act, (h_bi, c_bi), (h0, c0),
+                Frames(c_seq), Frames(h_seq), _scratch(gates), batch, i, act.dtype.type(1)]
+        window.forward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, W, act, (h_bi, c_bi), (h0, c0),
                        (h_seq, c_seq), reset)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved, *stats]):
             storage[0] = value
 
 
-class LSTMBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
+class LSTMBatchNormRecurrenceGrad(_KernelFlags, native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMBatchNormRecurrence` (training)."""
 
     kernel_name = "lstm_bn_cell_grad"
@@ -188,9 +196,8 @@ class LSTMBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
                 *(frames(x, dummy) for x in (act, c_new, h_new)), None, None,
                 *(frames(x, dummy) for x in (n_h, var_h, n_c, var_c)), peep, gamma_h, gamma_c, beta_c,
                 *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db, d_peep,
-                d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, act.dtype.type(1),
-                _flags(self.peephole, self.clock)]
-        window.backward(native.kernel(self.kernel_name, dtype), args, np.ascontiguousarray(W.T), d_ha, (h_bi, c_bi),
+                d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, act.dtype.type(1)]
+        window.backward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, np.ascontiguousarray(W.T), d_ha, (h_bi, c_bi),
                         (h0, c0), (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
         dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
@@ -201,7 +208,7 @@ class LSTMBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
             storage[0] = value
 
 
-class GRUBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
+class GRUBatchNormRecurrence(_KernelFlags, native.CallsKernel, WindowRecurrence):
     """Batch-normalised GRU over a window, with or without the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h`` [3i], at
@@ -243,13 +250,13 @@ class GRUBatchNormRecurrence(native.CallsKernel, WindowRecurrence):
         (mean_h, var_h), alive = _statistics(self.training, stats, population, step_tb, dummy)   # alive: as in LSTM
         args = [ha, Frames(xw), bias, None, gamma_h, frames(k, dummy), mean_h, var_h,
                 *(frames(x, dummy) for x in (n_h, act, hn, h_new, h_seq)), _scratch(gates),
-                batch, i, act.dtype.type(1), _flags(clock=self.clock, training=self.training)]
-        window.forward(native.kernel(self.kernel_name, dtype), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
+                batch, i, act.dtype.type(1)]
+        window.forward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
         for storage, value in zip(output_storage, [h_seq, *saved, *stats]):
             storage[0] = value
 
 
-class GRUBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
+class GRUBatchNormRecurrenceGrad(_KernelFlags, native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUBatchNormRecurrence` (training)."""
 
     kernel_name = "gru_bn_cell_grad"
@@ -277,8 +284,8 @@ class GRUBatchNormRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         h_new = h_new if self.clock else h_seq
         args = [dh, Frames(dh_out, zero_bi), Frames(act), None, *(frames(x, dummy) for x in (hn, h_new, n_h, var_h)),
                 gamma_h, *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db,
-                d_gamma_h, d_beta_h, batch, i, act.dtype.type(1), _flags(clock=self.clock)]
-        window.backward(native.kernel(self.kernel_name, dtype), args, np.ascontiguousarray(W.T), d_ha, (h_bi,), (h0,),
+                d_gamma_h, d_beta_h, batch, i, act.dtype.type(1)]
+        window.backward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, np.ascontiguousarray(W.T), d_ha, (h_bi,), (h0,),
                         (h_seq,), reset, (dh,), (dh0,))
         dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dh, d_gamma_h.astype(dtype)] + ([d_k] if self.clock else [])

@@ -85,7 +85,21 @@ def _flags(peephole=False, layer_norm=False, clock=False) -> int:
     return (kernels.PEEPHOLE * peephole) | (kernels.LAYER_NORM * layer_norm) | (kernels.CLOCK * clock)
 
 
-class LSTMOptionsRecurrence(native.CallsKernel, WindowRecurrence):
+class _LSTMKernelFlags:
+    @property
+    def kernel_flags(self) -> int:
+        """The option bits the kernel is compiled for."""
+        return _flags(self.peephole, self.layer_norm, self.clock)
+
+
+class _GRUKernelFlags:
+    @property
+    def kernel_flags(self) -> int:
+        """The option bits the kernel is compiled for."""
+        return _flags(layer_norm=self.layer_norm, clock=self.clock)
+
+
+class LSTMOptionsRecurrence(_LSTMKernelFlags, native.CallsKernel, WindowRecurrence):
     """LSTM over a window with peepholes, layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, c0_i, h_bi, c_bi``, then ``peep``
@@ -124,20 +138,20 @@ class LSTMOptionsRecurrence(native.CallsKernel, WindowRecurrence):
         act, c_new, h_new, n_h, rstd_h, n_c, rstd_c = saved
         if not self.clock:                        # the new states are the frame's states
             c_new, h_new = c_seq, h_seq
-        cell, flags, one = native.kernel(self.kernel_name, dtype), _flags(self.peephole, self.layer_norm, self.clock), act.dtype.type(1)
+        cell, one = native.kernel(self.kernel_name, dtype, self.kernel_flags), act.dtype.type(1)
 
         def rows(lo, hi):
             act_b, h_b, c_b = (block(x, lo, hi) for x in (act, h_seq, c_seq))
             args = [Frames(act_b), Frames(block(xw, lo, hi)), bias, None, None, peep, gamma_h, beta_h, gamma_c,
                     beta_c, *(frames(block(x, lo, hi), dummy) for x in (k, n_h, rstd_h, n_c, rstd_c, c_new, h_new)),
-                    Frames(c_b), Frames(h_b), hi - lo, i, one, flags]
+                    Frames(c_b), Frames(h_b), hi - lo, i, one]
             window.forward(cell, args, W, act_b, (h_bi[lo:hi], c_bi[lo:hi]), (h0, c0), (h_b, c_b), reset[:, lo:hi])
         window.by_rows(rows, batch, steps * gates)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved]):
             storage[0] = value
 
 
-class LSTMOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
+class LSTMOptionsRecurrenceGrad(_LSTMKernelFlags, native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`LSTMOptionsRecurrence`."""
 
     kernel_name = "lstm_options_cell_grad"
@@ -169,7 +183,7 @@ class LSTMOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         d_gamma_h = np.zeros(gates if self.layer_norm else 1, np.float64)
         d_gamma_c, d_beta_c = (np.zeros(i if self.layer_norm else 1, np.float64) for _ in range(2))
         c_new = c_new if self.clock else c_seq
-        cell_grad, flags, one = native.kernel(self.kernel_name, dtype), _flags(self.peephole, self.layer_norm, self.clock), act.dtype.type(1)
+        cell_grad, one = native.kernel(self.kernel_name, dtype, self.kernel_flags), act.dtype.type(1)
         W_gi = np.ascontiguousarray(W.T)
 
         def rows(lo, hi, *sums):
@@ -178,7 +192,7 @@ class LSTMOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
                     *(frames(block(x, lo, hi), dummy) for x in (act, c_new, h_new)), None, None,
                     *(frames(block(x, lo, hi), dummy) for x in (n_h, rstd_h, n_c, rstd_c)), peep, gamma_h, gamma_c, beta_c,
                     *(frames(block(x, lo, hi), dummy) for x in (k, d_pre, d_ha, d_k)), *sums[:5],
-                    hi - lo, i, one, flags]
+                    hi - lo, i, one]
             window.backward(cell_grad, args, W_gi, d_ha_b, (h_bi[lo:hi], c_bi[lo:hi]), (h0, c0),
                             (block(h_seq, lo, hi), block(c_seq, lo, hi)), reset[:, lo:hi], (dh[lo:hi], dc[lo:hi]), sums[5:])
         window.by_rows(rows, batch, steps * gates, (db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, dh0, dc0))
@@ -194,7 +208,7 @@ class LSTMOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
             storage[0] = value
 
 
-class GRUOptionsRecurrence(native.CallsKernel, WindowRecurrence):
+class GRUOptionsRecurrence(_GRUKernelFlags, native.CallsKernel, WindowRecurrence):
     """GRU over a window with layer norm and/or the clock gate.
 
     Inputs: ``xw_tbg, time_tb, W_h_ig, b_g, h0_i, h_bi``, then ``gamma_h, beta_h``
@@ -230,21 +244,21 @@ class GRUOptionsRecurrence(native.CallsKernel, WindowRecurrence):
         (h_seq,), saved, _ = self._allocate(steps, batch, i, dtype)
         act, hn, h_new, n_h, rstd_h = saved
         h_new = h_new if self.clock else h_seq
-        cell, flags, one = native.kernel(self.kernel_name, dtype), _flags(layer_norm=self.layer_norm, clock=self.clock), act.dtype.type(1)
+        cell, one = native.kernel(self.kernel_name, dtype, self.kernel_flags), act.dtype.type(1)
 
         def rows(lo, hi):
             ha = np.empty((hi - lo, gates), dtype)          # the frame's h_prev W_h
             h_b = block(h_seq, lo, hi)
             args = [ha, Frames(block(xw, lo, hi)), bias, None, gamma_h, beta_h,
                     *(frames(block(x, lo, hi), dummy) for x in (k, n_h, rstd_h, act, hn, h_new, h_seq)),
-                    hi - lo, i, one, flags]
+                    hi - lo, i, one]
             window.forward(cell, args, W, ha, (h_bi[lo:hi],), (h0,), (h_b,), reset[:, lo:hi])
         window.by_rows(rows, batch, steps * gates)
         for storage, value in zip(output_storage, [h_seq, *saved]):
             storage[0] = value
 
 
-class GRUOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
+class GRUOptionsRecurrenceGrad(_GRUKernelFlags, native.CallsKernel, WindowRecurrenceGrad):
     """Backpropagation through time of :class:`GRUOptionsRecurrence`."""
 
     kernel_name = "gru_options_cell_grad"
@@ -273,14 +287,14 @@ class GRUOptionsRecurrenceGrad(native.CallsKernel, WindowRecurrenceGrad):
         dh, dh0 = np.zeros((batch, i), dtype), np.zeros(i, dtype)
         db = np.zeros(gates, np.float64)
         d_gamma_h, d_beta_h = (np.zeros(gates if self.layer_norm else 1, np.float64) for _ in range(2))
-        cell_grad, flags, one = native.kernel(self.kernel_name, dtype), _flags(layer_norm=self.layer_norm, clock=self.clock), act.dtype.type(1)
+        cell_grad, one = native.kernel(self.kernel_name, dtype, self.kernel_flags), act.dtype.type(1)
         W_gi = np.ascontiguousarray(W.T)
 
         def rows(lo, hi, *sums):
             args = [dh[lo:hi], Frames(block(dh_out, lo, hi), zero_bi), Frames(block(act, lo, hi)), None,
                     *(frames(block(x, lo, hi), dummy) for x in (hn, h_new, n_h, rstd_h)), gamma_h,
                     *(frames(block(x, lo, hi), dummy) for x in (k, d_pre, d_ha, d_k)), *sums[:3],
-                    hi - lo, i, one, flags]
+                    hi - lo, i, one]
             window.backward(cell_grad, args, W_gi, block(d_ha, lo, hi), (h_bi[lo:hi],), (h0,), (block(h_seq, lo, hi),),
                             reset[:, lo:hi], (dh[lo:hi],), sums[3:])
         window.by_rows(rows, batch, steps * gates, (db, d_gamma_h, d_beta_h, dh0))

@@ -14,7 +14,8 @@ wrapper: a shorter cold compile, the same speed. The option cells (peepholes, la
 norm, clock gate) and the batch-norm cells (``kernels_bn.py``) are functions of their
 own that the wrapper calls: inlined into a wrapper over that many raw pointers, their
 loops were left unvectorised, several times slower per frame
-(``bench/train_speed.py --option_sets`` measures the layers that use them).
+(``bench/train_speed.py --option_sets`` measures the layers that use them). They are
+compiled once per set of option bits (:func:`lstm_options_kernels` and friends).
 Without Numba, ``AVAILABLE`` is False and the Ops run their numpy code instead.
 
 Conventions: ``one`` is 1 in the arrays' dtype, so float32 arithmetic stays float32
@@ -30,6 +31,8 @@ Gate layouts: LSTM ``[input, forget, output, candidate]``, GRU ``[reset, update,
 candidate]`` with the reset gate applied after the recurrent product.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -178,9 +181,9 @@ if AVAILABLE:
 
 
 # -- the unit options: peepholes, layer norm, the clock gate -----------------------------
-# The kernels below run every option the fused Ops support, chosen per call by the bits
-# of ``flags``; the tests on the flags sit outside the loops over units, so LLVM still
-# vectorises each loop. Row statistics (layer norm) are summed in float64.
+# The kernels below run every option the fused Ops support, compiled once per set of
+# option bits (``flags``); the tests on the options sit outside the loops over units, so
+# LLVM vectorises each loop. Row statistics (layer norm) are summed in float64.
 PEEPHOLE, LAYER_NORM, CLOCK = 1, 2, 4
 EPSILON = 1e-5                      # as sophia.graph.norms.EPSILON
 
@@ -306,163 +309,202 @@ if AVAILABLE:
             d_peep[j] += d_i[j] * cib[j]
             d_peep[i + j] += d_f[j] * cib[j]
 
-    @numba.njit(**_JIT)          # a function of its own: see the module docstring
-    def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
-                          n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, one, flags):
-        """One LSTM frame with the options of ``flags``. a = h_prev W_h [B][4i] becomes
-        the activated gates; n_h [B][4i], rstd_h [B] are the normalised product and its
-        1/sd (layer norm), n_c [B][i], rstd_c [B] the normalised cell; c_new, h_new [B][i]
-        the states before the clock gate's blend with k [B][i], c, h after it (with no
-        clock, c_new and h_new may be c and h). peep [3i]: the input, forget, output
-        peepholes; gamma_h, beta_h [4i], gamma_c, beta_c [i]: the norms' gains and biases."""
-        batch, i = c.shape
-        peephole, norm, clock = flags & PEEPHOLE, flags & LAYER_NORM, flags & CLOCK
-        for b in range(batch):
-            ab, xb, hp, cp = a[b], xa[b], h_prev[b], c_prev[b]
-            cn, hn, cb, hb = c_new[b], h_new[b], c[b], h[b]
-            if norm:
-                rstd_h[b] = _normalise_row(ab, n_h[b], gamma_h, beta_h, one)
-            for q in range(4 * i):
-                ab[q] += xb[q] + bias[q]
-            _lstm_new_cell(ab, cp, cn, peep, i, peephole)
-            s_o = ab[2 * i:3 * i]
-            _lstm_output_gate(s_o, cn, peep, i, peephole)
-            if norm:
-                ncb = n_c[b]
-                for j in range(i):
-                    hn[j] = cn[j]
-                rstd_c[b] = _normalise_row(hn, ncb, gamma_c, beta_c, one)
-                for j in range(i):
-                    hn[j] = s_o[j] * _tanh(hn[j])
-            else:
-                for j in range(i):
-                    hn[j] = s_o[j] * _tanh(cn[j])
-            if clock:
-                _blend(k[b], cn, cp, cb, one)
-                _blend(k[b], hn, hp, hb, one)
+    # Closures over their option bits: Numba cannot cache them on disk (native.py keeps their machine code).
+    _SPECIALISED = dict(_JIT, cache=False)
 
-    @numba.njit(**_JIT)          # a function of its own: see the module docstring
-    def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
-                               n_c, rstd_c, peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk,
-                               db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, one, flags):
-        """Backward of :func:`lstm_options_cell` for one frame. From dh + dh_out and
-        dc + dc_out (the gradients of the frame's h and c): d [B][4i] = the gradient of
-        the pre-activations (= of xa; summed into db), d_ha [B][4i] = of h_prev W_h (d
-        itself without layer norm), dk [B][i] = of the clock's openness; the parameters'
-        gradients are summed into the float64 d_peep [3i], d_gamma_h [4i], d_gamma_c and
-        d_beta_c [i]. dc becomes the gradient of the entering c; dh that of the entering
-        h by the clock's direct path (zero without a clock): the caller adds d_ha W_hᵀ."""
-        batch, i = dh.shape
-        peephole, norm, clock = flags & PEEPHOLE, flags & LAYER_NORM, flags & CLOCK
-        for b in range(batch):
-            ab, db_, cn, hn, hib, cib = a[b], d[b], c_new[b], h_new[b], h_in[b], c_in[b]
-            dhb, dcb, dhob, dcob = dh[b], dc[b], dh_out[b], dc_out[b]
-            s_o = ab[2 * i:3 * i]
-            d_i, d_o, d_g = db_[:i], db_[2 * i:3 * i], db_[3 * i:]
-            # d_i holds the gradient of c_new until the last loop; d_g that of the cell norm's output
-            _lstm_clock_grad(dhb, dcb, dhob, dcob, hn, cn, hib, cib, k, dk, b, d_o, d_i, i, one, clock)
-            if norm:
-                ncb = n_c[b]
-                _lstm_normed_output_grad(s_o, ncb, gamma_c, beta_c, d_o, d_g, i, one)
-                for j in range(i):
-                    d_beta_c[j] += d_g[j]
-                _normalise_row_grad(d_g, ncb, rstd_c[b], gamma_c, d_gamma_c, d_g, one)
-                for j in range(i):
-                    d_i[j] += d_g[j]
-            else:
-                for j in range(i):
-                    so, tc, gh = s_o[j], _tanh(cn[j]), d_o[j]
-                    d_o[j] = gh * tc * so * (one - so)
-                    d_i[j] += gh * so * (one - tc * tc)
-            if peephole:
-                _peephole_output_grad(d_o, cn, d_i, peep, d_peep, i)
-            s_i, s_f, s_g, d_f = ab[:i], ab[i:2 * i], ab[3 * i:], db_[i:2 * i]
-            for j in range(i):                  # d i, d f, d g; then d c into the entering c
-                si, sf, sg, gc = s_i[j], s_f[j], s_g[j], d_i[j]
-                d_f[j] = gc * cib[j] * sf * (one - sf)
-                d_g[j] = gc * si * (one - sg * sg)
-                d_i[j] = gc * sg * si * (one - si)
-                dcb[j] += gc * sf
-            if peephole:
-                _peephole_input_grad(d_i, d_f, cib, dcb, peep, d_peep, i)
-            for q in range(4 * i):
-                db[q] += db_[q]
-            if norm:
-                _normalise_row_grad(db_, n_h[b], rstd_h[b], gamma_h, d_gamma_h, d_ha[b], one)
+    @functools.cache
+    def lstm_options_kernels(flags: int) -> tuple:
+        """``(lstm_options_cell, lstm_options_cell_grad)`` for the options of ``flags``
+        (``PEEPHOLE | LAYER_NORM | CLOCK``), which are constants of the compiled code:
+        Numba drops the branches of the options that are off before it types the rest,
+        so a kernel with one option compiles in about half the time of one that reads
+        the bits per call (``bench/step_profile.py`` with cold caches times each kernel)."""
+        peephole, norm, clock = bool(flags & PEEPHOLE), bool(flags & LAYER_NORM), bool(flags & CLOCK)
 
-    @numba.njit(**_JIT)          # a function of its own: see the module docstring
-    def gru_options_cell(ha, xa, bias, h_prev, gamma_h, beta_h, k, n_h, rstd_h, a, hn, h_new, h, one, flags):
-        """One GRU frame with the options of ``flags`` (layer norm on h_prev W_h, the
-        clock gate): ha = h_prev W_h [B][3i] (normalised in place, n_h [B][3i] and
-        rstd_h [B] kept), a the activated gates, hn the candidate's recurrent product,
-        h_new the state before the clock's blend with k [B][i], h after it (with no
-        clock, h_new may be h)."""
-        batch, i = h.shape
-        norm, clock = flags & LAYER_NORM, flags & CLOCK
-        for b in range(batch):
-            hab = ha[b]
-            if norm:
-                rstd_h[b] = _normalise_row(hab, n_h[b], gamma_h, beta_h, one)
-            xb, ab, hpb, hnb, hb = xa[b], a[b], h_prev[b], hn[b], h_new[b]
-            s_rz, x_rz, h_rz = ab[:2 * i], xb[:2 * i], hab[:2 * i]
-            s_r, s_z, s_n, x_n, h_n = ab[:i], ab[i:2 * i], ab[2 * i:], xb[2 * i:], hab[2 * i:]
-            for q in range(2 * i):
-                s_rz[q] = _sigmoid(x_rz[q] + bias[q] + h_rz[q])
-            for j in range(i):
-                hnb[j] = h_n[j]
-            for j in range(i):
-                s_n[j] = _tanh(x_n[j] + bias[2 * i + j] + s_r[j] * hnb[j])
-            for j in range(i):
-                hb[j] = s_n[j] + s_z[j] * (hpb[j] - s_n[j])
-            if clock:
-                _blend(k[b], hb, hpb, h[b], one)
+        @numba.njit(**_SPECIALISED)
+        def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
+                              n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, one):
+            """One LSTM frame with the options of ``flags``. a = h_prev W_h [B][4i] becomes
+            the activated gates; n_h [B][4i], rstd_h [B] are the normalised product and its
+            1/sd (layer norm), n_c [B][i], rstd_c [B] the normalised cell; c_new, h_new [B][i]
+            the states before the clock gate's blend with k [B][i], c, h after it (with no
+            clock, c_new and h_new may be c and h). peep [3i]: the input, forget, output
+            peepholes; gamma_h, beta_h [4i], gamma_c, beta_c [i]: the norms' gains and biases."""
+            batch, i = c.shape
+            for b in range(batch):
+                ab, xb, hp, cp = a[b], xa[b], h_prev[b], c_prev[b]
+                cn, hn, cb, hb = c_new[b], h_new[b], c[b], h[b]
+                if norm:
+                    rstd_h[b] = _normalise_row(ab, n_h[b], gamma_h, beta_h, one)
+                for q in range(4 * i):
+                    ab[q] += xb[q] + bias[q]
+                _lstm_new_cell(ab, cp, cn, peep, i, peephole)
+                s_o = ab[2 * i:3 * i]
+                _lstm_output_gate(s_o, cn, peep, i, peephole)
+                if norm:
+                    ncb = n_c[b]
+                    for j in range(i):
+                        hn[j] = cn[j]
+                    rstd_c[b] = _normalise_row(hn, ncb, gamma_c, beta_c, one)
+                    for j in range(i):
+                        hn[j] = s_o[j] * _tanh(hn[j])
+                else:
+                    for j in range(i):
+                        hn[j] = s_o[j] * _tanh(cn[j])
+                if clock:
+                    _blend(k[b], cn, cp, cb, one)
+                    _blend(k[b], hn, hp, hb, one)
 
-    @numba.njit(**_JIT)          # a function of its own: see the module docstring
-    def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,
-                              db, d_gamma_h, d_beta_h, one, flags):
-        """Backward of :func:`gru_options_cell` for one frame: from dh + dh_out, d [B][3i]
-        = the gradient of xa (summed into db), d_ha [B][3i] = of h_prev W_h before the
-        norm, dk [B][i] = of the clock's openness; d_gamma_h, d_beta_h [3i] summed in
-        float64. dh becomes the gradient of the entering h by the direct paths (the
-        caller adds d_ha W_hᵀ)."""
-        batch, i = dh.shape
-        norm, clock = flags & LAYER_NORM, flags & CLOCK
-        for b in range(batch):
-            ab, db_, drb, hib, hnb, hwb, dhb, dhob = a[b], d[b], d_ha[b], h_in[b], hn[b], h_new[b], dh[b], dh_out[b]
-            s_r, s_z, s_n = ab[:i], ab[i:2 * i], ab[2 * i:]
-            d_r, d_z, d_n = db_[:i], db_[i:2 * i], db_[2 * i:]
-            dr_r, dr_z, dr_n = drb[:i], drb[i:2 * i], drb[2 * i:]
-            if clock:
-                kb, dkb = k[b], dk[b]
+        @numba.njit(**_SPECIALISED)
+        def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
+                                   n_c, rstd_c, peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk,
+                                   db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, one):
+            """Backward of :func:`lstm_options_cell` for one frame. From dh + dh_out and
+            dc + dc_out (the gradients of the frame's h and c): d [B][4i] = the gradient of
+            the pre-activations (= of xa; summed into db), d_ha [B][4i] = of h_prev W_h (d
+            itself without layer norm), dk [B][i] = of the clock's openness; the parameters'
+            gradients are summed into the float64 d_peep [3i], d_gamma_h [4i], d_gamma_c and
+            d_beta_c [i]. dc becomes the gradient of the entering c; dh that of the entering
+            h by the clock's direct path (zero without a clock): the caller adds d_ha W_hᵀ."""
+            batch, i = dh.shape
+            for b in range(batch):
+                ab, db_, cn, hn, hib, cib = a[b], d[b], c_new[b], h_new[b], h_in[b], c_in[b]
+                dhb, dcb, dhob, dcob = dh[b], dc[b], dh_out[b], dc_out[b]
+                s_o = ab[2 * i:3 * i]
+                d_i, d_o, d_g = db_[:i], db_[2 * i:3 * i], db_[3 * i:]
+                # d_i holds the gradient of c_new until the last loop; d_g that of the cell norm's output
+                _lstm_clock_grad(dhb, dcb, dhob, dcob, hn, cn, hib, cib, k, dk, b, d_o, d_i, i, one, clock)
+                if norm:
+                    ncb = n_c[b]
+                    _lstm_normed_output_grad(s_o, ncb, gamma_c, beta_c, d_o, d_g, i, one)
+                    for j in range(i):
+                        d_beta_c[j] += d_g[j]
+                    _normalise_row_grad(d_g, ncb, rstd_c[b], gamma_c, d_gamma_c, d_g, one)
+                    for j in range(i):
+                        d_i[j] += d_g[j]
+                else:
+                    for j in range(i):
+                        so, tc, gh = s_o[j], _tanh(cn[j]), d_o[j]
+                        d_o[j] = gh * tc * so * (one - so)
+                        d_i[j] += gh * so * (one - tc * tc)
+                if peephole:
+                    _peephole_output_grad(d_o, cn, d_i, peep, d_peep, i)
+                s_i, s_f, s_g, d_f = ab[:i], ab[i:2 * i], ab[3 * i:], db_[i:2 * i]
+                for j in range(i):                  # d i, d f, d g; then d c into the entering c
+                    si, sf, sg, gc = s_i[j], s_f[j], s_g[j], d_i[j]
+                    d_f[j] = gc * cib[j] * sf * (one - sf)
+                    d_g[j] = gc * si * (one - sg * sg)
+                    d_i[j] = gc * sg * si * (one - si)
+                    dcb[j] += gc * sf
+                if peephole:
+                    _peephole_input_grad(d_i, d_f, cib, dcb, peep, d_peep, i)
+                for q in range(4 * i):
+                    db[q] += db_[q]
+                if norm:
+                    _normalise_row_grad(db_, n_h[b], rstd_h[b], gamma_h, d_gamma_h, d_ha[b], one)
+
+        return lstm_options_cell, lstm_options_cell_grad
+
+    @functools.cache
+    def gru_options_kernels(flags: int) -> tuple:
+        """``(gru_options_cell, gru_options_cell_grad)`` for the options of ``flags``
+        (``LAYER_NORM | CLOCK``), constants of the compiled code as in
+        :func:`lstm_options_kernels`."""
+        norm, clock = bool(flags & LAYER_NORM), bool(flags & CLOCK)
+
+        @numba.njit(**_SPECIALISED)
+        def gru_options_cell(ha, xa, bias, h_prev, gamma_h, beta_h, k, n_h, rstd_h, a, hn, h_new, h, one):
+            """One GRU frame with the options of ``flags`` (layer norm on h_prev W_h, the
+            clock gate): ha = h_prev W_h [B][3i] (normalised in place, n_h [B][3i] and
+            rstd_h [B] kept), a the activated gates, hn the candidate's recurrent product,
+            h_new the state before the clock's blend with k [B][i], h after it (with no
+            clock, h_new may be h)."""
+            batch, i = h.shape
+            for b in range(batch):
+                hab = ha[b]
+                if norm:
+                    rstd_h[b] = _normalise_row(hab, n_h[b], gamma_h, beta_h, one)
+                xb, ab, hpb, hnb, hb = xa[b], a[b], h_prev[b], hn[b], h_new[b]
+                s_rz, x_rz, h_rz = ab[:2 * i], xb[:2 * i], hab[:2 * i]
+                s_r, s_z, s_n, x_n, h_n = ab[:i], ab[i:2 * i], ab[2 * i:], xb[2 * i:], hab[2 * i:]
+                for q in range(2 * i):
+                    s_rz[q] = _sigmoid(x_rz[q] + bias[q] + h_rz[q])
                 for j in range(i):
-                    g, kj = dhb[j] + dhob[j], kb[j]
-                    dkb[j] = g * (hwb[j] - hib[j])
-                    dhb[j] = kj * g                     # the gradient of h_new, for now
-                    dr_r[j] = (one - kj) * g            # the direct path, for now
-            else:
+                    hnb[j] = h_n[j]
                 for j in range(i):
-                    dhb[j] += dhob[j]
-                    dr_r[j] = 0
-            for j in range(i):                  # d n = dh (1 - z) (1 - n²)
-                d_n[j] = dhb[j] * (one - s_z[j]) * (one - s_n[j] * s_n[j])
-            for j in range(i):                  # d z = dh (h_prev - n) σ'(z)
-                d_z[j] = dhb[j] * (hib[j] - s_n[j]) * s_z[j] * (one - s_z[j])
-            for j in range(i):                  # dh: z dh + the clock's direct path
-                dhb[j] = dhb[j] * s_z[j] + dr_r[j]
-            for j in range(i):                  # d r = d n · hn σ'(r)
-                d_r[j] = d_n[j] * hnb[j] * s_r[j] * (one - s_r[j])
-            for j in range(i):
-                dr_r[j] = d_r[j]
-            for j in range(i):
-                dr_z[j] = d_z[j]
-            for j in range(i):
-                dr_n[j] = d_n[j] * s_r[j]
-            for q in range(3 * i):
-                db[q] += db_[q]
-            if norm:
+                    s_n[j] = _tanh(x_n[j] + bias[2 * i + j] + s_r[j] * hnb[j])
+                for j in range(i):
+                    hb[j] = s_n[j] + s_z[j] * (hpb[j] - s_n[j])
+                if clock:
+                    _blend(k[b], hb, hpb, h[b], one)
+
+        @numba.njit(**_SPECIALISED)
+        def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,
+                                  db, d_gamma_h, d_beta_h, one):
+            """Backward of :func:`gru_options_cell` for one frame: from dh + dh_out, d [B][3i]
+            = the gradient of xa (summed into db), d_ha [B][3i] = of h_prev W_h before the
+            norm, dk [B][i] = of the clock's openness; d_gamma_h, d_beta_h [3i] summed in
+            float64. dh becomes the gradient of the entering h by the direct paths (the
+            caller adds d_ha W_hᵀ)."""
+            batch, i = dh.shape
+            for b in range(batch):
+                ab, db_, drb, hib, hnb, hwb, dhb, dhob = a[b], d[b], d_ha[b], h_in[b], hn[b], h_new[b], dh[b], dh_out[b]
+                s_r, s_z, s_n = ab[:i], ab[i:2 * i], ab[2 * i:]
+                d_r, d_z, d_n = db_[:i], db_[i:2 * i], db_[2 * i:]
+                dr_r, dr_z, dr_n = drb[:i], drb[i:2 * i], drb[2 * i:]
+                if clock:
+                    kb, dkb = k[b], dk[b]
+                    for j in range(i):
+                        g, kj = dhb[j] + dhob[j], kb[j]
+                        dkb[j] = g * (hwb[j] - hib[j])
+                        dhb[j] = kj * g                     # the gradient of h_new, for now
+                        dr_r[j] = (one - kj) * g            # the direct path, for now
+                else:
+                    for j in range(i):
+                        dhb[j] += dhob[j]
+                        dr_r[j] = 0
+                for j in range(i):                  # d n = dh (1 - z) (1 - n²)
+                    d_n[j] = dhb[j] * (one - s_z[j]) * (one - s_n[j] * s_n[j])
+                for j in range(i):                  # d z = dh (h_prev - n) σ'(z)
+                    d_z[j] = dhb[j] * (hib[j] - s_n[j]) * s_z[j] * (one - s_z[j])
+                for j in range(i):                  # dh: z dh + the clock's direct path
+                    dhb[j] = dhb[j] * s_z[j] + dr_r[j]
+                for j in range(i):                  # d r = d n · hn σ'(r)
+                    d_r[j] = d_n[j] * hnb[j] * s_r[j] * (one - s_r[j])
+                for j in range(i):
+                    dr_r[j] = d_r[j]
+                for j in range(i):
+                    dr_z[j] = d_z[j]
+                for j in range(i):
+                    dr_n[j] = d_n[j] * s_r[j]
                 for q in range(3 * i):
-                    d_beta_h[q] += drb[q]
-                _normalise_row_grad(drb, n_h[b], rstd_h[b], gamma_h, d_gamma_h, drb, one)
+                    db[q] += db_[q]
+                if norm:
+                    for q in range(3 * i):
+                        d_beta_h[q] += drb[q]
+                    _normalise_row_grad(drb, n_h[b], rstd_h[b], gamma_h, d_gamma_h, drb, one)
+
+        return gru_options_cell, gru_options_cell_grad
+
+    def lstm_options_cell(*args):
+        """:func:`lstm_options_kernels`' cell on arrays: ``(a, xa, …, one, flags)``."""
+        *arrays, flags = args
+        lstm_options_kernels(flags)[0](*arrays)
+
+    def lstm_options_cell_grad(*args):
+        """:func:`lstm_options_kernels`' gradient on arrays: ``(dh, dc, …, one, flags)``."""
+        *arrays, flags = args
+        lstm_options_kernels(flags)[1](*arrays)
+
+    def gru_options_cell(*args):
+        """:func:`gru_options_kernels`' cell on arrays: ``(ha, xa, …, one, flags)``."""
+        *arrays, flags = args
+        gru_options_kernels(flags)[0](*arrays)
+
+    def gru_options_cell_grad(*args):
+        """:func:`gru_options_kernels`' gradient on arrays: ``(dh, dh_out, …, one, flags)``."""
+        *arrays, flags = args
+        gru_options_kernels(flags)[1](*arrays)
 
     @numba.njit(inline="always", **_JIT)
     def layer_norm_rows(x, gamma, beta, n, rstd, y, one):

@@ -8,12 +8,13 @@ module compiles each kernel once, as a C-callable function over raw pointers
 (``numba.cfunc``), keeps its machine code on disk, and in later processes loads that
 code with llvmlite's JIT linker alone, in milliseconds.
 
-:func:`kernel` ``(name, dtype)`` returns a ``ctypes`` function. Its arguments are
-the addresses of the kernel's arrays, in the order of ``kernels.<name>`` (batch
-norm: ``kernels_bn.<name>``), then ``batch``, ``i`` (the layer width; for
+:func:`kernel` ``(name, dtype, flags)`` returns a ``ctypes`` function; the
+``*_options_*`` and ``*_bn_cell*`` kernels are compiled for the option bits
+``flags``, a constant of their code (0 for the others). Its arguments are the
+addresses of the kernel's arrays, in the order of ``kernels.<name>`` (batch norm:
+``kernels_bn.<name>``), then ``batch``, ``i`` (the layer width; for
 ``layer_norm_rows*``, ``clock_openness*`` and ``batch_norm_frame*``, the rows and
-their width), ``one`` (1 in ``dtype``) and, for the ``*_options_*`` and ``*_bn_cell*``
-kernels, the option bits. Every array must be C-contiguous with the shape its kernel
+their width) and ``one`` (1 in ``dtype``). Every array must be C-contiguous with the shape its kernel
 documents; the gradient accumulators (``db``, ``d_gamma`` …) and batch norm's
 ``scratch`` are float64, the others are ``dtype``. Nothing checks the addresses:
 passing a wrong one corrupts memory, so only the fused Ops (``fused*.py``) call these.
@@ -91,7 +92,7 @@ _ARRAYS = {
     "gru_bn_cell": (False,) * 13 + (True,),
     "gru_bn_cell_grad": (False,) * 13 + (True,) * 4,
 }
-# The kernels that take the option bits (``kernels.PEEPHOLE`` | ...) after ``one``.
+# The kernels compiled per set of option bits (``kernels.PEEPHOLE`` | ...).
 _FLAGGED = frozenset(name for name in _ARRAYS if "_options_" in name or "_bn_cell" in name)
 
 # The gates per unit of each kernel's layer: its gate rows are g = GATES · i wide.
@@ -137,23 +138,24 @@ def array_shapes(name: str, batch: int, i: int) -> list:
 
 
 @functools.cache
-def kernel(name: str, dtype) -> ctypes._CFuncPtr:
+def kernel(name: str, dtype, flags: int = 0) -> ctypes._CFuncPtr:
     """The ``ctypes`` function of kernel ``name`` for arrays of ``dtype`` (float32 or
-    float64): loaded from the cache, or compiled, cached and loaded. Compiles (seconds,
-    the first time in a process) and writes the cache file as side effects."""
-    dtype = np.dtype(dtype)
+    float64), for the ``*_options_*`` and ``*_bn_cell*`` kernels compiled for the option
+    bits ``flags`` (0 for the others): loaded from the cache, or compiled, cached and
+    loaded. Compiles (seconds, the first time in a process) and writes the cache file as
+    side effects."""
+    dtype, flags = np.dtype(dtype), _checked_flags(name, flags)
     scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-    flags = (ctypes.c_ssize_t,) if name in _FLAGGED else ()
     prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(_ARRAYS[name]), ctypes.c_ssize_t,
-                                 ctypes.c_ssize_t, scalar, *flags)
-    symbol = _symbol(name, dtype)
-    path = _path(name, dtype, cache_dir())
+                                 ctypes.c_ssize_t, scalar)
+    symbol = _symbol(name, dtype, flags)
+    path = _path(symbol, name, dtype, cache_dir())
     code = _read(path)
     if code is None:
         with _locked(path):
             code = _read(path)                    # stored meanwhile by a helper or a run beside this one
             if code is None:
-                compiled = _compile(name, dtype)
+                compiled = _compile(name, dtype, flags)
                 try:
                     code = _emit_object(compiled, symbol)
                 except Exception as error:        # llvmlite cannot emit: run Numba's own code
@@ -164,7 +166,15 @@ def kernel(name: str, dtype) -> ctypes._CFuncPtr:
         return prototype(_load(code, symbol))
     except Exception as error:                    # llvmlite cannot load: run Numba's own code
         _warn_uncached(symbol, error)
-        return prototype(_compile(name, dtype).address)
+        return prototype(_compile(name, dtype, flags).address)
+
+
+def _checked_flags(name: str, flags: int) -> int:
+    """``flags`` as an int, refused for a kernel that takes no option bits."""
+    flags = int(flags)
+    if flags and name not in _FLAGGED:
+        raise ValueError(f"the cell kernel {name} takes no option bits (got {flags})")
+    return flags
 
 
 def _warn_uncached(symbol: str, error: Exception) -> None:
@@ -182,12 +192,13 @@ def cache_dir() -> str:
 
 # -- compiling ahead, in a helper process ------------------------------------------------
 _HELPERS = []         # the helper processes started here, kept so that they are reaped
-_PREFETCHED = set()   # (name, dtype name) of the kernels handed to a helper
+_PREFETCHED = set()   # (name, flags, dtype name) of the kernels handed to a helper
 
 
 def prefetch(names, dtype) -> None:
-    """Start compiling, in a helper process, the kernels ``names`` (in the order a
-    function's first call needs them) for ``dtype`` that are not cached yet.
+    """Start compiling, in a helper process, the kernels ``names`` (``(name, flags)``
+    pairs, in the order a function's first call needs them) for ``dtype`` that are not
+    cached yet.
 
     The helper stores them last first, as :func:`kernel` would; this process compiles
     them first first, as its calls reach them; a lock file per kernel keeps the two (and
@@ -201,17 +212,18 @@ def prefetch(names, dtype) -> None:
     """
     dtype = np.dtype(dtype)
     directory = cache_dir()
-    missing = [name for name in dict.fromkeys(names) if (name, dtype.name) not in _PREFETCHED
-               and not os.path.exists(_path(name, dtype, directory))]
+    missing = [(name, flags) for name, flags in dict.fromkeys(names) if (name, flags, dtype.name) not in _PREFETCHED
+               and not os.path.exists(_path(_symbol(name, dtype, flags), name, dtype, directory))]
     if len(missing) < 2 or fcntl is None or _cores() < 2:
         return
-    _PREFETCHED.update((name, dtype.name) for name in missing)
+    _PREFETCHED.update((name, flags, dtype.name) for name, flags in missing)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     _HELPERS[:] = [helper for helper in _HELPERS if helper.poll() is None]
     try:
         _HELPERS.append(subprocess.Popen(
-            [sys.executable, "-c", _HELPER, directory, dtype.name, *missing], env=env,
+            [sys.executable, "-c", _HELPER, directory, dtype.name, *(f"{name}:{flags}" for name, flags in missing)],
+            env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     except OSError:                               # no helper: this process compiles them all
         pass
@@ -230,30 +242,35 @@ def _stop_helpers() -> None:
 _HELPER = "import sys; from sophia.graph.engines import native; native.compile_into(*sys.argv[1:])"
 
 
-def compile_into(directory: str, dtype: str, *names: str) -> None:
-    """The helper's work (:func:`prefetch`): store in ``directory`` each of ``names``
-    for ``dtype`` that is neither cached nor being compiled by another process, last first."""
+def compile_into(directory: str, dtype: str, *kernels_: str) -> None:
+    """The helper's work (:func:`prefetch`): store in ``directory`` each of ``kernels_``
+    (``name:flags``) for ``dtype`` that is neither cached nor being compiled by another
+    process, last first."""
     dtype = np.dtype(dtype)
-    for name in reversed(names):
-        path = _path(name, dtype, directory)
+    for name, flags in (k.rsplit(":", 1) for k in reversed(kernels_)):
+        flags = int(flags)
+        symbol = _symbol(name, dtype, flags)
+        path = _path(symbol, name, dtype, directory)
         with _locked(path, wait=False) as held:
             if held and _read(path) is None:
-                _write(path, _emit_object(_compile(name, dtype), _symbol(name, dtype)))
+                _write(path, _emit_object(_compile(name, dtype, flags), symbol))
 
 
 class CallsKernel:
-    """Mixin of the Ops that call the kernel ``kernel_name``: preparing one of them for
-    a compiled function prefetches (:func:`prefetch`) the kernels of every such Op in
-    that function, the forward ones before the gradients."""
+    """Mixin of the Ops that call the kernel ``kernel_name`` (with the option bits
+    ``kernel_flags``): preparing one of them for a compiled function prefetches
+    (:func:`prefetch`) the kernels of every such Op in that function, the forward ones
+    before the gradients."""
 
     kernel_name = ""
+    kernel_flags = 0
 
     def prepare_node(self, node, storage_map, compute_map, impl):
         super().prepare_node(node, storage_map, compute_map, impl)
         if storage_map and kernels.AVAILABLE:
-            names = {var.owner.op.kernel_name for var in storage_map
+            names = {(var.owner.op.kernel_name, var.owner.op.kernel_flags) for var in storage_map
                      if var.owner is not None and isinstance(var.owner.op, CallsKernel)}
-            prefetch(sorted(names, key=lambda name: (name.endswith("_grad"), name)), node.outputs[0].dtype)
+            prefetch(sorted(names, key=lambda k: (k[0].endswith("_grad"), k)), node.outputs[0].dtype)
 
 
 @contextlib.contextmanager
@@ -290,19 +307,29 @@ def _cores() -> int:
 
 # -- compiling (cold cache) -------------------------------------------------------------
 @functools.cache
-def _compile(name: str, dtype: np.dtype):
-    """``kernels.<name>`` wrapped as a ``numba.cfunc`` over raw pointers."""
+def _compile(name: str, dtype: np.dtype, flags: int = 0):
+    """``kernels.<name>`` (for the option bits ``flags``) wrapped as a ``numba.cfunc``
+    over raw pointers."""
     from numba import carray, cfunc, types
 
     scalar = types.float32 if dtype == np.float32 else types.float64
     pointers = [types.CPointer(types.float64 if accumulator else scalar) for accumulator in _ARRAYS[name]]
-    flags = (types.intp,) if name in _FLAGGED else ()
-    signature = types.void(*pointers, types.intp, types.intp, scalar, *flags)
-    return cfunc(signature, fastmath=True, error_model="numpy", nogil=True)(_WRAPPERS[name](carray))
+    signature = types.void(*pointers, types.intp, types.intp, scalar)
+    wrapper = _WRAPPERS[name](carray, _function(name, flags), flags)
+    return cfunc(signature, fastmath=True, error_model="numpy", nogil=True)(wrapper)
 
 
-def _wrap_lstm_cell(carray):
-    cell = kernels.lstm_cell
+def _function(name: str, flags: int):
+    """The Numba function of kernel ``name``: for the option kernels, the one compiled for ``flags``."""
+    specialised = {"lstm_options_cell": kernels.lstm_options_kernels, "gru_options_cell": kernels.gru_options_kernels,
+                   "lstm_bn_cell": kernels_bn.lstm_bn_kernels, "gru_bn_cell": kernels_bn.gru_bn_kernels}
+    base = name.removesuffix("_grad")
+    if base in specialised:
+        return specialised[base](flags)[name.endswith("_grad")]
+    return getattr(kernels, name, None) or getattr(kernels_bn, name)
+
+
+def _wrap_lstm_cell(carray, cell, flags):
 
     def lstm_cell(a, xa, bias, c_prev, c, h, batch, i, one):
         g = 4 * i
@@ -311,8 +338,7 @@ def _wrap_lstm_cell(carray):
     return lstm_cell
 
 
-def _wrap_lstm_cell_grad(carray):
-    cell_grad = kernels.lstm_cell_grad
+def _wrap_lstm_cell_grad(carray, cell_grad, flags):
 
     def lstm_cell_grad(dh, dc, dh_out, dc_out, a, c, c_in, d, db, batch, i, one):
         g = 4 * i
@@ -322,8 +348,7 @@ def _wrap_lstm_cell_grad(carray):
     return lstm_cell_grad
 
 
-def _wrap_gru_cell(carray):
-    cell = kernels.gru_cell
+def _wrap_gru_cell(carray, cell, flags):
 
     def gru_cell(ha, xa, bias, h_prev, a, hn, h, batch, i, one):
         g = 3 * i
@@ -332,8 +357,7 @@ def _wrap_gru_cell(carray):
     return gru_cell
 
 
-def _wrap_gru_cell_grad(carray):
-    cell_grad = kernels.gru_cell_grad
+def _wrap_gru_cell_grad(carray, cell_grad, flags):
 
     def gru_cell_grad(dh, dh_out, a, h_in, hn, d, d_ha, db, batch, i, one):
         g = 3 * i
@@ -343,26 +367,24 @@ def _wrap_gru_cell_grad(carray):
     return gru_cell_grad
 
 
-def _wrap_lstm_options_cell(carray):
-    cell = kernels.lstm_options_cell
+def _wrap_lstm_options_cell(carray, cell, flags):
 
     def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
-                          n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, batch, i, one, flags):
+                          n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, batch, i, one):
         g, bi = 4 * i, (batch, i)
         cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
              carray(c_prev, bi), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(beta_h, (g,)),
              carray(gamma_c, (i,)), carray(beta_c, (i,)), carray(k, bi), carray(n_h, (batch, g)),
              carray(rstd_h, (batch,)), carray(n_c, bi), carray(rstd_c, (batch,)), carray(c_new, bi),
-             carray(h_new, bi), carray(c, bi), carray(h, bi), one, flags)
+             carray(h_new, bi), carray(c, bi), carray(h, bi), one)
     return lstm_options_cell
 
 
-def _wrap_lstm_options_cell_grad(carray):
-    cell_grad = kernels.lstm_options_cell_grad
+def _wrap_lstm_options_cell_grad(carray, cell_grad, flags):
 
     def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
                                n_c, rstd_c, peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk,
-                               db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, batch, i, one, flags):
+                               db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, batch, i, one):
         g, bi = 4 * i, (batch, i)
         cell_grad(carray(dh, bi), carray(dc, bi), carray(dh_out, bi), carray(dc_out, bi),
                   carray(a, (batch, g)), carray(c_new, bi), carray(h_new, bi), carray(h_in, bi),
@@ -370,39 +392,36 @@ def _wrap_lstm_options_cell_grad(carray):
                   carray(rstd_c, (batch,)), carray(peep, (3 * i,)), carray(gamma_h, (g,)),
                   carray(gamma_c, (i,)), carray(beta_c, (i,)), carray(k, bi), carray(d, (batch, g)),
                   carray(d_ha, (batch, g)), carray(dk, bi), carray(db, (g,)), carray(d_peep, (3 * i,)),
-                  carray(d_gamma_h, (g,)), carray(d_gamma_c, (i,)), carray(d_beta_c, (i,)), one, flags)
+                  carray(d_gamma_h, (g,)), carray(d_gamma_c, (i,)), carray(d_beta_c, (i,)), one)
     return lstm_options_cell_grad
 
 
-def _wrap_gru_options_cell(carray):
-    cell = kernels.gru_options_cell
+def _wrap_gru_options_cell(carray, cell, flags):
 
     def gru_options_cell(ha, xa, bias, h_prev, gamma_h, beta_h, k, n_h, rstd_h, a, hn, h_new, h,
-                         batch, i, one, flags):
+                         batch, i, one):
         g, bi = 3 * i, (batch, i)
         cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
              carray(gamma_h, (g,)), carray(beta_h, (g,)), carray(k, bi), carray(n_h, (batch, g)),
              carray(rstd_h, (batch,)), carray(a, (batch, g)), carray(hn, bi), carray(h_new, bi),
-             carray(h, bi), one, flags)
+             carray(h, bi), one)
     return gru_options_cell
 
 
-def _wrap_gru_options_cell_grad(carray):
-    cell_grad = kernels.gru_options_cell_grad
+def _wrap_gru_options_cell_grad(carray, cell_grad, flags):
 
     def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,
-                              db, d_gamma_h, d_beta_h, batch, i, one, flags):
+                              db, d_gamma_h, d_beta_h, batch, i, one):
         g, bi = 3 * i, (batch, i)
         cell_grad(carray(dh, bi), carray(dh_out, bi), carray(a, (batch, g)), carray(h_in, bi),
                   carray(hn, bi), carray(h_new, bi), carray(n_h, (batch, g)), carray(rstd_h, (batch,)),
                   carray(gamma_h, (g,)), carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)),
                   carray(dk, bi), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
-                  one, flags)
+                  one)
     return gru_options_cell_grad
 
 
-def _wrap_layer_norm_rows(carray):
-    rows = kernels.layer_norm_rows
+def _wrap_layer_norm_rows(carray, rows, flags):
 
     def layer_norm_rows(x, gamma, beta, n, rstd, y, batch, i, one):
         shape = (batch, i)
@@ -411,8 +430,7 @@ def _wrap_layer_norm_rows(carray):
     return layer_norm_rows
 
 
-def _wrap_layer_norm_rows_grad(carray):
-    rows_grad = kernels.layer_norm_rows_grad
+def _wrap_layer_norm_rows_grad(carray, rows_grad, flags):
 
     def layer_norm_rows_grad(dy, n, rstd, gamma, dx, d_gamma, d_beta, batch, i, one):
         shape = (batch, i)
@@ -421,8 +439,7 @@ def _wrap_layer_norm_rows_grad(carray):
     return layer_norm_rows_grad
 
 
-def _wrap_clock_openness(carray):
-    openness = kernels.clock_openness
+def _wrap_clock_openness(carray, openness, flags):
 
     def clock_openness(time, tau_raw, shift, r_raw, leak, k, batch, i, one):
         openness(carray(time, (batch,)), carray(tau_raw, (i,)), carray(shift, (i,)), carray(r_raw, (i,)),
@@ -430,8 +447,7 @@ def _wrap_clock_openness(carray):
     return clock_openness
 
 
-def _wrap_clock_openness_grad(carray):
-    openness_grad = kernels.clock_openness_grad
+def _wrap_clock_openness_grad(carray, openness_grad, flags):
 
     def clock_openness_grad(time, tau_raw, shift, r_raw, leak, dk, d_tau, d_shift, d_r, batch, i, one):
         openness_grad(carray(time, (batch,)), carray(tau_raw, (i,)), carray(shift, (i,)), carray(r_raw, (i,)),
@@ -440,8 +456,7 @@ def _wrap_clock_openness_grad(carray):
     return clock_openness_grad
 
 
-def _wrap_batch_norm_frame(carray):
-    frame = kernels_bn.batch_norm_frame
+def _wrap_batch_norm_frame(carray, frame, flags):
 
     def batch_norm_frame(x, gamma, beta, n, mean, var, y, scratch, batch, i, one):
         shape = (batch, i)
@@ -450,8 +465,7 @@ def _wrap_batch_norm_frame(carray):
     return batch_norm_frame
 
 
-def _wrap_batch_norm_frame_grad(carray):
-    frame_grad = kernels_bn.batch_norm_frame_grad
+def _wrap_batch_norm_frame_grad(carray, frame_grad, flags):
 
     def batch_norm_frame_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, batch, i, one):
         shape = (batch, i)
@@ -460,27 +474,25 @@ def _wrap_batch_norm_frame_grad(carray):
     return batch_norm_frame_grad
 
 
-def _wrap_lstm_bn_cell(carray):
-    cell = kernels_bn.lstm_bn_cell
+def _wrap_lstm_bn_cell(carray, cell, flags):
 
     def lstm_bn_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, gamma_c, beta_c, k, mean_h, var_h, n_h,
-                     mean_c, var_c, n_c, c_new, h_new, c, h, scratch, batch, i, one, flags):
+                     mean_c, var_c, n_c, c_new, h_new, c, h, scratch, batch, i, one):
         g, bi, rows = 4 * i, (batch, i), batch if flags & kernels_bn.POPULATION else 1
         cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
              carray(c_prev, bi), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(gamma_c, (i,)),
              carray(beta_c, (i,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
              carray(n_h, (batch, g)), carray(mean_c, (rows, i)), carray(var_c, (rows, i)), carray(n_c, bi),
              carray(c_new, bi), carray(h_new, bi), carray(c, bi), carray(h, bi), carray(scratch, (SCRATCH_ROWS, g)),
-             one, flags)
+             one)
     return lstm_bn_cell
 
 
-def _wrap_lstm_bn_cell_grad(carray):
-    cell_grad = kernels_bn.lstm_bn_cell_grad
+def _wrap_lstm_bn_cell_grad(carray, cell_grad, flags):
 
     def lstm_bn_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, var_h, n_c, var_c,
                           peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk, scratch, db, d_peep,
-                          d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, one, flags):
+                          d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, one):
         g, bi = 4 * i, (batch, i)
         cell_grad(carray(dh, bi), carray(dc, bi), carray(dh_out, bi), carray(dc_out, bi),
                   carray(a, (batch, g)), carray(c_new, bi), carray(h_new, bi), carray(h_in, bi),
@@ -489,34 +501,32 @@ def _wrap_lstm_bn_cell_grad(carray):
                   carray(beta_c, (i,)), carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)),
                   carray(dk, bi), carray(scratch, (SCRATCH_ROWS, g)), carray(db, (g,)), carray(d_peep, (3 * i,)),
                   carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)), carray(d_gamma_c, (i,)),
-                  carray(d_beta_c, (i,)), one, flags)
+                  carray(d_beta_c, (i,)), one)
     return lstm_bn_cell_grad
 
 
-def _wrap_gru_bn_cell(carray):
-    cell = kernels_bn.gru_bn_cell
+def _wrap_gru_bn_cell(carray, cell, flags):
 
     def gru_bn_cell(ha, xa, bias, h_prev, gamma_h, k, mean_h, var_h, n_h, a, hn, h_new, h, scratch,
-                    batch, i, one, flags):
+                    batch, i, one):
         g, bi, rows = 3 * i, (batch, i), batch if flags & kernels_bn.POPULATION else 1
         cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
              carray(gamma_h, (g,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
              carray(n_h, (batch, g)), carray(a, (batch, g)), carray(hn, bi), carray(h_new, bi), carray(h, bi),
-             carray(scratch, (SCRATCH_ROWS, g)), one, flags)
+             carray(scratch, (SCRATCH_ROWS, g)), one)
     return gru_bn_cell
 
 
-def _wrap_gru_bn_cell_grad(carray):
-    cell_grad = kernels_bn.gru_bn_cell_grad
+def _wrap_gru_bn_cell_grad(carray, cell_grad, flags):
 
     def gru_bn_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, var_h, gamma_h, k, d, d_ha, dk, scratch, db,
-                         d_gamma_h, d_beta_h, batch, i, one, flags):
+                         d_gamma_h, d_beta_h, batch, i, one):
         g, bi = 3 * i, (batch, i)
         cell_grad(carray(dh, bi), carray(dh_out, bi), carray(a, (batch, g)), carray(h_in, bi), carray(hn, bi),
                   carray(h_new, bi), carray(n_h, (batch, g)), carray(var_h, (1, g)), carray(gamma_h, (g,)),
                   carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)), carray(dk, bi),
                   carray(scratch, (SCRATCH_ROWS, g)), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
-                  one, flags)
+                  one)
     return gru_bn_cell_grad
 
 
@@ -591,13 +601,14 @@ def _target_machine():
 
 
 # -- the cache files ------------------------------------------------------------------
-def _symbol(name: str, dtype: np.dtype) -> str:
-    return f"sophia_{name}_{dtype.name}"
+def _symbol(name: str, dtype: np.dtype, flags: int = 0) -> str:
+    """The entry point of kernel ``name`` for ``dtype`` and the option bits ``flags``."""
+    return f"sophia_{name}_{dtype.name}" + (f"_options{flags}" if name in _FLAGGED else "")
 
 
-def _path(name: str, dtype: np.dtype, directory: str) -> str:
-    """The cache file of kernel ``name`` for ``dtype`` in ``directory``."""
-    return os.path.join(directory, f"{_symbol(name, dtype)}-{_fingerprint(name, dtype)}.o")
+def _path(symbol: str, name: str, dtype: np.dtype, directory: str) -> str:
+    """The cache file of the kernel ``symbol`` (of ``name`` for ``dtype``) in ``directory``."""
+    return os.path.join(directory, f"{symbol}-{_fingerprint(name, dtype)}.o")
 
 
 @functools.cache
