@@ -7,7 +7,7 @@ frames (layer-normalised by the Op of :mod:`~sophia.graph.engines.fused_norm`
 where the layer says so), then one Op for the window's
 recurrence and one for its gradient, looping over the frames with one BLAS matmul
 and one cell kernel per frame (``kernels.lstm_options_cell`` and friends, which
-take the options as bits), the streams in blocks of batch rows side by side, one
+are compiled once per set of options), the streams in blocks of batch rows side by side, one
 per core (:func:`~sophia.graph.engines.window.by_rows`) — with what the scan step adds:
 
 - **peepholes**: the input and forget gates see the entering cell, the output gate
