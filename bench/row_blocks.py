@@ -1,6 +1,6 @@
 """The fused windows' batch rows in blocks side by side, against one block, in one process.
 
-The option Ops of the fused engine (``sophia/graph/engines/fused_options.py``) run
+The fused Ops (``sophia/graph/engines/fused.py``, ``fused_options.py``) run
 their streams in blocks of batch rows, one block per core, each block the whole frame
 loop of its streams with its products on one BLAS thread
 (``sophia/graph/engines/window.py``, ``by_rows``). This trains the reference model
@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from sophia.graph.engines import window  # noqa: E402
 from train_speed import MODEL, OPTION_SETS, _cpu_model, _windows  # noqa: E402
 
-SETS = "peephole,layer_norm,learn_clock_params,layer_norm+peephole+clock,gru+layer_norm"
+SETS = "peephole,layer_norm,learn_clock_params,layer_norm+peephole+clock,gru,gru+layer_norm"
 
 
 def _one_block(run, batch, width, totals=()):

@@ -9,7 +9,8 @@ updates (``sophia/graph/engines/kernels.py``, called as native code through
 ``sophia/graph/engines/native.py``; numpy code when Numba cannot be imported) —
 and whose gradient is a second Op that runs backpropagation through time the same
 way, sums the bias gradient inside its kernel and the recurrent weight gradient in
-one matmul over all frames.
+one matmul over all frames. A window's streams run in blocks of batch rows side by
+side, one per core (:func:`~sophia.graph.engines.window.by_rows`).
 
 What is fused is the recurrence and the bias: the layer's input product ``x W_x``
 (``RecurrentLayer._project_weights``: one large matmul over all frames), the
@@ -49,8 +50,9 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from scipy.special import expit
 
-from sophia.graph.engines import fused_bn, fused_options, kernels, native
-from sophia.graph.engines.window import Frames, contiguous, entering, entering_address, route_reset, weight_grad
+from sophia.graph.engines import fused_bn, fused_options, kernels, native, window
+from sophia.graph.engines.window import (Frames, block, contiguous, entering, entering_address, route_reset,
+                                         weight_grad)
 
 NAME = "fused"
 
@@ -194,10 +196,20 @@ def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
     dtype = xw.dtype
     steps, batch, gates = xw.shape
     i = gates // 4
-    h_seq, c_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
-    act, tmp = np.empty_like(xw), np.empty((batch, i), dtype)
-    one = act.dtype.type(1)
+    h_seq, c_seq, act = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype), np.empty_like(xw)
     cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
+    window.by_rows(lambda lo, hi: _lstm_rows(cell, *(block(x, lo, hi) for x in (xw, reset)), W, bias, h0, c0,
+                                             h_prev[lo:hi], c_prev[lo:hi], *(block(x, lo, hi) for x in (h_seq, c_seq, act))),
+                   batch, steps * gates)
+    return h_seq, c_seq, act
+
+
+def _lstm_rows(cell, xw, reset, W, bias, h0, c0, h_prev, c_prev, h_seq, c_seq, act):
+    """:func:`lstm_window`'s frame loop on rows of its streams (views [T][b][·]), into
+    ``h_seq``, ``c_seq``, ``act``; ``cell`` the native kernel, or None for numpy code."""
+    steps, batch, gates = xw.shape
+    i = gates // 4
+    one, tmp = act.dtype.type(1), np.empty((batch, i), act.dtype)
     if cell is not None:
         addr_act, addr_xw, addr_c, addr_h = map(Frames, (act, xw, c_seq, h_seq))
         addr_bias, addr_c_prev = bias.ctypes.data, c_prev.ctypes.data
@@ -223,7 +235,6 @@ def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
         np.tanh(c, out=h)
         h *= a[:, 2 * i:3 * i]                                     # o * tanh(c)
         h_prev, c_prev = h, c
-    return h_seq, c_seq, act
 
 
 class LSTMRecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
@@ -251,10 +262,24 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
     d_pre = np.empty_like(act)                       # gradient of the pre-activations = of xw
     dh, dc = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype)
     dh0, dc0, db = np.zeros(i, dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
-    tanh_c, tmp = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
     W_T = np.ascontiguousarray(W.T)
-    one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
     cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
+    window.by_rows(lambda lo, hi, *sums: _lstm_grad_rows(
+        cell_grad, reset[:, lo:hi], W_T, c0, c_bi[lo:hi], *(block(x, lo, hi) for x in (c_seq, act, dh_out, dc_out, d_pre)),
+        dh[lo:hi], dc[lo:hi], *sums), batch, steps * gates, (dh0, dc0, db))
+    dW = weight_grad(h_bi, h_seq, h0, reset, d_pre)
+    return d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc
+
+
+def _lstm_grad_rows(cell_grad, reset, W_T, c0, c_bi, c_seq, act, dh_out, dc_out, d_pre, dh, dc, dh0, dc0, db):
+    """:func:`lstm_window_grad`'s frame loop on rows of its streams (views [T][b][·] and
+    [b][i]): ``d_pre`` written, ``dh``, ``dc`` left the stored states' gradients, ``dh0``,
+    ``dc0`` and ``db`` (float64) summed into."""
+    dtype = act.dtype
+    steps, batch, gates = act.shape
+    i = gates // 4
+    tanh_c, tmp = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
+    one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
     if cell_grad is not None:
         addr_act, addr_c, addr_d = map(Frames, (act, c_seq, d_pre))
         addr_dh, addr_dc, addr_db, addr_c_bi = (x.ctypes.data for x in (dh, dc, db, c_bi))
@@ -296,8 +321,6 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
         np.dot(d, W_T, out=dh)                                      # into the entering h
         route_reset(dh, dh0, reset[t])
         route_reset(dc, dc0, reset[t])
-    dW = weight_grad(h_bi, h_seq, h0, reset, d_pre)
-    return d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc
 
 
 class GRURecurrence(native.CallsKernel, _Recurrence):
@@ -320,39 +343,48 @@ class GRURecurrence(native.CallsKernel, _Recurrence):
         reset = np.asarray(inputs[1]) <= 0
         steps, batch, gates = xw.shape
         i = gates // 3
-        h_seq, hn_seq = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype)
-        act, ha = np.empty_like(xw), np.empty((batch, gates), dtype)
-        one = act.dtype.type(1)
+        h_seq, hn_seq, act = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype), np.empty_like(xw)
         cell = native.kernel(self.kernel_name, dtype) if kernels.AVAILABLE else None
-        if cell is not None:
-            addr_xw, addr_act, addr_hn, addr_h = map(Frames, (xw, act, hn_seq, h_seq))
-            addr_ha, addr_bias, addr_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
-        for t in range(steps):
-            if reset[t].any():
-                h_prev = h_prev.copy()
-                h_prev[reset[t]] = h0
-                addr_h_prev = h_prev.ctypes.data if cell is not None else None
-            np.dot(h_prev, W, out=ha)
-            if cell is not None:
-                cell(addr_ha, addr_xw[t], addr_bias, addr_h_prev, addr_act[t], addr_hn[t], addr_h[t], batch, i, one)
-                h_prev, addr_h_prev = h_seq[t], addr_h[t]
-                continue
-            a = act[t]
-            np.add(xw[t, :, :2 * i], ha[:, :2 * i], out=a[:, :2 * i])
-            a[:, :2 * i] += bias[:2 * i]
-            expit(a[:, :2 * i], out=a[:, :2 * i])                       # r, z
-            hn_seq[t] = ha[:, 2 * i:]
-            n = a[:, 2 * i:]
-            np.multiply(a[:, :i], hn_seq[t], out=n)
-            n += xw[t, :, 2 * i:]
-            n += bias[2 * i:]
-            np.tanh(n, out=n)
-            h = h_seq[t]                                                # n + z (h_prev - n)
-            np.subtract(h_prev, n, out=h)
-            h *= a[:, i:2 * i]
-            h += n
-            h_prev = h
+        window.by_rows(lambda lo, hi: _gru_rows(cell, *(block(x, lo, hi) for x in (xw, reset)), W, bias, h0,
+                                                h_prev[lo:hi], *(block(x, lo, hi) for x in (h_seq, act, hn_seq))),
+                       batch, steps * gates)
         output_storage[0][0], output_storage[1][0], output_storage[2][0] = h_seq, act, hn_seq
+
+
+def _gru_rows(cell, xw, reset, W, bias, h0, h_prev, h_seq, act, hn_seq):
+    """:class:`GRURecurrence`'s frame loop on rows of its streams (views [T][b][·]), into
+    ``h_seq``, ``act``, ``hn_seq``; ``cell`` the native kernel, or None for numpy code."""
+    steps, batch, gates = xw.shape
+    i = gates // 3
+    ha, one = np.empty((batch, gates), act.dtype), act.dtype.type(1)
+    if cell is not None:
+        addr_xw, addr_act, addr_hn, addr_h = map(Frames, (xw, act, hn_seq, h_seq))
+        addr_ha, addr_bias, addr_h_prev = ha.ctypes.data, bias.ctypes.data, h_prev.ctypes.data
+    for t in range(steps):
+        if reset[t].any():
+            h_prev = h_prev.copy()
+            h_prev[reset[t]] = h0
+            addr_h_prev = h_prev.ctypes.data if cell is not None else None
+        np.dot(h_prev, W, out=ha)
+        if cell is not None:
+            cell(addr_ha, addr_xw[t], addr_bias, addr_h_prev, addr_act[t], addr_hn[t], addr_h[t], batch, i, one)
+            h_prev, addr_h_prev = h_seq[t], addr_h[t]
+            continue
+        a = act[t]
+        np.add(xw[t, :, :2 * i], ha[:, :2 * i], out=a[:, :2 * i])
+        a[:, :2 * i] += bias[:2 * i]
+        expit(a[:, :2 * i], out=a[:, :2 * i])                       # r, z
+        hn_seq[t] = ha[:, 2 * i:]
+        n = a[:, 2 * i:]
+        np.multiply(a[:, :i], hn_seq[t], out=n)
+        n += xw[t, :, 2 * i:]
+        n += bias[2 * i:]
+        np.tanh(n, out=n)
+        h = h_seq[t]                                                # n + z (h_prev - n)
+        np.subtract(h_prev, n, out=h)
+        h *= a[:, i:2 * i]
+        h += n
+        h_prev = h
 
 
 class GRURecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
@@ -370,46 +402,58 @@ class GRURecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
         d_pre = np.empty_like(act)                        # gradient of xw
         d_ha = np.empty_like(act)                         # gradient of h_prev W_h
         dh, dh0, db = np.zeros((batch, i), dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
-        tmp, back = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
         W_T = np.ascontiguousarray(W.T)
-        one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
         cell_grad = native.kernel(self.kernel_name, dtype) if kernels.AVAILABLE else None
-        if cell_grad is not None:
-            addr_act, addr_h, addr_hn, addr_d, addr_d_ha = map(Frames, (act, h_seq, hn_seq, d_pre, d_ha))
-            addr_dh, addr_db, addr_h_bi = (x.ctypes.data for x in (dh, db, h_bi))
-            addr_dh_out = Frames(dh_out, zero_bi)
-        for t in reversed(range(steps)):
-            h_in = entering(h_bi, h_seq, h0, reset, t)
-            if cell_grad is not None:
-                cell_grad(addr_dh, addr_dh_out[t], addr_act[t], entering_address(h_in, addr_h_bi, addr_h, reset, t),
-                          addr_hn[t], addr_d[t], addr_d_ha[t], addr_db, batch, i, one)
-                dh += np.dot(d_ha[t], W_T, out=back)
-                route_reset(dh, dh0, reset[t])
-                continue
-            if dh_out is not None:
-                dh += dh_out[t]
-            a, d, dr = act[t], d_pre[t], d_ha[t]
-            s_r, s_z, s_n = a[:, :i], a[:, i:2 * i], a[:, 2 * i:]
-            d_r, d_z, d_n = d[:, :i], d[:, i:2 * i], d[:, 2 * i:]
-            np.subtract(1.0, s_z, out=d_n)                              # d n = dh (1 - z) (1 - n²)
-            d_n *= dh
-            np.multiply(s_n, s_n, out=tmp)
-            np.subtract(1.0, tmp, out=tmp)
-            d_n *= tmp
-            np.subtract(h_in, s_n, out=d_z)                             # d z = dh (h_prev - n) σ'
-            d_z *= dh
-            d_z *= _sigmoid_slope(s_z, tmp)
-            np.multiply(d_n, hn_seq[t], out=d_r)                        # d r = d n · hn σ'
-            d_r *= _sigmoid_slope(s_r, tmp)
-            dr[:, :2 * i] = d[:, :2 * i]
-            np.multiply(d_n, s_r, out=dr[:, 2 * i:])
-            db += d.sum(axis=0)
-            dh *= s_z                                                   # direct path z h_prev
-            dh += np.dot(dr, W_T, out=back)
-            route_reset(dh, dh0, reset[t])
+        window.by_rows(lambda lo, hi, *sums: _gru_grad_rows(
+            cell_grad, reset[:, lo:hi], W_T, h0, h_bi[lo:hi], *(block(x, lo, hi) for x in (h_seq, act, hn_seq, dh_out, d_pre, d_ha)),
+            dh[lo:hi], *sums), batch, steps * gates, (dh0, db))
         dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
         for storage, value in zip(output_storage, (d_pre, dW, db.astype(dtype), dh0, dh)):
             storage[0] = value
+
+
+def _gru_grad_rows(cell_grad, reset, W_T, h0, h_bi, h_seq, act, hn_seq, dh_out, d_pre, d_ha, dh, dh0, db):
+    """:class:`GRURecurrenceGrad`'s frame loop on rows of its streams (views [T][b][·] and
+    [b][i]): ``d_pre``, ``d_ha`` written, ``dh`` left the stored state's gradient, ``dh0``
+    and ``db`` (float64) summed into."""
+    dtype = act.dtype
+    steps, batch, gates = act.shape
+    i = gates // 3
+    tmp, back = np.empty((batch, i), dtype), np.empty((batch, i), dtype)
+    one, zero_bi = act.dtype.type(1), np.zeros((batch, i), dtype)
+    if cell_grad is not None:
+        addr_act, addr_h, addr_hn, addr_d, addr_d_ha = map(Frames, (act, h_seq, hn_seq, d_pre, d_ha))
+        addr_dh, addr_db, addr_h_bi = (x.ctypes.data for x in (dh, db, h_bi))
+        addr_dh_out = Frames(dh_out, zero_bi)
+    for t in reversed(range(steps)):
+        h_in = entering(h_bi, h_seq, h0, reset, t)
+        if cell_grad is not None:
+            cell_grad(addr_dh, addr_dh_out[t], addr_act[t], entering_address(h_in, addr_h_bi, addr_h, reset, t),
+                      addr_hn[t], addr_d[t], addr_d_ha[t], addr_db, batch, i, one)
+            dh += np.dot(d_ha[t], W_T, out=back)
+            route_reset(dh, dh0, reset[t])
+            continue
+        if dh_out is not None:
+            dh += dh_out[t]
+        a, d, dr = act[t], d_pre[t], d_ha[t]
+        s_r, s_z, s_n = a[:, :i], a[:, i:2 * i], a[:, 2 * i:]
+        d_r, d_z, d_n = d[:, :i], d[:, i:2 * i], d[:, 2 * i:]
+        np.subtract(1.0, s_z, out=d_n)                              # d n = dh (1 - z) (1 - n²)
+        d_n *= dh
+        np.multiply(s_n, s_n, out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
+        d_n *= tmp
+        np.subtract(h_in, s_n, out=d_z)                             # d z = dh (h_prev - n) σ'
+        d_z *= dh
+        d_z *= _sigmoid_slope(s_z, tmp)
+        np.multiply(d_n, hn_seq[t], out=d_r)                        # d r = d n · hn σ'
+        d_r *= _sigmoid_slope(s_r, tmp)
+        dr[:, :2 * i] = d[:, :2 * i]
+        np.multiply(d_n, s_r, out=dr[:, 2 * i:])
+        db += d.sum(axis=0)
+        dh *= s_z                                                   # direct path z h_prev
+        dh += np.dot(dr, W_T, out=back)
+        route_reset(dh, dh0, reset[t])
 
 
 _OPS = {"lstm": LSTMRecurrence, "gru": GRURecurrence}
