@@ -198,9 +198,11 @@ def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
     i = gates // 4
     h_seq, c_seq, act = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype), np.empty_like(xw)
     cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
-    window.by_rows(lambda lo, hi: _lstm_rows(cell, *(block(x, lo, hi) for x in (xw, reset)), W, bias, h0, c0,
-                                             h_prev[lo:hi], c_prev[lo:hi], *(block(x, lo, hi) for x in (h_seq, c_seq, act))),
-                   batch, steps * gates)
+
+    def rows(lo, hi):
+        _lstm_rows(cell, block(xw, lo, hi), block(reset, lo, hi), W, bias, h0, c0, h_prev[lo:hi], c_prev[lo:hi],
+                   *(block(x, lo, hi) for x in (h_seq, c_seq, act)))
+    window.by_rows(rows, batch, steps * gates)
     return h_seq, c_seq, act
 
 
@@ -264,9 +266,11 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
     dh0, dc0, db = np.zeros(i, dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
     W_T = np.ascontiguousarray(W.T)
     cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
-    window.by_rows(lambda lo, hi, *sums: _lstm_grad_rows(
-        cell_grad, reset[:, lo:hi], W_T, c0, c_bi[lo:hi], *(block(x, lo, hi) for x in (c_seq, act, dh_out, dc_out, d_pre)),
-        dh[lo:hi], dc[lo:hi], *sums), batch, steps * gates, (dh0, dc0, db))
+
+    def rows(lo, hi, *sums):
+        _lstm_grad_rows(cell_grad, block(reset, lo, hi), W_T, c0, c_bi[lo:hi],
+                        *(block(x, lo, hi) for x in (c_seq, act, dh_out, dc_out, d_pre)), dh[lo:hi], dc[lo:hi], *sums)
+    window.by_rows(rows, batch, steps * gates, (dh0, dc0, db))
     dW = weight_grad(h_bi, h_seq, h0, reset, d_pre)
     return d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc
 
@@ -404,9 +408,11 @@ class GRURecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
         dh, dh0, db = np.zeros((batch, i), dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
         W_T = np.ascontiguousarray(W.T)
         cell_grad = native.kernel(self.kernel_name, dtype) if kernels.AVAILABLE else None
-        window.by_rows(lambda lo, hi, *sums: _gru_grad_rows(
-            cell_grad, reset[:, lo:hi], W_T, h0, h_bi[lo:hi], *(block(x, lo, hi) for x in (h_seq, act, hn_seq, dh_out, d_pre, d_ha)),
-            dh[lo:hi], *sums), batch, steps * gates, (dh0, db))
+
+        def rows(lo, hi, *sums):
+            _gru_grad_rows(cell_grad, block(reset, lo, hi), W_T, h0, h_bi[lo:hi],
+                           *(block(x, lo, hi) for x in (h_seq, act, hn_seq, dh_out, d_pre, d_ha)), dh[lo:hi], *sums)
+        window.by_rows(rows, batch, steps * gates, (dh0, db))
         dW = weight_grad(h_bi, h_seq, h0, reset, d_ha)
         for storage, value in zip(output_storage, (d_pre, dW, db.astype(dtype), dh0, dh)):
             storage[0] = value

@@ -155,8 +155,8 @@ class LSTMBatchNormRecurrence(_KernelFlags, native.CallsKernel, WindowRecurrence
         args = [Frames(act), Frames(xw), bias, None, None, peep, gamma_h, gamma_c, beta_c, frames(k, dummy),
                 mean_h, var_h, Frames(n_h), mean_c, var_c, Frames(n_c), *(frames(x, dummy) for x in (c_new, h_new)),
                 Frames(c_seq), Frames(h_seq), _scratch(gates), batch, i, act.dtype.type(1)]
-        window.forward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, W, act, (h_bi, c_bi), (h0, c0),
-                       (h_seq, c_seq), reset)
+        cell = native.kernel(self.kernel_name, dtype, self.kernel_flags)
+        window.forward(cell, args, W, act, (h_bi, c_bi), (h0, c0), (h_seq, c_seq), reset)
         for storage, value in zip(output_storage, [h_seq, c_seq, *saved, *stats]):
             storage[0] = value
 
@@ -197,8 +197,9 @@ class LSTMBatchNormRecurrenceGrad(_KernelFlags, native.CallsKernel, WindowRecurr
                 *(frames(x, dummy) for x in (n_h, var_h, n_c, var_c)), peep, gamma_h, gamma_c, beta_c,
                 *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db, d_peep,
                 d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, act.dtype.type(1)]
-        window.backward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, np.ascontiguousarray(W.T), d_ha, (h_bi, c_bi),
-                        (h0, c0), (h_seq, c_seq), reset, (dh, dc), (dh0, dc0))
+        cell_grad = native.kernel(self.kernel_name, dtype, self.kernel_flags)
+        window.backward(cell_grad, args, np.ascontiguousarray(W.T), d_ha, (h_bi, c_bi), (h0, c0), (h_seq, c_seq), reset,
+                        (dh, dc), (dh0, dc0))
         dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
         grads += [d_peep.astype(dtype)] if self.peephole else []
@@ -251,7 +252,8 @@ class GRUBatchNormRecurrence(_KernelFlags, native.CallsKernel, WindowRecurrence)
         args = [ha, Frames(xw), bias, None, gamma_h, frames(k, dummy), mean_h, var_h,
                 *(frames(x, dummy) for x in (n_h, act, hn, h_new, h_seq)), _scratch(gates),
                 batch, i, act.dtype.type(1)]
-        window.forward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
+        cell = native.kernel(self.kernel_name, dtype, self.kernel_flags)
+        window.forward(cell, args, W, ha, (h_bi,), (h0,), (h_seq,), reset)
         for storage, value in zip(output_storage, [h_seq, *saved, *stats]):
             storage[0] = value
 
@@ -285,8 +287,9 @@ class GRUBatchNormRecurrenceGrad(_KernelFlags, native.CallsKernel, WindowRecurre
         args = [dh, Frames(dh_out, zero_bi), Frames(act), None, *(frames(x, dummy) for x in (hn, h_new, n_h, var_h)),
                 gamma_h, *(frames(x, dummy) for x in (k, d_pre, d_ha, d_k)), _scratch(gates), db,
                 d_gamma_h, d_beta_h, batch, i, act.dtype.type(1)]
-        window.backward(native.kernel(self.kernel_name, dtype, self.kernel_flags), args, np.ascontiguousarray(W.T), d_ha, (h_bi,), (h0,),
-                        (h_seq,), reset, (dh,), (dh0,))
+        cell_grad = native.kernel(self.kernel_name, dtype, self.kernel_flags)
+        window.backward(cell_grad, args, np.ascontiguousarray(W.T), d_ha, (h_bi,), (h0,), (h_seq,), reset,
+                        (dh,), (dh0,))
         dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dh, d_gamma_h.astype(dtype)] + ([d_k] if self.clock else [])
         for storage, value in zip(output_storage, grads):

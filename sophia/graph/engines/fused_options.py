@@ -188,13 +188,15 @@ class LSTMOptionsRecurrenceGrad(_LSTMKernelFlags, native.CallsKernel, WindowRecu
 
         def rows(lo, hi, *sums):
             d_ha_b = block(d_ha, lo, hi)
-            args = [dh[lo:hi], dc[lo:hi], Frames(block(dh_out, lo, hi), zero_bi), Frames(block(dc_out, lo, hi), zero_bi),
+            args = [dh[lo:hi], dc[lo:hi], *(Frames(block(x, lo, hi), zero_bi) for x in (dh_out, dc_out)),
                     *(frames(block(x, lo, hi), dummy) for x in (act, c_new, h_new)), None, None,
-                    *(frames(block(x, lo, hi), dummy) for x in (n_h, rstd_h, n_c, rstd_c)), peep, gamma_h, gamma_c, beta_c,
+                    *(frames(block(x, lo, hi), dummy) for x in (n_h, rstd_h, n_c, rstd_c)),
+                    peep, gamma_h, gamma_c, beta_c,
                     *(frames(block(x, lo, hi), dummy) for x in (k, d_pre, d_ha, d_k)), *sums[:5],
                     hi - lo, i, one]
             window.backward(cell_grad, args, W_gi, d_ha_b, (h_bi[lo:hi], c_bi[lo:hi]), (h0, c0),
-                            (block(h_seq, lo, hi), block(c_seq, lo, hi)), reset[:, lo:hi], (dh[lo:hi], dc[lo:hi]), sums[5:])
+                            (block(h_seq, lo, hi), block(c_seq, lo, hi)), reset[:, lo:hi], (dh[lo:hi], dc[lo:hi]),
+                            sums[5:])
         window.by_rows(rows, batch, steps * gates, (db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, dh0, dc0))
         dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dc0, dh, dc]
@@ -295,8 +297,8 @@ class GRUOptionsRecurrenceGrad(_GRUKernelFlags, native.CallsKernel, WindowRecurr
                     *(frames(block(x, lo, hi), dummy) for x in (hn, h_new, n_h, rstd_h)), gamma_h,
                     *(frames(block(x, lo, hi), dummy) for x in (k, d_pre, d_ha, d_k)), *sums[:3],
                     hi - lo, i, one]
-            window.backward(cell_grad, args, W_gi, block(d_ha, lo, hi), (h_bi[lo:hi],), (h0,), (block(h_seq, lo, hi),),
-                            reset[:, lo:hi], (dh[lo:hi],), sums[3:])
+            window.backward(cell_grad, args, W_gi, block(d_ha, lo, hi), (h_bi[lo:hi],), (h0,),
+                            (block(h_seq, lo, hi),), reset[:, lo:hi], (dh[lo:hi],), sums[3:])
         window.by_rows(rows, batch, steps * gates, (db, d_gamma_h, d_beta_h, dh0))
         dW = window.weight_grad(h_bi, h_seq, h0, reset, d_ha)
         grads = [d_pre, dW, db.astype(dtype), dh0, dh]
