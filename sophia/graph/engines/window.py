@@ -9,8 +9,9 @@ and oneDNN's LSTM window (:mod:`~sophia.graph.engines.onednn_lstm`). Arrays are
 :func:`forward` and :func:`backward` run the frame loops of the option and batch-norm
 Ops: a cell kernel's arguments are laid out once per window (:func:`frame_args`), so
 a frame's call only fills in the addresses of its entering states. :func:`by_rows` runs
-such a loop on blocks of the batch rows side by side, the weight gradient
-(:func:`weight_grad`) then over the whole window.
+a window's loop (these, or the plain Ops' of :mod:`~sophia.graph.engines.fused`) on
+blocks of the batch rows side by side; the weight gradient (:func:`weight_grad`) is
+then taken over the whole window.
 """
 from __future__ import annotations
 
@@ -118,14 +119,14 @@ def backward(cell_grad, args, W_gi, d_ha_tbg, stored, initial, seq, reset_tb, d_
     ``d_initial`` [i]. On return ``d_states`` hold those of the stored states; the
     gradient of W_h is :func:`weight_grad`'s."""
     rows, at = frame_args(args, len(reset_tb)), [n for n, a in enumerate(args) if a is None]
-    W_T, dh = W_gi, d_states[0]
+    dh = d_states[0]
     back = np.empty_like(dh)
     for t in reversed(range(len(rows))):
         row, h_in = rows[t], [entering(*x, reset_tb, t) for x in zip(stored, seq, initial)]
         for n, x in zip(at, h_in):
             row[n] = x.ctypes.data
         cell_grad(*row)
-        dh += np.dot(d_ha_tbg[t], W_T, out=back)
+        dh += np.dot(d_ha_tbg[t], W_gi, out=back)
         for d, d0 in zip(d_states, d_initial):
             route_reset(d, d0, reset_tb[t])
 
@@ -145,7 +146,7 @@ def by_rows(run, batch, width, totals=()):
     The rows of an LSTM or GRU window, without batch norm, never meet: each block runs
     the whole recurrence of its streams, its products on one BLAS thread, with no
     hand-off between frames. One block (a small batch, one core) runs ``run(0, batch,
-    *totals)`` here. ``bench/train_speed.py --option_sets`` measures the effect."""
+    *totals)`` here. ``bench/row_blocks.py`` measures the blocks against one block."""
     spans = blocks.split(batch, width)
     if len(spans) == 1:
         run(0, batch, *totals)
