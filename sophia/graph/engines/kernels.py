@@ -486,25 +486,20 @@ if AVAILABLE:
 
         return gru_options_cell, gru_options_cell_grad
 
-    def lstm_options_cell(*args):
-        """:func:`lstm_options_kernels`' cell on arrays: ``(a, xa, …, one, flags)``."""
-        *arrays, flags = args
-        lstm_options_kernels(flags)[0](*arrays)
+    def on_arrays(specialised, k: int, name: str):
+        """The kernel ``specialised(flags)[k]`` as a function of ``(*arrays, one, flags)``,
+        for callers with arrays and the bits in hand (the tests)."""
+        def call(*args):
+            *arrays, flags = args
+            specialised(flags)[k](*arrays)
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = f":func:`{specialised.__name__}`'s {name} on arrays: ``(..., one, flags)``."
+        return call
 
-    def lstm_options_cell_grad(*args):
-        """:func:`lstm_options_kernels`' gradient on arrays: ``(dh, dc, …, one, flags)``."""
-        *arrays, flags = args
-        lstm_options_kernels(flags)[1](*arrays)
-
-    def gru_options_cell(*args):
-        """:func:`gru_options_kernels`' cell on arrays: ``(ha, xa, …, one, flags)``."""
-        *arrays, flags = args
-        gru_options_kernels(flags)[0](*arrays)
-
-    def gru_options_cell_grad(*args):
-        """:func:`gru_options_kernels`' gradient on arrays: ``(dh, dh_out, …, one, flags)``."""
-        *arrays, flags = args
-        gru_options_kernels(flags)[1](*arrays)
+    lstm_options_cell = on_arrays(lstm_options_kernels, 0, "lstm_options_cell")
+    lstm_options_cell_grad = on_arrays(lstm_options_kernels, 1, "lstm_options_cell_grad")
+    gru_options_cell = on_arrays(gru_options_kernels, 0, "gru_options_cell")
+    gru_options_cell_grad = on_arrays(gru_options_kernels, 1, "gru_options_cell_grad")
 
     @numba.njit(inline="always", **_JIT)
     def layer_norm_rows(x, gamma, beta, n, rstd, y, one):

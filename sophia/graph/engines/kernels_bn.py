@@ -38,7 +38,7 @@ if AVAILABLE:
 
     from sophia.graph.engines.kernels import (_JIT, _blend, _like, _lstm_clock_grad, _lstm_new_cell,
                                               _lstm_normed_output_grad, _lstm_output_gate, _peephole_input_grad,
-                                              _peephole_output_grad, _tanh, gru_options_kernels)
+                                              _peephole_output_grad, _tanh, gru_options_kernels, on_arrays)
 
     @numba.njit(inline="always", **_JIT)
     def _bn_stats(x, mean, var, scratch, one):
@@ -239,22 +239,7 @@ if AVAILABLE:
 
         return gru_bn_cell, gru_bn_cell_grad
 
-    def lstm_bn_cell(*args):
-        """:func:`lstm_bn_kernels`' cell on arrays: ``(a, xa, …, one, flags)``."""
-        *arrays, flags = args
-        lstm_bn_kernels(flags)[0](*arrays)
-
-    def lstm_bn_cell_grad(*args):
-        """:func:`lstm_bn_kernels`' gradient on arrays: ``(dh, dc, …, one, flags)``."""
-        *arrays, flags = args
-        lstm_bn_kernels(flags)[1](*arrays)
-
-    def gru_bn_cell(*args):
-        """:func:`gru_bn_kernels`' cell on arrays: ``(ha, xa, …, one, flags)``."""
-        *arrays, flags = args
-        gru_bn_kernels(flags)[0](*arrays)
-
-    def gru_bn_cell_grad(*args):
-        """:func:`gru_bn_kernels`' gradient on arrays: ``(dh, dh_out, …, one, flags)``."""
-        *arrays, flags = args
-        gru_bn_kernels(flags)[1](*arrays)
+    lstm_bn_cell = on_arrays(lstm_bn_kernels, 0, "lstm_bn_cell")
+    lstm_bn_cell_grad = on_arrays(lstm_bn_kernels, 1, "lstm_bn_cell_grad")
+    gru_bn_cell = on_arrays(gru_bn_kernels, 0, "gru_bn_cell")
+    gru_bn_cell_grad = on_arrays(gru_bn_kernels, 1, "gru_bn_cell_grad")
