@@ -7,7 +7,8 @@ setup(
     description="Real-time recurrent networks for regression on long, noisy streams, "
                 "trained with BPTT(h; h') and served over ZeroMQ.",
     packages=find_packages(include=["sophia", "sophia.*"]),
-    package_data={"sophia.training": ["demo.toml"]},     # train.py --demo's option overrides
+    package_data={"sophia.training": ["demo.toml"],        # train.py --demo's option overrides
+                  "sophia.graph.engines": ["cells.c"]},    # the cell kernels, compiled on first use
     python_requires=">=3.11",
     install_requires=["pytensor>=2.30", "numpy>=1.26", "pyzmq>=25",
                       # BLAS at one thread per block while the fused windows' row blocks run

@@ -31,10 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sophia  # noqa: E402,F401  first: it sets OpenBLAS's environment before numpy loads
 import numpy as np  # noqa: E402
 
-from sophia.graph.engines import kernels, native  # noqa: E402
+from sophia.graph.engines import native  # noqa: E402
 from train_speed import MODEL  # noqa: E402
 
-LAYER_NORM, PEEPHOLE, CLOCK = kernels.LAYER_NORM, kernels.PEEPHOLE, kernels.CLOCK
+LAYER_NORM, PEEPHOLE, CLOCK = native.LAYER_NORM, native.PEEPHOLE, native.CLOCK
 # (row label, kernel, option bits): the cells an option set runs, forward then backward
 CELLS = [
     ("lstm", "lstm_cell", None),
@@ -86,8 +86,8 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=MODEL["window"],
                         help=f"array sets the window column cycles through ({MODEL['window']}, a window's frames)")
     o = parser.parse_args(argv)
-    if not kernels.AVAILABLE:
-        raise SystemExit("the cell kernels need numba: pip install -e '.[test]'")
+    if not native.available():
+        raise SystemExit("the cell kernels need a C compiler ($CC, cc, gcc or clang)")
     batch, width = MODEL["batch"], MODEL["width"]
     rng = np.random.default_rng(0)
     print(f"one frame: batch {batch}, width {width}, float32; {o.calls} calls x {o.repeats} repeats, median; "

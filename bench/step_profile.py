@@ -5,9 +5,8 @@ BPTT(128; 64), float32, Adam) in one compile mode:
 
 - the phases of the compile: building the Net, building and compiling
   ``f_train_step``, the first call's time beyond a steady one, and how long each
-  cell kernel took to come up (``sophia/graph/engines/native.py``: linked from the cache,
-  or compiled — run it with an empty ``PYTENSOR_FLAGS=compiledir=...`` and
-  ``NUMBA_CACHE_DIR`` for a cold cache);
+  cell kernel took to come up (``sophia/graph/engines/native.py``: loaded from the cache,
+  or compiled — run it with an empty ``PYTENSOR_FLAGS=compiledir=...`` for a cold cache);
 - then, over ``--steps`` training steps, the time of each graph node's ``perform``
   (every node of a PerformLinker graph, which ``auto`` uses for fused nets), summed
   per node and sorted, with the step's wall time beside their total.
@@ -19,7 +18,7 @@ figures; it is not a test.
 Example
 -------
     python bench/step_profile.py --steps 8 --top 8
-    PYTENSOR_FLAGS=compiledir=$(mktemp -d) NUMBA_CACHE_DIR=$(mktemp -d) python bench/step_profile.py
+    PYTENSOR_FLAGS=compiledir=$(mktemp -d) python bench/step_profile.py
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import pytensor.tensor as tt
 import pytest
 from pytensor.gradient import verify_grad
 
-from sophia.graph.engines import fused, kernels
+from sophia.graph.engines import fused, native
 from sophia.options import TrainOptions
 from tests.graph_support import MODE, compile_cost, make_net, make_window
 
@@ -127,11 +127,11 @@ def test_float32_graph_stays_float32():
     assert all(value.dtype == np.float32 for value in net.get_values().values())
 
 
-@pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+@pytest.mark.skipif(not native.available(), reason="no C compiler")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("op", [fused.LSTMRecurrence(), fused.GRURecurrence()])
-def test_numba_kernels_equal_the_numpy_fallback(op, dtype, monkeypatch):
-    """The Numba cell kernels and the numpy code used without Numba: forward and gradient,
+def test_native_kernels_equal_the_numpy_fallback(op, dtype, monkeypatch):
+    """The native cell kernels and the numpy code used without a C compiler: forward and gradient,
     with resets and every output gradient given (float32: the kernels' tanh is a rational
     approximation within 3e-7)."""
     rng = np.random.default_rng(1)
@@ -152,10 +152,10 @@ def test_numba_kernels_equal_the_numpy_fallback(op, dtype, monkeypatch):
         grad_op.perform(grad_node, grad_inputs, grads)
         return [o[0] for o in out + grads]
 
-    with_numba = run()
-    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    with_native = run()
+    monkeypatch.setattr(native, "available", lambda: False)
     without = run()
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
-    for a, b in zip(with_numba, without):
+    for a, b in zip(with_native, without):
         assert a.dtype == b.dtype == np.dtype(dtype)
         np.testing.assert_allclose(a, b, **tol)

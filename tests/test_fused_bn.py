@@ -5,12 +5,12 @@ equivalence table (tests/test_engines.py)."""
 import numpy as np
 import pytest
 
-from sophia.graph.engines import kernels
+from sophia.graph.engines import native
 from sophia.options import TrainOptions
 from tests.graph_support import MODE, compile_cost, make_net, make_window
 from tests.test_engines import reset_heavy_time
 
-pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler")
 
 NETS = {
     "lstm": dict(unit_type="lstm"),

@@ -6,11 +6,11 @@ import pytensor.tensor as tt
 import pytest
 
 from sophia.graph.clock import TimeGate
-from sophia.graph.engines import kernels
+from sophia.graph.engines import native
 from sophia.graph.engines.fused_clock import openness
 from sophia.options import ModelOptions
 
-pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler")
 
 
 def gate(dtype):

@@ -6,11 +6,11 @@ import pytensor as th
 import pytensor.tensor as tt
 import pytest
 
-from sophia.graph.engines import kernels
+from sophia.graph.engines import native
 from sophia.graph.engines.fused_norm import batch_norm, layer_norm
 from sophia.graph.norms import BatchNorm, LayerNorm
 
-pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler")
 
 
 def graphs(dtype):

@@ -5,8 +5,8 @@ its inner graph (seconds even for tiny nets), and its per-frame overhead is larg
 on a CPU. Here the recurrence of a window is a single Op whose ``perform`` loops
 over the frames — one BLAS matmul per frame for the recurrent product (``np.dot``),
 then one cell kernel per frame for the bias, the gate nonlinearities and the state
-updates (``sophia/graph/engines/kernels.py``, called as native code through
-``sophia/graph/engines/native.py``; numpy code when Numba cannot be imported) —
+updates (``sophia/graph/engines/cells.c``, compiled and loaded by
+``sophia/graph/engines/native.py``; numpy code where no C compiler is configured) —
 and whose gradient is a second Op that runs backpropagation through time the same
 way, sums the bias gradient inside its kernel and the recurrent weight gradient in
 one matmul over all frames. A window's streams run in blocks of batch rows side by
@@ -50,7 +50,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from scipy.special import expit
 
-from sophia.graph.engines import fused_bn, fused_options, kernels, native, window
+from sophia.graph.engines import fused_bn, fused_options, native, window
 from sophia.graph.engines.window import (Frames, block, contiguous, entering, entering_address, route_reset,
                                          weight_grad)
 
@@ -60,13 +60,13 @@ NAME = "fused"
 def supports(layer, *, training: bool, unroll: bool) -> str:
     """'' where the fused Ops run ``layer``, else what keeps it on scan: an LSTM or GRU
     layer, not unrolled; peepholes, layer norm, batch norm and the clock gate need the
-    native kernels (Numba)."""
+    native kernels (a C compiler)."""
     if layer.unit not in _OPS:
         return f"unit {layer.unit}"
     if unroll:
         return "unroll_scan"
-    if (fused_options.runs(layer) or layer.options.batch_norm) and not kernels.AVAILABLE:
-        return "numba unavailable"
+    if (fused_options.runs(layer) or layer.options.batch_norm) and not native.available():
+        return "no C compiler"
     return ""
 
 
@@ -197,7 +197,7 @@ def lstm_window(xw, reset, W, bias, h0, c0, h_prev, c_prev):
     steps, batch, gates = xw.shape
     i = gates // 4
     h_seq, c_seq, act = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype), np.empty_like(xw)
-    cell = native.kernel("lstm_cell", dtype) if kernels.AVAILABLE else None
+    cell = native.kernel("lstm_cell", dtype) if native.available() else None
 
     def rows(lo, hi):
         _lstm_rows(cell, block(xw, lo, hi), block(reset, lo, hi), W, bias, h0, c0, h_prev[lo:hi], c_prev[lo:hi],
@@ -265,7 +265,7 @@ def lstm_window_grad(reset, W, h0, c0, h_bi, c_bi, h_seq, c_seq, act, dh_out, dc
     dh, dc = np.zeros((batch, i), dtype), np.zeros((batch, i), dtype)
     dh0, dc0, db = np.zeros(i, dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
     W_T = np.ascontiguousarray(W.T)
-    cell_grad = native.kernel("lstm_cell_grad", dtype) if kernels.AVAILABLE else None
+    cell_grad = native.kernel("lstm_cell_grad", dtype) if native.available() else None
 
     def rows(lo, hi, *sums):
         _lstm_grad_rows(cell_grad, block(reset, lo, hi), W_T, c0, c_bi[lo:hi],
@@ -348,7 +348,7 @@ class GRURecurrence(native.CallsKernel, _Recurrence):
         steps, batch, gates = xw.shape
         i = gates // 3
         h_seq, hn_seq, act = np.empty((steps, batch, i), dtype), np.empty((steps, batch, i), dtype), np.empty_like(xw)
-        cell = native.kernel(self.kernel_name, dtype) if kernels.AVAILABLE else None
+        cell = native.kernel(self.kernel_name, dtype) if native.available() else None
         window.by_rows(lambda lo, hi: _gru_rows(cell, *(block(x, lo, hi) for x in (xw, reset)), W, bias, h0,
                                                 h_prev[lo:hi], *(block(x, lo, hi) for x in (h_seq, act, hn_seq))),
                        batch, steps * gates)
@@ -407,7 +407,7 @@ class GRURecurrenceGrad(native.CallsKernel, _RecurrenceGrad):
         d_ha = np.empty_like(act)                         # gradient of h_prev W_h
         dh, dh0, db = np.zeros((batch, i), dtype), np.zeros(i, dtype), np.zeros(gates, np.float64)
         W_T = np.ascontiguousarray(W.T)
-        cell_grad = native.kernel(self.kernel_name, dtype) if kernels.AVAILABLE else None
+        cell_grad = native.kernel(self.kernel_name, dtype) if native.available() else None
 
         def rows(lo, hi, *sums):
             _gru_grad_rows(cell_grad, block(reset, lo, hi), W_T, h0, h_bi[lo:hi],

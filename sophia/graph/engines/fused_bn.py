@@ -3,7 +3,7 @@
 A batch-normalised LSTM or GRU layer runs here with the structure of the other fused
 Ops — the input product ``x W_x`` as one graph matmul over all frames, then one Op for
 the window's recurrence and one for its gradient, one BLAS matmul and one cell kernel
-per frame (:mod:`~sophia.graph.engines.kernels_bn`) — computing what the scan step
+per frame (``sophia_lstm_bn_cell`` and friends in ``cells.c``) — computing what the scan step
 computes (:class:`sophia.graph.norms.BatchNorm` on the paths of ``layers.py``):
 
 - the input product, normalised over the batch per frame (no β), then the bias:
@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sophia.graph.engines import kernels, native, window
+from sophia.graph.engines import native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import batch_norm
-from sophia.graph.engines.kernels_bn import POPULATION, SCRATCH_ROWS
 from sophia.graph.engines.window import Frames, contiguous, frames
 from sophia.graph.engines.window_op import WindowRecurrence, WindowRecurrenceGrad
 
@@ -78,11 +77,11 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
 
 def _scratch(width: int):
     """The float64 scratch of the batch-norm kernels for rows of ``width`` values."""
-    return np.empty((SCRATCH_ROWS, width), np.float64)
+    return np.empty((native.SCRATCH_ROWS, width), np.float64)
 
 
 def _flags(peephole=False, clock=False, training=True) -> int:
-    return (kernels.PEEPHOLE * peephole) | (kernels.CLOCK * clock) | (POPULATION * (not training))
+    return (native.PEEPHOLE * peephole) | (native.CLOCK * clock) | (native.POPULATION * (not training))
 
 
 class _KernelFlags:

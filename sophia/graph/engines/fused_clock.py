@@ -6,7 +6,7 @@ the whole window before the recurrence. As graph code that is some forty element
 nodes forward and backward over T·B·i values, which the thin graphs of the fused
 engine run one by one (``compile_mode = "auto"`` keeps their rewrites to a minimum,
 :mod:`sophia.graph.modes`). Here it is one kernel pass each way
-(``kernels.clock_openness`` and its gradient, native code through
+(``sophia_clock_openness`` in ``cells.c`` and its gradient, native code through
 :mod:`~sophia.graph.engines.native`), with the same function, the leak α in
 training graphs only. ``tests/test_engines.py`` checks it inside every clock-gated
 fused layer, ``tests/test_fused_clock.py`` on its own.
@@ -39,7 +39,7 @@ def openness(gate, s_time_tb, training: bool):
 
 class ClockOpenness(native.CallsKernel, Op):
     """``(time_tb, tau_i, shift_i, r_on_i)`` → k [T][B][i], with the leak α of the
-    closed phase as a property (0 for inference). Requires the native kernels (Numba)."""
+    closed phase as a property (0 for inference). Requires the native kernels (a C compiler)."""
 
     kernel_name = "clock_openness"
 

@@ -5,7 +5,7 @@ A layer-normalised LSTM or GRU layer normalises its input product ``x W_x``
 that is a dozen elementwise passes over T·B·g values forward and more backward,
 which the thin graphs of the fused engine run one by one (``compile_mode = "auto"``
 keeps their rewrites to a minimum, :mod:`sophia.graph.modes`). Here it is one kernel
-pass each way (``kernels.layer_norm_rows`` and its gradient, native code through
+pass each way (``sophia_layer_norm_rows`` in ``cells.c`` and its gradient, native code through
 :mod:`~sophia.graph.engines.native`), with the same function:
 y = γ (x − mean) / sqrt(var + ε) + β per row, ε = :data:`sophia.graph.norms.EPSILON`.
 ``tests/test_engines.py`` checks it inside every layer-normalised fused layer,
@@ -13,7 +13,7 @@ y = γ (x − mean) / sqrt(var + ε) + β per row, ε = :data:`sophia.graph.norm
 
 A batch-normalised layer's input product (training graphs) goes through
 :func:`batch_norm` likewise: each frame [B][g] normalised over its batch with the
-frame's own statistics (``kernels_bn.batch_norm_frame`` and its gradient), the
+frame's own statistics (``sophia_batch_norm_frame`` and its gradient), the
 function of :class:`sophia.graph.norms.BatchNorm` in training; the statistics come
 out for the population updates.
 
@@ -35,7 +35,6 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 from sophia.graph.engines import blocks, native
-from sophia.graph.engines.kernels_bn import SCRATCH_ROWS
 from sophia.graph.engines.window import Frames
 from sophia.graph.engines.window import contiguous
 
@@ -48,7 +47,7 @@ def layer_norm(s_x, v_gamma_g, v_beta_g):
 class LayerNormRows(native.CallsKernel, Op):
     """``(x, gamma_g, beta_g)`` → ``(y, n, rstd)``: y = γ n + β, the normalised rows n
     (x's shape) and 1 / sd per row (x's shape without its last axis), kept for the
-    gradient. Requires the native kernels (Numba)."""
+    gradient. Requires the native kernels (a C compiler)."""
 
     kernel_name = "layer_norm_rows"
 
@@ -144,7 +143,7 @@ class BatchNormFrames(native.CallsKernel, Op):
     """``(x_tbg, gamma_g, beta_g)`` → ``(y, n, mean_tg, var_tg)``: y = γ n + β per frame
     with n = (x − mean) / sqrt(var + ε), the mean and biased variance over the batch
     axis of each frame; n is kept for the gradient, the statistics have none (they
-    feed the population updates). Requires the native kernels (Numba)."""
+    feed the population updates). Requires the native kernels (a C compiler)."""
 
     kernel_name = "batch_norm_frame"
 
@@ -169,7 +168,7 @@ class BatchNormFrames(native.CallsKernel, Op):
         mean, var = np.empty((steps, width), dtype), np.empty((steps, width), dtype)
         if x.size:
             spans = blocks.split(steps, batch * width)
-            scratch = np.empty((len(spans), SCRATCH_ROWS, width), np.float64)
+            scratch = np.empty((len(spans), native.SCRATCH_ROWS, width), np.float64)
             frame = native.kernel(self.kernel_name, dtype)
             addr = [Frames(a) for a in (x, n, mean, var, y)]
 
@@ -202,7 +201,7 @@ class BatchNormFramesGrad(native.CallsKernel, _NormGrad):
         spans = blocks.split(steps, batch * width)
         d_gamma, d_beta = np.zeros((len(spans), width), np.float64), np.zeros((len(spans), width), np.float64)
         if dy.size:
-            scratch = np.empty((len(spans), SCRATCH_ROWS, width), np.float64)
+            scratch = np.empty((len(spans), native.SCRATCH_ROWS, width), np.float64)
             frame_grad = native.kernel(self.kernel_name, dtype)
             addr = [Frames(a) for a in (dy, n, var, dx)]
 

@@ -6,7 +6,7 @@ the same structure — the input product ``x W_x`` as one graph matmul over all
 frames (layer-normalised by the Op of :mod:`~sophia.graph.engines.fused_norm`
 where the layer says so), then one Op for the window's
 recurrence and one for its gradient, looping over the frames with one BLAS matmul
-and one cell kernel per frame (``kernels.lstm_options_cell`` and friends, which
+and one cell kernel per frame (``sophia_lstm_options_cell`` in ``cells.c`` and friends, which
 are compiled once per set of options), the streams in blocks of batch rows side by side, one
 per core (:func:`~sophia.graph.engines.window.by_rows`) — with what the scan step adds:
 
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sophia.graph.engines import kernels, native, window
+from sophia.graph.engines import native, window
 from sophia.graph.engines.fused_clock import openness
 from sophia.graph.engines.fused_norm import layer_norm
 from sophia.graph.engines.window import Frames, block, contiguous, frames
@@ -82,7 +82,7 @@ def recurrence(layer, s_below_tbj, s_time_tb, s_prev_states, *, carry_frame: int
 
 
 def _flags(peephole=False, layer_norm=False, clock=False) -> int:
-    return (kernels.PEEPHOLE * peephole) | (kernels.LAYER_NORM * layer_norm) | (kernels.CLOCK * clock)
+    return (native.PEEPHOLE * peephole) | (native.LAYER_NORM * layer_norm) | (native.CLOCK * clock)
 
 
 class _LSTMKernelFlags:

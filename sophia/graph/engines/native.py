@@ -1,38 +1,39 @@
-"""The cell kernels as native functions, loaded from disk without Numba's start-up.
+"""The cell kernels as native code: ``cells.c``, compiled by the system's C compiler.
 
-``sophia/graph/engines/kernels.py`` writes the per-frame cell kernels for Numba. Calling a
-Numba function the first time in a process — even one Numba has cached — starts
-Numba's compiler: its typing and lowering registries and ``scipy.linalg``, a large
-part of a warm compile (``bench/step_profile.py`` times each kernel's start). This
-module compiles each kernel once, as a C-callable function over raw pointers
-(``numba.cfunc``), keeps its machine code on disk, and in later processes loads that
-code with llvmlite's JIT linker alone, in milliseconds.
+``sophia/graph/engines/cells.c`` holds the per-frame cell kernels of the fused Ops
+(``fused*.py``): the LSTM and GRU cells with every unit option, layer norm of rows, the
+clock gate's openness, batch norm of a frame, and their gradients. This module compiles
+them with the C compiler (``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the
+``PATH``; PyTensor's C backend needs one too) at ``-O3 -march=native``, once per machine,
+dtype and set of option bits, keeps each library on disk and loads it with ``ctypes``.
 
 :func:`kernel` ``(name, dtype, flags)`` returns a ``ctypes`` function; the
-``*_options_*`` and ``*_bn_cell*`` kernels are compiled for the option bits
-``flags``, a constant of their code (0 for the others). Its arguments are the
-addresses of the kernel's arrays, in the order of ``kernels.<name>`` (batch norm:
-``kernels_bn.<name>``), then ``batch``, ``i`` (the layer width; for
-``layer_norm_rows*``, ``clock_openness*`` and ``batch_norm_frame*``, the rows and
-their width) and ``one`` (1 in ``dtype``). Every array must be C-contiguous with the shape its kernel
-documents; the gradient accumulators (``db``, ``d_gamma`` …) and batch norm's
-``scratch`` are float64, the others are ``dtype``. Nothing checks the addresses:
-passing a wrong one corrupts memory, so only the fused Ops (``fused*.py``) call these.
+``*_options_*`` and ``*_bn_cell*`` kernels are compiled for the option bits ``flags``
+(:data:`PEEPHOLE`, :data:`LAYER_NORM`, :data:`CLOCK`, :data:`POPULATION`), constants of
+their code (0 for the others). Its arguments are the addresses of the kernel's arrays,
+in the order of its C function, then ``batch``, ``i`` (the layer width; for
+``layer_norm_rows*``, ``clock_openness*`` and ``batch_norm_frame*``, the rows and their
+width) and ``one`` (1 in ``dtype``). Every array must be C-contiguous with the shape
+:func:`array_shapes` gives; the gradient accumulators (``db``, ``d_gamma`` …) and batch
+norm's ``scratch`` are float64, the others are ``dtype``. Nothing checks the addresses:
+passing a wrong one corrupts memory, so only the fused Ops call these.
 
-The cache lives in ``<compiledir>/sophia_kernels`` (PyTensor's compiledir, like the
-JAX cache in ``sophia/graph/modes.py``), one file per kernel and dtype, named by a
-hash of everything the machine code depends on: the source of both modules, the
-Numba and llvmlite versions, the CPU and its features. Files of older versions stay
-until the folder is deleted. A file is written to a temporary name and renamed, so
-runs started side by side never read half a file, and carries a SHA-256 of its code,
-so a damaged one is compiled again rather than loaded. Where loading fails in any
-other way, the kernel runs as Numba compiled it in this process.
+A kernel and its gradient share one library (``lstm_options_cell`` and
+``lstm_options_cell_grad``: family ``lstm_options_cell``), which compiles in 0.2–1.4 s
+(``bench/train_speed.py --option_sets`` measures the cold compile of each option set).
+The libraries live in ``<compiledir>/sophia_kernels`` (PyTensor's compiledir, like the
+JAX cache in ``sophia/graph/modes.py``), named by family, dtype, option bits and a hash
+of everything the code depends on: the source, the compiler and its version, the flags
+and the CPU. Files of older versions stay until the folder is deleted. A library is
+compiled to a temporary name and renamed, under a lock file beside it (``.so.lock``),
+so runs side by side compile it once; its SHA-256 is stored beside it (``.so.sha256``)
+and checked before loading, so a damaged file is compiled again, never loaded. Where the folder cannot be written, the library is compiled
+into a temporary folder for this process alone.
 
-A kernel is compiled under a lock file beside its cache file (``.o.lock``), so runs
-side by side compile it once. Compiling a function whose Ops call kernels
-(:class:`CallsKernel`) hands the missing ones to a helper process (:func:`prefetch`),
-which compiles them from the last needed while the function's first call compiles
-them from the first: on two cores a cold cache costs about half the kernels' compile time.
+Compiling a function whose Ops call kernels (:class:`CallsKernel`) starts compiling the
+missing libraries in threads, one per core (:func:`prefetch`), while the function's
+first call waits for the ones it reaches. Without a C compiler (``available()`` is
+False) the plain LSTM and GRU Ops run their numpy code and the option layers run on scan.
 
 Example
 -------
@@ -46,29 +47,38 @@ Example
 """
 from __future__ import annotations
 
-import atexit
+import concurrent.futures
 import contextlib
 import ctypes
 import functools
 import hashlib
-import inspect
 import os
+import platform
+import shutil
 import subprocess
-import sys
 import tempfile
-import warnings
+import threading
 
 try:
     import fcntl
-except ImportError:                       # pragma: no cover - not POSIX: no lock files, no helper
+except ImportError:                       # pragma: no cover - not POSIX: no lock files
     fcntl = None
 
 import numpy as np
 
-from sophia.graph.engines import blocks, kernels, kernels_bn
-from sophia.graph.engines.kernels_bn import SCRATCH_ROWS
+from sophia.graph.engines import blocks
 
-MAGIC = b"sophia-kernel-1\n"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cells.c")
+
+# The option bits (``SOPHIA_FLAGS`` in cells.c).
+PEEPHOLE, LAYER_NORM, CLOCK = 1, 2, 4
+POPULATION = 8            # batch norm: the statistics are the population's, one row per batch row
+SCRATCH_ROWS = 3          # float64 rows of batch norm's scratch: two sums over the batch, one per-unit factor
+
+# Everything but the FTZ start-up code -ffast-math links into a library: reassociation
+# vectorises the float64 sums; NaN and inf still propagate.
+CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-math-errno",
+          "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-freciprocal-math")
 
 # The arrays each kernel takes, in order: False for arrays of the layer's dtype,
 # True for float64 ones (gradient accumulators, batch-norm scratch). Then batch, i and one follow.
@@ -92,7 +102,7 @@ _ARRAYS = {
     "gru_bn_cell": (False,) * 13 + (True,),
     "gru_bn_cell_grad": (False,) * 13 + (True,) * 4,
 }
-# The kernels compiled per set of option bits (``kernels.PEEPHOLE`` | ...).
+# The kernels compiled per set of option bits (``PEEPHOLE | ...``).
 _FLAGGED = frozenset(name for name in _ARRAYS if "_options_" in name or "_bn_cell" in name)
 
 # The gates per unit of each kernel's layer: its gate rows are g = GATES · i wide.
@@ -137,36 +147,34 @@ def array_shapes(name: str, batch: int, i: int) -> list:
     return [(sizes[code], wide) for code, wide in zip(SHAPES[name], _ARRAYS[name], strict=True)]
 
 
+
+
+def family(name: str) -> str:
+    """The library that holds kernel ``name``: a kernel and its gradient share one."""
+    return name.removesuffix("_grad")
+
+
+@functools.cache
+def available() -> bool:
+    """Whether a C compiler is found (``$CC``, ``cc``, ``gcc`` or ``clang``) and ``cells.c``
+    is installed, so the kernels can run."""
+    return bool(_compiler()) and os.path.exists(SOURCE)
+
+
 @functools.cache
 def kernel(name: str, dtype, flags: int = 0) -> ctypes._CFuncPtr:
     """The ``ctypes`` function of kernel ``name`` for arrays of ``dtype`` (float32 or
     float64), for the ``*_options_*`` and ``*_bn_cell*`` kernels compiled for the option
     bits ``flags`` (0 for the others): loaded from the cache, or compiled, cached and
-    loaded. Compiles (seconds, the first time in a process) and writes the cache file as
-    side effects."""
+    loaded. Compiling (a second or so, the first time on a machine) writes the cache
+    file as a side effect. Raises ``RuntimeError`` with the compiler's message where
+    the library cannot be compiled."""
     dtype, flags = np.dtype(dtype), _checked_flags(name, flags)
+    function = getattr(_library(family(name), dtype, flags), f"sophia_{name}")
     scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-    prototype = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * len(_ARRAYS[name]), ctypes.c_ssize_t,
-                                 ctypes.c_ssize_t, scalar)
-    symbol = _symbol(name, dtype, flags)
-    path = _path(symbol, name, dtype, cache_dir())
-    code = _read(path)
-    if code is None:
-        with _locked(path):
-            code = _read(path)                    # stored meanwhile by a helper or a run beside this one
-            if code is None:
-                compiled = _compile(name, dtype, flags)
-                try:
-                    code = _emit_object(compiled, symbol)
-                except Exception as error:        # llvmlite cannot emit: run Numba's own code
-                    _warn_uncached(symbol, error)
-                    return prototype(compiled.address)
-                _write(path, code)
-    try:
-        return prototype(_load(code, symbol))
-    except Exception as error:                    # llvmlite cannot load: run Numba's own code
-        _warn_uncached(symbol, error)
-        return prototype(_compile(name, dtype, flags).address)
+    function.argtypes = [ctypes.c_void_p] * len(_ARRAYS[name]) + [ctypes.c_ssize_t, ctypes.c_ssize_t, scalar]
+    function.restype = None
+    return function
 
 
 def _checked_flags(name: str, flags: int) -> int:
@@ -177,89 +185,138 @@ def _checked_flags(name: str, flags: int) -> int:
     return flags
 
 
-def _warn_uncached(symbol: str, error: Exception) -> None:
-    warnings.warn(f"sophia: the cell kernel {symbol} runs as Numba compiled it in this process "
-                  f"(its machine code could not be cached or loaded: {error!r}); every process "
-                  f"will start Numba's compiler", RuntimeWarning, stacklevel=3)
-
-
 def cache_dir() -> str:
-    """Where the kernels' machine code is kept: ``<compiledir>/sophia_kernels``."""
+    """Where the compiled kernels are kept: ``<compiledir>/sophia_kernels``."""
     import pytensor
 
     return os.path.join(pytensor.config.compiledir, "sophia_kernels")
 
 
-# -- compiling ahead, in a helper process ------------------------------------------------
-_HELPERS = []         # the helper processes started here, kept so that they are reaped
-_PREFETCHED = set()   # (name, flags, dtype name) of the kernels handed to a helper
+@functools.cache
+def _library(family_: str, dtype: np.dtype, flags: int) -> ctypes.CDLL:
+    """The loaded library of ``family_`` for ``dtype`` and ``flags``: waited for where a
+    prefetch thread compiles it, else loaded from the cache, or compiled and loaded."""
+    path = _path(family_, dtype, flags, cache_dir())
+    pending = _PENDING.get(path)
+    if pending is not None:
+        pending.result()
+    library = _open(path, family_)
+    if library is None:
+        with _locked(path) as writable:
+            library = _open(path, family_)        # stored meanwhile by a run beside this one
+            if library is None and writable:
+                library = _compile_and_open(family_, dtype, flags, path)
+    if library is None:                           # a cache that cannot be written: this process's own copy
+        with tempfile.TemporaryDirectory() as private:
+            library = _compile_and_open(family_, dtype, flags, os.path.join(private, os.path.basename(path)))
+    return library
+
+
+def _open(path: str, family_: str) -> ctypes.CDLL | None:
+    """The library at ``path`` if its SHA-256 is the one stored beside it (``.sha256``)
+    and it holds ``family_``'s kernels; None if it is missing or damaged (loading a
+    damaged library could crash the process, so it is never tried)."""
+    try:
+        with open(path, "rb") as f:
+            code = f.read()
+        with open(path + ".sha256") as f:
+            digest = f.read().strip()
+    except OSError:
+        return None
+    if hashlib.sha256(code).hexdigest() != digest:
+        return None
+    try:
+        library = ctypes.CDLL(path)
+        getattr(library, f"sophia_{family_}")
+        getattr(library, f"sophia_{family_}_grad")
+    except (OSError, AttributeError):
+        return None
+    return library
+
+
+def _compile_and_open(family_: str, dtype: np.dtype, flags: int, path: str) -> ctypes.CDLL:
+    """:func:`_compile` ``family_`` into ``path`` and load it."""
+    _compile(family_, dtype, flags, path)
+    library = _open(path, family_)
+    if library is None:
+        raise RuntimeError(f"sophia: the cell kernels {family_} compiled into {path} cannot be loaded")
+    return library
+
+
+def _compile(family_: str, dtype: np.dtype, flags: int, path: str) -> None:
+    """Compile the library of ``family_`` for ``dtype`` and ``flags`` into ``path``, its
+    SHA-256 beside it, each through a temporary file and a rename."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        command = [_compiler(), "-x", "c", *CFLAGS, f"-DSOPHIA_DOUBLE={int(dtype == np.float64)}",
+                   f"-DSOPHIA_FLAGS={flags}", f"-DSOPHIA_WANT_{family_}", "-o", tmp, SOURCE, "-lm"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"sophia: the C compiler {_compiler()!r} could not compile the cell kernels "
+                               f"{family_} ({dtype.name}, option bits {flags}) from {SOURCE}:\n"
+                               f"{done.stderr[-3000:]}")
+        with open(tmp, "rb") as f:
+            _replace_text(path + ".sha256", hashlib.sha256(f.read()).hexdigest())
+        os.replace(tmp, path)                     # after its digest: a reader sees a pair that matches or none
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _replace_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -- compiling ahead, in threads ---------------------------------------------------------
+_PENDING = {}         # cache path -> the Future of its compile, started by prefetch
+_PENDING_LOCK = threading.Lock()
+
+
+@functools.cache
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=max(1, blocks.available()),
+                                                 thread_name_prefix="sophia-kernels")
 
 
 def prefetch(names, dtype) -> None:
-    """Start compiling, in a helper process, the kernels ``names`` (``(name, flags)``
-    pairs, in the order a function's first call needs them) for ``dtype`` that are not
-    cached yet.
-
-    The helper stores them last first, as :func:`kernel` would; this process compiles
-    them first first, as its calls reach them; a lock file per kernel keeps the two (and
-    runs started side by side) from compiling one twice. On a machine with two or more
-    cores a function's first call then waits for about half of its kernels' compile time
-    (``bench/train_speed.py --option_sets`` measures the cold compile). Nothing starts
-    for fewer than two missing kernels, on one core, or without POSIX file locks; a
-    helper that fails leaves its kernels to this process. Side effect: one short-lived
-    process (``python -c``) per call that finds kernels to hand over, stopped at this
-    process's exit if it is still running.
-    """
-    dtype = np.dtype(dtype)
-    directory = cache_dir()
-    missing = [(name, flags) for name, flags in dict.fromkeys(names) if (name, flags, dtype.name) not in _PREFETCHED
-               and not os.path.exists(_path(_symbol(name, dtype, flags), name, dtype, directory))]
-    if len(missing) < 2 or fcntl is None or _cores() < 2:
-        return
-    _PREFETCHED.update((name, flags, dtype.name) for name, flags in missing)
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    _HELPERS[:] = [helper for helper in _HELPERS if helper.poll() is None]
-    try:
-        _HELPERS.append(subprocess.Popen(
-            [sys.executable, "-c", _HELPER, directory, dtype.name, *(f"{name}:{flags}" for name, flags in missing)],
-            env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    except OSError:                               # no helper: this process compiles them all
-        pass
+    """Start compiling, in threads (one per core), the libraries of the kernels ``names``
+    (``(name, flags)`` pairs, in the order a function's first call needs them) for
+    ``dtype`` that are not cached yet. :func:`kernel` waits for a library being compiled
+    here; a lock file per library keeps runs started side by side from compiling one
+    twice. A compile that fails here is tried again, and reported, by :func:`kernel`.
+    Side effect: one compiler process per missing library."""
+    dtype, directory = np.dtype(dtype), cache_dir()
+    for family_, flags in dict.fromkeys((family(name), int(flags)) for name, flags in names):
+        path = _path(family_, dtype, flags, directory)
+        with _PENDING_LOCK:
+            if path in _PENDING or os.path.exists(path):
+                continue
+            _PENDING[path] = _pool().submit(_compile_quietly, family_, dtype, flags, path)
 
 
-@atexit.register
-def _stop_helpers() -> None:
-    """At exit, stop the helpers still compiling: their cache files are written whole
-    or not at all, and the next process compiles what is missing."""
-    for helper in _HELPERS:
-        if helper.poll() is None:
-            helper.terminate()
-            helper.wait()
-
-
-_HELPER = "import sys; from sophia.graph.engines import native; native.compile_into(*sys.argv[1:])"
-
-
-def compile_into(directory: str, dtype: str, *kernels_: str) -> None:
-    """The helper's work (:func:`prefetch`): store in ``directory`` each of ``kernels_``
-    (``name:flags``) for ``dtype`` that is neither cached nor being compiled by another
-    process, last first."""
-    dtype = np.dtype(dtype)
-    for name, flags in (k.rsplit(":", 1) for k in reversed(kernels_)):
-        flags = int(flags)
-        symbol = _symbol(name, dtype, flags)
-        path = _path(symbol, name, dtype, directory)
-        with _locked(path, wait=False) as held:
-            if held and _read(path) is None:
-                _write(path, _emit_object(_compile(name, dtype, flags), symbol))
+def _compile_quietly(family_: str, dtype: np.dtype, flags: int, path: str) -> None:
+    """A prefetch thread's work: compile into the cache unless another run holds its lock
+    or has stored it. Errors are left for :func:`kernel` to raise."""
+    with contextlib.suppress(Exception), _locked(path, wait=False) as held:
+        if held and _open(path, family_) is None:
+            _compile_and_open(family_, dtype, flags, path)
 
 
 class CallsKernel:
     """Mixin of the Ops that call the kernel ``kernel_name`` (with the option bits
     ``kernel_flags``): preparing one of them for a compiled function prefetches
-    (:func:`prefetch`) the kernels of every such Op in that function, the forward ones
+    (:func:`prefetch`) the libraries of every such Op in that function, the forward ones
     before the gradients."""
 
     kernel_name = ""
@@ -267,7 +324,7 @@ class CallsKernel:
 
     def prepare_node(self, node, storage_map, compute_map, impl):
         super().prepare_node(node, storage_map, compute_map, impl)
-        if storage_map and kernels.AVAILABLE:
+        if storage_map and available():
             names = {(var.owner.op.kernel_name, var.owner.op.kernel_flags) for var in storage_map
                      if var.owner is not None and isinstance(var.owner.op, CallsKernel)}
             prefetch(sorted(names, key=lambda k: (k[0].endswith("_grad"), k)), node.outputs[0].dtype)
@@ -275,16 +332,17 @@ class CallsKernel:
 
 @contextlib.contextmanager
 def _locked(path: str, wait: bool = True):
-    """Hold the lock file ``path + ".lock"`` of a kernel's cache file for the ``with``
-    block (``wait``: until it is free; else not at all if another process holds it).
-    Yields whether this process may compile: True where no lock can be taken (no
-    ``fcntl``, a folder that cannot be written), as compiling twice costs only time.
-    The lock goes with the file descriptor, so a process that dies releases it."""
+    """Hold the lock file ``path + ".lock"`` of a library for the ``with`` block (``wait``:
+    until it is free; else not at all if another process or thread holds it). Yields
+    whether this process may compile into ``path``: False where another holds the lock
+    (``wait=False``) or the folder cannot be written; True where no lock can be taken
+    (no ``fcntl``), as compiling twice costs only time. The lock goes with the file
+    descriptor, so a process that dies releases it."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
-        yield True
+        yield False
         return
     held = True
     try:
@@ -300,353 +358,42 @@ def _locked(path: str, wait: bool = True):
         os.close(fd)                              # releases the lock
 
 
-def _cores() -> int:
-    """The cores this process may run on."""
-    return blocks.available()
-
-
-# -- compiling (cold cache) -------------------------------------------------------------
-@functools.cache
-def _compile(name: str, dtype: np.dtype, flags: int = 0):
-    """``kernels.<name>`` (for the option bits ``flags``) wrapped as a ``numba.cfunc``
-    over raw pointers."""
-    from numba import carray, cfunc, types
-
-    scalar = types.float32 if dtype == np.float32 else types.float64
-    pointers = [types.CPointer(types.float64 if accumulator else scalar) for accumulator in _ARRAYS[name]]
-    signature = types.void(*pointers, types.intp, types.intp, scalar)
-    wrapper = _WRAPPERS[name](carray, _function(name, flags), flags)
-    return cfunc(signature, fastmath=True, error_model="numpy", nogil=True)(wrapper)
-
-
-def _function(name: str, flags: int):
-    """The Numba function of kernel ``name``: for the option kernels, the one compiled for ``flags``."""
-    specialised = {"lstm_options_cell": kernels.lstm_options_kernels, "gru_options_cell": kernels.gru_options_kernels,
-                   "lstm_bn_cell": kernels_bn.lstm_bn_kernels, "gru_bn_cell": kernels_bn.gru_bn_kernels}
-    base = name.removesuffix("_grad")
-    if base in specialised:
-        return specialised[base](flags)[name.endswith("_grad")]
-    return getattr(kernels, name, None) or getattr(kernels_bn, name)
-
-
-def _wrap_lstm_cell(carray, cell, flags):
-
-    def lstm_cell(a, xa, bias, c_prev, c, h, batch, i, one):
-        g = 4 * i
-        cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(c_prev, (batch, i)),
-             carray(c, (batch, i)), carray(h, (batch, i)), one)
-    return lstm_cell
-
-
-def _wrap_lstm_cell_grad(carray, cell_grad, flags):
-
-    def lstm_cell_grad(dh, dc, dh_out, dc_out, a, c, c_in, d, db, batch, i, one):
-        g = 4 * i
-        cell_grad(carray(dh, (batch, i)), carray(dc, (batch, i)), carray(dh_out, (batch, i)),
-                  carray(dc_out, (batch, i)), carray(a, (batch, g)), carray(c, (batch, i)),
-                  carray(c_in, (batch, i)), carray(d, (batch, g)), carray(db, (g,)), one)
-    return lstm_cell_grad
-
-
-def _wrap_gru_cell(carray, cell, flags):
-
-    def gru_cell(ha, xa, bias, h_prev, a, hn, h, batch, i, one):
-        g = 3 * i
-        cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, (batch, i)),
-             carray(a, (batch, g)), carray(hn, (batch, i)), carray(h, (batch, i)), one)
-    return gru_cell
-
-
-def _wrap_gru_cell_grad(carray, cell_grad, flags):
-
-    def gru_cell_grad(dh, dh_out, a, h_in, hn, d, d_ha, db, batch, i, one):
-        g = 3 * i
-        cell_grad(carray(dh, (batch, i)), carray(dh_out, (batch, i)), carray(a, (batch, g)),
-                  carray(h_in, (batch, i)), carray(hn, (batch, i)), carray(d, (batch, g)),
-                  carray(d_ha, (batch, g)), carray(db, (g,)), one)
-    return gru_cell_grad
-
-
-def _wrap_lstm_options_cell(carray, cell, flags):
-
-    def lstm_options_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, beta_h, gamma_c, beta_c, k,
-                          n_h, rstd_h, n_c, rstd_c, c_new, h_new, c, h, batch, i, one):
-        g, bi = 4 * i, (batch, i)
-        cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
-             carray(c_prev, bi), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(beta_h, (g,)),
-             carray(gamma_c, (i,)), carray(beta_c, (i,)), carray(k, bi), carray(n_h, (batch, g)),
-             carray(rstd_h, (batch,)), carray(n_c, bi), carray(rstd_c, (batch,)), carray(c_new, bi),
-             carray(h_new, bi), carray(c, bi), carray(h, bi), one)
-    return lstm_options_cell
-
-
-def _wrap_lstm_options_cell_grad(carray, cell_grad, flags):
-
-    def lstm_options_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, rstd_h,
-                               n_c, rstd_c, peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk,
-                               db, d_peep, d_gamma_h, d_gamma_c, d_beta_c, batch, i, one):
-        g, bi = 4 * i, (batch, i)
-        cell_grad(carray(dh, bi), carray(dc, bi), carray(dh_out, bi), carray(dc_out, bi),
-                  carray(a, (batch, g)), carray(c_new, bi), carray(h_new, bi), carray(h_in, bi),
-                  carray(c_in, bi), carray(n_h, (batch, g)), carray(rstd_h, (batch,)), carray(n_c, bi),
-                  carray(rstd_c, (batch,)), carray(peep, (3 * i,)), carray(gamma_h, (g,)),
-                  carray(gamma_c, (i,)), carray(beta_c, (i,)), carray(k, bi), carray(d, (batch, g)),
-                  carray(d_ha, (batch, g)), carray(dk, bi), carray(db, (g,)), carray(d_peep, (3 * i,)),
-                  carray(d_gamma_h, (g,)), carray(d_gamma_c, (i,)), carray(d_beta_c, (i,)), one)
-    return lstm_options_cell_grad
-
-
-def _wrap_gru_options_cell(carray, cell, flags):
-
-    def gru_options_cell(ha, xa, bias, h_prev, gamma_h, beta_h, k, n_h, rstd_h, a, hn, h_new, h,
-                         batch, i, one):
-        g, bi = 3 * i, (batch, i)
-        cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
-             carray(gamma_h, (g,)), carray(beta_h, (g,)), carray(k, bi), carray(n_h, (batch, g)),
-             carray(rstd_h, (batch,)), carray(a, (batch, g)), carray(hn, bi), carray(h_new, bi),
-             carray(h, bi), one)
-    return gru_options_cell
-
-
-def _wrap_gru_options_cell_grad(carray, cell_grad, flags):
-
-    def gru_options_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, rstd_h, gamma_h, k, d, d_ha, dk,
-                              db, d_gamma_h, d_beta_h, batch, i, one):
-        g, bi = 3 * i, (batch, i)
-        cell_grad(carray(dh, bi), carray(dh_out, bi), carray(a, (batch, g)), carray(h_in, bi),
-                  carray(hn, bi), carray(h_new, bi), carray(n_h, (batch, g)), carray(rstd_h, (batch,)),
-                  carray(gamma_h, (g,)), carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)),
-                  carray(dk, bi), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
-                  one)
-    return gru_options_cell_grad
-
-
-def _wrap_layer_norm_rows(carray, rows, flags):
-
-    def layer_norm_rows(x, gamma, beta, n, rstd, y, batch, i, one):
-        shape = (batch, i)
-        rows(carray(x, shape), carray(gamma, (i,)), carray(beta, (i,)), carray(n, shape),
-             carray(rstd, (batch,)), carray(y, shape), one)
-    return layer_norm_rows
-
-
-def _wrap_layer_norm_rows_grad(carray, rows_grad, flags):
-
-    def layer_norm_rows_grad(dy, n, rstd, gamma, dx, d_gamma, d_beta, batch, i, one):
-        shape = (batch, i)
-        rows_grad(carray(dy, shape), carray(n, shape), carray(rstd, (batch,)), carray(gamma, (i,)),
-                  carray(dx, shape), carray(d_gamma, (i,)), carray(d_beta, (i,)), one)
-    return layer_norm_rows_grad
-
-
-def _wrap_clock_openness(carray, openness, flags):
-
-    def clock_openness(time, tau_raw, shift, r_raw, leak, k, batch, i, one):
-        openness(carray(time, (batch,)), carray(tau_raw, (i,)), carray(shift, (i,)), carray(r_raw, (i,)),
-                 carray(leak, (1,)), carray(k, (batch, i)), one)
-    return clock_openness
-
-
-def _wrap_clock_openness_grad(carray, openness_grad, flags):
-
-    def clock_openness_grad(time, tau_raw, shift, r_raw, leak, dk, d_tau, d_shift, d_r, batch, i, one):
-        openness_grad(carray(time, (batch,)), carray(tau_raw, (i,)), carray(shift, (i,)), carray(r_raw, (i,)),
-                      carray(leak, (1,)), carray(dk, (batch, i)), carray(d_tau, (i,)), carray(d_shift, (i,)),
-                      carray(d_r, (i,)), one)
-    return clock_openness_grad
-
-
-def _wrap_batch_norm_frame(carray, frame, flags):
-
-    def batch_norm_frame(x, gamma, beta, n, mean, var, y, scratch, batch, i, one):
-        shape = (batch, i)
-        frame(carray(x, shape), carray(gamma, (i,)), carray(beta, (i,)), carray(n, shape), carray(mean, (i,)),
-              carray(var, (i,)), carray(y, shape), carray(scratch, (SCRATCH_ROWS, i)), one)
-    return batch_norm_frame
-
-
-def _wrap_batch_norm_frame_grad(carray, frame_grad, flags):
-
-    def batch_norm_frame_grad(dy, n, var, gamma, dx, scratch, d_gamma, d_beta, batch, i, one):
-        shape = (batch, i)
-        frame_grad(carray(dy, shape), carray(n, shape), carray(var, (i,)), carray(gamma, (i,)), carray(dx, shape),
-                   carray(scratch, (SCRATCH_ROWS, i)), carray(d_gamma, (i,)), carray(d_beta, (i,)), one)
-    return batch_norm_frame_grad
-
-
-def _wrap_lstm_bn_cell(carray, cell, flags):
-
-    def lstm_bn_cell(a, xa, bias, h_prev, c_prev, peep, gamma_h, gamma_c, beta_c, k, mean_h, var_h, n_h,
-                     mean_c, var_c, n_c, c_new, h_new, c, h, scratch, batch, i, one):
-        g, bi, rows = 4 * i, (batch, i), batch if flags & kernels_bn.POPULATION else 1
-        cell(carray(a, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
-             carray(c_prev, bi), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(gamma_c, (i,)),
-             carray(beta_c, (i,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
-             carray(n_h, (batch, g)), carray(mean_c, (rows, i)), carray(var_c, (rows, i)), carray(n_c, bi),
-             carray(c_new, bi), carray(h_new, bi), carray(c, bi), carray(h, bi), carray(scratch, (SCRATCH_ROWS, g)),
-             one)
-    return lstm_bn_cell
-
-
-def _wrap_lstm_bn_cell_grad(carray, cell_grad, flags):
-
-    def lstm_bn_cell_grad(dh, dc, dh_out, dc_out, a, c_new, h_new, h_in, c_in, n_h, var_h, n_c, var_c,
-                          peep, gamma_h, gamma_c, beta_c, k, d, d_ha, dk, scratch, db, d_peep,
-                          d_gamma_h, d_beta_h, d_gamma_c, d_beta_c, batch, i, one):
-        g, bi = 4 * i, (batch, i)
-        cell_grad(carray(dh, bi), carray(dc, bi), carray(dh_out, bi), carray(dc_out, bi),
-                  carray(a, (batch, g)), carray(c_new, bi), carray(h_new, bi), carray(h_in, bi),
-                  carray(c_in, bi), carray(n_h, (batch, g)), carray(var_h, (1, g)), carray(n_c, bi),
-                  carray(var_c, (1, i)), carray(peep, (3 * i,)), carray(gamma_h, (g,)), carray(gamma_c, (i,)),
-                  carray(beta_c, (i,)), carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)),
-                  carray(dk, bi), carray(scratch, (SCRATCH_ROWS, g)), carray(db, (g,)), carray(d_peep, (3 * i,)),
-                  carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)), carray(d_gamma_c, (i,)),
-                  carray(d_beta_c, (i,)), one)
-    return lstm_bn_cell_grad
-
-
-def _wrap_gru_bn_cell(carray, cell, flags):
-
-    def gru_bn_cell(ha, xa, bias, h_prev, gamma_h, k, mean_h, var_h, n_h, a, hn, h_new, h, scratch,
-                    batch, i, one):
-        g, bi, rows = 3 * i, (batch, i), batch if flags & kernels_bn.POPULATION else 1
-        cell(carray(ha, (batch, g)), carray(xa, (batch, g)), carray(bias, (g,)), carray(h_prev, bi),
-             carray(gamma_h, (g,)), carray(k, bi), carray(mean_h, (rows, g)), carray(var_h, (rows, g)),
-             carray(n_h, (batch, g)), carray(a, (batch, g)), carray(hn, bi), carray(h_new, bi), carray(h, bi),
-             carray(scratch, (SCRATCH_ROWS, g)), one)
-    return gru_bn_cell
-
-
-def _wrap_gru_bn_cell_grad(carray, cell_grad, flags):
-
-    def gru_bn_cell_grad(dh, dh_out, a, h_in, hn, h_new, n_h, var_h, gamma_h, k, d, d_ha, dk, scratch, db,
-                         d_gamma_h, d_beta_h, batch, i, one):
-        g, bi = 3 * i, (batch, i)
-        cell_grad(carray(dh, bi), carray(dh_out, bi), carray(a, (batch, g)), carray(h_in, bi), carray(hn, bi),
-                  carray(h_new, bi), carray(n_h, (batch, g)), carray(var_h, (1, g)), carray(gamma_h, (g,)),
-                  carray(k, bi), carray(d, (batch, g)), carray(d_ha, (batch, g)), carray(dk, bi),
-                  carray(scratch, (SCRATCH_ROWS, g)), carray(db, (g,)), carray(d_gamma_h, (g,)), carray(d_beta_h, (g,)),
-                  one)
-    return gru_bn_cell_grad
-
-
-_WRAPPERS = {"lstm_cell": _wrap_lstm_cell, "lstm_cell_grad": _wrap_lstm_cell_grad,
-             "gru_cell": _wrap_gru_cell, "gru_cell_grad": _wrap_gru_cell_grad,
-             "lstm_options_cell": _wrap_lstm_options_cell,
-             "lstm_options_cell_grad": _wrap_lstm_options_cell_grad,
-             "gru_options_cell": _wrap_gru_options_cell,
-             "gru_options_cell_grad": _wrap_gru_options_cell_grad,
-             "layer_norm_rows": _wrap_layer_norm_rows,
-             "layer_norm_rows_grad": _wrap_layer_norm_rows_grad,
-             "clock_openness": _wrap_clock_openness,
-             "clock_openness_grad": _wrap_clock_openness_grad,
-             "batch_norm_frame": _wrap_batch_norm_frame,
-             "batch_norm_frame_grad": _wrap_batch_norm_frame_grad,
-             "lstm_bn_cell": _wrap_lstm_bn_cell, "lstm_bn_cell_grad": _wrap_lstm_bn_cell_grad,
-             "gru_bn_cell": _wrap_gru_bn_cell, "gru_bn_cell_grad": _wrap_gru_bn_cell_grad}
-
-
-def _emit_object(compiled, symbol: str) -> bytes:
-    """The machine code of a compiled cfunc, its entry point renamed ``symbol``."""
-    import llvmlite.binding as llvm
-
-    module = llvm.parse_assembly(compiled.inspect_llvm())
-    module.get_function(compiled.native_name).name = symbol
-    return _target_machine().emit_object(module)
-
-
-# -- loading (warm cache) -------------------------------------------------------------
-_ENGINES = []     # the JIT linkers own the loaded code: keep them for the process's life
-
-
-def _load(code: bytes, symbol: str) -> int:
-    """Link ``code`` into this process; the address of its function ``symbol``."""
-    import llvmlite.binding as llvm
-
-    _resolve_numba_helpers()
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
-    engine.add_object_file(llvm.ObjectFileRef.from_data(code))
-    engine.finalize_object()
-    address = engine.get_function_address(symbol)
-    if not address:
-        raise LookupError(f"{symbol} is not in its object code")
-    _ENGINES.append(engine)
-    return address
-
-
-@functools.cache
-def _resolve_numba_helpers() -> None:
-    """Tell the JIT linker where Numba's C helpers are: a cfunc's error path refers to
-    them (never taken by these kernels, but every symbol must resolve)."""
-    import llvmlite.binding as llvm
-    from numba import _helperlib
-    from numba.core.runtime import _nrt_python
-
-    for name, address in _helperlib.c_helpers.items():
-        llvm.add_symbol(f"numba_{name}", address)
-    for name, address in _nrt_python.c_helpers.items():
-        llvm.add_symbol(f"NRT_{name}", address)
-
-
-@functools.cache
-def _target_machine():
-    """This CPU, as Numba compiles for it (all its features, -O3)."""
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    return llvm.Target.from_default_triple().create_target_machine(
-        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3,
-        reloc="default", codemodel="jitdefault")
-
-
 # -- the cache files ------------------------------------------------------------------
-def _symbol(name: str, dtype: np.dtype, flags: int = 0) -> str:
-    """The entry point of kernel ``name`` for ``dtype`` and the option bits ``flags``."""
-    return f"sophia_{name}_{dtype.name}" + (f"_options{flags}" if name in _FLAGGED else "")
-
-
-def _path(symbol: str, name: str, dtype: np.dtype, directory: str) -> str:
-    """The cache file of the kernel ``symbol`` (of ``name`` for ``dtype``) in ``directory``."""
-    return os.path.join(directory, f"{symbol}-{_fingerprint(name, dtype)}.o")
+def _path(family_: str, dtype: np.dtype, flags: int, directory: str) -> str:
+    """The cache file of ``family_``'s library for ``dtype`` and ``flags`` in ``directory``."""
+    return os.path.join(directory, f"sophia_{family_}_{dtype.name}_options{flags}-{_fingerprint()}.so")
 
 
 @functools.cache
-def _fingerprint(name: str, dtype: np.dtype) -> str:
-    """A hash of everything the machine code of ``name`` for ``dtype`` depends on."""
-    import llvmlite
-    import llvmlite.binding as llvm
-    import numba
+def _compiler() -> str:
+    """The C compiler: ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the ``PATH``
+    ('' where there is none)."""
+    named = os.environ.get("CC", "").strip()
+    if named:
+        return named
+    return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), "")
 
-    parts = [name, dtype.name, numba.__version__, llvmlite.__version__, llvm.get_process_triple(),
-             llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
-             inspect.getsource(kernels), inspect.getsource(kernels_bn), inspect.getsource(sys.modules[__name__])]
+
+@functools.cache
+def _fingerprint() -> str:
+    """A hash of everything the compiled code depends on: the source, the compiler and
+    its version, the flags and this CPU."""
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    try:
+        version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        version = ""
+    parts = [source.decode(), _compiler(), shutil.which(_compiler()) or "", version, " ".join(CFLAGS),
+             platform.machine(), _cpu()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
-def _read(path: str) -> bytes | None:
-    """The object code stored at ``path``; None if it is missing or damaged."""
+def _cpu() -> str:
+    """This CPU's model and features, as ``-march=native`` sees them (Linux: /proc/cpuinfo)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(dict.fromkeys(lines))
     except OSError:
-        return None
-    digest, code = data[len(MAGIC):len(MAGIC) + 32], data[len(MAGIC) + 32:]
-    if not data.startswith(MAGIC) or hashlib.sha256(code).digest() != digest:
-        return None
-    return code
-
-
-def _write(path: str, code: bytes) -> None:
-    """Store ``code`` at ``path`` (magic, SHA-256, code) through a temporary file and a
-    rename. A cache that cannot be written is skipped: the kernel still runs."""
-    tmp = None
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(code).digest() + code)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        return platform.processor()
