@@ -6,12 +6,14 @@
  * gradients of the pre-activations and of the parameters, in one pass over the rows,
  * written into preallocated arrays. The matmuls stay on BLAS, called by the Ops.
  *
- * native.py compiles this file with the C compiler PyTensor uses, once per machine,
+ * native.py compiles this file with the system's C compiler, once per machine,
  * dtype and set of option bits, and loads the library with ctypes:
  *   -DSOPHIA_DOUBLE=0|1   real is float or double;
  *   -DSOPHIA_FLAGS=bits   PEEPHOLE 1 | LAYER_NORM 2 | CLOCK 4 | POPULATION 8, constants of
  *                         the option and batch-norm cells, so the branches of the options
- *                         that are off are compiled away.
+ *                         that are off are compiled away;
+ *   -DSOPHIA_WANT_family  the kernels compiled: a kernel and its gradient, e.g.
+ *                         -DSOPHIA_WANT_lstm_options_cell.
  *
  * Every kernel takes the addresses of its arrays (C-contiguous, shapes in native.SHAPES),
  * then batch (rows), i (the layer width; for layer_norm_rows, clock_openness and
@@ -283,7 +285,6 @@ EXPORT void sophia_lstm_cell_grad(real *dh, real *dc, const real *dh_out, const 
 {
     const idx g = 4 * i;
     (void)one;
-    (void)dh;
     for (idx b = 0; b < batch; b++) {
         const real *ab = a + b * g, *cb = c + b * i, *cib = c_in + b * i;
         const real *dhb = dh + b * i, *dhob = dh_out + b * i, *dcob = dc_out + b * i;
