@@ -41,9 +41,10 @@ def reset_heavy_time():
     return time_tb
 
 
-# scan's own gradients of these sets take seconds each (tests/test_graph_gradients.py checks
-# scan's batch norm in the default run): with `pytest -m slow`
-SLOW_ON_SCAN = ("batch_norm_clock", "peephole_batch_norm_clock")
+# scan's own gradients of these sets take seconds each, and the default run checks them
+# elsewhere (tests/test_graph_gradients.py: scan's batch norm; tests/test_bidirectional.py:
+# scan's bidirectional LSTM, GRU and deep layers): with `pytest -m slow`
+SLOW_ON_SCAN = ("batch_norm_clock", "peephole_batch_norm_clock", "bidirectional_deep")
 CASES = [pytest.param(engine, unit, name, id=f"{engine}-{unit}-{name}")
          for engine in engines.ENGINES for unit in UNITS for name, options in OPTION_SETS.items()
          if not (unit != "lstm" and "peephole" in options)]
