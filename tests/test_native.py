@@ -140,6 +140,18 @@ def test_a_compiler_error_names_the_kernels_and_shows_the_message(fresh_cache, m
     assert list(fresh_cache.glob("*.so*tmp")) == []
 
 
+def test_cc_may_hold_a_command_with_arguments(fresh_cache, monkeypatch):
+    """``$CC`` as a shell would split it: here the compiler and a flag of its own."""
+    monkeypatch.setenv("CC", f"{shutil.which('cc') or shutil.which('gcc')} -DSOPHIA_UNUSED=1")
+    native._compiler.cache_clear()
+    try:
+        assert native._compiler()[1:] == ("-DSOPHIA_UNUSED=1",)
+        got = run_native("clock_openness", "float32", kernel_arrays("clock_openness", "float32"))
+        assert np.all((got[5] >= 0) & (got[5] <= 1))            # the openness k, in [0, 1]
+    finally:
+        native._compiler.cache_clear()
+
+
 def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, monkeypatch):
     """A compiledir that cannot hold the libraries (here: a file where the folder should
     be) leaves the kernel working and no file behind."""

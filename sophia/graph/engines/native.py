@@ -54,6 +54,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -251,11 +252,11 @@ def _compile(family_: str, dtype: np.dtype, flags: int, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so.tmp")
     os.close(fd)
     try:
-        command = [_compiler(), "-x", "c", *CFLAGS, f"-DSOPHIA_DOUBLE={int(dtype == np.float64)}",
+        command = [*_compiler(), "-x", "c", *CFLAGS, f"-DSOPHIA_DOUBLE={int(dtype == np.float64)}",
                    f"-DSOPHIA_FLAGS={flags}", f"-DSOPHIA_WANT_{family_}", "-o", tmp, SOURCE, "-lm"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"sophia: the C compiler {_compiler()!r} could not compile the cell kernels "
+            raise RuntimeError(f"sophia: the C compiler {shlex.join(_compiler())!r} could not compile the cell kernels "
                                f"{family_} ({dtype.name}, option bits {flags}) from {SOURCE}:\n"
                                f"{done.stderr[-3000:]}")
         with open(tmp, "rb") as f:
@@ -365,13 +366,14 @@ def _path(family_: str, dtype: np.dtype, flags: int, directory: str) -> str:
 
 
 @functools.cache
-def _compiler() -> str:
-    """The C compiler: ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the ``PATH``
-    ('' where there is none)."""
-    named = os.environ.get("CC", "").strip()
+def _compiler() -> tuple:
+    """The C compiler's command: ``$CC`` (split as a shell would, e.g. ``ccache gcc``), else
+    the first of ``cc``, ``gcc``, ``clang`` on the ``PATH``; empty where there is none."""
+    named = shlex.split(os.environ.get("CC", ""))
     if named:
-        return named
-    return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), "")
+        return tuple(named)
+    found = next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), "")
+    return (found,) if found else ()
 
 
 @functools.cache
@@ -381,10 +383,10 @@ def _fingerprint() -> str:
     with open(SOURCE, "rb") as f:
         source = f.read()
     try:
-        version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True).stdout
+        version = subprocess.run([*_compiler(), "--version"], capture_output=True, text=True).stdout
     except OSError:
         version = ""
-    parts = [source.decode(), _compiler(), shutil.which(_compiler()) or "", version, " ".join(CFLAGS),
+    parts = [source.decode(), *_compiler(), shutil.which(_compiler()[0]) or "", version, " ".join(CFLAGS),
              platform.machine(), _cpu()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
