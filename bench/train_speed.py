@@ -103,20 +103,16 @@ def _speed(call, steps, repeats):
     return frames / median, median
 
 
-def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
-    """Compile and train the reference model (with ``overrides`` of its ModelOptions, and
-    of its TrainOptions' :data:`TRAIN_OVERRIDES`) in this process; returns a result dict
-    with the training graph's engines and peak RSS."""
+def _sophia_model(mode, recurrence, overrides=None):
+    """The reference model (with ``overrides`` of its ModelOptions, and of its
+    TrainOptions' :data:`TRAIN_OVERRIDES`) compiled in this process: ``(call, net,
+    model)``, where ``call(n)`` trains one window and returns its loss."""
     import sophia  # noqa: F401  first, as train.py: it sets OpenBLAS's environment before numpy loads
     import numpy as np
     from sophia.graph.net import Net
     from sophia.options import ModelOptions, TrainOptions, with_output_activation
-    from sophia.training.memory import keep_freed_memory
-
-    keep_freed_memory()       # as the trainer does
 
     m = MODEL
-    start = time.perf_counter()
     overrides = dict(overrides or {})
     train_overrides = {name: overrides.pop(name) for name in TRAIN_OVERRIDES if name in overrides}
     options = TrainOptions(batch_size=m["batch"], window_size=m["window"], step_size=m["step"],
@@ -125,7 +121,6 @@ def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
                                    net_width=m["width"], net_depth=m["depth"]), **overrides})
     net = Net(with_output_activation(model, options.loss_type), dtype="float32")
     f_train_step, _, _ = net.compile_train_step(options, engine=None if recurrence == "auto" else recurrence)
-    compiled = time.perf_counter()
     windows = _windows(np.random.default_rng(0), 4, model.target_dim, options.loss_type)
     ids = np.zeros((m["window"], m["batch"]), "int32")
     lr = np.float32(1e-4)
@@ -134,7 +129,18 @@ def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
         x, t, y = windows[n % len(windows)]
         loss = f_train_step(x, t, ids, y, lr)[0]
         return float(loss)      # as the trainer reads it; waits for JAX's asynchronous dispatch
+    return call, net, model
 
+
+def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
+    """Compile and train the reference model (see :func:`_sophia_model`) in this process;
+    returns a result dict with the training graph's engines and peak RSS."""
+    from sophia.training.memory import keep_freed_memory
+
+    keep_freed_memory()       # as the trainer does
+    start = time.perf_counter()
+    call, net, _ = _sophia_model(mode, recurrence, overrides)
+    compiled = time.perf_counter()
     loss = call(0)
     first = time.perf_counter()
     call(1)
@@ -148,9 +154,9 @@ def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
                 peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def torch_worker(steps, repeats, keep_memory=False):
-    """The same model in PyTorch: nn.LSTM + Linear, Adam, BPTT(128; 64); with
-    ``keep_memory``, under the malloc setting Sophia's trainer uses.
+def _torch_model():
+    """The same model in PyTorch: nn.LSTM + Linear, Adam, BPTT(128; 64); returns
+    ``call(n)``, which trains one window and returns its loss.
 
     The window runs as segments split at frame h' (the stored state is the one
     after frame h' - 1) and at frame h - h' (the loss covers the last h' frames);
@@ -159,9 +165,6 @@ def torch_worker(steps, repeats, keep_memory=False):
     import numpy as np
     import torch
 
-    if keep_memory:
-        from sophia.training.memory import keep_freed_memory
-        keep_freed_memory()
     m = MODEL
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(m["input_dim"], m["width"], num_layers=m["depth"])
@@ -186,8 +189,19 @@ def torch_worker(steps, repeats, keep_memory=False):
         loss.backward()
         optimizer.step()
         stored[0] = tuple(s.detach() for s in carry)
-        return loss
+        return loss.item()
+    return call
 
+
+def torch_worker(steps, repeats, keep_memory=False):
+    """:func:`_torch_model` trained in this process; with ``keep_memory``, under the
+    malloc setting Sophia's trainer uses."""
+    import torch
+
+    if keep_memory:
+        from sophia.training.memory import keep_freed_memory
+        keep_freed_memory()
+    call = _torch_model()
     start = time.perf_counter()
     call(0)
     first = time.perf_counter()
@@ -195,6 +209,27 @@ def torch_worker(steps, repeats, keep_memory=False):
     fps, per_call = _speed(call, steps, repeats)
     return dict(compile_s=max(first - start - per_call, 0.0), frames_per_s=fps,
                 threads=torch.get_num_threads(), version=torch.__version__)
+
+
+def same_process_worker(mode, recurrence, steps, rounds):
+    """Sophia's reference model and :func:`_torch_model` in this one process, under
+    Sophia's malloc setting, timed alternately: ``rounds`` times ``steps`` Sophia calls
+    then ``steps`` PyTorch calls. Both see the same process and the same minute of
+    the machine, so their ratio drifts less than one of two processes. Returns the
+    frames/s of each per round."""
+    from sophia.training.memory import keep_freed_memory
+
+    keep_freed_memory()
+    sophia_call, _, _ = _sophia_model(mode, recurrence)
+    torch_call = _torch_model()
+    for call in (sophia_call, torch_call):
+        call(0)
+        call(1)
+    sophia_fps, torch_fps = [], []
+    for _ in range(rounds):
+        sophia_fps.append(_speed(sophia_call, steps, 1)[0])
+        torch_fps.append(_speed(torch_call, steps, 1)[0])
+    return dict(sophia_fps=sophia_fps, torch_fps=torch_fps)
 
 
 def torch_layer_norm_worker(steps, repeats):
@@ -287,22 +322,26 @@ def _pytensor_flags(compiledir, blas_ldflags):
 def measure_mode(mode, recurrence, o, torch_ok):
     """One mode in fresh caches: a cold process, then ``o.rounds`` rounds of a PyTorch
     process, a PyTorch process with freed memory kept (as Sophia's trainer keeps it) and
-    a warm Sophia process (interleaved, so that all see the same machine load).
-    Returns (cold, [warm...], [torch...], [torch kept...])."""
+    a warm Sophia process (interleaved, so that all see the same machine load); then,
+    with PyTorch, one process that alternates the two (:func:`same_process_worker`,
+    ``o.same_rounds`` rounds). Returns (cold, [warm...], [torch...], [torch kept...],
+    same-process result or None)."""
     with tempfile.TemporaryDirectory(prefix="sophia-bench-") as tmp:
         env = {"PYTENSOR_FLAGS": _pytensor_flags(os.path.join(tmp, "pytensor"), o.blas_ldflags),
                "NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
         args = ["sophia", mode, recurrence, str(o.steps), str(o.repeats)]
         cold = _run_worker(args, env, o.timeout)
-        warms, torches, kept = [], [], []
+        warms, torches, kept, same = [], [], [], None
         if "error" in cold or o.quick:
-            return cold, warms, torches, kept
+            return cold, warms, torches, kept, same
         for _ in range(o.rounds):
             if torch_ok:
                 torches.append(_run_worker(["torch", str(o.steps), str(o.repeats)], {}, o.timeout))
                 kept.append(_run_worker(["torch", str(o.steps), str(o.repeats), "kept"], {}, o.timeout))
             warms.append(_run_worker(args, env, o.timeout))
-    return cold, warms, torches, kept
+        if torch_ok and o.same_rounds > 0:
+            same = _run_worker(["same_process", mode, recurrence, str(o.steps), str(o.same_rounds)], env, o.timeout)
+    return cold, warms, torches, kept, same
 
 
 def _cpu_model():
@@ -321,6 +360,15 @@ def _cpu_model():
     vector = next((name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2")) if flag in flags), "no AVX2")
     return f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, " \
            f"model {fields.get('model', '?')}, {vector})"
+
+
+def _same_process_summary(same):
+    """One line for :func:`same_process_worker`'s result: median frames/s of each and the
+    median of the per-round ratios (Sophia / PyTorch), then each round's ratio."""
+    ratios = [a / b for a, b in zip(same["sophia_fps"], same["torch_fps"])]
+    return (f"Sophia {statistics.median(same['sophia_fps']):,.0f} f/s, PyTorch "
+            f"{statistics.median(same['torch_fps']):,.0f} f/s, {statistics.median(ratios):.2f}x (per round "
+            + " ".join(f"{r:.2f}" for r in ratios) + ")")
 
 
 def _fmt(value, spec):
@@ -344,6 +392,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved (PyTorch, warm Sophia) process pairs per mode (3)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch processes")
+    parser.add_argument("--same_rounds", type=int, default=7,
+                        help="rounds of the one process that alternates Sophia and PyTorch (7; 0: skip it)")
     parser.add_argument("--blas-ldflags", default=None,
                         help="PyTensor's blas__ldflags for the C backend, e.g. -lopenblas")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per worker process")
@@ -377,7 +427,7 @@ def main(argv=None):
             print(f"{mode:<13}skipped: jax is not installed")
             continue
         for recurrence in o.recurrence.split(","):
-            cold, warms, torches, kept = measure_mode(mode, recurrence, o, torch_ok)
+            cold, warms, torches, kept, same = measure_mode(mode, recurrence, o, torch_ok)
             failed = [r["error"] for r in [cold, *warms, *torches, *kept] if "error" in r]
             if failed:
                 print(f"{mode:<13}{recurrence:<11}failed: {failed[0]}")
@@ -398,10 +448,16 @@ def main(argv=None):
             if warms:
                 print(f"{'':<24}warm compile per process: "
                       + " ".join(f"{r['compile_s']:.2f}" for r in warms) + " s", flush=True)
+            if same is not None:
+                print(f"{'':<24}" + (f"one process, alternating: {_same_process_summary(same)}"
+                                     if "error" not in same else f"one process, alternating: failed: {same['error']}"),
+                      flush=True)
     if torch_ok and not o.quick:
         print("\nwarm s / f/s: medians over the warm processes; torch f/s: median over its processes;"
               "\nvs torch: median of the per-round ratios (warm Sophia / the PyTorch process of its round);"
-              "\nkept f/s, vs kept: the same for PyTorch under Sophia's malloc setting (keep_freed_memory)")
+              "\nkept f/s, vs kept: the same for PyTorch under Sophia's malloc setting (keep_freed_memory)"
+              "\none process, alternating: Sophia and PyTorch in one process under that setting, --steps calls"
+              "\n  of each in turn per round; medians over the rounds, the ratio's median of the per-round ratios")
     return 0
 
 
@@ -459,6 +515,9 @@ def _importable(name):
 def _worker_main(args):
     if args[0] == "torch_layer_norm":
         result = torch_layer_norm_worker(int(args[1]), int(args[2]))
+    elif args[0] == "same_process":
+        _, mode, recurrence, steps, rounds = args
+        result = same_process_worker(mode, recurrence, int(steps), int(rounds))
     elif args[0] == "torch":
         result = torch_worker(int(args[1]), int(args[2]), keep_memory=args[3:] == ["kept"])
     else:

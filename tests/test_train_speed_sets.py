@@ -38,3 +38,15 @@ def test_the_loss_sets_train_their_loss(monkeypatch, name):
         expected = float(np.sum(y[-TINY["step"]:] ** 2))
     assert result["first_loss"] == pytest.approx(expected, rel=0.1)
     assert result["frames_per_s"] > 0
+
+
+def test_the_one_process_comparison_times_both_models_every_round(monkeypatch):
+    """Sophia and PyTorch alternate in one process: one frames/s of each per round."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(train_speed, "MODEL", TINY)
+    result = train_speed.same_process_worker("FAST_COMPILE", "scan", 1, 3)
+    assert len(result["sophia_fps"]) == len(result["torch_fps"]) == 3
+    assert all(f > 0 for f in result["sophia_fps"] + result["torch_fps"])
+    summary = train_speed._same_process_summary(result)
+    ratios = [a / b for a, b in zip(result["sophia_fps"], result["torch_fps"])]
+    assert summary.endswith("(per round " + " ".join(f"{r:.2f}" for r in ratios) + ")")
