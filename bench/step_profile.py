@@ -9,7 +9,10 @@ BPTT(128; 64), float32, Adam) in one compile mode:
   or compiled — run it with an empty ``PYTENSOR_FLAGS=compiledir=...`` for a cold cache);
 - then, over ``--steps`` training steps, the time of each graph node's ``perform``
   (every node of a PerformLinker graph, which ``auto`` uses for fused nets), summed
-  per node and sorted, with the step's wall time beside their total.
+  per node and sorted, with the step's wall time beside their total, and the
+  recurrences' Ops against the rest of the step;
+- with ``--torch``, PyTorch's model of ``train_speed.py`` in the same process under
+  ``torch.profiler``: its step, its LSTM operators and the rest.
 
 Wrapping every ``perform`` adds a few µs a node; the figures are for finding where
 time goes, not for comparing modes (``train_speed.py`` does that). It prints
@@ -18,6 +21,7 @@ figures; it is not a test.
 Example
 -------
     python bench/step_profile.py --steps 8 --top 8
+    python bench/step_profile.py --steps 8 --top 0 --torch
     PYTENSOR_FLAGS=compiledir=$(mktemp -d) python bench/step_profile.py
 """
 from __future__ import annotations
@@ -68,6 +72,8 @@ def main(argv=None):
     parser.add_argument("--mode", default="auto", help="compile_mode (default auto)")
     parser.add_argument("--steps", type=int, default=8, help="profiled training steps (default 8)")
     parser.add_argument("--top", type=int, default=20, help="nodes to print (default 20)")
+    parser.add_argument("--torch", action="store_true",
+                        help="then PyTorch's model of train_speed.py in this process: its LSTM operators against the rest")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a ModelOptions override of the reference model, e.g. layer_norm=true (repeatable)")
     o = parser.parse_args(argv)
@@ -128,7 +134,37 @@ def main(argv=None):
           f"({o.steps} steps)")
     for key, seconds in sorted(totals.items(), key=lambda kv: -kv[1])[:o.top]:
         print(f"{1e3 * seconds / o.steps:8.2f} ms  {counts[key] // o.steps:3d}x  {key}")
+    recurrence = sum(seconds for key, seconds in totals.items() if key.startswith(RECURRENCE_OPS)) / o.steps
+    print(f"\nrecurrence Ops {1e3 * recurrence:.1f} ms a step, the rest of the step {1e3 * (step - recurrence):.1f} ms")
+    if o.torch:
+        _torch_split(o.steps)
     return 0
+
+
+RECURRENCE_OPS = ("OneDNNLSTM", "LSTMRecurrence", "GRURecurrence")   # node names of the recurrences' Ops
+
+
+def _torch_split(steps):
+    """PyTorch's model of ``train_speed.py`` in this process, ``steps`` steps under
+    ``torch.profiler``: the step's time, its LSTM operators' and the rest."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from train_speed import _torch_model
+
+    call = _torch_model()
+    call(0), call(1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for n in range(steps):
+            call(n)
+        step = (time.perf_counter() - start) / steps
+    lstm_ops = {"aten::mkldnn_rnn_layer", "aten::mkldnn_rnn_layer_backward", "aten::lstm_cell",
+                "aten::_thnn_fused_lstm_cell", "aten::_thnn_fused_lstm_cell_backward_impl"}
+    events = prof.key_averages()
+    lstm = sum(e.self_cpu_time_total for e in events if e.key in lstm_ops) / steps / 1e6
+    ran = ", ".join(sorted(e.key for e in events if e.key in lstm_ops))
+    print(f"PyTorch {torch.__version__} in this process, {steps} steps under torch.profiler: {1e3 * step:.1f} ms a step; "
+          f"its LSTM operators ({ran}) {1e3 * lstm:.1f} ms, the rest {1e3 * (step - lstm):.1f} ms")
 
 
 if __name__ == "__main__":
