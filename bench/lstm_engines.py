@@ -64,16 +64,22 @@ def window_time(frames, batch, j, i, n_segments, engine, repeats):
     forced = (0, 0) if engine == "onednn" else (10 ** 9, 10 ** 9)
     onednn_lstm.MIN_BATCH_X_WIDTH, onednn_lstm.MIN_FRAMES_PER_SEGMENT = forced
     try:
-        for _ in range(3):
-            once()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            once()
-            times.append(time.perf_counter() - start)
+        seconds = _median_time(once, repeats)
     finally:
         onednn_lstm.MIN_BATCH_X_WIDTH, onednn_lstm.MIN_FRAMES_PER_SEGMENT = defaults
-    return statistics.median(times), len(onednn_lstm.segments(time_tb <= 0, carry))
+    return seconds, len(onednn_lstm.segments(time_tb <= 0, carry))
+
+
+def _median_time(once, repeats, warmup=3):
+    """Median seconds of ``once()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def torch_window_time(frames, batch, j, i, n_segments, repeats, profile=False):
@@ -102,13 +108,7 @@ def torch_window_time(frames, batch, j, i, n_segments, repeats, profile=False):
         lstm.zero_grad(set_to_none=True)
         (torch.cat(outputs) * d_h).sum().backward()
 
-    for _ in range(3):
-        once()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
+    seconds = _median_time(once, repeats)
     ran = ""
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -117,7 +117,7 @@ def torch_window_time(frames, batch, j, i, n_segments, repeats, profile=False):
         names = {e.key for e in prof.key_averages()}
         ran = next((n for n in ("aten::mkldnn_rnn_layer", "aten::_thnn_fused_lstm_cell", "aten::lstm_cell",
                                 "aten::lstm") if n in names), "")
-    return statistics.median(times), ran
+    return seconds, ran
 
 
 def main(argv=None):
