@@ -105,8 +105,8 @@ def _speed(call, steps, repeats):
 
 def _sophia_model(mode, recurrence, overrides=None):
     """The reference model (with ``overrides`` of its ModelOptions, and of its
-    TrainOptions' :data:`TRAIN_OVERRIDES`) compiled in this process: ``(call, net,
-    model)``, where ``call(n)`` trains one window and returns its loss."""
+    TrainOptions' :data:`TRAIN_OVERRIDES`) compiled in this process: ``(call, net)``,
+    where ``call(n)`` trains one window and returns its loss."""
     import sophia  # noqa: F401  first, as train.py: it sets OpenBLAS's environment before numpy loads
     import numpy as np
     from sophia.graph.net import Net
@@ -129,7 +129,7 @@ def _sophia_model(mode, recurrence, overrides=None):
         x, t, y = windows[n % len(windows)]
         loss = f_train_step(x, t, ids, y, lr)[0]
         return float(loss)      # as the trainer reads it; waits for JAX's asynchronous dispatch
-    return call, net, model
+    return call, net
 
 
 def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
@@ -141,7 +141,7 @@ def sophia_worker(mode, recurrence, steps, repeats, overrides=None):
 
     keep_freed_memory()       # as the trainer does
     start = time.perf_counter()
-    call, net, _ = _sophia_model(mode, recurrence, overrides)
+    call, net = _sophia_model(mode, recurrence, overrides)
     compiled = time.perf_counter()
     loss = call(0)
     first = time.perf_counter()
@@ -222,7 +222,7 @@ def same_process_worker(mode, recurrence, steps, rounds):
     from sophia.training.memory import keep_freed_memory
 
     keep_freed_memory()
-    sophia_call, _, _ = _sophia_model(mode, recurrence)
+    sophia_call, _ = _sophia_model(mode, recurrence)
     torch_call = _torch_model()
     for call in (sophia_call, torch_call):
         call(0)
