@@ -382,12 +382,14 @@ def _fingerprint() -> str:
     its version, the flags and this CPU."""
     with open(SOURCE, "rb") as f:
         source = f.read()
-    try:
-        version = subprocess.run([*_compiler(), "--version"], capture_output=True, text=True).stdout
-    except OSError:
-        version = ""
-    parts = [source.decode(), *_compiler(), shutil.which(_compiler()[0]) or "", version, " ".join(CFLAGS),
-             platform.machine(), _cpu()]
+    compiler, version, found = _compiler(), "", ""
+    if compiler:
+        try:
+            version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
+        except OSError:
+            pass
+        found = shutil.which(compiler[0]) or ""
+    parts = [source.decode(), *compiler, found, version, " ".join(CFLAGS), platform.machine(), _cpu()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
