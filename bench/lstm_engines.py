@@ -39,19 +39,26 @@ CASES = [(128, 64, 256, 256, (1, 4, 8, 16, 32)), (128, 64, 64, 64, (1, 8, 16, 32
          (128, 16, 256, 256, (1, 16)), (32, 16, 32, 32, (1, 4, 8))]
 
 
+def _window(frames, batch, j, i, n_segments):
+    """One case's window: ``(rng, x_tbj, d_h_tbi, time_tb, carry)``, every stream reset at
+    ``n_segments`` - 1 evenly spaced frames, the carry frame mid-window, and the random
+    generator the arrays came from."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((frames, batch, j)).astype(np.float32)
+    d_h = rng.standard_normal((frames, batch, i)).astype(np.float32)
+    time_tb = np.ones((frames, batch), np.float32)
+    time_tb[np.linspace(0, frames, n_segments, endpoint=False).astype(int)[1:]] = 0.0
+    return rng, x, d_h, time_tb, frames // 2 - 1
+
+
 def window_time(frames, batch, j, i, n_segments, engine, repeats):
     """Median seconds of one forward + backward window with ``engine`` forced, and the
     number of segments the Op cuts it into (the resets' plus the carry frame's)."""
-    rng = np.random.default_rng(0)
+    rng, x, d_h, time_tb, carry = _window(frames, batch, j, i, n_segments)
     f32 = np.float32
-    x = rng.standard_normal((frames, batch, j)).astype(f32)
     W_x = (0.1 * rng.standard_normal((j, 4 * i))).astype(f32)
     W_h = (0.1 * rng.standard_normal((i, 4 * i))).astype(f32)
     b, h0, state = np.zeros(4 * i, f32), np.zeros(i, f32), np.zeros((batch, i), f32)
-    time_tb = np.ones((frames, batch), f32)
-    time_tb[np.linspace(0, frames, n_segments, endpoint=False).astype(int)[1:]] = 0.0
-    d_h = rng.standard_normal((frames, batch, i)).astype(f32)
-    carry = frames // 2 - 1
     forward, backward = onednn_lstm.OneDNNLSTM(carry), onednn_lstm.OneDNNLSTMGrad(carry, (True, False, False))
     inputs = [x, time_tb, W_x, W_h, b, h0, h0, state, state]
 
@@ -88,13 +95,10 @@ def torch_window_time(frames, batch, j, i, n_segments, repeats, profile=False):
     name of the ATen operator that ran the recurrence ('' if none was recognised)."""
     import torch
 
-    rng = np.random.default_rng(0)
-    f32 = np.float32
-    x = torch.from_numpy(rng.standard_normal((frames, batch, j)).astype(f32)).requires_grad_()  # its gradient too, as the Ops
-    d_h = torch.from_numpy(rng.standard_normal((frames, batch, i)).astype(f32))
-    time_tb = np.ones((frames, batch), f32)
-    time_tb[np.linspace(0, frames, n_segments, endpoint=False).astype(int)[1:]] = 0.0
-    pieces = onednn_lstm.segments(time_tb <= 0, frames // 2 - 1)
+    _, x, d_h, time_tb, carry = _window(frames, batch, j, i, n_segments)
+    x = torch.from_numpy(x).requires_grad_()          # its gradient too, as the Ops form it
+    d_h = torch.from_numpy(d_h)
+    pieces = onednn_lstm.segments(time_tb <= 0, carry)
     lstm = torch.nn.LSTM(j, i)
     zeros = torch.zeros(1, batch, i)
 
